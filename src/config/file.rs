@@ -1,0 +1,111 @@
+//! The TOML schema as users write it: serde types only, no validation.
+//!
+//! Values that validation may reject are kept `Spanned` so an error can point at the
+//! file, line and column where the user wrote them.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use toml::Spanned;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub gateway: GatewaySection,
+    pub admin: Option<AdminSection>,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<Spanned<ListenerSection>>,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<Spanned<RouteSection>>,
+    #[serde(default, rename = "upstream")]
+    pub upstreams: BTreeMap<Spanned<String>, Spanned<UpstreamSection>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    pub workers: Option<Spanned<Workers>>,
+    pub control_socket: Option<String>,
+    pub shutdown_timeout: Option<Spanned<String>>,
+    pub access_log: Option<String>,
+    pub access_log_format: Option<Spanned<String>>,
+    /// Time a client has to send a complete request head; also how long an idle
+    /// keep-alive connection is kept, since the clock starts when a response ends.
+    pub header_read_timeout: Option<Spanned<String>>,
+    /// Longest pause allowed between two pieces of a request body.
+    pub client_body_timeout: Option<Spanned<String>>,
+    /// Longest request target (path and query) in bytes; longer gets 414.
+    pub max_request_line: Option<Spanned<usize>>,
+    /// Largest sum of header names and values in bytes; larger gets 431.
+    pub max_header_bytes: Option<Spanned<usize>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Workers {
+    Count(i64),
+    Word(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    pub listen: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSection {
+    pub listen: Spanned<String>,
+    #[serde(default)]
+    pub tls: Vec<Spanned<TlsEntry>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsEntry {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    pub host: Option<Spanned<String>>,
+    pub path_prefix: Option<Spanned<String>>,
+    pub upstream: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    pub policy: Option<Spanned<String>>,
+    pub servers: Spanned<Vec<Spanned<ServerEntry>>>,
+    pub keepalive: Option<usize>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub read_timeout: Option<Spanned<String>>,
+    pub retries: Option<u32>,
+    pub max_fails: Option<u32>,
+    pub fail_timeout: Option<Spanned<String>>,
+    pub health_check: Option<Spanned<HealthCheckSection>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerEntry {
+    pub address: Spanned<String>,
+    pub weight: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub backup: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSection {
+    pub path: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub fall: Option<Spanned<i64>>,
+    pub rise: Option<Spanned<i64>>,
+    pub expect_status: Option<Spanned<String>>,
+}

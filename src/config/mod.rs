@@ -1,0 +1,704 @@
+//! Turns a config file into a validated runtime [`Config`], or into every error it has,
+//! each naming the file, line, column and key.
+//!
+//! Everything is checked here, before anything binds: a config that loads is one the
+//! gateway can run.
+
+mod file;
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// The validated configuration a gateway runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub gateway: GatewaySettings,
+    pub admin: Option<SocketAddr>,
+    pub listeners: Vec<ListenerConfig>,
+    pub routes: Vec<RouteConfig>,
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    pub workers: usize,
+    pub control_socket: PathBuf,
+    pub shutdown_timeout: Duration,
+    pub access_log: AccessLogTarget,
+    pub access_log_format: AccessLogFormat,
+    pub limits: ClientLimits,
+}
+
+/// What the gateway tolerates from a client before it answers with an error or hangs up.
+#[derive(Debug, Clone)]
+pub struct ClientLimits {
+    pub header_read_timeout: Duration,
+    pub client_body_timeout: Duration,
+    pub max_request_line: usize,
+    pub max_header_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Off,
+    Stdout,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    Combined,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub addr: SocketAddr,
+    pub tls: Vec<TlsFiles>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Lowercase; `*`, `*.suffix` or an exact name.
+    pub host: String,
+    pub path_prefix: String,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    RoundRobin,
+    IpHash,
+    LeastConn,
+}
+
+impl Policy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::RoundRobin => "round_robin",
+            Policy::IpHash => "ip_hash",
+            Policy::LeastConn => "least_conn",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub policy: Policy,
+    pub servers: Vec<ServerConfig>,
+    pub keepalive: usize,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub retries: u32,
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// As the user wrote it, for logs and status.
+    pub name: String,
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub backup: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthCheckConfig {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub fall: u32,
+    pub rise: u32,
+    pub expect_status: (u16, u16),
+}
+
+/// One problem in a config file, located where the user can find it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every error found in one config file.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Reads, parses and validates the file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            key: String::new(),
+            message: format!("cannot read the file: {e}"),
+        }])
+    })?;
+    parse(path, &text)
+}
+
+/// Parses and validates `text` as the contents of `path` (relative paths in it are taken
+/// from the directory of `path`).
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    let mut v = Validator {
+        file: path.to_path_buf(),
+        text,
+        errors: Vec::new(),
+    };
+    let raw: file::FileConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            let message = e.message().trim().to_string();
+            v.error(span, "", message);
+            return Err(ConfigErrors(v.errors));
+        }
+    };
+    let base = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let config = v.build(raw, &base);
+    if v.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(v.errors))
+    }
+}
+
+struct Validator<'a> {
+    file: PathBuf,
+    text: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn error(&mut self, span: Range<usize>, key: &str, message: impl Into<String>) {
+        let (line, column) = line_column(self.text, span.start);
+        self.errors.push(ConfigError {
+            file: self.file.clone(),
+            line,
+            column,
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, value: &Option<Spanned<String>>, key: &str, default: Duration) -> Duration {
+        let Some(value) = value else { return default };
+        match parse_duration(value.get_ref()) {
+            Ok(d) => d,
+            Err(msg) => {
+                self.error(value.span(), key, msg);
+                default
+            }
+        }
+    }
+
+    fn positive(&mut self, value: &Option<Spanned<i64>>, key: &str, default: u32) -> u32 {
+        let Some(value) = value else { return default };
+        match u32::try_from(*value.get_ref()) {
+            Ok(n) if n > 0 => n,
+            _ => {
+                self.error(value.span(), key, format!("must be a whole number from 1 to {}", u32::MAX));
+                default
+            }
+        }
+    }
+
+    fn socket_addr(&mut self, value: &Spanned<String>, key: &str) -> Option<SocketAddr> {
+        match resolve(value.get_ref()) {
+            Ok(addr) => Some(addr),
+            Err(msg) => {
+                self.error(value.span(), key, msg);
+                None
+            }
+        }
+    }
+
+    fn build(&mut self, raw: file::FileConfig, base: &Path) -> Config {
+        let gateway = self.gateway(&raw.gateway, base);
+        let admin = raw
+            .admin
+            .as_ref()
+            .and_then(|a| self.socket_addr(&a.listen, "admin.listen"));
+
+        let mut listeners = Vec::new();
+        if raw.listeners.is_empty() {
+            self.error(0..0, "listener", "at least one [[listener]] is needed");
+        }
+        for (i, l) in raw.listeners.iter().enumerate() {
+            let l = l.get_ref();
+            let key = format!("listener[{i}].listen");
+            let addr = self.socket_addr(&l.listen, &key);
+            let mut tls = Vec::new();
+            for (j, entry) in l.tls.iter().enumerate() {
+                let entry = entry.get_ref();
+                let cert = self.readable_file(&entry.cert, &format!("listener[{i}].tls[{j}].cert"), base);
+                let key = self.readable_file(&entry.key, &format!("listener[{i}].tls[{j}].key"), base);
+                if let (Some(cert), Some(key)) = (cert, key) {
+                    tls.push(TlsFiles { cert, key });
+                }
+            }
+            if !l.tls.is_empty() {
+                self.error(
+                    l.tls[0].span(),
+                    &format!("listener[{i}].tls"),
+                    "TLS listeners are not supported by this build yet",
+                );
+            }
+            if let Some(addr) = addr {
+                if listeners.iter().any(|other: &ListenerConfig| other.addr == addr) {
+                    self.error(l.listen.span(), &key, format!("{addr} is already used by another listener"));
+                }
+                listeners.push(ListenerConfig { addr, tls });
+            }
+        }
+
+        let mut upstreams = Vec::new();
+        for (name, section) in &raw.upstreams {
+            upstreams.push(self.upstream(name.get_ref(), section));
+        }
+
+        let mut routes = Vec::new();
+        if raw.routes.is_empty() {
+            self.error(0..0, "route", "at least one [[route]] is needed");
+        }
+        for (i, r) in raw.routes.iter().enumerate() {
+            let r = r.get_ref();
+            let host = match &r.host {
+                None => "*".to_string(),
+                Some(h) => {
+                    let host = h.get_ref().to_ascii_lowercase();
+                    if !valid_route_host(&host) {
+                        self.error(
+                            h.span(),
+                            &format!("route[{i}].host"),
+                            format!("{host:?} is not \"*\", \"*.domain\" or a host name"),
+                        );
+                    }
+                    host
+                }
+            };
+            let path_prefix = match &r.path_prefix {
+                None => "/".to_string(),
+                Some(p) => {
+                    if !p.get_ref().starts_with('/') {
+                        self.error(p.span(), &format!("route[{i}].path_prefix"), "must start with \"/\"");
+                    }
+                    p.get_ref().clone()
+                }
+            };
+            let name = r.upstream.get_ref();
+            match raw.upstreams.keys().position(|k| k.get_ref() == name) {
+                Some(upstream) => {
+                    if routes
+                        .iter()
+                        .any(|o: &RouteConfig| o.host == host && o.path_prefix == path_prefix)
+                    {
+                        self.error(
+                            r.upstream.span(),
+                            &format!("route[{i}]"),
+                            format!("another route already has host {host:?} and path_prefix {path_prefix:?}"),
+                        );
+                    }
+                    routes.push(RouteConfig {
+                        host,
+                        path_prefix,
+                        upstream,
+                    })
+                }
+                None => self.error(
+                    r.upstream.span(),
+                    &format!("route[{i}].upstream"),
+                    format!("upstream {name:?} is not defined (add [upstream.{name}])"),
+                ),
+            }
+        }
+
+        Config {
+            path: self.file.clone(),
+            gateway,
+            admin,
+            listeners,
+            routes,
+            upstreams,
+        }
+    }
+
+    fn readable_file(&mut self, value: &Spanned<String>, key: &str, base: &Path) -> Option<PathBuf> {
+        let path = base.join(value.get_ref());
+        match std::fs::File::open(&path) {
+            Ok(_) => Some(path),
+            Err(e) => {
+                self.error(value.span(), key, format!("cannot read {}: {e}", path.display()));
+                None
+            }
+        }
+    }
+
+    fn gateway(&mut self, g: &file::GatewaySection, base: &Path) -> GatewaySettings {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = match &g.workers {
+            None => cpus,
+            Some(w) => match w.get_ref() {
+                file::Workers::Count(n) if (1..=1024).contains(n) => *n as usize,
+                file::Workers::Word(s) if s == "auto" => cpus,
+                _ => {
+                    self.error(w.span(), "gateway.workers", "must be \"auto\" or a number from 1 to 1024");
+                    1
+                }
+            },
+        };
+        let access_log = match g.access_log.as_deref() {
+            None | Some("off") => AccessLogTarget::Off,
+            Some("stdout") => AccessLogTarget::Stdout,
+            Some(path) => AccessLogTarget::File(base.join(path)),
+        };
+        let access_log_format = match &g.access_log_format {
+            None => AccessLogFormat::Combined,
+            Some(f) => match f.get_ref().as_str() {
+                "combined" => AccessLogFormat::Combined,
+                "json" => AccessLogFormat::Json,
+                other => {
+                    self.error(
+                        f.span(),
+                        "gateway.access_log_format",
+                        format!("unknown format {other:?} (expected \"combined\" or \"json\")"),
+                    );
+                    AccessLogFormat::Combined
+                }
+            },
+        };
+        let mut size = |value: &Option<Spanned<usize>>, key: &str, default: usize| match value {
+            None => default,
+            Some(v) if (256..=1 << 20).contains(v.get_ref()) => *v.get_ref(),
+            Some(v) => {
+                self.error(v.span(), key, "must be a number of bytes from 256 to 1048576");
+                default
+            }
+        };
+        let max_request_line = size(&g.max_request_line, "gateway.max_request_line", 8 * 1024);
+        let max_header_bytes = size(&g.max_header_bytes, "gateway.max_header_bytes", 32 * 1024);
+        GatewaySettings {
+            workers,
+            control_socket: base.join(g.control_socket.as_deref().unwrap_or("run/gateway.sock")),
+            shutdown_timeout: self.duration(&g.shutdown_timeout, "gateway.shutdown_timeout", Duration::from_secs(10)),
+            access_log,
+            access_log_format,
+            limits: ClientLimits {
+                header_read_timeout: self.duration(
+                    &g.header_read_timeout,
+                    "gateway.header_read_timeout",
+                    Duration::from_secs(10),
+                ),
+                client_body_timeout: self.duration(
+                    &g.client_body_timeout,
+                    "gateway.client_body_timeout",
+                    Duration::from_secs(60),
+                ),
+                max_request_line,
+                max_header_bytes,
+            },
+        }
+    }
+
+    fn upstream(&mut self, name: &str, section: &Spanned<file::UpstreamSection>) -> UpstreamConfig {
+        let u = section.get_ref();
+        let key = |k: &str| format!("upstream.{name}.{k}");
+        let policy = match &u.policy {
+            None => Policy::RoundRobin,
+            Some(p) => match p.get_ref().as_str() {
+                "round_robin" => Policy::RoundRobin,
+                "ip_hash" => Policy::IpHash,
+                "least_conn" => Policy::LeastConn,
+                other => {
+                    self.error(
+                        p.span(),
+                        &key("policy"),
+                        format!("unknown policy {other:?} (expected round_robin, ip_hash or least_conn)"),
+                    );
+                    Policy::RoundRobin
+                }
+            },
+        };
+        let mut servers = Vec::new();
+        if u.servers.get_ref().is_empty() {
+            self.error(u.servers.span(), &key("servers"), "needs at least one server");
+        }
+        for (i, s) in u.servers.get_ref().iter().enumerate() {
+            let s = s.get_ref();
+            let addr = self.socket_addr(&s.address, &key(&format!("servers[{i}].address")));
+            let weight = match &s.weight {
+                None => 1,
+                Some(w) => match u32::try_from(*w.get_ref()) {
+                    Ok(n) if (1..=1000).contains(&n) => n,
+                    _ => {
+                        self.error(w.span(), &key(&format!("servers[{i}].weight")), "must be from 1 to 1000");
+                        1
+                    }
+                },
+            };
+            if let Some(addr) = addr {
+                servers.push(ServerConfig {
+                    name: s.address.get_ref().clone(),
+                    addr,
+                    weight,
+                    backup: s.backup,
+                });
+            }
+        }
+        if !servers.is_empty() && servers.iter().all(|s| s.backup) {
+            self.error(u.servers.span(), &key("servers"), "every server is a backup: at least one must be a primary");
+        }
+        let health_check = u.health_check.as_ref().map(|h| self.health_check(name, h));
+        UpstreamConfig {
+            name: name.to_string(),
+            policy,
+            servers,
+            keepalive: u.keepalive.unwrap_or(32),
+            connect_timeout: self.duration(&u.connect_timeout, &key("connect_timeout"), Duration::from_secs(3)),
+            read_timeout: self.duration(&u.read_timeout, &key("read_timeout"), Duration::from_secs(60)),
+            retries: u.retries.unwrap_or(1),
+            max_fails: u.max_fails.unwrap_or(3),
+            fail_timeout: self.duration(&u.fail_timeout, &key("fail_timeout"), Duration::from_secs(10)),
+            health_check,
+        }
+    }
+
+    fn health_check(&mut self, name: &str, h: &Spanned<file::HealthCheckSection>) -> HealthCheckConfig {
+        let key = |k: &str| format!("upstream.{name}.health_check.{k}");
+        let h = h.get_ref();
+        let path = match &h.path {
+            None => "/".to_string(),
+            Some(p) if p.get_ref().starts_with('/') => p.get_ref().clone(),
+            Some(p) => {
+                self.error(p.span(), &key("path"), "must start with \"/\"");
+                "/".to_string()
+            }
+        };
+        let expect_status = match &h.expect_status {
+            None => (200, 399),
+            Some(s) => match parse_status_range(s.get_ref()) {
+                Some(range) => range,
+                None => {
+                    self.error(s.span(), &key("expect_status"), "must be a status or a range like \"200-399\"");
+                    (200, 399)
+                }
+            },
+        };
+        HealthCheckConfig {
+            path,
+            interval: self.duration(&h.interval, &key("interval"), Duration::from_secs(2)),
+            timeout: self.duration(&h.timeout, &key("timeout"), Duration::from_secs(1)),
+            fall: self.positive(&h.fall, &key("fall"), 2),
+            rise: self.positive(&h.rise, &key("rise"), 2),
+            expect_status,
+        }
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    (line, column)
+}
+
+/// A duration with a unit: "500ms", "10s", "2m", "1h".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s.is_empty() || !s.ends_with(|c: char| c.is_ascii_alphabetic()) {
+        return Err(format!("{s:?} is not a duration with a unit, like \"500ms\", \"10s\" or \"2m\""));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration ({e}); write e.g. \"500ms\", \"10s\" or \"2m\""))
+}
+
+/// `host:port`, resolved now so a name that does not resolve is a config error.
+fn resolve(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("{s:?} is not an address of the form host:port"));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("{s:?} is not an address of the form host:port"));
+    }
+    match s.to_socket_addrs() {
+        Ok(mut addrs) => addrs.next().ok_or_else(|| format!("{host:?} resolves to no address")),
+        Err(e) => Err(format!("cannot resolve {host:?}: {e}")),
+    }
+}
+
+fn valid_route_host(host: &str) -> bool {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    host == "*"
+        || (!name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'))
+}
+
+fn parse_status_range(s: &str) -> Option<(u16, u16)> {
+    let (lo, hi) = s.split_once('-').unwrap_or((s, s));
+    let lo: u16 = lo.trim().parse().ok()?;
+    let hi: u16 = hi.trim().parse().ok()?;
+    ((100..=599).contains(&lo) && (lo..=599).contains(&hi)).then_some((lo, hi))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<Config, Vec<String>> {
+        parse(Path::new("conf/test.toml"), text).map_err(|e| e.0.iter().map(|e| e.to_string()).collect())
+    }
+
+    const MINIMAL: &str = r#"
+[[listener]]
+listen = "127.0.0.1:8080"
+
+[[route]]
+upstream = "app"
+
+[upstream.app]
+servers = [ { address = "127.0.0.1:3001" } ]
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = check(MINIMAL).unwrap();
+        assert_eq!(c.routes[0].host, "*");
+        assert_eq!(c.routes[0].path_prefix, "/");
+        let u = &c.upstreams[0];
+        assert_eq!(u.policy, Policy::RoundRobin);
+        assert_eq!((u.keepalive, u.retries, u.max_fails), (32, 1, 3));
+        assert_eq!(u.connect_timeout, Duration::from_secs(3));
+        assert_eq!(c.gateway.control_socket, Path::new("conf/run/gateway.sock"));
+        assert_eq!(c.gateway.limits.header_read_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn unknown_key_names_line_column_and_key() {
+        let text = MINIMAL.replace("[[route]]\n", "[[route]]\nbogus = 1\n");
+        let errs = check(&text).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].starts_with("conf/test.toml:6:1: "), "{errs:?}");
+        assert!(errs[0].contains("bogus"), "{errs:?}");
+    }
+
+    #[test]
+    fn every_semantic_error_is_reported_with_its_place() {
+        let text = r#"
+[gateway]
+shutdown_timeout = "10"
+
+[[listener]]
+listen = "nowhere"
+
+[[route]]
+upstream = "missing"
+
+[upstream.app]
+policy = "random"
+servers = []
+read_timeout = "5 parsecs"
+"#;
+        let errs = check(text).unwrap_err();
+        let expect = [
+            ("conf/test.toml:3:20: gateway.shutdown_timeout:", "unit"),
+            ("conf/test.toml:6:10: listener[0].listen:", "host:port"),
+            ("conf/test.toml:9:12: route[0].upstream:", "\"missing\" is not defined"),
+            ("conf/test.toml:12:10: upstream.app.policy:", "unknown policy"),
+            ("conf/test.toml:13:11: upstream.app.servers:", "at least one server"),
+            ("conf/test.toml:14:16: upstream.app.read_timeout:", "not a duration"),
+        ];
+        for (prefix, words) in expect {
+            assert!(
+                errs.iter().any(|e| e.starts_with(prefix) && e.contains(words)),
+                "no error {prefix} .. {words} in {errs:#?}"
+            );
+        }
+        assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+    }
+
+    #[test]
+    fn duplicate_upstream_is_an_error() {
+        let text = format!("{MINIMAL}\n[upstream.app]\nservers = [ {{ address = \"127.0.0.1:1\" }} ]\n");
+        let errs = check(&text).unwrap_err();
+        assert!(errs[0].contains("conf/test.toml:11:") && errs[0].contains("duplicate"), "{errs:?}");
+    }
+
+    #[test]
+    fn durations_need_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn status_ranges() {
+        assert_eq!(parse_status_range("200-399"), Some((200, 399)));
+        assert_eq!(parse_status_range("204"), Some((204, 204)));
+        assert_eq!(parse_status_range("399-200"), None);
+        assert_eq!(parse_status_range("abc"), None);
+    }
+
+    #[test]
+    fn weight_and_backup() {
+        let text = MINIMAL.replace(
+            r#"{ address = "127.0.0.1:3001" }"#,
+            r#"{ address = "127.0.0.1:3001", weight = 3 }, { address = "localhost:3002", backup = true }"#,
+        );
+        let c = check(&text).unwrap();
+        let s = &c.upstreams[0].servers;
+        assert_eq!((s[0].weight, s[0].backup), (3, false));
+        assert_eq!((s[1].weight, s[1].backup), (1, true));
+        assert_eq!(s[1].name, "localhost:3002");
+    }
+}

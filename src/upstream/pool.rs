@@ -1,0 +1,95 @@
+//! Keep-alive connections to one upstream server, our own small pool over hyper's
+//! `client::conn::http1`: a stack of idle senders, newest first, so the warmest
+//! connection is reused and the oldest ones age out.
+
+use crate::worker::body::RequestBody;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+pub type Sender = http1::SendRequest<RequestBody>;
+
+/// How long an idle connection is kept before it is dropped rather than reused. Below the
+/// 5 s keep-alive of Node.js servers, so we do not reuse a connection the server is
+/// closing at that very moment.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
+pub struct Pool {
+    idle: Mutex<Vec<(Sender, Instant)>>,
+    max_idle: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {0} timed out")]
+    Timeout(SocketAddr),
+    #[error("connect to {0} failed: {1}")]
+    Io(SocketAddr, std::io::Error),
+    #[error("HTTP handshake with {0} failed: {1}")]
+    Handshake(SocketAddr, hyper::Error),
+}
+
+impl Pool {
+    pub fn new(max_idle: usize) -> Self {
+        Pool {
+            idle: Mutex::new(Vec::with_capacity(max_idle)),
+            max_idle,
+        }
+    }
+
+    /// The newest idle connection that is still open, if any.
+    pub fn take(&self) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        while let Some((sender, since)) = idle.pop() {
+            if now.duration_since(since) >= IDLE_TIMEOUT {
+                // Everything below is older still.
+                idle.clear();
+                return None;
+            }
+            if !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection whose last exchange completed, if there is room.
+    pub fn put(&self, sender: Sender) {
+        if sender.is_closed() || self.max_idle == 0 {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() >= self.max_idle {
+            idle.remove(0);
+        }
+        idle.push((sender, Instant::now()));
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().map_or(0, |i| i.len())
+    }
+}
+
+/// Opens a new connection and starts its driver task on the current runtime.
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, ConnectError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Err(_) => return Err(ConnectError::Timeout(addr)),
+        Ok(Err(e)) => return Err(ConnectError::Io(addr, e)),
+        Ok(Ok(s)) => s,
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| ConnectError::Handshake(addr, e))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!("upstream connection to {addr} ended: {e}");
+        }
+    });
+    Ok(sender)
+}

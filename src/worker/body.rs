@@ -1,0 +1,313 @@
+//! The two bodies of a proxied exchange, streamed frame by frame (memory stays bounded
+//! whatever the size) with a timeout between frames.
+//!
+//! The response body also carries the [`Exchange`]: when it is dropped, the request is
+//! over, so that is where the access-log line is written, the in-flight count released
+//! and a cleanly finished upstream connection returned to its pool.
+
+use crate::access_log::{AccessLog, Entry};
+use crate::upstream::{pool::Sender, Server};
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::time::Sleep;
+
+/// Fires when a body has been silent for `timeout`. The sleep is only allocated the first
+/// time a frame is not ready at once, which most small bodies never hit.
+struct FrameTimer {
+    timeout: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl FrameTimer {
+    fn new(timeout: Duration) -> Self {
+        FrameTimer {
+            timeout,
+            sleep: None,
+            armed: false,
+        }
+    }
+
+    /// A frame arrived: the next wait starts from scratch.
+    fn progress(&mut self) {
+        self.armed = false;
+    }
+
+    /// The body is waiting: has it waited too long?
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.armed {
+            sleep.as_mut().reset(deadline);
+            self.armed = true;
+        }
+        sleep.as_mut().poll(cx).is_ready()
+    }
+}
+
+/// Why a client's request body could not be passed on.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    #[error("client sent no body data for {0:?}")]
+    Timeout(Duration),
+    #[error("client request body broken: {0}")]
+    Broken(hyper::Error),
+}
+
+/// The client's request body on its way to the upstream.
+pub struct RequestBody {
+    inner: Incoming,
+    timer: FrameTimer,
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, timeout: Duration) -> Self {
+        RequestBody {
+            inner,
+            timer: FrameTimer::new(timeout),
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.timer.progress();
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ClientBodyError::Broken(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending if this.timer.expired(cx) => {
+                Poll::Ready(Some(Err(ClientBodyError::Timeout(this.timer.timeout))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Why the upstream's response body was cut short.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamBodyError {
+    #[error("upstream sent no body data for {0:?}")]
+    Timeout(Duration),
+    #[error("upstream response body broken: {0}")]
+    Broken(hyper::Error),
+}
+
+enum Source {
+    Upstream(Incoming),
+    Fixed(Option<Bytes>),
+}
+
+/// The body sent back to the client: the upstream's, or a short one of our own.
+pub struct ResponseBody {
+    source: Source,
+    timer: FrameTimer,
+    exchange: Exchange,
+}
+
+impl ResponseBody {
+    pub fn upstream(inner: Incoming, read_timeout: Duration, exchange: Exchange) -> Self {
+        Self::new(Source::Upstream(inner), read_timeout, exchange)
+    }
+
+    pub fn fixed(bytes: Bytes, exchange: Exchange) -> Self {
+        Self::new(Source::Fixed((!bytes.is_empty()).then_some(bytes)), Duration::ZERO, exchange)
+    }
+
+    fn new(source: Source, timeout: Duration, exchange: Exchange) -> Self {
+        let mut body = ResponseBody {
+            source,
+            timer: FrameTimer::new(timeout),
+            exchange,
+        };
+        // An empty body (HEAD, 204, 304) may never be polled: it is complete already.
+        if body.is_end_stream() {
+            body.exchange.finish();
+        }
+        body
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = UpstreamBodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = match &mut this.source {
+            Source::Fixed(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Source::Upstream(inner) => match Pin::new(inner).poll_frame(cx) {
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(UpstreamBodyError::Broken(e)))),
+                Poll::Pending if this.timer.expired(cx) => {
+                    Poll::Ready(Some(Err(UpstreamBodyError::Timeout(this.timer.timeout))))
+                }
+                other => other.map(|f| f.map(|r| r.map_err(UpstreamBodyError::Broken))),
+            },
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.timer.progress();
+                if let Some(data) = frame.data_ref() {
+                    this.exchange.bytes_sent += data.len() as u64;
+                }
+                if self.is_end_stream() {
+                    self.exchange.finish();
+                }
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.exchange.fail_body(e.to_string());
+            }
+            Poll::Ready(None) => this.exchange.finish(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.source {
+            Source::Upstream(inner) => inner.is_end_stream(),
+            Source::Fixed(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.source {
+            Source::Upstream(inner) => inner.size_hint(),
+            Source::Fixed(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
+/// A server picked for one request: counts as in flight until dropped.
+pub struct Lease {
+    pub server: Arc<Server>,
+    pub sender: Option<Sender>,
+}
+
+impl Lease {
+    pub fn new(server: Arc<Server>) -> Self {
+        server.in_flight.fetch_add(1, Ordering::Relaxed);
+        server.requests.fetch_add(1, Ordering::Relaxed);
+        Lease { server, sender: None }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.server.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Everything the end of a request needs: the log line's fields and the upstream lease.
+pub struct Exchange {
+    pub log: Arc<AccessLog>,
+    pub started: Instant,
+    pub client: SocketAddr,
+    pub method: http::Method,
+    pub uri: http::Uri,
+    pub version: http::Version,
+    pub referer: Option<http::HeaderValue>,
+    pub user_agent: Option<http::HeaderValue>,
+    pub status: u16,
+    pub bytes_sent: u64,
+    pub upstream: Option<Lease>,
+    pub upstream_time: Option<Duration>,
+    pub error: Option<String>,
+    complete: bool,
+}
+
+impl Exchange {
+    pub fn new(log: Arc<AccessLog>, client: SocketAddr, head: &http::request::Parts) -> Self {
+        let keep = log.enabled();
+        Exchange {
+            started: Instant::now(),
+            client,
+            method: head.method.clone(),
+            uri: if keep { head.uri.clone() } else { http::Uri::default() },
+            version: head.version,
+            referer: keep.then(|| head.headers.get(http::header::REFERER).cloned()).flatten(),
+            user_agent: keep.then(|| head.headers.get(http::header::USER_AGENT).cloned()).flatten(),
+            status: 0,
+            bytes_sent: 0,
+            upstream: None,
+            upstream_time: None,
+            error: None,
+            complete: false,
+            log,
+        }
+    }
+
+    /// The whole body went out: the upstream connection may serve another request.
+    fn finish(&mut self) {
+        if self.complete {
+            return;
+        }
+        self.complete = true;
+        if let Some(lease) = &mut self.upstream {
+            if let Some(sender) = lease.sender.take() {
+                lease.server.pool.put(sender);
+            }
+        }
+    }
+
+    fn fail_body(&mut self, why: String) {
+        if let Some(lease) = &self.upstream {
+            lease.server.failures.fetch_add(1, Ordering::Relaxed);
+            lease.server.passive.record_failure(crate::upstream::now_ms());
+        }
+        self.error.get_or_insert(why);
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if !self.complete && self.error.is_none() {
+            self.error = Some("client closed the connection before the response was sent".into());
+        }
+        if !self.log.enabled() {
+            return;
+        }
+        fn header_str(v: &Option<http::HeaderValue>) -> Option<&str> {
+            v.as_ref().and_then(|v| v.to_str().ok())
+        }
+        let target = self.uri.path_and_query().map_or("/", |p| p.as_str());
+        let upstream = self.upstream.as_ref().map(|l| l.server.config.name.as_str());
+        self.log.write(&Entry {
+            time: SystemTime::now() - self.started.elapsed(),
+            client: self.client,
+            method: self.method.as_str(),
+            target,
+            version: self.version,
+            status: self.status,
+            bytes_sent: self.bytes_sent,
+            referer: header_str(&self.referer),
+            user_agent: header_str(&self.user_agent),
+            upstream,
+            upstream_time: self.upstream_time,
+            request_time: self.started.elapsed(),
+            error: self.error.as_deref(),
+        });
+    }
+}

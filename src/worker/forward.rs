@@ -1,0 +1,508 @@
+//! One request through the gateway: check it, route it, rewrite its headers, send it to a
+//! server of the upstream (trying others while a server cannot be reached), and turn the
+//! answer, or the failure, into the client's response.
+
+use super::body::{ClientBodyError, Exchange, Lease, RequestBody, ResponseBody};
+use super::request_check::{self, Rejection};
+use super::router::{host_without_port, Router};
+use crate::access_log::AccessLog;
+use crate::config::{ClientLimits, Config};
+use crate::upstream::pool::{self, ConnectError, Sender};
+use crate::upstream::{now_ms, Server, Upstream};
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
+/// ones that only make sense between a client and the gateway.
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
+];
+
+/// What the gateway knows of the client connection a request came on.
+pub struct ConnInfo {
+    pub client: SocketAddr,
+    /// The client's IP as a header value, made once per connection.
+    pub client_ip: HeaderValue,
+    /// `http` or `https`, for X-Forwarded-Proto.
+    pub proto: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(client: SocketAddr, tls: bool) -> Self {
+        let ip = client.ip().to_string();
+        ConnInfo {
+            client,
+            client_ip: HeaderValue::from_str(&ip).unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
+        }
+    }
+}
+
+/// Why a request got no upstream response; each maps to one status.
+enum Failure {
+    NoRoute,
+    NoServerUp,
+    Unreachable(ConnectError),
+    /// The upstream did not answer within read_timeout.
+    Timeout,
+    BadResponse(String),
+    ClientBody { timed_out: bool, why: String },
+}
+
+impl Failure {
+    fn status(&self) -> StatusCode {
+        match self {
+            Failure::NoRoute => StatusCode::NOT_FOUND,
+            Failure::NoServerUp => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::Unreachable(ConnectError::Timeout(_)) | Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Failure::Unreachable(_) | Failure::BadResponse(_) => StatusCode::BAD_GATEWAY,
+            Failure::ClientBody { timed_out: true, .. } => StatusCode::REQUEST_TIMEOUT,
+            Failure::ClientBody { timed_out: false, .. } => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn reason(&self) -> String {
+        match self {
+            Failure::NoRoute => "no route matches".into(),
+            Failure::NoServerUp => "no server of the upstream is up".into(),
+            Failure::Unreachable(e) => e.to_string(),
+            Failure::Timeout => "upstream did not answer within read_timeout".into(),
+            Failure::BadResponse(why) | Failure::ClientBody { why, .. } => why.clone(),
+        }
+    }
+
+    /// Whether the failure says something about the upstream server's health.
+    fn blames_server(&self) -> bool {
+        matches!(self, Failure::Unreachable(_) | Failure::Timeout | Failure::BadResponse(_))
+    }
+}
+
+/// Result of one try on one server.
+enum TryError {
+    /// The request did not leave: it may go to another server.
+    NotSent(Request<RequestBody>, ConnectError),
+    /// The request went out (at least in part): it cannot be sent again.
+    Failed(Failure),
+}
+
+/// Everything a worker needs to forward requests, built once per configuration.
+pub struct Proxy {
+    router: Router,
+    upstreams: Vec<Upstream>,
+    limits: ClientLimits,
+    log: Arc<AccessLog>,
+}
+
+impl Proxy {
+    pub fn new(config: &Config, log: Arc<AccessLog>) -> Self {
+        Proxy {
+            router: Router::new(&config.routes),
+            upstreams: config.upstreams.iter().map(Upstream::new).collect(),
+            limits: config.gateway.limits.clone(),
+            log,
+        }
+    }
+
+    pub fn upstreams(&self) -> &[Upstream] {
+        &self.upstreams
+    }
+
+    pub async fn handle(&self, mut req: Request<Incoming>, conn: &ConnInfo) -> Response<ResponseBody> {
+        let websocket = is_websocket_upgrade(&req);
+        let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+        let (mut head, body) = req.into_parts();
+        let mut exchange = Exchange::new(self.log.clone(), conn.client, &head);
+
+        if let Err(Rejection { status, reason }) =
+            request_check::check(&head.method, &head.uri, head.version, &head.headers, &self.limits)
+        {
+            return error_response(exchange, status, reason.to_string(), true);
+        }
+
+        let host = head.headers.get(header::HOST).cloned();
+        let route_host = match &host {
+            Some(h) => host_without_port(h.to_str().unwrap_or_default()),
+            None => head.uri.host().unwrap_or_default(),
+        };
+        let Some(upstream) = self.router.route(route_host, head.uri.path()).map(|i| &self.upstreams[i]) else {
+            return error_response(exchange, StatusCode::NOT_FOUND, Failure::NoRoute.reason(), false);
+        };
+
+        rewrite_request_head(&mut head, conn, host.as_ref(), websocket);
+        let mut request = Request::from_parts(head, RequestBody::new(body, self.limits.client_body_timeout));
+
+        let client_ip = conn.client.ip();
+        let mut tried: Vec<usize> = Vec::new();
+        let mut last_unreachable = None;
+        let outcome = loop {
+            let Some(index) = upstream.pick(client_ip, &tried) else {
+                break Err(last_unreachable.map_or(Failure::NoServerUp, Failure::Unreachable));
+            };
+            let server = &upstream.servers[index];
+            server.requests.fetch_add(1, Ordering::Relaxed);
+            exchange.upstream = Some(Lease::new(server.clone()));
+            if host.is_none() {
+                if let Ok(v) = HeaderValue::from_str(&server.config.name) {
+                    request.headers_mut().insert(header::HOST, v);
+                }
+            }
+            let sent_at = Instant::now();
+            match self.try_server(upstream, server, request, websocket).await {
+                Ok(answer) => {
+                    exchange.upstream_time = Some(sent_at.elapsed());
+                    break Ok(answer);
+                }
+                Err(TryError::NotSent(back, why)) => {
+                    note_failure(server, &why.to_string());
+                    request = back;
+                    tried.push(index);
+                    last_unreachable = Some(why);
+                    if tried.len() > upstream.config.retries as usize {
+                        break Err(Failure::Unreachable(last_unreachable.take().expect("just set")));
+                    }
+                }
+                Err(TryError::Failed(failure)) => {
+                    exchange.upstream_time = Some(sent_at.elapsed());
+                    if failure.blames_server() {
+                        note_failure(server, &failure.reason());
+                    }
+                    break Err(failure);
+                }
+            }
+        };
+
+        match outcome {
+            Ok((response, sender)) => self.respond(exchange, upstream, response, sender, client_upgrade),
+            Err(failure) => {
+                let close = matches!(failure, Failure::ClientBody { .. }) || websocket;
+                error_response(exchange, failure.status(), failure.reason(), close)
+            }
+        }
+    }
+
+    /// Sends the request on a pooled connection, or a new one; a pooled connection that
+    /// turns out to be closing is replaced by a new one without counting as a failure.
+    async fn try_server(
+        &self,
+        upstream: &Upstream,
+        server: &Server,
+        mut request: Request<RequestBody>,
+        websocket: bool,
+    ) -> Result<(Response<Incoming>, Sender), TryError> {
+        let config = &upstream.config;
+        let mut pooled = if websocket { None } else { server.pool.take() };
+        loop {
+            let reused = pooled.is_some();
+            let mut sender = match pooled.take() {
+                Some(sender) => sender,
+                None => match pool::connect(server.config.addr, config.connect_timeout).await {
+                    Ok(sender) => sender,
+                    Err(e) => return Err(TryError::NotSent(request, e)),
+                },
+            };
+            if sender.ready().await.is_err() {
+                if reused {
+                    continue;
+                }
+                let closed = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+                return Err(TryError::NotSent(request, ConnectError::Io(server.config.addr, closed)));
+            }
+            match tokio::time::timeout(config.read_timeout, sender.try_send_request(request)).await {
+                Err(_) => return Err(TryError::Failed(Failure::Timeout)),
+                Ok(Ok(response)) => return Ok((response, sender)),
+                Ok(Err(mut e)) => match e.take_message() {
+                    Some(back) if reused => request = back,
+                    Some(back) => {
+                        let closed = std::io::Error::new(std::io::ErrorKind::ConnectionReset, e.into_error());
+                        return Err(TryError::NotSent(back, ConnectError::Io(server.config.addr, closed)));
+                    }
+                    None => return Err(TryError::Failed(classify(e.into_error()))),
+                },
+            }
+        }
+    }
+
+    fn respond(
+        &self,
+        mut exchange: Exchange,
+        upstream: &Upstream,
+        mut response: Response<Incoming>,
+        sender: Sender,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Response<ResponseBody> {
+        let status = response.status();
+        let headers = response.headers();
+        let lease = exchange.upstream.as_ref().expect("a response comes from a server");
+        let server = lease.server.clone();
+
+        if headers.contains_key(header::CONTENT_LENGTH) && headers.contains_key(header::TRANSFER_ENCODING) {
+            let why = "upstream response has both Content-Length and Transfer-Encoding".to_string();
+            note_failure(&server, &why);
+            return error_response(exchange, StatusCode::BAD_GATEWAY, why, false);
+        }
+
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(client_upgrade) = client_upgrade.filter(|_| is_websocket_response(headers)) else {
+                let why = "upstream switched protocols without a WebSocket upgrade".to_string();
+                note_failure(&server, &why);
+                return error_response(exchange, StatusCode::BAD_GATEWAY, why, true);
+            };
+            server.passive.record_success();
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            let tunnel_lease = Lease::new(server);
+            tokio::spawn(async move {
+                let _lease = tunnel_lease;
+                if let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade) {
+                    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+            });
+            let (mut head, _) = response.into_parts();
+            strip_hop_by_hop(&mut head.headers);
+            head.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            head.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            exchange.status = status.as_u16();
+            return Response::from_parts(head, ResponseBody::fixed(Bytes::new(), exchange));
+        }
+
+        server.passive.record_success();
+        let (mut head, body) = response.into_parts();
+        strip_hop_by_hop(&mut head.headers);
+        if client_upgrade.is_some() {
+            // The client may already be sending WebSocket frames; none of it may be read
+            // as a next request.
+            head.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        head.version = Version::HTTP_11;
+        exchange.status = status.as_u16();
+        if let Some(lease) = &mut exchange.upstream {
+            lease.sender = Some(sender);
+        }
+        Response::from_parts(head, ResponseBody::upstream(body, upstream.config.read_timeout, exchange))
+    }
+}
+
+fn note_failure(server: &Server, why: &str) {
+    server.failures.fetch_add(1, Ordering::Relaxed);
+    if server.passive.record_failure(now_ms()) {
+        tracing::warn!(
+            server = %server.config.name,
+            "server marked down for fail_timeout after {} failures; last: {why}",
+            server.passive.max_fails()
+        );
+    }
+}
+
+/// Sorts a failed exchange by who is to blame.
+fn classify(error: hyper::Error) -> Failure {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    while let Some(e) = source {
+        if let Some(body) = e.downcast_ref::<ClientBodyError>() {
+            return Failure::ClientBody {
+                timed_out: matches!(body, ClientBodyError::Timeout(_)),
+                why: body.to_string(),
+            };
+        }
+        source = e.source();
+    }
+    if error.is_parse() || error.is_parse_status() {
+        Failure::BadResponse(format!("upstream sent an invalid response: {error}"))
+    } else if error.is_incomplete_message() {
+        Failure::BadResponse("upstream closed the connection before answering".into())
+    } else {
+        Failure::BadResponse(format!("upstream exchange failed: {error}"))
+    }
+}
+
+/// A 502/503/… of our own: short plain text, and a log line that says why.
+fn error_response(mut exchange: Exchange, status: StatusCode, reason: String, close: bool) -> Response<ResponseBody> {
+    exchange.status = status.as_u16();
+    exchange.error = Some(reason);
+    let text = format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+    let mut response = Response::new(ResponseBody::fixed(Bytes::from(text), exchange));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    if close {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
+    req.method() == Method::GET
+        && req.version() == Version::HTTP_11
+        && has_token(req.headers(), &header::UPGRADE, "websocket")
+        && has_token(req.headers(), &header::CONNECTION, "upgrade")
+}
+
+fn is_websocket_response(headers: &HeaderMap) -> bool {
+    has_token(headers, &header::UPGRADE, "websocket")
+}
+
+/// Removes the headers named in Connection and the hop-by-hop ones. Host is never removed
+/// this way: the request must keep saying which site it is for.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| n != header::HOST)
+            .collect();
+        for name in named {
+            headers.remove(&name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// The upstream's view of the request: origin-form target, HTTP/1.1, hop-by-hop headers
+/// gone, and the forwarding headers set after the client's own were removed so a client
+/// cannot suppress them.
+fn rewrite_request_head(head: &mut http::request::Parts, conn: &ConnInfo, host: Option<&HeaderValue>, websocket: bool) {
+    let headers = &mut head.headers;
+    let trailers = has_token(headers, &header::TE, "trailers");
+    strip_hop_by_hop(headers);
+    // We answer 100-continue ourselves (hyper does when the body is first read).
+    headers.remove(header::EXPECT);
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if websocket {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
+
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
+        None => conn.client_ip.clone(),
+        Some(_) => {
+            let mut joined = BytesMut::new();
+            for value in headers.get_all(&X_FORWARDED_FOR) {
+                joined.extend_from_slice(value.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(conn.client_ip.as_bytes());
+            HeaderValue::from_maybe_shared(joined.freeze()).unwrap_or_else(|_| conn.client_ip.clone())
+        }
+    };
+    headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
+    headers.insert(X_REAL_IP.clone(), conn.client_ip.clone());
+    headers.insert(X_FORWARDED_PROTO.clone(), conn.proto.clone());
+    match host {
+        Some(host) => {
+            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+
+    if head.uri.scheme().is_some() {
+        let origin = head.uri.path_and_query().map_or("/", |p| p.as_str());
+        head.uri = Uri::try_from(origin).unwrap_or_else(|_| Uri::from_static("/"));
+    }
+    head.version = Version::HTTP_11;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut b = Request::builder().uri("http://a.com/x?y");
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    fn conn() -> ConnInfo {
+        ConnInfo::new("10.0.0.9:1234".parse().unwrap(), false)
+    }
+
+    fn values<'a>(h: &'a HeaderMap, name: &str) -> Vec<&'a str> {
+        h.get_all(name).iter().map(|v| v.to_str().unwrap()).collect()
+    }
+
+    #[test]
+    fn forwarding_headers_are_set_and_appended() {
+        let mut h = head(&[("host", "a.com"), ("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2")]);
+        let host = h.headers.get("host").cloned();
+        rewrite_request_head(&mut h, &conn(), host.as_ref(), false);
+        assert_eq!(values(&h.headers, "x-forwarded-for"), ["1.1.1.1, 2.2.2.2, 10.0.0.9"]);
+        assert_eq!(values(&h.headers, "x-real-ip"), ["10.0.0.9"]);
+        assert_eq!(values(&h.headers, "x-forwarded-proto"), ["http"]);
+        assert_eq!(values(&h.headers, "x-forwarded-host"), ["a.com"]);
+        assert_eq!(values(&h.headers, "host"), ["a.com"]);
+        assert_eq!(h.uri, "/x?y");
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go_but_ours_stay() {
+        let mut h = head(&[
+            ("host", "a.com"),
+            ("connection", "keep-alive, x-secret, X-Real-IP, x-forwarded-for, host"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("x-real-ip", "6.6.6.6"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAA"),
+            ("te", "trailers, deflate"),
+            ("proxy-connection", "keep-alive"),
+            ("expect", "100-continue"),
+            ("x-kept", "yes"),
+        ]);
+        let host = h.headers.get("host").cloned();
+        rewrite_request_head(&mut h, &conn(), host.as_ref(), false);
+        for gone in ["connection", "keep-alive", "x-secret", "upgrade", "http2-settings", "proxy-connection", "expect"] {
+            assert!(!h.headers.contains_key(gone), "{gone} was forwarded");
+        }
+        assert_eq!(values(&h.headers, "te"), ["trailers"]);
+        assert_eq!(values(&h.headers, "x-real-ip"), ["10.0.0.9"]);
+        assert_eq!(values(&h.headers, "x-forwarded-for"), ["10.0.0.9"]);
+        assert_eq!(values(&h.headers, "host"), ["a.com"]);
+        assert_eq!(values(&h.headers, "x-kept"), ["yes"]);
+    }
+
+    #[test]
+    fn websocket_upgrade_is_carried() {
+        let mut h = head(&[("host", "a.com"), ("connection", "Upgrade"), ("upgrade", "websocket")]);
+        rewrite_request_head(&mut h, &conn(), None, true);
+        assert_eq!(values(&h.headers, "upgrade"), ["websocket"]);
+        assert_eq!(values(&h.headers, "connection"), ["upgrade"]);
+        assert!(!h.headers.contains_key("x-forwarded-host"));
+    }
+}

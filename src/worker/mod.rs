@@ -1,0 +1,50 @@
+//! A worker: serves the data path on the listeners it is given, with one single-threaded
+//! tokio runtime, until told to stop.
+
+pub mod body;
+pub mod forward;
+pub mod request_check;
+pub mod router;
+pub mod server;
+
+use crate::access_log::AccessLog;
+use crate::config::Config;
+use forward::Proxy;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+/// Serves until `shutdown` turns true, then lets in-flight requests finish for up to
+/// `shutdown_timeout`.
+pub async fn run(
+    listeners: Vec<std::net::TcpListener>,
+    config: Arc<Config>,
+    log: Arc<AccessLog>,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let proxy = Arc::new(Proxy::new(&config, log));
+    let builder = Arc::new(server::http1_builder(&config.gateway.limits));
+    let tasks = TaskTracker::new();
+    let mut accepting = Vec::new();
+    for listener in listeners {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        accepting.push(tokio::spawn(server::accept_loop(
+            listener,
+            proxy.clone(),
+            builder.clone(),
+            tasks.clone(),
+            shutdown.clone(),
+        )));
+    }
+    for task in accepting {
+        let _ = task.await;
+    }
+    tasks.close();
+    if tokio::time::timeout(config.gateway.shutdown_timeout, tasks.wait()).await.is_err() {
+        tracing::warn!(
+            "{} connections still open after shutdown_timeout; closing them",
+            tasks.len()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! Host and path prefix to upstream.
+//!
+//! Hosts are tried from the most to the least specific (exact name, then the longest
+//! `*.suffix` that matches, then `*`); within the first host that has a route whose prefix
+//! matches the path, the longest such prefix wins. No match is a 404.
+
+use crate::config::RouteConfig;
+use std::collections::HashMap;
+
+#[derive(Default)]
+struct PrefixTable {
+    /// Longest prefix first.
+    routes: Vec<(String, usize)>,
+}
+
+impl PrefixTable {
+    fn add(&mut self, prefix: &str, upstream: usize) {
+        self.routes.push((prefix.to_string(), upstream));
+        self.routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    }
+
+    fn find(&self, path: &str) -> Option<usize> {
+        self.routes
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .map(|&(_, upstream)| upstream)
+    }
+}
+
+#[derive(Default)]
+pub struct Router {
+    exact: HashMap<String, PrefixTable>,
+    /// `(".example.com", table)`, longest suffix first.
+    wildcard: Vec<(String, PrefixTable)>,
+    any: PrefixTable,
+}
+
+impl Router {
+    pub fn new(routes: &[RouteConfig]) -> Self {
+        let mut router = Router::default();
+        for r in routes {
+            if r.host == "*" {
+                router.any.add(&r.path_prefix, r.upstream);
+            } else if let Some(suffix) = r.host.strip_prefix('*') {
+                match router.wildcard.iter_mut().find(|(s, _)| s == suffix) {
+                    Some((_, table)) => table.add(&r.path_prefix, r.upstream),
+                    None => {
+                        let mut table = PrefixTable::default();
+                        table.add(&r.path_prefix, r.upstream);
+                        router.wildcard.push((suffix.to_string(), table));
+                    }
+                }
+            } else {
+                router.exact.entry(r.host.clone()).or_default().add(&r.path_prefix, r.upstream);
+            }
+        }
+        router.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        router
+    }
+
+    /// `host` without port; matched without regard to case.
+    pub fn route(&self, host: &str, path: &str) -> Option<usize> {
+        let lower;
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = host.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            host
+        };
+        let host = host.strip_suffix('.').unwrap_or(host);
+        if let Some(upstream) = self.exact.get(host).and_then(|t| t.find(path)) {
+            return Some(upstream);
+        }
+        for (suffix, table) in &self.wildcard {
+            if host.len() > suffix.len() && host.ends_with(suffix.as_str()) {
+                if let Some(upstream) = table.find(path) {
+                    return Some(upstream);
+                }
+            }
+        }
+        self.any.find(path)
+    }
+}
+
+/// The host part of a Host header value (`name`, `name:port`, `[v6]:port`).
+pub fn host_without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_once(']').map_or(host, |(v6, _)| &host[..v6.len() + 1]);
+    }
+    host.rsplit_once(':').map_or(host, |(name, _)| name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router(routes: &[(&str, &str, usize)]) -> Router {
+        let routes: Vec<RouteConfig> = routes
+            .iter()
+            .map(|&(host, prefix, upstream)| RouteConfig {
+                host: host.into(),
+                path_prefix: prefix.into(),
+                upstream,
+            })
+            .collect();
+        Router::new(&routes)
+    }
+
+    #[test]
+    fn exact_then_wildcard_then_any() {
+        let r = router(&[
+            ("*", "/", 0),
+            ("api.example.com", "/", 1),
+            ("*.example.com", "/", 2),
+            ("*.eu.example.com", "/", 3),
+        ]);
+        assert_eq!(r.route("api.example.com", "/x"), Some(1));
+        assert_eq!(r.route("API.Example.com", "/x"), Some(1));
+        assert_eq!(r.route("www.example.com", "/x"), Some(2));
+        assert_eq!(r.route("a.eu.example.com", "/x"), Some(3));
+        assert_eq!(r.route("example.com", "/x"), Some(0), "*.example.com does not match the bare domain");
+        assert_eq!(r.route("other.org", "/"), Some(0));
+    }
+
+    #[test]
+    fn longest_prefix_wins_and_no_match_is_none() {
+        let r = router(&[("a.com", "/", 0), ("a.com", "/api", 1), ("a.com", "/api/v2", 2), ("b.com", "/static", 3)]);
+        assert_eq!(r.route("a.com", "/"), Some(0));
+        assert_eq!(r.route("a.com", "/api/x"), Some(1));
+        assert_eq!(r.route("a.com", "/api/v2/x"), Some(2));
+        assert_eq!(r.route("b.com", "/static/x.css"), Some(3));
+        assert_eq!(r.route("b.com", "/"), None);
+        assert_eq!(r.route("c.com", "/"), None);
+    }
+
+    #[test]
+    fn a_host_without_a_matching_prefix_falls_through_to_less_specific_hosts() {
+        let r = router(&[("a.com", "/admin", 1), ("*", "/", 0)]);
+        assert_eq!(r.route("a.com", "/admin/x"), Some(1));
+        assert_eq!(r.route("a.com", "/home"), Some(0));
+    }
+
+    #[test]
+    fn ports_are_stripped() {
+        assert_eq!(host_without_port("a.com:8080"), "a.com");
+        assert_eq!(host_without_port("a.com"), "a.com");
+        assert_eq!(host_without_port("[::1]:80"), "[::1]");
+        assert_eq!(host_without_port("[::1]"), "[::1]");
+    }
+}
