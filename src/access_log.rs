@@ -173,7 +173,8 @@ struct JsonLine<'a> {
 
 fn json(e: &Entry<'_>) -> String {
     let line = JsonLine {
-        time: chrono::DateTime::<chrono::Utc>::from(e.time).to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        time: chrono::DateTime::<chrono::Utc>::from(e.time)
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         client: e.client.ip().to_string(),
         method: e.method,
         target: e.target,

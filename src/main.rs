@@ -13,7 +13,12 @@ use tokio::sync::watch;
 #[command(name = "gateway", version, about = "A reverse-proxy gateway")]
 struct Cli {
     /// The config file.
-    #[arg(short = 'c', long = "config", global = true, default_value = "conf/gateway.toml")]
+    #[arg(
+        short = 'c',
+        long = "config",
+        global = true,
+        default_value = "conf/gateway.toml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,
@@ -51,7 +56,8 @@ fn run(config: config::Config) -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("GATEWAY_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("GATEWAY_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .init();
 
@@ -72,12 +78,18 @@ fn run(config: config::Config) -> ExitCode {
     let log = match AccessLog::open(&config.gateway.access_log, config.gateway.access_log_format) {
         Ok(log) => Arc::new(log),
         Err(e) => {
-            tracing::error!("cannot open the access log {:?}: {e}", config.gateway.access_log);
+            tracing::error!(
+                "cannot open the access log {:?}: {e}",
+                config.gateway.access_log
+            );
             return ExitCode::from(1);
         }
     };
 
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("cannot start the runtime: {e}");

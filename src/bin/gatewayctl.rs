@@ -40,7 +40,9 @@ fn main() -> ExitCode {
         None => match gateway::config::load(std::path::Path::new("conf/gateway.toml")) {
             Ok(c) => c.gateway.control_socket,
             Err(e) => {
-                eprintln!("gatewayctl: no -s SOCKET given and conf/gateway.toml is not usable:\n{e}");
+                eprintln!(
+                    "gatewayctl: no -s SOCKET given and conf/gateway.toml is not usable:\n{e}"
+                );
                 return ExitCode::from(2);
             }
         },
@@ -48,11 +50,17 @@ fn main() -> ExitCode {
     let _ = cli.command;
     match std::os::unix::net::UnixStream::connect(&socket) {
         Err(e) => {
-            eprintln!("gatewayctl: cannot reach the gateway at {}: {e}", socket.display());
+            eprintln!(
+                "gatewayctl: cannot reach the gateway at {}: {e}",
+                socket.display()
+            );
             ExitCode::from(2)
         }
         Ok(_) => {
-            eprintln!("gatewayctl: the gateway at {} does not speak the control protocol yet", socket.display());
+            eprintln!(
+                "gatewayctl: the gateway at {} does not speak the control protocol yet",
+                socket.display()
+            );
             ExitCode::from(2)
         }
     }

@@ -226,7 +226,12 @@ impl Validator<'_> {
         });
     }
 
-    fn duration(&mut self, value: &Option<Spanned<String>>, key: &str, default: Duration) -> Duration {
+    fn duration(
+        &mut self,
+        value: &Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
         let Some(value) = value else { return default };
         match parse_duration(value.get_ref()) {
             Ok(d) => d,
@@ -242,7 +247,11 @@ impl Validator<'_> {
         match u32::try_from(*value.get_ref()) {
             Ok(n) if n > 0 => n,
             _ => {
-                self.error(value.span(), key, format!("must be a whole number from 1 to {}", u32::MAX));
+                self.error(
+                    value.span(),
+                    key,
+                    format!("must be a whole number from 1 to {}", u32::MAX),
+                );
                 default
             }
         }
@@ -276,8 +285,10 @@ impl Validator<'_> {
             let mut tls = Vec::new();
             for (j, entry) in l.tls.iter().enumerate() {
                 let entry = entry.get_ref();
-                let cert = self.readable_file(&entry.cert, &format!("listener[{i}].tls[{j}].cert"), base);
-                let key = self.readable_file(&entry.key, &format!("listener[{i}].tls[{j}].key"), base);
+                let cert =
+                    self.readable_file(&entry.cert, &format!("listener[{i}].tls[{j}].cert"), base);
+                let key =
+                    self.readable_file(&entry.key, &format!("listener[{i}].tls[{j}].key"), base);
                 if let (Some(cert), Some(key)) = (cert, key) {
                     tls.push(TlsFiles { cert, key });
                 }
@@ -290,8 +301,15 @@ impl Validator<'_> {
                 );
             }
             if let Some(addr) = addr {
-                if listeners.iter().any(|other: &ListenerConfig| other.addr == addr) {
-                    self.error(l.listen.span(), &key, format!("{addr} is already used by another listener"));
+                if listeners
+                    .iter()
+                    .any(|other: &ListenerConfig| other.addr == addr)
+                {
+                    self.error(
+                        l.listen.span(),
+                        &key,
+                        format!("{addr} is already used by another listener"),
+                    );
                 }
                 listeners.push(ListenerConfig { addr, tls });
             }
@@ -326,7 +344,11 @@ impl Validator<'_> {
                 None => "/".to_string(),
                 Some(p) => {
                     if !p.get_ref().starts_with('/') {
-                        self.error(p.span(), &format!("route[{i}].path_prefix"), "must start with \"/\"");
+                        self.error(
+                            p.span(),
+                            &format!("route[{i}].path_prefix"),
+                            "must start with \"/\"",
+                        );
                     }
                     p.get_ref().clone()
                 }
@@ -368,12 +390,21 @@ impl Validator<'_> {
         }
     }
 
-    fn readable_file(&mut self, value: &Spanned<String>, key: &str, base: &Path) -> Option<PathBuf> {
+    fn readable_file(
+        &mut self,
+        value: &Spanned<String>,
+        key: &str,
+        base: &Path,
+    ) -> Option<PathBuf> {
         let path = base.join(value.get_ref());
         match std::fs::File::open(&path) {
             Ok(_) => Some(path),
             Err(e) => {
-                self.error(value.span(), key, format!("cannot read {}: {e}", path.display()));
+                self.error(
+                    value.span(),
+                    key,
+                    format!("cannot read {}: {e}", path.display()),
+                );
                 None
             }
         }
@@ -387,7 +418,11 @@ impl Validator<'_> {
                 file::Workers::Count(n) if (1..=1024).contains(n) => *n as usize,
                 file::Workers::Word(s) if s == "auto" => cpus,
                 _ => {
-                    self.error(w.span(), "gateway.workers", "must be \"auto\" or a number from 1 to 1024");
+                    self.error(
+                        w.span(),
+                        "gateway.workers",
+                        "must be \"auto\" or a number from 1 to 1024",
+                    );
                     1
                 }
             },
@@ -416,7 +451,11 @@ impl Validator<'_> {
             None => default,
             Some(v) if (256..=1 << 20).contains(v.get_ref()) => *v.get_ref(),
             Some(v) => {
-                self.error(v.span(), key, "must be a number of bytes from 256 to 1048576");
+                self.error(
+                    v.span(),
+                    key,
+                    "must be a number of bytes from 256 to 1048576",
+                );
                 default
             }
         };
@@ -425,7 +464,11 @@ impl Validator<'_> {
         GatewaySettings {
             workers,
             control_socket: base.join(g.control_socket.as_deref().unwrap_or("run/gateway.sock")),
-            shutdown_timeout: self.duration(&g.shutdown_timeout, "gateway.shutdown_timeout", Duration::from_secs(10)),
+            shutdown_timeout: self.duration(
+                &g.shutdown_timeout,
+                "gateway.shutdown_timeout",
+                Duration::from_secs(10),
+            ),
             access_log,
             access_log_format,
             limits: ClientLimits {
@@ -466,7 +509,11 @@ impl Validator<'_> {
         };
         let mut servers = Vec::new();
         if u.servers.get_ref().is_empty() {
-            self.error(u.servers.span(), &key("servers"), "needs at least one server");
+            self.error(
+                u.servers.span(),
+                &key("servers"),
+                "needs at least one server",
+            );
         }
         for (i, s) in u.servers.get_ref().iter().enumerate() {
             let s = s.get_ref();
@@ -476,7 +523,11 @@ impl Validator<'_> {
                 Some(w) => match u32::try_from(*w.get_ref()) {
                     Ok(n) if (1..=1000).contains(&n) => n,
                     _ => {
-                        self.error(w.span(), &key(&format!("servers[{i}].weight")), "must be from 1 to 1000");
+                        self.error(
+                            w.span(),
+                            &key(&format!("servers[{i}].weight")),
+                            "must be from 1 to 1000",
+                        );
                         1
                     }
                 },
@@ -491,7 +542,11 @@ impl Validator<'_> {
             }
         }
         if !servers.is_empty() && servers.iter().all(|s| s.backup) {
-            self.error(u.servers.span(), &key("servers"), "every server is a backup: at least one must be a primary");
+            self.error(
+                u.servers.span(),
+                &key("servers"),
+                "every server is a backup: at least one must be a primary",
+            );
         }
         let health_check = u.health_check.as_ref().map(|h| self.health_check(name, h));
         UpstreamConfig {
@@ -499,16 +554,32 @@ impl Validator<'_> {
             policy,
             servers,
             keepalive: u.keepalive.unwrap_or(32),
-            connect_timeout: self.duration(&u.connect_timeout, &key("connect_timeout"), Duration::from_secs(3)),
-            read_timeout: self.duration(&u.read_timeout, &key("read_timeout"), Duration::from_secs(60)),
+            connect_timeout: self.duration(
+                &u.connect_timeout,
+                &key("connect_timeout"),
+                Duration::from_secs(3),
+            ),
+            read_timeout: self.duration(
+                &u.read_timeout,
+                &key("read_timeout"),
+                Duration::from_secs(60),
+            ),
             retries: u.retries.unwrap_or(1),
             max_fails: u.max_fails.unwrap_or(3),
-            fail_timeout: self.duration(&u.fail_timeout, &key("fail_timeout"), Duration::from_secs(10)),
+            fail_timeout: self.duration(
+                &u.fail_timeout,
+                &key("fail_timeout"),
+                Duration::from_secs(10),
+            ),
             health_check,
         }
     }
 
-    fn health_check(&mut self, name: &str, h: &Spanned<file::HealthCheckSection>) -> HealthCheckConfig {
+    fn health_check(
+        &mut self,
+        name: &str,
+        h: &Spanned<file::HealthCheckSection>,
+    ) -> HealthCheckConfig {
         let key = |k: &str| format!("upstream.{name}.health_check.{k}");
         let h = h.get_ref();
         let path = match &h.path {
@@ -524,7 +595,11 @@ impl Validator<'_> {
             Some(s) => match parse_status_range(s.get_ref()) {
                 Some(range) => range,
                 None => {
-                    self.error(s.span(), &key("expect_status"), "must be a status or a range like \"200-399\"");
+                    self.error(
+                        s.span(),
+                        &key("expect_status"),
+                        "must be a status or a range like \"200-399\"",
+                    );
                     (200, 399)
                 }
             },
@@ -544,7 +619,10 @@ impl Validator<'_> {
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
     (line, column)
 }
 
@@ -552,9 +630,13 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if s.is_empty() || !s.ends_with(|c: char| c.is_ascii_alphabetic()) {
-        return Err(format!("{s:?} is not a duration with a unit, like \"500ms\", \"10s\" or \"2m\""));
+        return Err(format!(
+            "{s:?} is not a duration with a unit, like \"500ms\", \"10s\" or \"2m\""
+        ));
     }
-    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration ({e}); write e.g. \"500ms\", \"10s\" or \"2m\""))
+    humantime::parse_duration(s).map_err(|e| {
+        format!("{s:?} is not a duration ({e}); write e.g. \"500ms\", \"10s\" or \"2m\"")
+    })
 }
 
 /// `host:port`, resolved now so a name that does not resolve is a config error.
@@ -569,7 +651,9 @@ fn resolve(s: &str) -> Result<SocketAddr, String> {
         return Err(format!("{s:?} is not an address of the form host:port"));
     }
     match s.to_socket_addrs() {
-        Ok(mut addrs) => addrs.next().ok_or_else(|| format!("{host:?} resolves to no address")),
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("{host:?} resolves to no address")),
         Err(e) => Err(format!("cannot resolve {host:?}: {e}")),
     }
 }
@@ -595,7 +679,8 @@ mod tests {
     use super::*;
 
     fn check(text: &str) -> Result<Config, Vec<String>> {
-        parse(Path::new("conf/test.toml"), text).map_err(|e| e.0.iter().map(|e| e.to_string()).collect())
+        parse(Path::new("conf/test.toml"), text)
+            .map_err(|e| e.0.iter().map(|e| e.to_string()).collect())
     }
 
     const MINIMAL: &str = r#"
@@ -619,7 +704,10 @@ servers = [ { address = "127.0.0.1:3001" } ]
         assert_eq!((u.keepalive, u.retries, u.max_fails), (32, 1, 3));
         assert_eq!(u.connect_timeout, Duration::from_secs(3));
         assert_eq!(c.gateway.control_socket, Path::new("conf/run/gateway.sock"));
-        assert_eq!(c.gateway.limits.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(
+            c.gateway.limits.header_read_timeout,
+            Duration::from_secs(10)
+        );
     }
 
     #[test]
@@ -652,14 +740,27 @@ read_timeout = "5 parsecs"
         let expect = [
             ("conf/test.toml:3:20: gateway.shutdown_timeout:", "unit"),
             ("conf/test.toml:6:10: listener[0].listen:", "host:port"),
-            ("conf/test.toml:9:12: route[0].upstream:", "\"missing\" is not defined"),
-            ("conf/test.toml:12:10: upstream.app.policy:", "unknown policy"),
-            ("conf/test.toml:13:11: upstream.app.servers:", "at least one server"),
-            ("conf/test.toml:14:16: upstream.app.read_timeout:", "not a duration"),
+            (
+                "conf/test.toml:9:12: route[0].upstream:",
+                "\"missing\" is not defined",
+            ),
+            (
+                "conf/test.toml:12:10: upstream.app.policy:",
+                "unknown policy",
+            ),
+            (
+                "conf/test.toml:13:11: upstream.app.servers:",
+                "at least one server",
+            ),
+            (
+                "conf/test.toml:14:16: upstream.app.read_timeout:",
+                "not a duration",
+            ),
         ];
         for (prefix, words) in expect {
             assert!(
-                errs.iter().any(|e| e.starts_with(prefix) && e.contains(words)),
+                errs.iter()
+                    .any(|e| e.starts_with(prefix) && e.contains(words)),
                 "no error {prefix} .. {words} in {errs:#?}"
             );
         }
@@ -668,9 +769,13 @@ read_timeout = "5 parsecs"
 
     #[test]
     fn duplicate_upstream_is_an_error() {
-        let text = format!("{MINIMAL}\n[upstream.app]\nservers = [ {{ address = \"127.0.0.1:1\" }} ]\n");
+        let text =
+            format!("{MINIMAL}\n[upstream.app]\nservers = [ {{ address = \"127.0.0.1:1\" }} ]\n");
         let errs = check(&text).unwrap_err();
-        assert!(errs[0].contains("conf/test.toml:11:") && errs[0].contains("duplicate"), "{errs:?}");
+        assert!(
+            errs[0].contains("conf/test.toml:11:") && errs[0].contains("duplicate"),
+            "{errs:?}"
+        );
     }
 
     #[test]

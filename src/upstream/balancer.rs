@@ -18,7 +18,12 @@ pub trait Candidate {
 
 pub trait Select {
     /// Picks one index among those for which `eligible` is true, or `None` if none is.
-    fn pick<C: Candidate>(&self, servers: &[C], client: IpAddr, eligible: impl Fn(usize) -> bool) -> Option<usize>;
+    fn pick<C: Candidate>(
+        &self,
+        servers: &[C],
+        client: IpAddr,
+        eligible: impl Fn(usize) -> bool,
+    ) -> Option<usize>;
 }
 
 /// The policy an upstream was configured with, chosen once (no dynamic dispatch per pick).
@@ -39,7 +44,12 @@ impl Balancer {
 }
 
 impl Select for Balancer {
-    fn pick<C: Candidate>(&self, servers: &[C], client: IpAddr, eligible: impl Fn(usize) -> bool) -> Option<usize> {
+    fn pick<C: Candidate>(
+        &self,
+        servers: &[C],
+        client: IpAddr,
+        eligible: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
         match self {
             Balancer::RoundRobin(b) => b.pick(servers, client, eligible),
             Balancer::IpHash(b) => b.pick(servers, client, eligible),
@@ -64,7 +74,12 @@ impl SmoothWeighted {
 }
 
 impl Select for SmoothWeighted {
-    fn pick<C: Candidate>(&self, servers: &[C], _client: IpAddr, eligible: impl Fn(usize) -> bool) -> Option<usize> {
+    fn pick<C: Candidate>(
+        &self,
+        servers: &[C],
+        _client: IpAddr,
+        eligible: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
         // Poisoning cannot leave the scores inconsistent in a way that matters: they only
         // steer the order, so carry on with whatever is there.
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
@@ -93,7 +108,12 @@ impl Select for SmoothWeighted {
 pub struct ConsistentHash;
 
 impl Select for ConsistentHash {
-    fn pick<C: Candidate>(&self, servers: &[C], client: IpAddr, eligible: impl Fn(usize) -> bool) -> Option<usize> {
+    fn pick<C: Candidate>(
+        &self,
+        servers: &[C],
+        client: IpAddr,
+        eligible: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
         let client_hash = match client {
             IpAddr::V4(ip) => fnv1a(FNV_OFFSET, &ip.octets()),
             IpAddr::V6(ip) => fnv1a(FNV_OFFSET, &ip.octets()),
@@ -140,7 +160,12 @@ pub struct LeastConn {
 }
 
 impl Select for LeastConn {
-    fn pick<C: Candidate>(&self, servers: &[C], _client: IpAddr, eligible: impl Fn(usize) -> bool) -> Option<usize> {
+    fn pick<C: Candidate>(
+        &self,
+        servers: &[C],
+        _client: IpAddr,
+        eligible: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
         let n = servers.len();
         if n == 0 {
             return None;
@@ -203,11 +228,17 @@ mod tests {
     fn smooth_weighted_interleaves_three_to_one() {
         let s = servers(&[3, 1]);
         let b = SmoothWeighted::new(2);
-        let picks: Vec<usize> = (0..400).map(|_| b.pick(&s, ANY, |_| true).unwrap()).collect();
+        let picks: Vec<usize> = (0..400)
+            .map(|_| b.pick(&s, ANY, |_| true).unwrap())
+            .collect();
         for window in picks.chunks(4) {
             assert_eq!(window.iter().filter(|&&i| i == 0).count(), 3, "{picks:?}");
         }
-        let longest_run = picks.chunk_by(|a, b| a == b).map(<[usize]>::len).max().unwrap();
+        let longest_run = picks
+            .chunk_by(|a, b| a == b)
+            .map(<[usize]>::len)
+            .max()
+            .unwrap();
         assert!(longest_run <= 3, "{picks:?}");
     }
 
@@ -229,14 +260,23 @@ mod tests {
     fn hash_is_sticky_and_moves_only_clients_of_a_down_server() {
         let s = servers(&[1, 1, 1]);
         let b = ConsistentHash;
-        let before: Vec<usize> = (0..3000).map(|c| b.pick(&s, client(c), |_| true).unwrap()).collect();
-        let again: Vec<usize> = (0..3000).map(|c| b.pick(&s, client(c), |_| true).unwrap()).collect();
+        let before: Vec<usize> = (0..3000)
+            .map(|c| b.pick(&s, client(c), |_| true).unwrap())
+            .collect();
+        let again: Vec<usize> = (0..3000)
+            .map(|c| b.pick(&s, client(c), |_| true).unwrap())
+            .collect();
         assert_eq!(before, again);
         for server in 0..3 {
             let share = before.iter().filter(|&&p| p == server).count();
-            assert!((800..1200).contains(&share), "server {server} got {share} of 3000");
+            assert!(
+                (800..1200).contains(&share),
+                "server {server} got {share} of 3000"
+            );
         }
-        let after: Vec<usize> = (0..3000).map(|c| b.pick(&s, client(c), |i| i != 1).unwrap()).collect();
+        let after: Vec<usize> = (0..3000)
+            .map(|c| b.pick(&s, client(c), |i| i != 1).unwrap())
+            .collect();
         for (was, now) in before.iter().zip(&after) {
             if *was != 1 {
                 assert_eq!(was, now, "a client of an up server moved");

@@ -56,7 +56,10 @@ impl Upstream {
                     in_flight: AtomicUsize::new(0),
                     requests: AtomicU64::new(0),
                     failures: AtomicU64::new(0),
-                    passive: PassiveHealth::new(config.max_fails, config.fail_timeout.as_millis() as u64),
+                    passive: PassiveHealth::new(
+                        config.max_fails,
+                        config.fail_timeout.as_millis() as u64,
+                    ),
                     pool: pool::Pool::new(config.keepalive),
                 })
             })
@@ -74,7 +77,9 @@ impl Upstream {
         let now = now_ms();
         let servers = &self.servers;
         let usable = |i: usize, backup: bool| {
-            servers[i].config.backup == backup && !tried.contains(&i) && servers[i].passive.is_up(now)
+            servers[i].config.backup == backup
+                && !tried.contains(&i)
+                && servers[i].passive.is_up(now)
         };
         self.balancer
             .pick(servers, client, |i| usable(i, false))
@@ -130,7 +135,8 @@ impl PassiveHealth {
         if fails >= self.max_fails {
             self.fails.store(0, Ordering::Relaxed);
             self.window_start.store(0, Ordering::Relaxed);
-            self.down_until.store(now + self.fail_timeout_ms, Ordering::Relaxed);
+            self.down_until
+                .store(now + self.fail_timeout_ms, Ordering::Relaxed);
             return true;
         }
         false
@@ -199,7 +205,11 @@ mod tests {
         for _ in 0..6 {
             assert_ne!(u.pick(ip, &[]), Some(2));
         }
-        assert_eq!(u.pick(ip, &[0, 1]), Some(2), "all primaries tried: the backup");
+        assert_eq!(
+            u.pick(ip, &[0, 1]),
+            Some(2),
+            "all primaries tried: the backup"
+        );
         u.servers[0].passive.record_failure(now_ms());
         u.servers[1].passive.record_failure(now_ms());
         assert_eq!(u.pick(ip, &[]), Some(2), "all primaries down: the backup");

@@ -44,7 +44,9 @@ impl FrameTimer {
     /// The body is waiting: has it waited too long?
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         if !self.armed {
             sleep.as_mut().reset(deadline);
             self.armed = true;
@@ -81,7 +83,10 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = ClientBodyError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -133,7 +138,11 @@ impl ResponseBody {
     }
 
     pub fn fixed(bytes: Bytes, exchange: Exchange) -> Self {
-        Self::new(Source::Fixed((!bytes.is_empty()).then_some(bytes)), Duration::ZERO, exchange)
+        Self::new(
+            Source::Fixed((!bytes.is_empty()).then_some(bytes)),
+            Duration::ZERO,
+            exchange,
+        )
     }
 
     fn new(source: Source, timeout: Duration, exchange: Exchange) -> Self {
@@ -154,7 +163,10 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = UpstreamBodyError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         let polled = match &mut this.source {
             Source::Fixed(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
@@ -195,7 +207,9 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         match &self.source {
             Source::Upstream(inner) => inner.size_hint(),
-            Source::Fixed(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Source::Fixed(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
         }
     }
 }
@@ -210,7 +224,10 @@ impl Lease {
     pub fn new(server: Arc<Server>) -> Self {
         server.in_flight.fetch_add(1, Ordering::Relaxed);
         server.requests.fetch_add(1, Ordering::Relaxed);
-        Lease { server, sender: None }
+        Lease {
+            server,
+            sender: None,
+        }
     }
 }
 
@@ -245,10 +262,18 @@ impl Exchange {
             started: Instant::now(),
             client,
             method: head.method.clone(),
-            uri: if keep { head.uri.clone() } else { http::Uri::default() },
+            uri: if keep {
+                head.uri.clone()
+            } else {
+                http::Uri::default()
+            },
             version: head.version,
-            referer: keep.then(|| head.headers.get(http::header::REFERER).cloned()).flatten(),
-            user_agent: keep.then(|| head.headers.get(http::header::USER_AGENT).cloned()).flatten(),
+            referer: keep
+                .then(|| head.headers.get(http::header::REFERER).cloned())
+                .flatten(),
+            user_agent: keep
+                .then(|| head.headers.get(http::header::USER_AGENT).cloned())
+                .flatten(),
             status: 0,
             bytes_sent: 0,
             upstream: None,
@@ -275,7 +300,10 @@ impl Exchange {
     fn fail_body(&mut self, why: String) {
         if let Some(lease) = &self.upstream {
             lease.server.failures.fetch_add(1, Ordering::Relaxed);
-            lease.server.passive.record_failure(crate::upstream::now_ms());
+            lease
+                .server
+                .passive
+                .record_failure(crate::upstream::now_ms());
         }
         self.error.get_or_insert(why);
     }
@@ -293,7 +321,10 @@ impl Drop for Exchange {
             v.as_ref().and_then(|v| v.to_str().ok())
         }
         let target = self.uri.path_and_query().map_or("/", |p| p.as_str());
-        let upstream = self.upstream.as_ref().map(|l| l.server.config.name.as_str());
+        let upstream = self
+            .upstream
+            .as_ref()
+            .map(|l| l.server.config.name.as_str());
         self.log.write(&Entry {
             time: SystemTime::now() - self.started.elapsed(),
             client: self.client,

@@ -26,12 +26,14 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
 /// ones that only make sense between a client and the gateway.
-static HOP_BY_HOP: [HeaderName; 8] = [
+///
+/// `Trailer` is not among them: it declares which trailer fields follow the body
+/// (RFC 9110 §6.6.2), end to end, and hyper sends only the trailers it names.
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     HeaderName::from_static("http2-settings"),
@@ -51,7 +53,8 @@ impl ConnInfo {
         let ip = client.ip().to_string();
         ConnInfo {
             client,
-            client_ip: HeaderValue::from_str(&ip).unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            client_ip: HeaderValue::from_str(&ip)
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
         }
     }
@@ -65,7 +68,10 @@ enum Failure {
     /// The upstream did not answer within read_timeout.
     Timeout,
     BadResponse(String),
-    ClientBody { timed_out: bool, why: String },
+    ClientBody {
+        timed_out: bool,
+        why: String,
+    },
 }
 
 impl Failure {
@@ -73,10 +79,16 @@ impl Failure {
         match self {
             Failure::NoRoute => StatusCode::NOT_FOUND,
             Failure::NoServerUp => StatusCode::SERVICE_UNAVAILABLE,
-            Failure::Unreachable(ConnectError::Timeout(_)) | Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Failure::Unreachable(ConnectError::Timeout(_)) | Failure::Timeout => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             Failure::Unreachable(_) | Failure::BadResponse(_) => StatusCode::BAD_GATEWAY,
-            Failure::ClientBody { timed_out: true, .. } => StatusCode::REQUEST_TIMEOUT,
-            Failure::ClientBody { timed_out: false, .. } => StatusCode::BAD_REQUEST,
+            Failure::ClientBody {
+                timed_out: true, ..
+            } => StatusCode::REQUEST_TIMEOUT,
+            Failure::ClientBody {
+                timed_out: false, ..
+            } => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -92,14 +104,17 @@ impl Failure {
 
     /// Whether the failure says something about the upstream server's health.
     fn blames_server(&self) -> bool {
-        matches!(self, Failure::Unreachable(_) | Failure::Timeout | Failure::BadResponse(_))
+        matches!(
+            self,
+            Failure::Unreachable(_) | Failure::Timeout | Failure::BadResponse(_)
+        )
     }
 }
 
 /// Result of one try on one server.
 enum TryError {
     /// The request did not leave: it may go to another server.
-    NotSent(Request<RequestBody>, ConnectError),
+    NotSent(Box<Request<RequestBody>>, ConnectError),
     /// The request went out (at least in part): it cannot be sent again.
     Failed(Failure),
 }
@@ -126,15 +141,23 @@ impl Proxy {
         &self.upstreams
     }
 
-    pub async fn handle(&self, mut req: Request<Incoming>, conn: &ConnInfo) -> Response<ResponseBody> {
+    pub async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        conn: &ConnInfo,
+    ) -> Response<ResponseBody> {
         let websocket = is_websocket_upgrade(&req);
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let (mut head, body) = req.into_parts();
         let mut exchange = Exchange::new(self.log.clone(), conn.client, &head);
 
-        if let Err(Rejection { status, reason }) =
-            request_check::check(&head.method, &head.uri, head.version, &head.headers, &self.limits)
-        {
+        if let Err(Rejection { status, reason }) = request_check::check(
+            &head.method,
+            &head.uri,
+            head.version,
+            &head.headers,
+            &self.limits,
+        ) {
             return error_response(exchange, status, reason.to_string(), true);
         }
 
@@ -143,12 +166,24 @@ impl Proxy {
             Some(h) => host_without_port(h.to_str().unwrap_or_default()),
             None => head.uri.host().unwrap_or_default(),
         };
-        let Some(upstream) = self.router.route(route_host, head.uri.path()).map(|i| &self.upstreams[i]) else {
-            return error_response(exchange, StatusCode::NOT_FOUND, Failure::NoRoute.reason(), false);
+        let Some(upstream) = self
+            .router
+            .route(route_host, head.uri.path())
+            .map(|i| &self.upstreams[i])
+        else {
+            return error_response(
+                exchange,
+                StatusCode::NOT_FOUND,
+                Failure::NoRoute.reason(),
+                false,
+            );
         };
 
         rewrite_request_head(&mut head, conn, host.as_ref(), websocket);
-        let mut request = Request::from_parts(head, RequestBody::new(body, self.limits.client_body_timeout));
+        let mut request = Request::from_parts(
+            head,
+            RequestBody::new(body, self.limits.client_body_timeout),
+        );
 
         let client_ip = conn.client.ip();
         let mut tried: Vec<usize> = Vec::new();
@@ -172,12 +207,15 @@ impl Proxy {
                     break Ok(answer);
                 }
                 Err(TryError::NotSent(back, why)) => {
+                    let back = *back;
                     note_failure(server, &why.to_string());
                     request = back;
                     tried.push(index);
                     last_unreachable = Some(why);
                     if tried.len() > upstream.config.retries as usize {
-                        break Err(Failure::Unreachable(last_unreachable.take().expect("just set")));
+                        break Err(Failure::Unreachable(
+                            last_unreachable.take().expect("just set"),
+                        ));
                     }
                 }
                 Err(TryError::Failed(failure)) => {
@@ -191,7 +229,9 @@ impl Proxy {
         };
 
         match outcome {
-            Ok((response, sender)) => self.respond(exchange, upstream, response, sender, client_upgrade),
+            Ok((response, sender)) => {
+                self.respond(exchange, upstream, response, sender, client_upgrade)
+            }
             Err(failure) => {
                 let close = matches!(failure, Failure::ClientBody { .. }) || websocket;
                 error_response(exchange, failure.status(), failure.reason(), close)
@@ -216,7 +256,7 @@ impl Proxy {
                 Some(sender) => sender,
                 None => match pool::connect(server.config.addr, config.connect_timeout).await {
                     Ok(sender) => sender,
-                    Err(e) => return Err(TryError::NotSent(request, e)),
+                    Err(e) => return Err(TryError::NotSent(Box::new(request), e)),
                 },
             };
             if sender.ready().await.is_err() {
@@ -224,16 +264,26 @@ impl Proxy {
                     continue;
                 }
                 let closed = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
-                return Err(TryError::NotSent(request, ConnectError::Io(server.config.addr, closed)));
+                return Err(TryError::NotSent(
+                    Box::new(request),
+                    ConnectError::Io(server.config.addr, closed),
+                ));
             }
-            match tokio::time::timeout(config.read_timeout, sender.try_send_request(request)).await {
+            match tokio::time::timeout(config.read_timeout, sender.try_send_request(request)).await
+            {
                 Err(_) => return Err(TryError::Failed(Failure::Timeout)),
                 Ok(Ok(response)) => return Ok((response, sender)),
                 Ok(Err(mut e)) => match e.take_message() {
                     Some(back) if reused => request = back,
                     Some(back) => {
-                        let closed = std::io::Error::new(std::io::ErrorKind::ConnectionReset, e.into_error());
-                        return Err(TryError::NotSent(back, ConnectError::Io(server.config.addr, closed)));
+                        let closed = std::io::Error::new(
+                            std::io::ErrorKind::ConnectionReset,
+                            e.into_error(),
+                        );
+                        return Err(TryError::NotSent(
+                            Box::new(back),
+                            ConnectError::Io(server.config.addr, closed),
+                        ));
                     }
                     None => return Err(TryError::Failed(classify(e.into_error()))),
                 },
@@ -251,17 +301,23 @@ impl Proxy {
     ) -> Response<ResponseBody> {
         let status = response.status();
         let headers = response.headers();
-        let lease = exchange.upstream.as_ref().expect("a response comes from a server");
+        let lease = exchange
+            .upstream
+            .as_ref()
+            .expect("a response comes from a server");
         let server = lease.server.clone();
 
-        if headers.contains_key(header::CONTENT_LENGTH) && headers.contains_key(header::TRANSFER_ENCODING) {
+        if headers.contains_key(header::CONTENT_LENGTH)
+            && headers.contains_key(header::TRANSFER_ENCODING)
+        {
             let why = "upstream response has both Content-Length and Transfer-Encoding".to_string();
             note_failure(&server, &why);
             return error_response(exchange, StatusCode::BAD_GATEWAY, why, false);
         }
 
         if status == StatusCode::SWITCHING_PROTOCOLS {
-            let Some(client_upgrade) = client_upgrade.filter(|_| is_websocket_response(headers)) else {
+            let Some(client_upgrade) = client_upgrade.filter(|_| is_websocket_response(headers))
+            else {
                 let why = "upstream switched protocols without a WebSocket upgrade".to_string();
                 note_failure(&server, &why);
                 return error_response(exchange, StatusCode::BAD_GATEWAY, why, true);
@@ -278,8 +334,10 @@ impl Proxy {
             });
             let (mut head, _) = response.into_parts();
             strip_hop_by_hop(&mut head.headers);
-            head.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            head.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            head.headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            head.headers
+                .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             exchange.status = status.as_u16();
             return Response::from_parts(head, ResponseBody::fixed(Bytes::new(), exchange));
         }
@@ -290,14 +348,18 @@ impl Proxy {
         if client_upgrade.is_some() {
             // The client may already be sending WebSocket frames; none of it may be read
             // as a next request.
-            head.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            head.headers
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         head.version = Version::HTTP_11;
         exchange.status = status.as_u16();
         if let Some(lease) = &mut exchange.upstream {
             lease.sender = Some(sender);
         }
-        Response::from_parts(head, ResponseBody::upstream(body, upstream.config.read_timeout, exchange))
+        Response::from_parts(
+            head,
+            ResponseBody::upstream(body, upstream.config.read_timeout, exchange),
+        )
     }
 }
 
@@ -334,14 +396,26 @@ fn classify(error: hyper::Error) -> Failure {
 }
 
 /// A 502/503/… of our own: short plain text, and a log line that says why.
-fn error_response(mut exchange: Exchange, status: StatusCode, reason: String, close: bool) -> Response<ResponseBody> {
+fn error_response(
+    mut exchange: Exchange,
+    status: StatusCode,
+    reason: String,
+    close: bool,
+) -> Response<ResponseBody> {
     exchange.status = status.as_u16();
     exchange.error = Some(reason);
-    let text = format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+    let text = format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
     let mut response = Response::new(ResponseBody::fixed(Bytes::from(text), exchange));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     if close {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -392,7 +466,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// The upstream's view of the request: origin-form target, HTTP/1.1, hop-by-hop headers
 /// gone, and the forwarding headers set after the client's own were removed so a client
 /// cannot suppress them.
-fn rewrite_request_head(head: &mut http::request::Parts, conn: &ConnInfo, host: Option<&HeaderValue>, websocket: bool) {
+fn rewrite_request_head(
+    head: &mut http::request::Parts,
+    conn: &ConnInfo,
+    host: Option<&HeaderValue>,
+    websocket: bool,
+) {
     let headers = &mut head.headers;
     let trailers = has_token(headers, &header::TE, "trailers");
     strip_hop_by_hop(headers);
@@ -415,7 +494,8 @@ fn rewrite_request_head(head: &mut http::request::Parts, conn: &ConnInfo, host: 
                 joined.extend_from_slice(b", ");
             }
             joined.extend_from_slice(conn.client_ip.as_bytes());
-            HeaderValue::from_maybe_shared(joined.freeze()).unwrap_or_else(|_| conn.client_ip.clone())
+            HeaderValue::from_maybe_shared(joined.freeze())
+                .unwrap_or_else(|_| conn.client_ip.clone())
         }
     };
     headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
@@ -454,15 +534,25 @@ mod tests {
     }
 
     fn values<'a>(h: &'a HeaderMap, name: &str) -> Vec<&'a str> {
-        h.get_all(name).iter().map(|v| v.to_str().unwrap()).collect()
+        h.get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect()
     }
 
     #[test]
     fn forwarding_headers_are_set_and_appended() {
-        let mut h = head(&[("host", "a.com"), ("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2")]);
+        let mut h = head(&[
+            ("host", "a.com"),
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+        ]);
         let host = h.headers.get("host").cloned();
         rewrite_request_head(&mut h, &conn(), host.as_ref(), false);
-        assert_eq!(values(&h.headers, "x-forwarded-for"), ["1.1.1.1, 2.2.2.2, 10.0.0.9"]);
+        assert_eq!(
+            values(&h.headers, "x-forwarded-for"),
+            ["1.1.1.1, 2.2.2.2, 10.0.0.9"]
+        );
         assert_eq!(values(&h.headers, "x-real-ip"), ["10.0.0.9"]);
         assert_eq!(values(&h.headers, "x-forwarded-proto"), ["http"]);
         assert_eq!(values(&h.headers, "x-forwarded-host"), ["a.com"]);
@@ -474,7 +564,10 @@ mod tests {
     fn hop_by_hop_and_connection_named_headers_go_but_ours_stay() {
         let mut h = head(&[
             ("host", "a.com"),
-            ("connection", "keep-alive, x-secret, X-Real-IP, x-forwarded-for, host"),
+            (
+                "connection",
+                "keep-alive, x-secret, X-Real-IP, x-forwarded-for, host",
+            ),
             ("keep-alive", "timeout=5"),
             ("x-secret", "1"),
             ("x-real-ip", "6.6.6.6"),
@@ -487,7 +580,15 @@ mod tests {
         ]);
         let host = h.headers.get("host").cloned();
         rewrite_request_head(&mut h, &conn(), host.as_ref(), false);
-        for gone in ["connection", "keep-alive", "x-secret", "upgrade", "http2-settings", "proxy-connection", "expect"] {
+        for gone in [
+            "connection",
+            "keep-alive",
+            "x-secret",
+            "upgrade",
+            "http2-settings",
+            "proxy-connection",
+            "expect",
+        ] {
             assert!(!h.headers.contains_key(gone), "{gone} was forwarded");
         }
         assert_eq!(values(&h.headers, "te"), ["trailers"]);
@@ -499,7 +600,11 @@ mod tests {
 
     #[test]
     fn websocket_upgrade_is_carried() {
-        let mut h = head(&[("host", "a.com"), ("connection", "Upgrade"), ("upgrade", "websocket")]);
+        let mut h = head(&[
+            ("host", "a.com"),
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
         rewrite_request_head(&mut h, &conn(), None, true);
         assert_eq!(values(&h.headers, "upgrade"), ["websocket"]);
         assert_eq!(values(&h.headers, "connection"), ["upgrade"]);

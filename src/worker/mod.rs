@@ -40,7 +40,10 @@ pub async fn run(
         let _ = task.await;
     }
     tasks.close();
-    if tokio::time::timeout(config.gateway.shutdown_timeout, tasks.wait()).await.is_err() {
+    if tokio::time::timeout(config.gateway.shutdown_timeout, tasks.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             "{} connections still open after shutdown_timeout; closing them",
             tasks.len()

@@ -34,9 +34,15 @@ pub fn check(
     if target_len > limits.max_request_line {
         return reject(StatusCode::URI_TOO_LONG, "request target too long");
     }
-    let header_bytes: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
+    let header_bytes: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len())
+        .sum();
     if header_bytes > limits.max_header_bytes {
-        return reject(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request headers too large");
+        return reject(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request headers too large",
+        );
     }
 
     check_target(method, uri)?;
@@ -49,13 +55,19 @@ fn check_target(method: &Method, uri: &Uri) -> Result<(), Rejection> {
         return reject(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported");
     }
     match uri.scheme_str() {
-        None if uri.authority().is_some() => reject(StatusCode::BAD_REQUEST, "authority-form target"),
-        None if uri.path() == "*" && method != Method::OPTIONS => {
-            reject(StatusCode::BAD_REQUEST, "asterisk-form target on a method other than OPTIONS")
+        None if uri.authority().is_some() => {
+            reject(StatusCode::BAD_REQUEST, "authority-form target")
         }
+        None if uri.path() == "*" && method != Method::OPTIONS => reject(
+            StatusCode::BAD_REQUEST,
+            "asterisk-form target on a method other than OPTIONS",
+        ),
         None => Ok(()),
         Some(s) if s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https") => Ok(()),
-        Some(_) => reject(StatusCode::BAD_REQUEST, "absolute-form target with a scheme other than http(s)"),
+        Some(_) => reject(
+            StatusCode::BAD_REQUEST,
+            "absolute-form target with a scheme other than http(s)",
+        ),
     }
 }
 
@@ -77,7 +89,10 @@ fn check_host(uri: &Uri, version: Version, headers: &HeaderMap) -> Result<(), Re
     };
     if let Some(authority) = uri.authority() {
         if !authority.as_str().eq_ignore_ascii_case(host) {
-            return reject(StatusCode::BAD_REQUEST, "absolute-form target and Host disagree");
+            return reject(
+                StatusCode::BAD_REQUEST,
+                "absolute-form target and Host disagree",
+            );
         }
     }
     Ok(())
@@ -88,7 +103,9 @@ fn check_host(uri: &Uri, version: Version, headers: &HeaderMap) -> Result<(), Re
 pub fn valid_host(host: &str) -> bool {
     let (name, port) = match host.strip_prefix('[') {
         Some(rest) => match rest.split_once(']') {
-            Some((v6, tail)) if v6.parse::<std::net::Ipv6Addr>().is_ok() => ("v6", tail.strip_prefix(':')),
+            Some((v6, tail)) if v6.parse::<std::net::Ipv6Addr>().is_ok() => {
+                ("v6", tail.strip_prefix(':'))
+            }
             _ => return false,
         },
         None => match host.rsplit_once(':') {
@@ -98,8 +115,11 @@ pub fn valid_host(host: &str) -> bool {
     };
     let name_ok = !name.is_empty()
         && name.len() <= 253
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
-    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
     name_ok && port_ok
 }
 
@@ -139,7 +159,12 @@ mod tests {
         }
     }
 
-    fn run(method: &str, uri: &str, version: Version, headers: &[(&str, &str)]) -> Result<(), StatusCode> {
+    fn run(
+        method: &str,
+        uri: &str,
+        version: Version,
+        headers: &[(&str, &str)],
+    ) -> Result<(), StatusCode> {
         let mut map = HeaderMap::new();
         for (n, v) in headers {
             map.append(
@@ -160,7 +185,10 @@ mod tests {
 
     #[test]
     fn plain_request_passes() {
-        assert_eq!(run("GET", "/a?b", H11, &[("host", "example.com:8080")]), Ok(()));
+        assert_eq!(
+            run("GET", "/a?b", H11, &[("host", "example.com:8080")]),
+            Ok(())
+        );
         assert_eq!(run("GET", "/", Version::HTTP_10, &[]), Ok(()));
         assert_eq!(run("GET", "/", H11, &[("host", "[::1]:80")]), Ok(()));
     }
@@ -172,22 +200,46 @@ mod tests {
             run("GET", "/", H11, &[("host", "a.com"), ("host", "b.com")]),
             Err(StatusCode::BAD_REQUEST)
         );
-        for bad in ["a b", "user@a.com", "a.com/x", "", "a.com:http", "[::1", "a.com:123456"] {
-            assert_eq!(run("GET", "/", H11, &[("host", bad)]), Err(StatusCode::BAD_REQUEST), "{bad}");
+        for bad in [
+            "a b",
+            "user@a.com",
+            "a.com/x",
+            "",
+            "a.com:http",
+            "[::1",
+            "a.com:123456",
+        ] {
+            assert_eq!(
+                run("GET", "/", H11, &[("host", bad)]),
+                Err(StatusCode::BAD_REQUEST),
+                "{bad}"
+            );
         }
         assert_eq!(
             run("GET", "http://a.com/x", H11, &[("host", "b.com")]),
             Err(StatusCode::BAD_REQUEST)
         );
-        assert_eq!(run("GET", "http://a.com/x", H11, &[("host", "A.com")]), Ok(()));
+        assert_eq!(
+            run("GET", "http://a.com/x", H11, &[("host", "A.com")]),
+            Ok(())
+        );
     }
 
     #[test]
     fn target_forms() {
         assert_eq!(run("OPTIONS", "*", H11, &[("host", "a")]), Ok(()));
-        assert_eq!(run("GET", "*", H11, &[("host", "a")]), Err(StatusCode::BAD_REQUEST));
-        assert_eq!(run("CONNECT", "a.com:443", H11, &[("host", "a.com:443")]), Err(StatusCode::METHOD_NOT_ALLOWED));
-        assert_eq!(run("GET", "ftp://a/x", H11, &[("host", "a")]), Err(StatusCode::BAD_REQUEST));
+        assert_eq!(
+            run("GET", "*", H11, &[("host", "a")]),
+            Err(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            run("CONNECT", "a.com:443", H11, &[("host", "a.com:443")]),
+            Err(StatusCode::METHOD_NOT_ALLOWED)
+        );
+        assert_eq!(
+            run("GET", "ftp://a/x", H11, &[("host", "a")]),
+            Err(StatusCode::BAD_REQUEST)
+        );
     }
 
     #[test]
@@ -203,7 +255,10 @@ mod tests {
     #[test]
     fn sizes() {
         let long = format!("/{}", "a".repeat(100));
-        assert_eq!(run("GET", &long, H11, &[("host", "a")]), Err(StatusCode::URI_TOO_LONG));
+        assert_eq!(
+            run("GET", &long, H11, &[("host", "a")]),
+            Err(StatusCode::URI_TOO_LONG)
+        );
         let big = "b".repeat(200);
         assert_eq!(
             run("GET", "/", H11, &[("host", "a"), ("x-big", &big)]),

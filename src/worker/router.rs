@@ -16,7 +16,7 @@ struct PrefixTable {
 impl PrefixTable {
     fn add(&mut self, prefix: &str, upstream: usize) {
         self.routes.push((prefix.to_string(), upstream));
-        self.routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        self.routes.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
     }
 
     fn find(&self, path: &str) -> Option<usize> {
@@ -51,10 +51,16 @@ impl Router {
                     }
                 }
             } else {
-                router.exact.entry(r.host.clone()).or_default().add(&r.path_prefix, r.upstream);
+                router
+                    .exact
+                    .entry(r.host.clone())
+                    .or_default()
+                    .add(&r.path_prefix, r.upstream);
             }
         }
-        router.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        router
+            .wildcard
+            .sort_by_key(|w| std::cmp::Reverse(w.0.len()));
         router
     }
 
@@ -85,7 +91,9 @@ impl Router {
 /// The host part of a Host header value (`name`, `name:port`, `[v6]:port`).
 pub fn host_without_port(host: &str) -> &str {
     if host.starts_with('[') {
-        return host.split_once(']').map_or(host, |(v6, _)| &host[..v6.len() + 1]);
+        return host
+            .split_once(']')
+            .map_or(host, |(v6, _)| &host[..v6.len() + 1]);
     }
     host.rsplit_once(':').map_or(host, |(name, _)| name)
 }
@@ -118,13 +126,22 @@ mod tests {
         assert_eq!(r.route("API.Example.com", "/x"), Some(1));
         assert_eq!(r.route("www.example.com", "/x"), Some(2));
         assert_eq!(r.route("a.eu.example.com", "/x"), Some(3));
-        assert_eq!(r.route("example.com", "/x"), Some(0), "*.example.com does not match the bare domain");
+        assert_eq!(
+            r.route("example.com", "/x"),
+            Some(0),
+            "*.example.com does not match the bare domain"
+        );
         assert_eq!(r.route("other.org", "/"), Some(0));
     }
 
     #[test]
     fn longest_prefix_wins_and_no_match_is_none() {
-        let r = router(&[("a.com", "/", 0), ("a.com", "/api", 1), ("a.com", "/api/v2", 2), ("b.com", "/static", 3)]);
+        let r = router(&[
+            ("a.com", "/", 0),
+            ("a.com", "/api", 1),
+            ("a.com", "/api/v2", 2),
+            ("b.com", "/static", 3),
+        ]);
         assert_eq!(r.route("a.com", "/"), Some(0));
         assert_eq!(r.route("a.com", "/api/x"), Some(1));
         assert_eq!(r.route("a.com", "/api/v2/x"), Some(2));

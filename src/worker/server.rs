@@ -44,7 +44,13 @@ pub async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 let conn = ConnInfo::new(peer, false);
-                tasks.spawn(serve_connection(stream, conn, proxy.clone(), builder.clone(), shutdown.clone()));
+                tasks.spawn(serve_connection(
+                    stream,
+                    conn,
+                    proxy.clone(),
+                    builder.clone(),
+                    shutdown.clone(),
+                ));
             }
             Err(e) => {
                 // Out of file descriptors or similar: back off instead of spinning.
@@ -69,7 +75,9 @@ async fn serve_connection(
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(proxy.handle(req, &conn).await) }
     });
-    let connection = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+    let connection = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
     tokio::pin!(connection);
     tokio::select! {
         result = connection.as_mut() => {

@@ -1,1 +1,8 @@
-fn main(){}
+//! Integration tests: the real `gateway` binary, real backends, real clients.
+
+mod cli;
+mod common;
+mod failures;
+mod proxy;
+mod smuggling;
+mod streaming;

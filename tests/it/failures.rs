@@ -1,0 +1,218 @@
+//! Broken upstreams and slow clients: the right status, a log line that says why, and
+//! nothing passed off as complete when it was not.
+
+use crate::common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+async fn status_and_log(reply: &'static [u8]) -> (u16, String, String) {
+    let (addr, _task) = raw_backend(reply).await;
+    let gw = Gateway::start(&upstream_config("app", &[addr], "max_fails = 0"));
+    let res = client().get(gw.url("/")).send().await.unwrap();
+    let status = res.status().as_u16();
+    let body = res.text().await.unwrap_or_default();
+    let log = gw.wait_log_lines(1).await.join("\n");
+    (status, body, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_http_upstream_is_502() {
+    let (status, body, log) = status_and_log(b"SSH-2.0-OpenSSH_9.2\r\n\r\n").await;
+    assert_eq!((status, body.as_str()), (502, "502 Bad Gateway\n"));
+    assert!(
+        log.contains("error=\"upstream sent an invalid response"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_content_length_and_transfer_encoding_is_502() {
+    let (status, _, log) = status_and_log(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 502);
+    assert!(
+        log.contains("both Content-Length and Transfer-Encoding"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_closing_before_answering_is_502() {
+    let (status, _, log) = status_and_log(b"").await;
+    assert_eq!(status, 502);
+    assert!(log.contains("error=\"upstream"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unexpected_101_is_502() {
+    let (status, _, _) = status_and_log(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 502);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_cut_mid_body_aborts_the_client_response() {
+    for reply in [
+        // Declared 100 bytes, sent 5.
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello"[..],
+        // Chunked, closed before the last chunk.
+        &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"[..],
+        // Invalid chunk framing.
+        &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n"[..],
+    ] {
+        let reply: &'static [u8] = Box::leak(reply.to_vec().into_boxed_slice());
+        let (addr, _task) = raw_backend(reply).await;
+        let gw = Gateway::start(&upstream_config("app", &[addr], "max_fails = 0"));
+        let raw = raw_exchange(
+            gw.addr,
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            Duration::from_secs(5),
+        );
+        assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+        assert!(
+            !raw.ends_with("0\r\n\r\n"),
+            "a cut body was finished as if complete: {raw:?}"
+        );
+        if raw.contains("content-length: 100") {
+            let body = raw.split("\r\n\r\n").nth(1).unwrap();
+            assert!(body.len() < 100, "{raw:?}");
+        }
+        let log = gw.wait_log_lines(1).await.join("\n");
+        assert!(
+            log.contains("error=\"upstream response body broken"),
+            "{log}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_upstream_is_504_after_read_timeout() {
+    let backend = Backend::start(|_req| async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        hyper::Response::new(full("late"))
+    })
+    .await;
+    let gw = Gateway::start(&upstream_config(
+        "app",
+        &[backend.addr],
+        "read_timeout = \"300ms\"",
+    ));
+    let started = Instant::now();
+    let res = client().get(gw.url("/")).send().await.unwrap();
+    assert_eq!(res.status(), 504);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let log = gw.wait_log_lines(1).await.join("\n");
+    assert!(log.contains("read_timeout"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_that_never_accepts_is_504_after_connect_timeout() {
+    // A listener with a full accept queue: further SYNs are dropped, connect hangs.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    socket.listen(0).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            fillers.push(s);
+        }
+    }
+    let gw = Gateway::start(&upstream_config(
+        "app",
+        &[addr],
+        "connect_timeout = \"300ms\"\nretries = 0",
+    ));
+    let started = Instant::now();
+    let res = client().get(gw.url("/")).send().await.unwrap();
+    assert_eq!(res.status(), 504);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let log = gw.wait_log_lines(1).await.join("\n");
+    assert!(log.contains("timed out"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_is_cut_off_after_header_read_timeout() {
+    let backend = Backend::named("a").await;
+    let config = format!(
+        "[gateway]\nheader_read_timeout = \"1s\"\n{}",
+        upstream_config("app", &[backend.addr], "")
+    );
+    let gw = Gateway::start(&config);
+    let mut stream = TcpStream::connect(gw.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let started = Instant::now();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = stream.read_to_end(&mut buf);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
+        "{waited:?}"
+    );
+    assert_eq!(backend.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keepalive_connection_is_closed() {
+    let backend = Backend::named("a").await;
+    let config = format!(
+        "[gateway]\nheader_read_timeout = \"1s\"\n{}",
+        upstream_config("app", &[backend.addr], "")
+    );
+    let gw = Gateway::start(&config);
+    let mut stream = TcpStream::connect(gw.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let _ = stream.read_to_end(&mut buf);
+    assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "idle connection kept open"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_request_body_is_408() {
+    let backend = Backend::start(|req| async move {
+        use http_body_util::BodyExt;
+        let _ = req.into_body().collect().await;
+        hyper::Response::new(full("got it"))
+    })
+    .await;
+    let config = format!(
+        "[gateway]\nclient_body_timeout = \"500ms\"\n{}",
+        upstream_config("app", &[backend.addr], "")
+    );
+    let gw = Gateway::start(&config);
+    let reply = raw_exchange(
+        gw.addr,
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nhello",
+        Duration::from_secs(5),
+    );
+    assert_eq!(status_of(&reply), 408, "{reply:?} {}", gw.access_log());
+    let log = gw.wait_log_lines(1).await.join("\n");
+    assert!(log.contains("client sent no body data"), "{log}");
+}

@@ -1,0 +1,276 @@
+//! Bodies stream both ways with bounded memory; WebSocket, trailers, 100-continue and
+//! bodiless responses come through intact.
+
+use crate::common::*;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const GIB: u64 = 1 << 30;
+const CHUNK: usize = 256 * 1024;
+const RSS_LIMIT_KIB: u64 = 64 * 1024;
+
+/// Samples the gateway's RSS every 50 ms until dropped; returns the peak.
+fn watch_rss(gw: &Gateway) -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    let pid = gw.child.id();
+    let peak = Arc::new(AtomicU64::new(0));
+    let p = peak.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            if let Some(kib) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                p.fetch_max(kib, Ordering::Relaxed);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    (peak, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gib_upload_streams_with_bounded_memory() {
+    let backend = Backend::start(|req| async move {
+        let mut body = req.into_body();
+        let mut total = 0u64;
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.unwrap().into_data() {
+                total += data.len() as u64;
+            }
+        }
+        hyper::Response::new(full(total.to_string()))
+    })
+    .await;
+    let gw = Gateway::start(&upstream_config("app", &[backend.addr], ""));
+    let (peak, sampler) = watch_rss(&gw);
+    let chunk = Bytes::from(vec![b'x'; CHUNK]);
+    let chunks = (GIB / CHUNK as u64) as usize;
+    let stream =
+        futures_util::stream::iter(0..chunks).map(move |_| Ok::<_, std::io::Error>(chunk.clone()));
+    let res = client()
+        .post(gw.url("/upload"))
+        .header("content-length", GIB)
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), GIB.to_string());
+    sampler.abort();
+    let peak = peak.load(Ordering::Relaxed);
+    assert!(
+        peak > 0 && peak < RSS_LIMIT_KIB,
+        "gateway RSS peaked at {peak} KiB"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gib_download_streams_with_bounded_memory() {
+    let backend = Backend::start(|_req| async move {
+        let chunk = Bytes::from(vec![b'y'; CHUNK]);
+        let chunks = (GIB / CHUNK as u64) as usize;
+        let stream =
+            futures_util::stream::iter(0..chunks).map(move |_| Ok(Frame::data(chunk.clone())));
+        hyper::Response::new(BodyExt::boxed(StreamBody::new(stream)))
+    })
+    .await;
+    let gw = Gateway::start(&upstream_config("app", &[backend.addr], ""));
+    let (peak, sampler) = watch_rss(&gw);
+    let res = client().get(gw.url("/download")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let mut total = 0u64;
+    let mut stream = res.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        total += chunk.unwrap().len() as u64;
+    }
+    assert_eq!(total, GIB);
+    sampler.abort();
+    let peak = peak.load(Ordering::Relaxed);
+    assert!(
+        peak > 0 && peak < RSS_LIMIT_KIB,
+        "gateway RSS peaked at {peak} KiB"
+    );
+}
+
+/// A backend that accepts WebSocket upgrades and then echoes every byte.
+async fn websocket_echo() -> Backend {
+    Backend::start(|mut req| async move {
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let Ok(upgraded) = upgrade.await else { return };
+            let mut io = hyper_util::rt::TokioIo::new(upgraded);
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut r = hyper::Response::new(full(""));
+        *r.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+        r.headers_mut()
+            .insert("upgrade", "websocket".parse().unwrap());
+        r.headers_mut()
+            .insert("connection", "Upgrade".parse().unwrap());
+        r.headers_mut().insert(
+            "sec-websocket-accept",
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".parse().unwrap(),
+        );
+        r
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_is_relayed_both_ways() {
+    let backend = websocket_echo().await;
+    let gw = Gateway::start(&upstream_config("app", &[backend.addr], ""));
+    let mut stream = TcpStream::connect(gw.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(b"GET /chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains("upgrade: websocket")
+            && head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=")
+    );
+    for message in [&b"hello"[..], &b"second frame"[..]] {
+        stream.write_all(message).unwrap();
+        let mut echo = vec![0u8; message.len()];
+        stream.read_exact(&mut echo).unwrap();
+        assert_eq!(echo, message);
+    }
+    let seen = &backend.seen()[0];
+    assert_eq!(seen.header("upgrade"), Some("websocket"));
+    assert_eq!(seen.header("connection"), Some("upgrade"));
+    assert_eq!(
+        seen.header("sec-websocket-key"),
+        Some("dGhlIHNhbXBsZSBub25jZQ==")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_pass_through_when_the_client_accepts_them() {
+    let backend = Backend::start(|_req| async {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-checksum", "abc123".parse().unwrap());
+        let frames = vec![
+            Ok(Frame::data(Bytes::from_static(b"body"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let mut r = hyper::Response::new(BodyExt::boxed(StreamBody::new(
+            futures_util::stream::iter(frames),
+        )));
+        r.headers_mut()
+            .insert("trailer", "x-checksum".parse().unwrap());
+        r
+    })
+    .await;
+    let gw = Gateway::start(&upstream_config("app", &[backend.addr], ""));
+    let reply = raw_exchange(
+        gw.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert_eq!(status_of(&reply), 200);
+    assert!(
+        reply.to_ascii_lowercase().contains("x-checksum: abc123"),
+        "{reply:?}"
+    );
+    assert_eq!(backend.seen()[0].header("te"), Some("trailers"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_is_answered_before_the_body_is_sent() {
+    let backend = Backend::start(|req| async move {
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        hyper::Response::new(full(body))
+    })
+    .await;
+    let gw = Gateway::start(&upstream_config("app", &[backend.addr], ""));
+    let mut stream = TcpStream::connect(gw.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut interim = [0u8; 25];
+    stream.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(b"hello").unwrap();
+    let mut rest = String::new();
+    let _ = stream.read_to_string(&mut rest);
+    assert!(
+        rest.starts_with("HTTP/1.1 200") && rest.ends_with("hello"),
+        "{rest:?}"
+    );
+    assert_eq!(backend.seen()[0].header("expect"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_204_and_304_carry_no_body() {
+    let backend = Backend::start(|req| async move {
+        let mut r = hyper::Response::new(full(if req.method() == http::Method::HEAD {
+            ""
+        } else {
+            "twelve bytes"
+        }));
+        match req.uri().path() {
+            "/204" => *r.status_mut() = http::StatusCode::NO_CONTENT,
+            "/304" => *r.status_mut() = http::StatusCode::NOT_MODIFIED,
+            _ => {
+                r.headers_mut()
+                    .insert("content-length", "12".parse().unwrap());
+            }
+        }
+        r
+    })
+    .await;
+    let gw = Gateway::start(&upstream_config("app", &[backend.addr], ""));
+    // All three on one keep-alive connection: a stray body would corrupt the next response.
+    let reply = raw_exchange(
+        gw.addr,
+        b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\nGET /204 HTTP/1.1\r\nHost: a\r\n\r\nGET /304 HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    let statuses: Vec<&str> = reply
+        .lines()
+        .filter(|l| l.starts_with("HTTP/1.1"))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 204 No Content",
+            "HTTP/1.1 304 Not Modified",
+            "HTTP/1.1 200 OK"
+        ],
+        "{reply:?}"
+    );
+    assert!(reply.to_ascii_lowercase().contains("content-length: 12"));
+    assert_eq!(reply.matches("twelve bytes").count(), 1, "{reply:?}");
+    // The upstream connection went back to the pool after each bodiless response.
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 1);
+}
