@@ -10,10 +10,14 @@
 //!
 //! `config` validates everything before anything binds; `worker` is the data path;
 //! `upstream` holds the servers, their health, the balancing policies and the pools.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod access_log;
 pub mod config;
 pub mod net;
+pub mod protocol;
+pub mod supervisor;
+#[allow(unsafe_code)]
+pub mod sys;
 pub mod upstream;
 pub mod worker;

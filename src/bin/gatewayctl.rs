@@ -1,16 +1,21 @@
 //! `gatewayctl`: talk to a running gateway over its control socket.
 //!
-//! The supervisor that answers on the control socket is not built yet: for now every
-//! command reports that the gateway cannot be reached (exit 2), which is the truth.
+//! Exit codes: 0 done, 1 refused or failed (the reason is printed), 2 the gateway cannot
+//! be reached.
 
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use gateway::protocol::{Reply, Request, Status};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(name = "gatewayctl", version, about = "Control a running gateway")]
 struct Cli {
-    /// The control socket (default: gateway.control_socket of conf/gateway.toml).
+    /// The control socket [default: GATEWAY_SOCKET, else gateway.control_socket of
+    /// conf/gateway.toml].
     #[arg(short = 's', long = "socket", env = "GATEWAY_SOCKET")]
     socket: Option<PathBuf>,
     #[command(subcommand)]
@@ -19,15 +24,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load the config file again.
+    /// Load the config file again; waits until the new workers serve.
     Reload,
     /// Show workers and upstream servers.
     Status {
+        /// Print the JSON document instead of a table.
         #[arg(long)]
         json: bool,
     },
-    /// Stop gracefully (or at once with --now).
+    /// Stop gracefully: stop accepting, finish in-flight requests, exit.
     Stop {
+        /// Do not wait for in-flight requests.
         #[arg(long)]
         now: bool,
     },
@@ -37,31 +44,107 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let socket = match cli.socket {
         Some(s) => s,
-        None => match gateway::config::load(std::path::Path::new("conf/gateway.toml")) {
+        None => match gateway::config::load(Path::new("conf/gateway.toml")) {
             Ok(c) => c.gateway.control_socket,
             Err(e) => {
-                eprintln!(
-                    "gatewayctl: no -s SOCKET given and conf/gateway.toml is not usable:\n{e}"
-                );
+                eprintln!("gatewayctl: no -s SOCKET or GATEWAY_SOCKET, and conf/gateway.toml is not usable:\n{e}");
                 return ExitCode::from(2);
             }
         },
     };
-    let _ = cli.command;
-    match std::os::unix::net::UnixStream::connect(&socket) {
+    let request = match cli.command {
+        Command::Reload => Request::Reload,
+        Command::Status { .. } => Request::Status,
+        Command::Stop { now } => Request::Stop { now },
+    };
+    let reply = match ask(&socket, request) {
+        Ok(reply) => reply,
+        Err(e)
+            if matches!(request, Request::Stop { .. })
+                && e.kind() == std::io::ErrorKind::UnexpectedEof =>
+        {
+            println!("the gateway stopped");
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
             eprintln!(
                 "gatewayctl: cannot reach the gateway at {}: {e}",
                 socket.display()
             );
-            ExitCode::from(2)
+            return ExitCode::from(2);
         }
-        Ok(_) => {
-            eprintln!(
-                "gatewayctl: the gateway at {} does not speak the control protocol yet",
-                socket.display()
+    };
+    if !reply.ok {
+        eprintln!(
+            "gatewayctl: {} failed:\n{}",
+            request.as_line().trim(),
+            reply.error.as_deref().unwrap_or("no reason given")
+        );
+        return ExitCode::from(1);
+    }
+    match cli.command {
+        Command::Reload => println!("reloaded: generation {}", reply.generation.unwrap_or(0)),
+        Command::Stop { now: false } => println!("stopping: in-flight requests are finishing"),
+        Command::Stop { now: true } => println!("stopping now"),
+        Command::Status { json } => {
+            let status = reply.status.unwrap_or_default();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status).unwrap_or_default()
+                );
+            } else {
+                print_table(&status);
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn ask(socket: &Path, request: Request) -> std::io::Result<Reply> {
+    let mut stream = UnixStream::connect(socket)?;
+    // A reload waits for new workers to serve; give it room.
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    stream.write_all(request.as_line().as_bytes())?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    if line.is_empty() {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    serde_json::from_str(&line).map_err(|e| std::io::Error::other(format!("unreadable reply: {e}")))
+}
+
+fn print_table(status: &Status) {
+    println!(
+        "generation {}   reloads {}",
+        status.generation, status.reloads
+    );
+    println!();
+    println!(
+        "{:>8}  {:>10}  {:>4}  {:>9}  {:>10}  state",
+        "pid", "generation", "slot", "uptime_s", "rss_MiB"
+    );
+    for w in &status.workers {
+        println!(
+            "{:>8}  {:>10}  {:>4}  {:>9}  {:>10.1}  {}",
+            w.pid,
+            w.generation,
+            w.slot,
+            w.uptime_s,
+            w.rss_bytes as f64 / (1024.0 * 1024.0),
+            w.state
+        );
+    }
+    for (name, upstream) in &status.upstreams {
+        println!();
+        println!("upstream {name} ({})", upstream.policy);
+        for s in &upstream.servers {
+            println!(
+                "  {:<28} weight {:<4}{}",
+                s.address,
+                s.weight,
+                if s.backup { " backup" } else { "" }
             );
-            ExitCode::from(2)
         }
     }
 }

@@ -167,6 +167,12 @@ impl std::error::Error for ConfigErrors {}
 
 /// Reads, parses and validates the file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    load_with_text(path).map(|(config, _)| config)
+}
+
+/// Like [`load`], and also returns the text that was validated, so the very same text can
+/// be handed on (to workers) without reading the file again.
+pub fn load_with_text(path: &Path) -> Result<(Config, String), ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: path.to_path_buf(),
@@ -176,7 +182,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             message: format!("cannot read the file: {e}"),
         }])
     })?;
-    parse(path, &text)
+    parse(path, &text).map(|config| (config, text))
 }
 
 /// Parses and validates `text` as the contents of `path` (relative paths in it are taken

@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod forward;
+pub mod process;
 pub mod request_check;
 pub mod router;
 pub mod server;
@@ -10,17 +11,25 @@ pub mod server;
 use crate::access_log::AccessLog;
 use crate::config::Config;
 use forward::Proxy;
+use std::future::Future;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
+/// Set once this worker drains: every response from then on says `Connection: close`,
+/// so keep-alive clients move to the new workers after their next request instead of
+/// having an idle connection closed under a request they are sending.
+pub static DRAINING: AtomicBool = AtomicBool::new(false);
+
 /// Serves until `shutdown` turns true, then lets in-flight requests finish for up to
-/// `shutdown_timeout`.
-pub async fn run(
+/// `shutdown_timeout`. `ready` runs once every listener accepts.
+pub async fn run<R: Future>(
     listeners: Vec<std::net::TcpListener>,
     config: Arc<Config>,
     log: Arc<AccessLog>,
     shutdown: watch::Receiver<bool>,
+    ready: R,
 ) -> std::io::Result<()> {
     let proxy = Arc::new(Proxy::new(&config, log));
     let builder = Arc::new(server::http1_builder(&config.gateway.limits));
@@ -36,6 +45,7 @@ pub async fn run(
             shutdown.clone(),
         )));
     }
+    let _ready = ready.await;
     for task in accepting {
         let _ = task.await;
     }

@@ -2,16 +2,24 @@
 //! in its own task, until the worker is told to stop.
 
 use super::forward::{ConnInfo, Proxy};
+use super::DRAINING;
 use crate::config::ClientLimits;
+use http::header::{HeaderValue, CONNECTION};
+use http::StatusCode;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
+
+/// How long a draining worker keeps an idle keep-alive connection open for a request that
+/// may already be on its way.
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
 /// The hyper settings every client connection gets.
 pub fn http1_builder(limits: &ClientLimits) -> http1::Builder {
@@ -73,7 +81,17 @@ async fn serve_connection(
     let service = service_fn(move |req| {
         let proxy = proxy.clone();
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(req, &conn).await) }
+        async move {
+            let mut response = proxy.handle(req, &conn).await;
+            if DRAINING.load(Ordering::Relaxed)
+                && response.status() != StatusCode::SWITCHING_PROTOCOLS
+            {
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok::<_, Infallible>(response)
+        }
     });
     let connection = builder
         .serve_connection(TokioIo::new(stream), service)
@@ -86,7 +104,15 @@ async fn serve_connection(
             }
         }
         _ = stopped(&mut shutdown) => {
-            // Finish the request in flight, then close; an idle connection closes now.
+            // A client may be sending its next request right now: give it DRAIN_GRACE to
+            // arrive and be answered with `Connection: close`, then close what is idle
+            // (a request in flight is finished first).
+            let grace = tokio::time::sleep(DRAIN_GRACE);
+            tokio::pin!(grace);
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                _ = &mut grace => {}
+            }
             connection.as_mut().graceful_shutdown();
             let _ = connection.await;
         }

@@ -170,10 +170,17 @@ impl Gateway {
     pub fn start(rest: &str) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gateway.toml");
+        // One worker unless the test says otherwise: balancing state is per worker until
+        // the shared state table lands.
+        let mut defaults =
+            String::from("access_log = \"stdout\"\ncontrol_socket = \"gateway.sock\"\n");
+        if !rest.contains("workers =") {
+            defaults.push_str("workers = 1\n");
+        }
         let rest = if rest.contains("[gateway]") {
-            rest.replacen("[gateway]", "[gateway]\naccess_log = \"stdout\"", 1)
+            rest.replacen("[gateway]", &format!("[gateway]\n{defaults}"), 1)
         } else {
-            format!("[gateway]\naccess_log = \"stdout\"\n{rest}")
+            format!("[gateway]\n{defaults}{rest}")
         };
         let text = format!("[[listener]]\nlisten = \"127.0.0.1:0\"\n\n{rest}");
         std::fs::write(&path, text).unwrap();
@@ -223,6 +230,29 @@ impl Gateway {
             stdout,
             stderr,
         }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("gateway.sock")
+    }
+
+    /// Runs `gatewayctl -s SOCKET args…`; returns (exit code, stdout, stderr).
+    pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_gatewayctl"))
+            .arg("-s")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("gateway.toml")
     }
 
     pub fn url(&self, path: &str) -> String {

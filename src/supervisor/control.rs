@@ -1,0 +1,69 @@
+//! The control socket: a Unix socket, mode 0600, on which `gatewayctl` sends one request
+//! line and reads one JSON reply.
+
+use super::Event;
+use crate::protocol::{Reply, Request};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot};
+
+/// Binds the control socket, refusing if another gateway answers on it, replacing a stale
+/// file left by one that died.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("another gateway is running on {}", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+pub async fn serve(listener: UnixListener, events: mpsc::UnboundedSender<Event>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let events = events.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            let mut reader = BufReader::new(read);
+            let read = reader.read_line(&mut line);
+            let reply = match tokio::time::timeout(std::time::Duration::from_secs(5), read).await {
+                Ok(Ok(_)) => match Request::parse(&line) {
+                    Some(request) => {
+                        let (tx, rx) = oneshot::channel();
+                        let _ = events.send(Event::Control(request, tx));
+                        rx.await
+                            .unwrap_or_else(|_| Reply::failed("the gateway is stopping"))
+                    }
+                    None => Reply::failed(format!("unknown request {:?}", line.trim())),
+                },
+                _ => Reply::failed("no request received"),
+            };
+            let mut text = serde_json::to_string(&reply).unwrap_or_default();
+            text.push('\n');
+            let _ = write.write_all(text.as_bytes()).await;
+        });
+    }
+}
+
+/// Removes the socket file when the supervisor exits.
+pub struct Cleanup(pub PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

@@ -1,0 +1,121 @@
+//! A worker process: takes its config and listening sockets from the supervisor, serves,
+//! says `ready`, and drains when told to (or when the supervisor is gone).
+
+use super::DRAINING;
+use crate::access_log::AccessLog;
+use crate::protocol;
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+pub fn main(config_path: &Path, slot: usize, generation: u64, fds: &[i32]) -> ExitCode {
+    match run(config_path, fds) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(slot, generation, "worker failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(config_path: &Path, fds: &[i32]) -> std::io::Result<()> {
+    // Our stdin is a socket pair with the supervisor: take a handle that can also write.
+    let channel = UnixStream::from(std::io::stdin().as_fd().try_clone_to_owned()?);
+    let mut reader = BufReader::new(channel.try_clone()?);
+    let text = read_config(&mut reader)?;
+    let config = crate::config::parse(config_path, &text).map_err(std::io::Error::other)?;
+    let listeners = fds
+        .iter()
+        .map(|&fd| crate::sys::adopt_listener(fd))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let log = Arc::new(AccessLog::open(
+        &config.gateway.access_log,
+        config.gateway.access_log_format,
+    )?);
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        ignore_terminal_signals();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        channel.set_nonblocking(true)?;
+        let channel = tokio::net::UnixStream::from_std(channel)?;
+        let (read_half, mut write_half) = channel.into_split();
+        // Anything the supervisor wrote after the config and that the blocking reader
+        // already buffered is handled first.
+        let buffered = reader.buffer().to_vec();
+        let commands = tokio::spawn(follow_commands(buffered, read_half, stop_tx, log.clone()));
+        let ready = async move {
+            let _ = write_half
+                .write_all(format!("{}\n", protocol::READY).as_bytes())
+                .await;
+            write_half
+        };
+        let result = super::run(listeners, Arc::new(config), log, stop_rx, ready).await;
+        commands.abort();
+        result
+    })
+}
+
+fn read_config(reader: &mut BufReader<UnixStream>) -> std::io::Result<String> {
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let len: usize = line
+        .strip_prefix(protocol::CONFIG)
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("expected a config message, got {line:?}")))?;
+    let mut text = vec![0; len];
+    reader.read_exact(&mut text)?;
+    String::from_utf8(text).map_err(std::io::Error::other)
+}
+
+/// Obeys the supervisor's commands; its going away counts as `drain`.
+async fn follow_commands(
+    buffered: Vec<u8>,
+    channel: tokio::net::unix::OwnedReadHalf,
+    stop: watch::Sender<bool>,
+    log: Arc<AccessLog>,
+) {
+    let pending = std::io::Cursor::new(buffered);
+    let mut lines =
+        tokio::io::BufReader::new(tokio::io::AsyncReadExt::chain(pending, channel)).lines();
+    loop {
+        match lines.next_line().await {
+            Ok(Some(line)) if line == protocol::REOPEN => {
+                if let Err(e) = log.reopen() {
+                    tracing::error!("cannot reopen the access log: {e}");
+                }
+            }
+            Ok(Some(line)) if line == protocol::DRAIN => break,
+            Ok(Some(other)) => tracing::warn!("unknown command from the supervisor: {other:?}"),
+            Ok(None) | Err(_) => {
+                tracing::warn!("supervisor gone: draining");
+                break;
+            }
+        }
+    }
+    DRAINING.store(true, Ordering::Relaxed);
+    let _ = stop.send(true);
+}
+
+/// Ctrl-C in a terminal signals the whole process group: the supervisor decides what the
+/// workers do, so they ignore it.
+fn ignore_terminal_signals() {
+    use tokio::signal::unix::{signal, SignalKind};
+    for kind in [
+        SignalKind::interrupt(),
+        SignalKind::hangup(),
+        SignalKind::user_defined1(),
+    ] {
+        if let Ok(mut s) = signal(kind) {
+            tokio::spawn(async move { while s.recv().await.is_some() {} });
+        }
+    }
+}
