@@ -199,9 +199,16 @@ impl Gateway {
             let stderr = stderr.clone();
             let pipe = child.stderr.take().unwrap();
             std::thread::spawn(move || {
+                let mut addr = None;
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    if let Some(addr) = line.split("listening on ").nth(1) {
-                        let _ = addr_tx.send(addr.trim().parse::<SocketAddr>().unwrap());
+                    if let Some(a) = line.split("listening on ").nth(1) {
+                        addr = a.trim().parse::<SocketAddr>().ok();
+                    }
+                    // Ready once the first generation of workers serves.
+                    if line.contains("workers serving") {
+                        if let Some(addr) = addr.take() {
+                            let _ = addr_tx.send(addr);
+                        }
                     }
                     stderr.lock().unwrap().push_str(&(line + "\n"));
                 }

@@ -3,6 +3,7 @@
 mod cli;
 mod common;
 mod failures;
+mod lifecycle;
 mod proxy;
 mod smuggling;
 mod streaming;

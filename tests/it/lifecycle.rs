@@ -1,0 +1,308 @@
+//! The process model: workers, crash recovery, reloads that lose nothing, stop.
+
+use crate::common::*;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn status_json(gw: &Gateway) -> serde_json::Value {
+    let (code, out, err) = gw.ctl(&["status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+fn worker_pids(gw: &Gateway) -> Vec<u64> {
+    let status = status_json(gw);
+    let mut pids: Vec<u64> = status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["state"] == "serving")
+        .map(|w| w["pid"].as_u64().unwrap())
+        .collect();
+    pids.sort();
+    pids
+}
+
+fn signal(pid: u64, sig: &str) {
+    assert!(Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success());
+}
+
+fn alive(pid: u64) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn two_workers(backends: &[std::net::SocketAddr]) -> String {
+    format!(
+        "[gateway]\nworkers = 2\nshutdown_timeout = \"5s\"\n{}",
+        upstream_config("app", backends, "")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_socket_is_private_and_status_lists_the_workers() {
+    let backend = Backend::named("a").await;
+    let gw = Gateway::start(&two_workers(&[backend.addr]));
+    let mode = std::fs::metadata(gw.socket()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let status = status_json(&gw);
+    assert_eq!(status["generation"], 1);
+    assert_eq!(worker_pids(&gw).len(), 2);
+    assert_eq!(status["upstreams"]["app"]["policy"], "round_robin");
+    let (code, table, _) = gw.ctl(&["status"]);
+    assert_eq!(code, 0);
+    assert!(
+        table.contains("serving") && table.contains("upstream app"),
+        "{table}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_worker_is_replaced_quickly_and_a_crash_loop_backs_off() {
+    let backend = Backend::named("a").await;
+    let gw = Gateway::start(&two_workers(&[backend.addr]));
+    let before = worker_pids(&gw);
+    signal(before[0], "KILL");
+    let killed_at = Instant::now();
+    wait_until("a replacement worker", Duration::from_secs(3), || {
+        let now = worker_pids(&gw);
+        now.len() == 2 && !now.contains(&before[0])
+    })
+    .await;
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(1),
+        "replaced after {:?}",
+        killed_at.elapsed()
+    );
+    assert_eq!(
+        client().get(gw.url("/")).send().await.unwrap().status(),
+        200
+    );
+
+    // Keep killing the newest worker: each restart waits longer.
+    for _ in 0..3 {
+        let pids = worker_pids(&gw);
+        let newest = *pids.iter().max().unwrap();
+        signal(newest, "KILL");
+        wait_until("a replacement worker", Duration::from_secs(5), || {
+            let now = worker_pids(&gw);
+            now.len() == 2 && !now.contains(&newest)
+        })
+        .await;
+    }
+    let log = gw.stderr();
+    for delay in [
+        "restarting in 100ms",
+        "restarting in 200ms",
+        "restarting in 400ms",
+    ] {
+        assert!(log.contains(delay), "no {delay:?} in:\n{log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_do_not_outlive_their_supervisor() {
+    let backend = Backend::named("a").await;
+    let mut gw = Gateway::start(&two_workers(&[backend.addr]));
+    let pids = worker_pids(&gw);
+    gw.child.kill().unwrap();
+    gw.child.wait().unwrap();
+    wait_until("workers to exit", Duration::from_secs(5), || {
+        pids.iter().all(|&p| !alive(p))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_starts_a_new_generation_and_an_invalid_file_changes_nothing() {
+    let (a, b) = (Backend::named("a").await, Backend::named("b").await);
+    let gw = Gateway::start(&two_workers(&[a.addr]));
+    let c = client();
+    assert_eq!(
+        c.get(gw.url("/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "a"
+    );
+    let old = worker_pids(&gw);
+
+    // Point the upstream at b and reload.
+    let text = std::fs::read_to_string(gw.config_path()).unwrap();
+    std::fs::write(
+        gw.config_path(),
+        text.replace(&a.addr.to_string(), &b.addr.to_string()),
+    )
+    .unwrap();
+    let (code, out, err) = gw.ctl(&["reload"]);
+    assert_eq!((code, out.trim()), (0, "reloaded: generation 2"), "{err}");
+    let new = worker_pids(&gw);
+    assert!(new.iter().all(|p| !old.contains(p)));
+    // The kept-alive connection ends on the old generation with `Connection: close`...
+    let last_old = c.get(gw.url("/")).send().await.unwrap();
+    assert_eq!(last_old.headers()["connection"], "close");
+    // ...and the next one lands on the new generation.
+    assert_eq!(
+        c.get(gw.url("/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "b"
+    );
+    wait_until("old workers to exit", Duration::from_secs(5), || {
+        old.iter().all(|&p| !alive(p))
+    })
+    .await;
+
+    // An invalid file: refused with the reason, nothing changes.
+    let good = std::fs::read_to_string(gw.config_path()).unwrap();
+    std::fs::write(gw.config_path(), format!("{good}\nbogus = 1\n")).unwrap();
+    let (code, _, err) = gw.ctl(&["reload"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("gateway.toml:") && err.contains("bogus"),
+        "{err}"
+    );
+    assert_eq!(worker_pids(&gw), new);
+
+    // Valid, but the new workers cannot start (their access log cannot be opened): the
+    // reload fails and the old generation keeps serving.
+    std::fs::write(
+        gw.config_path(),
+        good.replace(
+            "access_log = \"stdout\"",
+            "access_log = \"/proc/no/such/dir/access.log\"",
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = gw.ctl(&["reload"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("exited before serving"), "{err}");
+    assert_eq!(worker_pids(&gw), new);
+    assert_eq!(status_json(&gw)["generation"], 2);
+    assert_eq!(
+        c.get(gw.url("/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "b"
+    );
+
+    // SIGHUP reloads too.
+    std::fs::write(gw.config_path(), &good).unwrap();
+    signal(gw.child.id() as u64, "HUP");
+    wait_until("generation 3", Duration::from_secs(5), || {
+        status_json(&gw)["generation"] == 3
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_finishes_the_request_in_flight() {
+    let backend = Backend::start(|_req| async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        hyper::Response::new(full("slow"))
+    })
+    .await;
+    let mut gw = Gateway::start(&two_workers(&[backend.addr]));
+    let url = gw.url("/");
+    let request = tokio::spawn(async move {
+        client()
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    wait_until(
+        "the request to reach the backend",
+        Duration::from_secs(3),
+        || backend.requests() == 1,
+    )
+    .await;
+    let (code, _, err) = gw.ctl(&["stop"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(request.await.unwrap(), "slow");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gw.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "supervisor did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gw.child.try_wait().unwrap().unwrap().success());
+    assert!(!gw.socket().exists(), "control socket left behind");
+}
+
+/// wrk, 16 connections for 10 s against two backends, five reloads during the run: not one
+/// socket error, not one non-2xx answer. Once with keep-alive, once with a new connection
+/// per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_under_load_lose_no_request() {
+    let Some(wrk) = which("wrk") else {
+        panic!("wrk is needed for this test: apt-get install wrk (.ci/run does)");
+    };
+    let (a, b) = (Backend::named("a").await, Backend::named("b").await);
+    let gw = Gateway::start(&two_workers(&[a.addr, b.addr]));
+    let mut generation = 1;
+    for extra in [&[][..], &["-H", "Connection: close"][..]] {
+        let mut load = Command::new(&wrk);
+        load.args(["-t2", "-c16", "-d10s"])
+            .args(extra)
+            .arg(gw.url("/"));
+        let run = tokio::task::spawn_blocking(move || load.output().unwrap());
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            generation += 1;
+            let (code, out, err) = gw.ctl(&["reload"]);
+            assert_eq!(code, 0, "{err}");
+            assert_eq!(out.trim(), format!("reloaded: generation {generation}"));
+        }
+        let out = run.await.unwrap();
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{report}");
+        assert!(!report.contains("Socket errors"), "{extra:?}:\n{report}");
+        assert!(!report.contains("Non-2xx"), "{extra:?}:\n{report}");
+        let requests: u64 = report
+            .lines()
+            .find(|l| l.contains("requests in"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(requests > 1000, "{report}");
+        eprintln!("{extra:?}: {requests} requests, 5 reloads, no errors");
+    }
+}
+
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| std::path::Path::new(dir).join(program))
+        .find(|p| p.is_file())
+}
