@@ -19,5 +19,6 @@ pub mod protocol;
 pub mod supervisor;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod tls;
 pub mod upstream;
 pub mod worker;

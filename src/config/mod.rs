@@ -296,15 +296,14 @@ impl Validator<'_> {
                 let key =
                     self.readable_file(&entry.key, &format!("listener[{i}].tls[{j}].key"), base);
                 if let (Some(cert), Some(key)) = (cert, key) {
-                    tls.push(TlsFiles { cert, key });
+                    let files = TlsFiles { cert, key };
+                    match crate::tls::load_certified_key(&files) {
+                        Ok(_) => tls.push(files),
+                        Err(e) => {
+                            self.error(l.tls[j].span(), &format!("listener[{i}].tls[{j}]"), e)
+                        }
+                    }
                 }
-            }
-            if !l.tls.is_empty() {
-                self.error(
-                    l.tls[0].span(),
-                    &format!("listener[{i}].tls"),
-                    "TLS listeners are not supported by this build yet",
-                );
             }
             if let Some(addr) = addr {
                 if listeners

@@ -161,11 +161,16 @@ impl Proxy {
             return error_response(exchange, status, reason.to_string(), true);
         }
 
-        let host = head.headers.get(header::HOST).cloned();
-        let route_host = match &host {
-            Some(h) => host_without_port(h.to_str().unwrap_or_default()),
-            None => head.uri.host().unwrap_or_default(),
-        };
+        // HTTP/2 names the host in :authority (the URI), HTTP/1 in Host.
+        let host = head.headers.get(header::HOST).cloned().or_else(|| {
+            let authority = head.uri.authority()?;
+            HeaderValue::from_str(authority.as_str()).ok()
+        });
+        let route_host = host_without_port(
+            host.as_ref()
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or_default(),
+        );
         let Some(upstream) = self
             .router
             .route(route_host, head.uri.path())
@@ -351,7 +356,6 @@ impl Proxy {
             head.headers
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        head.version = Version::HTTP_11;
         exchange.status = status.as_u16();
         if let Some(lease) = &mut exchange.upstream {
             lease.sender = Some(sender);
@@ -504,6 +508,9 @@ fn rewrite_request_head(
     match host {
         Some(host) => {
             headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+            if !headers.contains_key(header::HOST) {
+                headers.insert(header::HOST, host.clone());
+            }
         }
         None => {
             headers.remove(&X_FORWARDED_HOST);

@@ -32,15 +32,22 @@ pub async fn run<R: Future>(
     ready: R,
 ) -> std::io::Result<()> {
     let proxy = Arc::new(Proxy::new(&config, log));
-    let builder = Arc::new(server::http1_builder(&config.gateway.limits));
+    let protocols = Arc::new(server::Protocols::new(&config.gateway.limits));
     let tasks = TaskTracker::new();
     let mut accepting = Vec::new();
-    for listener in listeners {
+    for (listener, settings) in listeners.into_iter().zip(&config.listeners) {
         let listener = tokio::net::TcpListener::from_std(listener)?;
+        let tls = if settings.tls.is_empty() {
+            None
+        } else {
+            let tls = crate::tls::server_config(&settings.tls).map_err(std::io::Error::other)?;
+            Some(tokio_rustls::TlsAcceptor::from(tls))
+        };
         accepting.push(tokio::spawn(server::accept_loop(
             listener,
+            tls,
             proxy.clone(),
-            builder.clone(),
+            protocols.clone(),
             tasks.clone(),
             shutdown.clone(),
         )));

@@ -1,46 +1,71 @@
-//! Accepting client connections and serving HTTP/1.1 on them with hyper, each connection
-//! in its own task, until the worker is told to stop.
+//! Accepting client connections and serving them with hyper, each connection in its own
+//! task: HTTP/1.1 on plain listeners; on TLS listeners the handshake, then HTTP/2 or
+//! HTTP/1.1 as ALPN chose.
 
+use super::body::ResponseBody;
 use super::forward::{ConnInfo, Proxy};
 use super::DRAINING;
 use crate::config::ClientLimits;
 use http::header::{HeaderValue, CONNECTION};
-use http::StatusCode;
-use hyper::server::conn::http1;
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 /// How long a draining worker keeps an idle keep-alive connection open for a request that
 /// may already be on its way.
 const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
-/// The hyper settings every client connection gets.
-pub fn http1_builder(limits: &ClientLimits) -> http1::Builder {
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        // The clock for a request head starts when the connection waits for one, so this
-        // also closes idle keep-alive connections and cuts off slowloris clients.
-        .header_read_timeout(limits.header_read_timeout)
-        // Request line + headers + the bytes ": " and CRLF add per line.
-        .max_header_size(limits.max_request_line + limits.max_header_bytes + 4 * 1024)
-        .max_headers(128);
-    builder
+/// The hyper settings every client connection gets, built once per worker.
+pub struct Protocols {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    handshake_timeout: Duration,
+}
+
+impl Protocols {
+    pub fn new(limits: &ClientLimits) -> Self {
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            // The clock for a request head starts when the connection waits for one, so
+            // this also closes idle keep-alive connections and cuts off slowloris clients.
+            .header_read_timeout(limits.header_read_timeout)
+            // Request line + headers + the bytes ": " and CRLF add per line.
+            .max_header_size(limits.max_request_line + limits.max_header_bytes + 4 * 1024)
+            .max_headers(128);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        // h2's defaults already limit rapid resets (CVE-2023-44487), CONTINUATION floods
+        // and HPACK bombs; the stream and header limits are set here explicitly.
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(100)
+            .max_header_list_size((limits.max_request_line + limits.max_header_bytes) as u32)
+            .max_pending_accept_reset_streams(20)
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10));
+        Protocols {
+            http1: h1,
+            http2: h2,
+            handshake_timeout: limits.header_read_timeout,
+        }
+    }
 }
 
 /// Accepts on `listener` until `shutdown` turns true; connections are tracked in `tasks`
 /// so the worker can wait for them to finish.
 pub async fn accept_loop(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     proxy: Arc<Proxy>,
-    builder: Arc<http1::Builder>,
+    protocols: Arc<Protocols>,
     tasks: TaskTracker,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -51,14 +76,20 @@ pub async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let conn = ConnInfo::new(peer, false);
-                tasks.spawn(serve_connection(
-                    stream,
-                    conn,
-                    proxy.clone(),
-                    builder.clone(),
-                    shutdown.clone(),
-                ));
+                let conn = ConnInfo::new(peer, tls.is_some());
+                let (proxy, protocols, shutdown) =
+                    (proxy.clone(), protocols.clone(), shutdown.clone());
+                match &tls {
+                    None => tasks.spawn(serve_http1(stream, conn, proxy, protocols, shutdown)),
+                    Some(tls) => tasks.spawn(serve_tls(
+                        tls.clone(),
+                        stream,
+                        conn,
+                        proxy,
+                        protocols,
+                        shutdown,
+                    )),
+                };
             }
             Err(e) => {
                 // Out of file descriptors or similar: back off instead of spinning.
@@ -69,54 +100,121 @@ pub async fn accept_loop(
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
-    conn: ConnInfo,
+/// The per-connection service: the proxy, plus `Connection: close` on HTTP/1 responses
+/// while the worker drains.
+fn service(
     proxy: Arc<Proxy>,
-    builder: Arc<http1::Builder>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let _ = stream.set_nodelay(true);
+    conn: ConnInfo,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<ResponseBody>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
+       + Send
+       + 'static {
     let conn = Arc::new(conn);
-    let service = service_fn(move |req| {
+    service_fn(move |req: Request<Incoming>| {
         let proxy = proxy.clone();
         let conn = conn.clone();
         async move {
+            let http2 = req.version() == Version::HTTP_2;
             let mut response = proxy.handle(req, &conn).await;
-            if DRAINING.load(Ordering::Relaxed)
+            if http2 {
+                // Connection-specific headers do not exist in HTTP/2.
+                response.headers_mut().remove(CONNECTION);
+            } else if DRAINING.load(Ordering::Relaxed)
                 && response.status() != StatusCode::SWITCHING_PROTOCOLS
             {
                 response
                     .headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }
-            Ok::<_, Infallible>(response)
+            Ok(response)
         }
-    });
-    let connection = builder
-        .serve_connection(TokioIo::new(stream), service)
+    })
+}
+
+async fn serve_tls(
+    tls: TlsAcceptor,
+    stream: TcpStream,
+    conn: ConnInfo,
+    proxy: Arc<Proxy>,
+    protocols: Arc<Protocols>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    // tokio-rustls has no handshake timeout of its own.
+    let stream = match tokio::time::timeout(protocols.handshake_timeout, tls.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::debug!(client = %conn.client, "TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(client = %conn.client, "TLS handshake timed out");
+            return;
+        }
+    };
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = TokioIo::new(stream);
+    if h2 {
+        let connection = protocols.http2.serve_connection(io, service(proxy, conn));
+        drive(connection, shutdown, |c| c.graceful_shutdown()).await;
+    } else {
+        let connection = protocols
+            .http1
+            .serve_connection(io, service(proxy, conn))
+            .with_upgrades();
+        drive(connection, shutdown, |c| c.graceful_shutdown()).await;
+    }
+}
+
+async fn serve_http1(
+    stream: TcpStream,
+    conn: ConnInfo,
+    proxy: Arc<Proxy>,
+    protocols: Arc<Protocols>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let connection = protocols
+        .http1
+        .serve_connection(TokioIo::new(stream), service(proxy, conn))
         .with_upgrades();
+    drive(connection, shutdown, |c| c.graceful_shutdown()).await;
+}
+
+/// Runs a connection until it ends, or, once the worker drains, gives it DRAIN_GRACE for
+/// a request that may be on its way (answered with `Connection: close`, or for HTTP/2
+/// followed by GOAWAY) and then shuts it down gracefully: a request in flight is finished
+/// first.
+async fn drive<C, E>(
+    connection: C,
+    mut shutdown: watch::Receiver<bool>,
+    graceful: impl FnOnce(std::pin::Pin<&mut C>),
+) where
+    C: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     tokio::pin!(connection);
     tokio::select! {
         result = connection.as_mut() => {
             if let Err(e) = result {
                 tracing::debug!("client connection ended: {e}");
             }
+            return;
         }
-        _ = stopped(&mut shutdown) => {
-            // A client may be sending its next request right now: give it DRAIN_GRACE to
-            // arrive and be answered with `Connection: close`, then close what is idle
-            // (a request in flight is finished first).
-            let grace = tokio::time::sleep(DRAIN_GRACE);
-            tokio::pin!(grace);
-            tokio::select! {
-                _ = connection.as_mut() => return,
-                _ = &mut grace => {}
-            }
-            connection.as_mut().graceful_shutdown();
-            let _ = connection.await;
-        }
+        _ = stopped(&mut shutdown) => {}
     }
+    let grace = tokio::time::sleep(DRAIN_GRACE);
+    tokio::pin!(grace);
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        _ = &mut grace => {}
+    }
+    graceful(connection.as_mut());
+    let _ = connection.await;
 }
 
 /// Resolves once `shutdown` is true (or its sender is gone).
