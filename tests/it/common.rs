@@ -153,7 +153,10 @@ pub fn closed_port() -> SocketAddr {
 
 /// A running `gateway` process.
 pub struct Gateway {
+    /// The first listener (the plain one the harness adds).
     pub addr: SocketAddr,
+    /// Every listener, in config order.
+    pub addrs: Vec<SocketAddr>,
     pub child: Child,
     pub dir: tempfile::TempDir,
     stdout: Arc<Mutex<String>>,
@@ -199,16 +202,14 @@ impl Gateway {
             let stderr = stderr.clone();
             let pipe = child.stderr.take().unwrap();
             std::thread::spawn(move || {
-                let mut addr = None;
+                let mut addrs = Vec::new();
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                     if let Some(a) = line.split("listening on ").nth(1) {
-                        addr = a.trim().parse::<SocketAddr>().ok();
+                        addrs.extend(a.trim().parse::<SocketAddr>().ok());
                     }
                     // Ready once the first generation of workers serves.
-                    if line.contains("workers serving") {
-                        if let Some(addr) = addr.take() {
-                            let _ = addr_tx.send(addr);
-                        }
+                    if line.contains("workers serving") && !addrs.is_empty() {
+                        let _ = addr_tx.send(std::mem::take(&mut addrs));
                     }
                     stderr.lock().unwrap().push_str(&(line + "\n"));
                 }
@@ -223,15 +224,16 @@ impl Gateway {
                 }
             });
         }
-        let addr = match addr_rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addr) => addr,
+        let addrs = match addr_rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addrs) => addrs,
             Err(_) => {
                 let _ = child.kill();
                 panic!("gateway did not start: {}", stderr.lock().unwrap());
             }
         };
         Gateway {
-            addr,
+            addr: addrs[0],
+            addrs,
             child,
             dir,
             stdout,

@@ -7,3 +7,4 @@ mod lifecycle;
 mod proxy;
 mod smuggling;
 mod streaming;
+mod tls;

@@ -1,0 +1,299 @@
+//! TLS termination and HTTP/2 with real clients: reqwest (rustls), Python's ssl module for
+//! protocol versions rustls clients cannot speak.
+
+use crate::common::*;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+struct Cert {
+    cert: PathBuf,
+    key: PathBuf,
+    der: Vec<u8>,
+    pem: String,
+}
+
+fn make_cert(dir: &Path, file: &str, names: &[&str]) -> Cert {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let generated = rcgen::generate_simple_self_signed(names).unwrap();
+    let cert = dir.join(format!("{file}.crt"));
+    let key = dir.join(format!("{file}.key"));
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+    Cert {
+        cert,
+        key,
+        der: generated.cert.der().to_vec(),
+        pem: generated.cert.pem(),
+    }
+}
+
+fn tls_listener(certs: &[&Cert]) -> String {
+    let entries: Vec<String> = certs
+        .iter()
+        .map(|c| {
+            format!(
+                "{{ cert = \"{}\", key = \"{}\" }}",
+                c.cert.display(),
+                c.key.display()
+            )
+        })
+        .collect();
+    // Another loopback address than the plain listener the harness adds.
+    format!(
+        "[[listener]]\nlisten = \"127.0.0.2:0\"\ntls = [ {} ]\n",
+        entries.join(", ")
+    )
+}
+
+fn tls_client(trust: &[&Cert], resolve: &[(&str, SocketAddr)]) -> reqwest::ClientBuilder {
+    let mut b = reqwest::Client::builder()
+        .no_proxy()
+        .use_rustls_tls()
+        .tls_info(true);
+    for c in trust {
+        b = b.add_root_certificate(reqwest::Certificate::from_pem(c.pem.as_bytes()).unwrap());
+    }
+    for (name, addr) in resolve {
+        b = b.resolve(name, *addr);
+    }
+    b
+}
+
+fn peer_cert(res: &reqwest::Response) -> Vec<u8> {
+    res.extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|i| i.peer_certificate())
+        .unwrap()
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_picks_the_certificate_and_alpn_negotiates_h2() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = make_cert(dir.path(), "a", &["a.test"]);
+    let b = make_cert(dir.path(), "b", &["*.b.test"]);
+    let backend = Backend::named("app").await;
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        tls_listener(&[&a, &b]),
+        upstream_config("app", &[backend.addr], "")
+    ));
+    let tls = gw.addrs[1];
+    let c = tls_client(&[&a, &b], &[("a.test", tls), ("www.b.test", tls)])
+        .build()
+        .unwrap();
+
+    let res = c
+        .get(format!("https://a.test:{}/x", tls.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    assert_eq!(peer_cert(&res), a.der);
+    assert_eq!(res.text().await.unwrap(), "app");
+    let res = c
+        .get(format!("https://www.b.test:{}/", tls.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(peer_cert(&res), b.der);
+
+    let seen = &backend.seen()[0];
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+    assert_eq!(
+        seen.header("host"),
+        Some(format!("a.test:{}", tls.port()).as_str())
+    );
+    assert_eq!(seen.header("x-forwarded-host"), seen.header("host"));
+    assert!(seen.headers.keys().all(|k| !k.as_str().starts_with(':')));
+
+    // HTTP/1.1 over TLS when the client offers only that.
+    let h1 = tls_client(&[&a], &[("a.test", tls)])
+        .http1_only()
+        .build()
+        .unwrap();
+    let res = h1
+        .get(format!("https://a.test:{}/", tls.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.version(), http::Version::HTTP_11);
+    assert_eq!(res.text().await.unwrap(), "app");
+
+    // No SNI (an IP address): the first certificate.
+    let by_ip = tls_client(&[], &[])
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let res = by_ip.get(format!("https://{tls}/")).send().await.unwrap();
+    assert_eq!(peer_cert(&res), a.der);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_stream_over_h2() {
+    use http_body_util::BodyExt;
+    let dir = tempfile::tempdir().unwrap();
+    let a = make_cert(dir.path(), "a", &["a.test"]);
+    let backend = Backend::start(|req| async move {
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        hyper::Response::new(full(body))
+    })
+    .await;
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        tls_listener(&[&a]),
+        upstream_config("app", &[backend.addr], "")
+    ));
+    let tls = gw.addrs[1];
+    let c = tls_client(&[&a], &[("a.test", tls)]).build().unwrap();
+    let body: Vec<u8> = (0..32 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let res = c
+        .post(format!("https://a.test:{}/echo", tls.port()))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    let echoed = res.bytes().await.unwrap();
+    assert!(
+        echoed == body,
+        "echoed {} bytes, sent {}",
+        echoed.len(),
+        body.len()
+    );
+}
+
+/// Python's ssl module as the client: it can still be asked for TLS 1.1.
+fn python_handshake(addr: SocketAddr, version: &str) -> String {
+    let script = format!(
+        r#"
+import socket, ssl
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+ctx.minimum_version = ssl.TLSVersion.{version}
+ctx.maximum_version = ssl.TLSVersion.{version}
+try:
+    with socket.create_connection(("{ip}", {port}), timeout=5) as s:
+        with ctx.wrap_socket(s, server_hostname="a.test") as t:
+            print("ok", t.version())
+except Exception as e:
+    print("refused", type(e).__name__, e)
+"#,
+        ip = addr.ip(),
+        port = addr.port()
+    );
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("python3 is needed");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_tls_12_and_13_and_plain_http_on_a_tls_port_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = make_cert(dir.path(), "a", &["a.test"]);
+    let backend = Backend::named("app").await;
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        tls_listener(&[&a]),
+        upstream_config("app", &[backend.addr], "")
+    ));
+    let tls = gw.addrs[1];
+    assert_eq!(python_handshake(tls, "TLSv1_2"), "ok TLSv1.2");
+    assert_eq!(python_handshake(tls, "TLSv1_3"), "ok TLSv1.3");
+    let old = python_handshake(tls, "TLSv1_1");
+    assert!(old.starts_with("refused"), "TLS 1.1: {old}");
+
+    let reply = raw_exchange(
+        tls,
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert!(!reply.contains("HTTP/1.1 200"), "{reply:?}");
+    // The worker is unharmed.
+    let c = tls_client(&[&a], &[("a.test", tls)]).build().unwrap();
+    let res = c
+        .get(format!("https://a.test:{}/", tls.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(backend.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_serves_a_changed_certificate_and_refuses_an_unreadable_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = make_cert(dir.path(), "a", &["a.test"]);
+    let backend = Backend::named("app").await;
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        tls_listener(&[&a]),
+        upstream_config("app", &[backend.addr], "")
+    ));
+    let tls = gw.addrs[1];
+    let first = tls_client(&[&a], &[("a.test", tls)]).build().unwrap();
+    let res = first
+        .get(format!("https://a.test:{}/", tls.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(peer_cert(&res), a.der);
+
+    // Replace the files in place, as certbot does, and reload.
+    let renewed_dir = tempfile::tempdir().unwrap();
+    let renewed = make_cert(renewed_dir.path(), "a", &["a.test"]);
+    std::fs::copy(&renewed.cert, &a.cert).unwrap();
+    std::fs::copy(&renewed.key, &a.key).unwrap();
+    let (code, out, err) = gw.ctl(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let fresh = tls_client(&[&renewed], &[("a.test", tls)]).build().unwrap();
+    let res = fresh
+        .get(format!("https://a.test:{}/", tls.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(peer_cert(&res), renewed.der);
+
+    // A broken key: the reload is refused, naming the file, and the renewed one stays.
+    std::fs::write(&a.key, "not a key").unwrap();
+    let (code, _, err) = gw.ctl(&["reload"]);
+    assert_eq!(code, 1);
+    assert!(err.contains(&a.key.display().to_string()), "{err}");
+    let again = tls_client(&[&renewed], &[("a.test", tls)]).build().unwrap();
+    let res = again
+        .get(format!("https://a.test:{}/", tls.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(peer_cert(&res), renewed.der);
+}
+
+#[test]
+fn a_missing_certificate_is_a_config_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.toml");
+    std::fs::write(
+        &path,
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\ntls = [ { cert = \"missing.crt\", key = \"missing.key\" } ]\n[[route]]\nupstream = \"u\"\n[upstream.u]\nservers = [ { address = \"127.0.0.1:1\" } ]\n",
+    )
+    .unwrap();
+    let out = Command::new(gateway_bin())
+        .arg("check")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(":3:18: listener[0].tls[0].cert: cannot read") && err.contains("missing.crt"),
+        "{err}"
+    );
+}
