@@ -297,3 +297,38 @@ fn a_missing_certificate_is_a_config_error_naming_the_file() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returning_clients_resume_their_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = make_cert(dir.path(), "a", &["a.test"]);
+    let backend = Backend::named("app").await;
+    let gw = Gateway::start(&format!("{}{}", tls_listener(&[&a]), upstream_config("app", &[backend.addr], "")));
+    let tls = gw.addrs[1];
+    for version in ["TLSv1_2", "TLSv1_3"] {
+        let script = format!(
+            r#"
+import socket, ssl
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.{version}
+session = None
+for attempt in range(2):
+    with socket.create_connection(("{ip}", {port}), timeout=5) as s:
+        with ctx.wrap_socket(s, server_hostname="a.test", session=session) as t:
+            t.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+            while t.recv(4096):
+                pass
+            reused = t.session_reused
+            session = t.session
+print("reused" if reused else "full handshake")
+"#,
+            ip = tls.ip(),
+            port = tls.port()
+        );
+        let out = Command::new("python3").arg("-c").arg(script).output().unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(said.trim(), "reused", "{version}: {said}{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
