@@ -16,6 +16,8 @@ BACKEND_PORT=${BACKEND_PORT:-18080}
 GATEWAY_PORT=18081
 NGINX_PORT=18082
 HAPROXY_PORT=18083
+GATEWAY_TLS_PORT=18084
+NGINX_TLS_PORT=18085
 
 install_if_missing() { # command package
   command -v "$1" >/dev/null 2>&1 && return 0
@@ -39,6 +41,35 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep
 trap cleanup EXIT
 
 mkdir -p "$WORK"/{backend,nginx,logs}
+HAVE_TLS=0
+if command -v openssl >/dev/null 2>&1 &&
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+    -keyout "$WORK/site.key" -out "$WORK/site.crt" -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost >/dev/null 2>&1; then
+  HAVE_TLS=1
+else
+  echo "openssl not available: TLS rows skipped" >&2
+fi
+NGINX_TLS_SERVER=""
+GATEWAY_TLS_LISTENER=""
+if [ $HAVE_TLS = 1 ]; then
+  NGINX_TLS_SERVER="server {
+    listen 127.0.0.1:$NGINX_TLS_PORT ssl;
+    ssl_certificate $WORK/site.crt;
+    ssl_certificate_key $WORK/site.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Real-IP \$remote_addr;
+    }
+  }"
+  GATEWAY_TLS_LISTENER="[[listener]]
+listen = \"127.0.0.1:$GATEWAY_TLS_PORT\"
+tls = [ { cert = \"$WORK/site.crt\", key = \"$WORK/site.key\" } ]"
+fi
 cat > "$WORK/backend/nginx.conf" <<CONF
 worker_processes 1;
 daemon off;
@@ -71,6 +102,7 @@ http {
       proxy_set_header X-Real-IP \$remote_addr;
     }
   }
+  $NGINX_TLS_SERVER
 }
 CONF
 cat > "$WORK/haproxy.cfg" <<CONF
@@ -93,8 +125,10 @@ cat > "$WORK/gateway.toml" <<CONF
 [gateway]
 workers = 1
 access_log = "off"
+control_socket = "$WORK/gateway.sock"
 [[listener]]
 listen = "127.0.0.1:$GATEWAY_PORT"
+$GATEWAY_TLS_LISTENER
 [[route]]
 upstream = "app"
 [upstream.app]
@@ -122,10 +156,10 @@ rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 TICK=$(getconf CLK_TCK)
 
 declare -A RPS P99 CPU RSS
-run_one() { # name port pid
+run_one() { # name url pid [wrk options]
   local before after out rps p99 reqs
   before=$(cpu_ticks "$3")
-  out=$("${CPU1[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$2/")
+  out=$("${CPU1[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "${@:4}" "$2")
   after=$(cpu_ticks "$3")
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
@@ -143,24 +177,43 @@ NAMES=(gateway nginx)
 [ $HAVE_HAPROXY = 1 ] && NAMES+=(haproxy)
 echo "warming up ..." >&2
 for port in $GATEWAY_PORT $NGINX_PORT; do wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$port/" >/dev/null; done
+# The gateway's supervisor only waits; its worker is the process that does the work.
+GATEWAY_WORKER_PID=$(pgrep -P "$GATEWAY_PID" | head -1)
 for round in $(seq 1 "$ROUNDS"); do
-  run_one gateway $GATEWAY_PORT "$GATEWAY_PID"
-  run_one nginx $NGINX_PORT "$NGINX_PID"
-  [ $HAVE_HAPROXY = 1 ] && run_one haproxy $HAPROXY_PORT "$HAPROXY_PID"
+  run_one gateway "http://127.0.0.1:$GATEWAY_PORT/" "$GATEWAY_WORKER_PID"
+  run_one nginx "http://127.0.0.1:$NGINX_PORT/" "$NGINX_PID"
+  [ $HAVE_HAPROXY = 1 ] && run_one haproxy "http://127.0.0.1:$HAPROXY_PORT/" "$HAPROXY_PID"
+  if [ $HAVE_TLS = 1 ]; then
+    run_one gateway-tls "https://localhost:$GATEWAY_TLS_PORT/" "$GATEWAY_WORKER_PID"
+    run_one nginx-tls "https://localhost:$NGINX_TLS_PORT/" "$NGINX_PID"
+    run_one gateway-handshake "https://localhost:$GATEWAY_TLS_PORT/" "$GATEWAY_WORKER_PID" -H "Connection: close"
+    run_one nginx-handshake "https://localhost:$NGINX_TLS_PORT/" "$NGINX_PID" -H "Connection: close"
+  fi
 done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-echo
-echo "HTTP/1.1 keep-alive, $CONNECTIONS connections, $ROUNDS rounds of $DURATION (medians), one proxy worker on one CPU"
-printf '%-10s %12s %10s %14s %10s\n' proxy "req/s" "p99 ms" "CPU us/req" "RSS MiB"
 declare -A M_RPS M_P99 M_CPU
-for n in "${NAMES[@]}"; do
-  M_RPS[$n]=$(median <<<"${RPS[$n]}"); M_P99[$n]=$(median <<<"${P99[$n]}"); M_CPU[$n]=$(median <<<"${CPU[$n]}")
-  printf '%-10s %12.0f %10.2f %14.2f %10.1f\n' "$n" "${M_RPS[$n]}" "${M_P99[$n]}" "${M_CPU[$n]}" "$(awk -v k="${RSS[$n]}" 'BEGIN{print k/1024}')"
-done
+table() { # title names...
+  echo
+  echo "$1"
+  printf '%-18s %12s %10s %14s %10s\n' proxy "req/s" "p99 ms" "CPU us/req" "RSS MiB"
+  for n in "${@:2}"; do
+    M_RPS[$n]=$(median <<<"${RPS[$n]}"); M_P99[$n]=$(median <<<"${P99[$n]}"); M_CPU[$n]=$(median <<<"${CPU[$n]}")
+    printf '%-18s %12.0f %10.2f %14.2f %10.1f\n' "$n" "${M_RPS[$n]}" "${M_P99[$n]}" "${M_CPU[$n]}" "$(awk -v k="${RSS[$n]}" 'BEGIN{print k/1024}')"
+  done
+}
+ratio() { # ours theirs
+  awk -v a="$1" -v b="$2" -v r1="${M_RPS[$1]}" -v r2="${M_RPS[$2]}" -v p1="${M_P99[$1]}" -v p2="${M_P99[$2]}" \
+      -v c1="${M_CPU[$1]}" -v c2="${M_CPU[$2]}" \
+      'BEGIN { printf "%s/%s: req/s %.2fx   p99 %.2fx   CPU per request %.2fx\n", a, b, r1/r2, p1/p2, c1/c2 }'
+}
 echo
-for other in "${NAMES[@]:1}"; do
-  awk -v o="$other" -v r1="${M_RPS[gateway]}" -v r2="${M_RPS[$other]}" -v p1="${M_P99[gateway]}" -v p2="${M_P99[$other]}" \
-      -v c1="${M_CPU[gateway]}" -v c2="${M_CPU[$other]}" \
-      'BEGIN { printf "gateway/%-8s req/s %.2fx   p99 %.2fx   CPU per request %.2fx\n", o, r1/r2, p1/p2, c1/c2 }'
-done
+echo "$CONNECTIONS connections, $ROUNDS rounds of $DURATION (medians), one proxy worker on CPU 0, wrk on CPU 1"
+table "HTTP/1.1 keep-alive, plain" "${NAMES[@]}"
+for other in "${NAMES[@]:1}"; do ratio gateway "$other"; done
+if [ $HAVE_TLS = 1 ]; then
+  table "HTTPS keep-alive (TLS 1.3, HTTP/1.1)" gateway-tls nginx-tls
+  ratio gateway-tls nginx-tls
+  table "HTTPS, a new connection and full handshake per request" gateway-handshake nginx-handshake
+  ratio gateway-handshake nginx-handshake
+fi
