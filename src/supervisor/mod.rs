@@ -286,7 +286,6 @@ impl Supervisor {
         &mut self,
         rx: &mut mpsc::UnboundedReceiver<Event>,
     ) -> Result<(), String> {
-        let generation = self.generation;
         let mut pending = Vec::new();
         for slot in 0..self.config.gateway.workers {
             let worker = self
@@ -326,7 +325,6 @@ impl Supervisor {
         for event in deferred {
             let _ = self.events.send(event);
         }
-        let _ = generation;
         result
     }
 

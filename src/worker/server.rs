@@ -16,6 +16,7 @@ use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -76,6 +77,7 @@ pub async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
                 let conn = ConnInfo::new(peer, tls.is_some());
                 let (proxy, protocols, shutdown) =
                     (proxy.clone(), protocols.clone(), shutdown.clone());
@@ -143,7 +145,6 @@ async fn serve_tls(
     protocols: Arc<Protocols>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
     // tokio-rustls has no handshake timeout of its own.
     let stream = match tokio::time::timeout(protocols.handshake_timeout, tls.accept(stream)).await {
         Ok(Ok(stream)) => stream,
@@ -156,28 +157,25 @@ async fn serve_tls(
             return;
         }
     };
-    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-    let io = TokioIo::new(stream);
-    if h2 {
-        let connection = protocols.http2.serve_connection(io, service(proxy, conn));
+    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        let connection = protocols
+            .http2
+            .serve_connection(TokioIo::new(stream), service(proxy, conn));
         drive(connection, shutdown, |c| c.graceful_shutdown()).await;
     } else {
-        let connection = protocols
-            .http1
-            .serve_connection(io, service(proxy, conn))
-            .with_upgrades();
-        drive(connection, shutdown, |c| c.graceful_shutdown()).await;
+        serve_http1(stream, conn, proxy, protocols, shutdown).await;
     }
 }
 
-async fn serve_http1(
-    stream: TcpStream,
+async fn serve_http1<I>(
+    stream: I,
     conn: ConnInfo,
     proxy: Arc<Proxy>,
     protocols: Arc<Protocols>,
     shutdown: watch::Receiver<bool>,
-) {
-    let _ = stream.set_nodelay(true);
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let connection = protocols
         .http1
         .serve_connection(TokioIo::new(stream), service(proxy, conn))

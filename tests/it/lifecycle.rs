@@ -231,16 +231,7 @@ async fn graceful_stop_finishes_the_request_in_flight() {
     .await;
     let mut gw = Gateway::start(&two_workers(&[backend.addr]));
     let url = gw.url("/");
-    let request = tokio::spawn(async move {
-        client()
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    });
+    let request = tokio::spawn(get_text(url));
     wait_until(
         "the request to reach the backend",
         Duration::from_secs(3),

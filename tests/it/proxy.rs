@@ -235,16 +235,7 @@ async fn least_conn_avoids_the_busy_server() {
         "policy = \"least_conn\"",
     ));
     let url = gw.url("/slow");
-    let busy = tokio::spawn(async move {
-        client()
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    });
+    let busy = tokio::spawn(get_text(url));
     // Wait until the slow request reached a backend.
     while a.requests() + b.requests() == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;

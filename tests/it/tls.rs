@@ -47,6 +47,18 @@ fn tls_listener(certs: &[&Cert]) -> String {
     )
 }
 
+/// A gateway with a TLS listener for `certs` in front of `backend`; returns it and the TLS
+/// listener's address.
+fn tls_gateway(certs: &[&Cert], backend: &Backend) -> (Gateway, SocketAddr) {
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        tls_listener(certs),
+        upstream_config("app", &[backend.addr], "")
+    ));
+    let tls = gw.addrs[1];
+    (gw, tls)
+}
+
 fn tls_client(trust: &[&Cert], resolve: &[(&str, SocketAddr)]) -> reqwest::ClientBuilder {
     let mut b = reqwest::Client::builder()
         .no_proxy()
@@ -75,12 +87,7 @@ async fn sni_picks_the_certificate_and_alpn_negotiates_h2() {
     let a = make_cert(dir.path(), "a", &["a.test"]);
     let b = make_cert(dir.path(), "b", &["*.b.test"]);
     let backend = Backend::named("app").await;
-    let gw = Gateway::start(&format!(
-        "{}{}",
-        tls_listener(&[&a, &b]),
-        upstream_config("app", &[backend.addr], "")
-    ));
-    let tls = gw.addrs[1];
+    let (_gw, tls) = tls_gateway(&[&a, &b], &backend);
     let c = tls_client(&[&a, &b], &[("a.test", tls), ("www.b.test", tls)])
         .build()
         .unwrap();
@@ -141,12 +148,7 @@ async fn large_bodies_stream_over_h2() {
         hyper::Response::new(full(body))
     })
     .await;
-    let gw = Gateway::start(&format!(
-        "{}{}",
-        tls_listener(&[&a]),
-        upstream_config("app", &[backend.addr], "")
-    ));
-    let tls = gw.addrs[1];
+    let (_gw, tls) = tls_gateway(&[&a], &backend);
     let c = tls_client(&[&a], &[("a.test", tls)]).build().unwrap();
     let body: Vec<u8> = (0..32 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
     let res = c
@@ -199,12 +201,7 @@ async fn only_tls_12_and_13_and_plain_http_on_a_tls_port_is_closed() {
     let dir = tempfile::tempdir().unwrap();
     let a = make_cert(dir.path(), "a", &["a.test"]);
     let backend = Backend::named("app").await;
-    let gw = Gateway::start(&format!(
-        "{}{}",
-        tls_listener(&[&a]),
-        upstream_config("app", &[backend.addr], "")
-    ));
-    let tls = gw.addrs[1];
+    let (_gw, tls) = tls_gateway(&[&a], &backend);
     assert_eq!(python_handshake(tls, "TLSv1_2"), "ok TLSv1.2");
     assert_eq!(python_handshake(tls, "TLSv1_3"), "ok TLSv1.3");
     let old = python_handshake(tls, "TLSv1_1");
@@ -232,12 +229,7 @@ async fn reload_serves_a_changed_certificate_and_refuses_an_unreadable_one() {
     let dir = tempfile::tempdir().unwrap();
     let a = make_cert(dir.path(), "a", &["a.test"]);
     let backend = Backend::named("app").await;
-    let gw = Gateway::start(&format!(
-        "{}{}",
-        tls_listener(&[&a]),
-        upstream_config("app", &[backend.addr], "")
-    ));
-    let tls = gw.addrs[1];
+    let (gw, tls) = tls_gateway(&[&a], &backend);
     let first = tls_client(&[&a], &[("a.test", tls)]).build().unwrap();
     let res = first
         .get(format!("https://a.test:{}/", tls.port()))
@@ -303,8 +295,7 @@ async fn returning_clients_resume_their_session() {
     let dir = tempfile::tempdir().unwrap();
     let a = make_cert(dir.path(), "a", &["a.test"]);
     let backend = Backend::named("app").await;
-    let gw = Gateway::start(&format!("{}{}", tls_listener(&[&a]), upstream_config("app", &[backend.addr], "")));
-    let tls = gw.addrs[1];
+    let (_gw, tls) = tls_gateway(&[&a], &backend);
     for version in ["TLSv1_2", "TLSv1_3"] {
         let script = format!(
             r#"
@@ -327,8 +318,17 @@ print("reused" if reused else "full handshake")
             ip = tls.ip(),
             port = tls.port()
         );
-        let out = Command::new("python3").arg("-c").arg(script).output().unwrap();
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap();
         let said = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(said.trim(), "reused", "{version}: {said}{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            said.trim(),
+            "reused",
+            "{version}: {said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
