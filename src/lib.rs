@@ -1,15 +1,18 @@
 //! A reverse-proxy gateway.
 //!
 //! ```text
-//! data path     client ─► listener (SO_REUSEPORT) ─► worker: hyper server (HTTP/1.1)
+//! data path     client ─► listener (SO_REUSEPORT, TLS) ─► worker: hyper server (h1/h2)
 //!               ─► request_check ─► router (host, path prefix) ─► upstream: balancer
 //!               ─► pooled keep-alive connection ─► backend
 //!               ◄─ response streamed back, hop-by-hop headers stripped, access log
-//! control path  main: config check, bind, signals (the supervisor comes later)
+//! control path  gatewayctl ─► control socket (Unix, 0600) ─► supervisor
+//!               supervisor ─► workers: spawn with inherited sockets, ready, drain, respawn
 //! ```
 //!
-//! `config` validates everything before anything binds; `worker` is the data path;
-//! `upstream` holds the servers, their health, the balancing policies and the pools.
+//! `config` validates everything before anything binds; `supervisor` owns the sockets and
+//! the worker processes; `worker` is the data path; `upstream` holds the servers, their
+//! passive health, the balancing policies and the pools; `tls` the rustls side. `sys` is
+//! the one module with unsafe code.
 #![deny(unsafe_code)]
 
 pub mod access_log;
