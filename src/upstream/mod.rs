@@ -27,6 +27,21 @@ pub struct Server {
     pub pool: pool::Pool,
 }
 
+impl Server {
+    /// Counts a failure against the server for passive health, and says so in the log
+    /// when it takes the server out.
+    pub fn note_failure(&self, why: &str) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        if self.passive.record_failure(now_ms()) {
+            tracing::warn!(
+                server = %self.config.name,
+                "server marked down for fail_timeout after {} failures; last: {why}",
+                self.passive.max_fails()
+            );
+        }
+    }
+}
+
 impl Candidate for Arc<Server> {
     fn weight(&self) -> u32 {
         self.config.weight

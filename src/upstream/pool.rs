@@ -68,10 +68,6 @@ impl Pool {
         }
         idle.push((sender, Instant::now()));
     }
-
-    pub fn idle_count(&self) -> usize {
-        self.idle.lock().map_or(0, |i| i.len())
-    }
 }
 
 /// Opens a new connection and starts its driver task on the current runtime.

@@ -299,11 +299,7 @@ impl Exchange {
 
     fn fail_body(&mut self, why: String) {
         if let Some(lease) = &self.upstream {
-            lease.server.failures.fetch_add(1, Ordering::Relaxed);
-            lease
-                .server
-                .passive
-                .record_failure(crate::upstream::now_ms());
+            lease.server.note_failure(&why);
         }
         self.error.get_or_insert(why);
     }

@@ -8,7 +8,7 @@ use super::router::{host_without_port, Router};
 use crate::access_log::AccessLog;
 use crate::config::{ClientLimits, Config};
 use crate::upstream::pool::{self, ConnectError, Sender};
-use crate::upstream::{now_ms, Server, Upstream};
+use crate::upstream::{Server, Upstream};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -137,10 +137,6 @@ impl Proxy {
         }
     }
 
-    pub fn upstreams(&self) -> &[Upstream] {
-        &self.upstreams
-    }
-
     pub async fn handle(
         &self,
         mut req: Request<Incoming>,
@@ -213,7 +209,7 @@ impl Proxy {
                 }
                 Err(TryError::NotSent(back, why)) => {
                     let back = *back;
-                    note_failure(server, &why.to_string());
+                    server.note_failure(&why.to_string());
                     request = back;
                     tried.push(index);
                     last_unreachable = Some(why);
@@ -226,7 +222,7 @@ impl Proxy {
                 Err(TryError::Failed(failure)) => {
                     exchange.upstream_time = Some(sent_at.elapsed());
                     if failure.blames_server() {
-                        note_failure(server, &failure.reason());
+                        server.note_failure(&failure.reason());
                     }
                     break Err(failure);
                 }
@@ -316,7 +312,7 @@ impl Proxy {
             && headers.contains_key(header::TRANSFER_ENCODING)
         {
             let why = "upstream response has both Content-Length and Transfer-Encoding".to_string();
-            note_failure(&server, &why);
+            server.note_failure(&why);
             return error_response(exchange, StatusCode::BAD_GATEWAY, why, false);
         }
 
@@ -324,7 +320,7 @@ impl Proxy {
             let Some(client_upgrade) = client_upgrade.filter(|_| is_websocket_response(headers))
             else {
                 let why = "upstream switched protocols without a WebSocket upgrade".to_string();
-                note_failure(&server, &why);
+                server.note_failure(&why);
                 return error_response(exchange, StatusCode::BAD_GATEWAY, why, true);
             };
             server.passive.record_success();
@@ -364,17 +360,6 @@ impl Proxy {
             head,
             ResponseBody::upstream(body, upstream.config.read_timeout, exchange),
         )
-    }
-}
-
-fn note_failure(server: &Server, why: &str) {
-    server.failures.fetch_add(1, Ordering::Relaxed);
-    if server.passive.record_failure(now_ms()) {
-        tracing::warn!(
-            server = %server.config.name,
-            "server marked down for fail_timeout after {} failures; last: {why}",
-            server.passive.max_fails()
-        );
     }
 }
 
