@@ -2,8 +2,8 @@
 //!
 //! Supervisor and worker talk over a socket pair that is the worker's stdin, one line per
 //! message: the supervisor first sends `config LEN\n` and the config text, then `drain`
-//! or `reopen`; the worker answers `ready` once it accepts connections. The worker treats
-//! end-of-file as the supervisor's death and drains.
+//! or `reopen`; the worker says `ready` once it accepts connections and `draining` once it
+//! no longer does. The worker treats end-of-file as the supervisor's death and drains.
 //!
 //! `gatewayctl` sends one line (`reload`, `status`, `stop`, `stop now`) on the control
 //! socket and gets one JSON [`Reply`] back.
@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 pub const READY: &str = "ready";
+pub const DRAINING: &str = "draining";
 pub const DRAIN: &str = "drain";
 pub const REOPEN: &str = "reopen";
 pub const CONFIG: &str = "config";

@@ -17,6 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 
 /// How long new workers get to say they serve before a reload is called failed.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a reload waits for the old workers to confirm they stopped accepting.
+const DRAIN_ACK_TIMEOUT: Duration = Duration::from_secs(2);
 /// A worker that ran this long before dying starts its slot's back-off afresh.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 const FIRST_RESTART_DELAY: Duration = Duration::from_millis(100);
@@ -24,6 +26,10 @@ const MAX_RESTART_DELAY: Duration = Duration::from_secs(10);
 
 pub enum Event {
     Ready {
+        pid: u32,
+    },
+    /// The worker stopped accepting (it may still finish requests).
+    Draining {
         pid: u32,
     },
     Exited {
@@ -175,6 +181,8 @@ impl Supervisor {
                     w.ready = true;
                 }
             }
+            // Outside a reload nobody waits for this.
+            Event::Draining { .. } => {}
             Event::Exited { pid, status } => self.on_exit(pid, status),
             Event::Respawn { slot, generation } => self.respawn(slot, generation),
             Event::Control(request, reply) => {
@@ -262,6 +270,7 @@ impl Supervisor {
             return Err(e);
         }
         let (generation, timeout) = (self.generation, self.config.gateway.shutdown_timeout);
+        let mut old = Vec::new();
         for w in self
             .workers
             .iter_mut()
@@ -270,7 +279,11 @@ impl Supervisor {
             w.draining = true;
             w.send(protocol::DRAIN).await;
             w.kill_after(timeout);
+            old.push(w.pid);
         }
+        // Answer only once no old worker accepts: a client that connects after the reply
+        // gets the new configuration (and the new certificate).
+        self.wait_until_not_accepting(old, rx).await;
         self.backoff = vec![Backoff::default(); self.config.gateway.workers];
         self.reloads += 1;
         tracing::info!(
@@ -328,6 +341,35 @@ impl Supervisor {
         result
     }
 
+    /// Waits for `draining` (or the exit) of each of `pids`, up to DRAIN_ACK_TIMEOUT.
+    /// Other events that arrive meanwhile are handled afterwards.
+    async fn wait_until_not_accepting(
+        &mut self,
+        mut pids: Vec<u32>,
+        rx: &mut mpsc::UnboundedReceiver<Event>,
+    ) {
+        let deadline = tokio::time::Instant::now() + DRAIN_ACK_TIMEOUT;
+        let mut deferred = Vec::new();
+        while !pids.is_empty() {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Err(_) | Ok(None) => {
+                    tracing::warn!(?pids, "old workers did not confirm they stopped accepting");
+                    break;
+                }
+                Ok(Some(Event::Draining { pid })) => pids.retain(|&p| p != pid),
+                Ok(Some(event)) => {
+                    if let Event::Exited { pid, .. } = event {
+                        pids.retain(|&p| p != pid);
+                    }
+                    deferred.push(event);
+                }
+            }
+        }
+        for event in deferred {
+            let _ = self.events.send(event);
+        }
+    }
+
     fn spawn(&mut self, slot: usize) -> std::io::Result<WorkerProc> {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         let sockets = self.sockets.for_slot(slot);
@@ -376,6 +418,9 @@ impl Supervisor {
                     line = lines.next_line(), if channel_open => match line {
                         Ok(Some(line)) if line == protocol::READY => {
                             let _ = events.send(Event::Ready { pid });
+                        }
+                        Ok(Some(line)) if line == protocol::DRAINING => {
+                            let _ = events.send(Event::Draining { pid });
                         }
                         Ok(Some(_)) => {}
                         Ok(None) | Err(_) => channel_open = false,

@@ -11,7 +11,6 @@ pub mod server;
 use crate::access_log::AccessLog;
 use crate::config::Config;
 use forward::Proxy;
-use std::future::Future;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -23,13 +22,15 @@ use tokio_util::task::TaskTracker;
 pub static DRAINING: AtomicBool = AtomicBool::new(false);
 
 /// Serves until `shutdown` turns true, then lets in-flight requests finish for up to
-/// `shutdown_timeout`. `ready` runs once every listener accepts.
-pub async fn run<R: Future>(
+/// `shutdown_timeout`. `ready` runs once every listener accepts, `closed` once none does
+/// any more (the in-flight requests may still be finishing).
+pub async fn run(
     listeners: Vec<std::net::TcpListener>,
     config: Arc<Config>,
     log: Arc<AccessLog>,
     shutdown: watch::Receiver<bool>,
-    ready: R,
+    ready: impl FnOnce(),
+    closed: impl FnOnce(),
 ) -> std::io::Result<()> {
     let proxy = Arc::new(Proxy::new(&config, log));
     let protocols = Arc::new(server::Protocols::new(&config.gateway.limits));
@@ -52,10 +53,11 @@ pub async fn run<R: Future>(
             shutdown.clone(),
         )));
     }
-    let _ready = ready.await;
+    ready();
     for task in accepting {
         let _ = task.await;
     }
+    closed();
     tasks.close();
     if tokio::time::timeout(config.gateway.shutdown_timeout, tasks.wait())
         .await

@@ -52,13 +52,29 @@ fn run(config_path: &Path, fds: &[i32]) -> std::io::Result<()> {
         // already buffered is handled first.
         let buffered = reader.buffer().to_vec();
         let commands = tokio::spawn(follow_commands(buffered, read_half, stop_tx, log.clone()));
-        let ready = async move {
-            let _ = write_half
-                .write_all(format!("{}\n", protocol::READY).as_bytes())
-                .await;
-            write_half
-        };
-        let result = super::run(listeners, Arc::new(config), log, stop_rx, ready).await;
+        let (say, mut said) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+        let reporter = tokio::spawn(async move {
+            while let Some(message) = said.recv().await {
+                let _ = write_half
+                    .write_all(format!("{message}\n").as_bytes())
+                    .await;
+            }
+        });
+        let closed = say.clone();
+        let result = super::run(
+            listeners,
+            Arc::new(config),
+            log,
+            stop_rx,
+            move || {
+                let _ = say.send(protocol::READY);
+            },
+            move || {
+                let _ = closed.send(protocol::DRAINING);
+            },
+        )
+        .await;
+        let _ = reporter.await;
         commands.abort();
         result
     })
