@@ -1,6 +1,6 @@
 //! `gateway check`, `gateway -c` on a bad file, `gatewayctl` without a gateway.
 
-use crate::common::gateway_bin;
+use crate::common::{gateway_bin, gateway_with_config};
 use std::process::Command;
 
 fn write(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
@@ -35,14 +35,8 @@ fn check_accepts_the_example_config() {
 fn check_lists_every_error_with_file_line_column_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(&dir, BAD);
-    let out = Command::new(gateway_bin())
-        .arg("check")
-        .arg("-c")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = gateway_with_config(&["check"], &path);
+    assert_eq!(code, Some(1));
     let p = path.display();
     for expected in [
         format!("{p}:5:12: route[0].upstream: upstream \"nope\" is not defined"),
@@ -58,14 +52,8 @@ fn check_lists_every_error_with_file_line_column_and_key() {
 fn unknown_key_is_named_with_its_place() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(&dir, "[gateway]\nworkerz = 2\n");
-    let out = Command::new(gateway_bin())
-        .arg("check")
-        .arg("-c")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = gateway_with_config(&["check"], &path);
+    assert_eq!(code, Some(1));
     assert!(
         err.contains(&format!("{}:2:1:", path.display())) && err.contains("workerz"),
         "{err}"
@@ -76,13 +64,8 @@ fn unknown_key_is_named_with_its_place() {
 fn run_refuses_an_invalid_file_with_the_same_messages() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(&dir, BAD);
-    let out = Command::new(gateway_bin())
-        .arg("-c")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = gateway_with_config(&[], &path);
+    assert_eq!(code, Some(1));
     assert!(err.contains("upstream \"nope\" is not defined"), "{err}");
 }
 

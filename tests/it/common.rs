@@ -167,6 +167,20 @@ pub fn gateway_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_gateway"))
 }
 
+/// Runs `gateway ARGS… -c PATH`; returns the exit code and stderr.
+pub fn gateway_with_config(args: &[&str], path: &std::path::Path) -> (Option<i32>, String) {
+    let out = Command::new(gateway_bin())
+        .args(args)
+        .arg("-c")
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 impl Gateway {
     /// Starts the gateway with a listener on 127.0.0.1:0 plus `rest` (routes, upstreams,
     /// a [gateway] section) and waits until it listens.

@@ -6,6 +6,16 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+/// A 504 within 3 s, with `why` in its access-log line.
+async fn expect_prompt_504(gw: &Gateway, why: &str) {
+    let started = Instant::now();
+    let res = client().get(gw.url("/")).send().await.unwrap();
+    assert_eq!(res.status(), 504);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let log = gw.wait_log_lines(1).await.join("\n");
+    assert!(log.contains(why), "{log}");
+}
+
 async fn status_and_log(reply: &'static [u8]) -> (u16, String, String) {
     let (addr, _task) = raw_backend(reply).await;
     let gw = Gateway::start(&upstream_config("app", &[addr], "max_fails = 0"));
@@ -102,12 +112,7 @@ async fn slow_upstream_is_504_after_read_timeout() {
         &[backend.addr],
         "read_timeout = \"300ms\"",
     ));
-    let started = Instant::now();
-    let res = client().get(gw.url("/")).send().await.unwrap();
-    assert_eq!(res.status(), 504);
-    assert!(started.elapsed() < Duration::from_secs(3));
-    let log = gw.wait_log_lines(1).await.join("\n");
-    assert!(log.contains("read_timeout"), "{log}");
+    expect_prompt_504(&gw, "read_timeout").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,12 +140,7 @@ async fn upstream_that_never_accepts_is_504_after_connect_timeout() {
         &[addr],
         "connect_timeout = \"300ms\"\nretries = 0",
     ));
-    let started = Instant::now();
-    let res = client().get(gw.url("/")).send().await.unwrap();
-    assert_eq!(res.status(), 504);
-    assert!(started.elapsed() < Duration::from_secs(3));
-    let log = gw.wait_log_lines(1).await.join("\n");
-    assert!(log.contains("timed out"), "{log}");
+    expect_prompt_504(&gw, "timed out").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

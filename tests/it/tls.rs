@@ -276,14 +276,8 @@ fn a_missing_certificate_is_a_config_error_naming_the_file() {
         "[[listener]]\nlisten = \"127.0.0.1:0\"\ntls = [ { cert = \"missing.crt\", key = \"missing.key\" } ]\n[[route]]\nupstream = \"u\"\n[upstream.u]\nservers = [ { address = \"127.0.0.1:1\" } ]\n",
     )
     .unwrap();
-    let out = Command::new(gateway_bin())
-        .arg("check")
-        .arg("-c")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = gateway_with_config(&["check"], &path);
+    assert_eq!(code, Some(1));
     assert!(
         err.contains(":3:18: listener[0].tls[0].cert: cannot read") && err.contains("missing.crt"),
         "{err}"
