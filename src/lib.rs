@@ -22,6 +22,7 @@ pub mod protocol;
 pub mod supervisor;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod table;
 pub mod tls;
 pub mod upstream;
 pub mod worker;

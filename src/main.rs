@@ -28,15 +28,7 @@ enum Command {
     Check,
     /// A worker process, started by the supervisor (not for direct use).
     #[command(hide = true)]
-    Worker {
-        #[arg(long)]
-        slot: usize,
-        #[arg(long)]
-        generation: u64,
-        /// Inherited listening sockets, one per listener.
-        #[arg(long, value_delimiter = ',')]
-        fds: Vec<i32>,
-    },
+    Worker(gateway::worker::process::WorkerArgs),
 }
 
 fn init_logging() {
@@ -53,13 +45,9 @@ fn init_logging() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
-        Command::Worker {
-            slot,
-            generation,
-            fds,
-        } => {
+        Command::Worker(args) => {
             init_logging();
-            gateway::worker::process::main(&cli.config, slot, generation, &fds)
+            gateway::worker::process::main(&cli.config, &args)
         }
         Command::Check => match config::load(&cli.config) {
             Ok(_) => {

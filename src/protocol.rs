@@ -66,10 +66,14 @@ impl Reply {
     }
 }
 
+/// What `gatewayctl status` and the admin `/status` show; counts are totals across all
+/// workers, read from the shared table.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Status {
     pub generation: u64,
     pub reloads: u64,
+    /// Workers replaced after they died.
+    pub restarts: u64,
     pub workers: Vec<WorkerStatus>,
     pub upstreams: BTreeMap<String, UpstreamStatus>,
 }
@@ -81,7 +85,10 @@ pub struct WorkerStatus {
     pub slot: usize,
     pub uptime_s: u64,
     pub rss_bytes: u64,
-    /// `serving` or `draining`.
+    /// Open client connections.
+    pub active_connections: u64,
+    pub requests_total: u64,
+    /// `starting`, `serving` or `draining`.
     pub state: String,
 }
 
@@ -94,6 +101,24 @@ pub struct UpstreamStatus {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServerStatus {
     pub address: String,
+    /// `up`, `down`, or `backup` (a backup that is up).
+    pub state: String,
+    /// Why a server is down: `health_check` or `max_fails`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub down_reason: Option<String>,
+    /// Requests in flight on the server.
+    pub active_connections: u64,
+    pub requests_total: u64,
+    pub failures_total: u64,
     pub weight: u32,
     pub backup: bool,
+    /// Active health check results, when the upstream has a health check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_checks: Option<HealthCheckCounts>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HealthCheckCounts {
+    pub passed: u64,
+    pub failed: u64,
 }

@@ -1,6 +1,8 @@
 //! The one module with `unsafe` code: taking ownership of file descriptors a worker
-//! inherits from its supervisor.
+//! inherits from its supervisor, mapping the shared table, and the machine-wide clock.
 
+use crate::table::TableMemory;
+use std::fs::File;
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
@@ -36,4 +38,81 @@ pub fn adopt_listener(fd: RawFd) -> std::io::Result<TcpListener> {
     socket.set_cloexec(true)?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
+}
+
+/// Milliseconds on CLOCK_MONOTONIC: one clock for every process on the machine, so a
+/// deadline one worker writes into the shared table means the same to the others.
+pub fn monotonic_ms() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `now`, which is valid and borrowed
+    // exclusively for the call; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1000 + now.tv_nsec as u64 / 1_000_000
+}
+
+/// Creates a zero-filled in-memory file of `len` bytes for the shared table. It is
+/// created without FD_CLOEXEC: the worker processes the supervisor starts inherit it
+/// (they are the only processes it starts).
+pub fn shared_memory_file(len: usize) -> std::io::Result<File> {
+    // SAFETY: the name is a NUL-terminated literal that memfd_create only reads.
+    let fd = unsafe { libc::memfd_create(c"gateway-table".as_ptr(), 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: memfd_create just returned `fd`: it is open and owned by nothing else.
+    let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    file.set_len(len as u64)?;
+    Ok(file)
+}
+
+/// Adopts the shared table's file inherited under the number `fd`.
+pub fn adopt_shared_memory_file(fd: RawFd) -> std::io::Result<File> {
+    if fd < 3 {
+        return Err(std::io::Error::other(format!(
+            "fd {fd} is a standard stream, not the shared table"
+        )));
+    }
+    // SAFETY: as in `adopt_listener`: F_GETFD only reads flags and fails on a closed fd.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is open (checked above) and was handed to this process by the
+    // supervisor for this purpose alone; it is adopted once.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// Maps `file` read-write and shared, for the rest of the process's life, and views it as
+/// the shared table.
+pub fn map_table(file: &File) -> std::io::Result<&'static TableMemory> {
+    let len = std::mem::size_of::<TableMemory>();
+    if file.metadata()?.len() < len as u64 {
+        return Err(std::io::Error::other(
+            "the shared table file is smaller than the table",
+        ));
+    }
+    // SAFETY: a fresh mapping chosen by the kernel (null hint) of `len` bytes of an open
+    // file at least that long; it aliases no Rust object.
+    let address = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if address == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    debug_assert_eq!(address as usize % std::mem::align_of::<TableMemory>(), 0);
+    // SAFETY: the mapping is page-aligned (more than TableMemory's alignment), `len` bytes
+    // long and never unmapped, so a 'static shared reference is sound. TableMemory is made
+    // only of atomics (arrays of them), for which every bit pattern, zero-filled memory
+    // included, is a valid value, and which other processes may change concurrently: all
+    // access goes through atomic operations, which work across processes on shared pages.
+    Ok(unsafe { &*(address as *const TableMemory) })
 }

@@ -116,34 +116,52 @@ fn ask(socket: &Path, request: Request) -> std::io::Result<Reply> {
 
 fn print_table(status: &Status) {
     println!(
-        "generation {}   reloads {}",
-        status.generation, status.reloads
+        "generation {}   reloads {}   worker restarts {}",
+        status.generation, status.reloads, status.restarts
     );
     println!();
     println!(
-        "{:>8}  {:>10}  {:>4}  {:>9}  {:>10}  state",
-        "pid", "generation", "slot", "uptime_s", "rss_MiB"
+        "{:>8}  {:>10}  {:>4}  {:>9}  {:>8}  {:>11}  {:>12}  state",
+        "pid", "generation", "slot", "uptime_s", "rss_MiB", "connections", "requests"
     );
     for w in &status.workers {
         println!(
-            "{:>8}  {:>10}  {:>4}  {:>9}  {:>10.1}  {}",
+            "{:>8}  {:>10}  {:>4}  {:>9}  {:>8.1}  {:>11}  {:>12}  {}",
             w.pid,
             w.generation,
             w.slot,
             w.uptime_s,
             w.rss_bytes as f64 / (1024.0 * 1024.0),
+            w.active_connections,
+            w.requests_total,
             w.state
         );
     }
     for (name, upstream) in &status.upstreams {
         println!();
         println!("upstream {name} ({})", upstream.policy);
+        println!(
+            "  {:<28}  {:<24}  {:>6}  {:>6}  {:>12}  {:>9}  checks passed/failed",
+            "server", "state", "weight", "active", "requests", "failures"
+        );
         for s in &upstream.servers {
+            let state = match &s.down_reason {
+                Some(reason) => format!("{} ({reason})", s.state),
+                None => s.state.clone(),
+            };
+            let checks = s
+                .health_checks
+                .as_ref()
+                .map_or("-".to_string(), |c| format!("{}/{}", c.passed, c.failed));
             println!(
-                "  {:<28} weight {:<4}{}",
+                "  {:<28}  {:<24}  {:>6}  {:>6}  {:>12}  {:>9}  {}",
                 s.address,
+                state,
                 s.weight,
-                if s.backup { " backup" } else { "" }
+                s.active_connections,
+                s.requests_total,
+                s.failures_total,
+                checks
             );
         }
     }

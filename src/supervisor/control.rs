@@ -1,6 +1,7 @@
 //! The control socket: a Unix socket, mode 0600, on which `gatewayctl` sends one request
 //! line and reads one JSON reply.
 
+use super::status::StatusSource;
 use super::Event;
 use crate::protocol::{Reply, Request};
 use std::os::unix::fs::PermissionsExt;
@@ -29,12 +30,18 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, events: mpsc::UnboundedSender<Event>) {
+/// Answers `status` from the published snapshot (so it works mid-reload); hands the other
+/// requests to the supervisor.
+pub async fn serve(
+    listener: UnixListener,
+    events: mpsc::UnboundedSender<Event>,
+    status: StatusSource,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let events = events.clone();
+        let (events, status) = (events.clone(), status.clone());
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
@@ -42,6 +49,15 @@ pub async fn serve(listener: UnixListener, events: mpsc::UnboundedSender<Event>)
             let read = reader.read_line(&mut line);
             let reply = match tokio::time::timeout(std::time::Duration::from_secs(5), read).await {
                 Ok(Ok(_)) => match Request::parse(&line) {
+                    Some(Request::Status) => {
+                        let status = status.status();
+                        Reply {
+                            ok: true,
+                            generation: Some(status.generation),
+                            status: Some(status),
+                            ..Reply::default()
+                        }
+                    }
                     Some(request) => {
                         let (tx, rx) = oneshot::channel();
                         let _ = events.send(Event::Control(request, tx));

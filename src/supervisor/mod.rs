@@ -2,18 +2,26 @@
 //! processes on them, replaces workers that die, reloads as a transaction and stops
 //! gracefully. The step-by-step lifecycle is in LIFECYCLE.md.
 
+mod admin;
 mod control;
+mod health;
 mod listeners;
+pub mod status;
 
 use crate::config::{self, Config};
-use crate::protocol::{self, Reply, Request, ServerStatus, Status, UpstreamStatus, WorkerStatus};
+use crate::protocol::{self, Reply, Request};
+use crate::table::{self, Assignments, Table};
+use admin::AdminListener;
+use health::HealthChecks;
 use listeners::Sockets;
+use status::{Snapshot, StatusSource, WorkerView};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// How long new workers get to say they serve before a reload is called failed.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,6 +62,8 @@ pub enum Signal {
 struct WorkerProc {
     pid: u32,
     slot: usize,
+    /// Its counters' slot in the shared table.
+    table_slot: usize,
     generation: u64,
     started: Instant,
     commands: tokio::net::unix::OwnedWriteHalf,
@@ -93,15 +103,23 @@ struct Backoff {
 
 struct Supervisor {
     config_path: PathBuf,
-    config: Config,
+    config: Arc<Config>,
     config_text: String,
     generation: u64,
     reloads: u64,
+    restarts: u64,
     sockets: Sockets,
     workers: Vec<WorkerProc>,
     backoff: Vec<Backoff>,
     events: mpsc::UnboundedSender<Event>,
     stopping: bool,
+    table: &'static Table,
+    /// Which table slot each running generation's servers use.
+    assignments: Assignments,
+    health: HealthChecks,
+    admin: Option<AdminListener>,
+    /// Where the control socket and the admin listener read the supervisor's state.
+    view: watch::Sender<Arc<Snapshot>>,
 }
 
 /// `gateway -c FILE`: runs until stopped.
@@ -127,6 +145,18 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
             return ExitCode::from(1);
         }
     };
+    let table: &'static Table = match Table::create() {
+        Ok(t) => Box::leak(Box::new(t)),
+        Err(e) => {
+            tracing::error!("cannot create the shared state table: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut assignments = Assignments::default();
+    if let Err(e) = assignments.assign(1, table::server_keys(&config)) {
+        tracing::error!("{e}");
+        return ExitCode::from(1);
+    }
     runtime.block_on(async move {
         let control_path = config.gateway.control_socket.clone();
         let control = match control::bind(&control_path) {
@@ -138,32 +168,64 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
         };
         let _cleanup = control::Cleanup(control_path);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        tokio::spawn(control::serve(control, tx.clone()));
+        let config = Arc::new(config);
+        let (view, view_rx) = watch::channel(Arc::new(Snapshot {
+            generation: 1,
+            reloads: 0,
+            restarts: 0,
+            config: config.clone(),
+            server_slots: assignments.slots(1),
+            workers: Vec::new(),
+        }));
+        let source = StatusSource {
+            view: view_rx,
+            table,
+        };
+        let admin = match config.admin {
+            None => None,
+            Some(addr) => match AdminListener::bind(addr, source.clone()).await {
+                Ok(admin) => Some(admin),
+                Err(e) => {
+                    tracing::error!("admin listener {addr}: {e}");
+                    return ExitCode::from(1);
+                }
+            },
+        };
+        tokio::spawn(control::serve(control, tx.clone(), source));
         tokio::spawn(forward_signals(tx.clone()));
         let mut supervisor = Supervisor {
             backoff: vec![Backoff::default(); config.gateway.workers],
+            health: HealthChecks::start(&config, &assignments.slots(1), table),
             config_path,
             config,
             config_text,
             generation: 1,
             reloads: 0,
+            restarts: 0,
             sockets,
             workers: Vec::new(),
             events: tx,
             stopping: false,
+            table,
+            assignments,
+            admin,
+            view,
         };
         if let Err(e) = supervisor.start_generation(&mut rx).await {
             tracing::error!("workers did not start: {e}");
             supervisor.kill_all();
             return ExitCode::from(1);
         }
+        supervisor.publish();
         tracing::info!(
             generation = supervisor.generation,
+            health_checks = supervisor.health.count(),
             "{} workers serving",
             supervisor.config.gateway.workers
         );
         while let Some(event) = rx.recv().await {
             supervisor.handle(event, &mut rx).await;
+            supervisor.publish();
             if supervisor.stopping && supervisor.workers.is_empty() {
                 break;
             }
@@ -213,12 +275,8 @@ impl Supervisor {
         rx: &mut mpsc::UnboundedReceiver<Event>,
     ) -> Reply {
         match request {
-            Request::Status => Reply {
-                ok: true,
-                generation: Some(self.generation),
-                status: Some(self.status()),
-                ..Reply::default()
-            },
+            // The control socket answers this itself from the published snapshot.
+            Request::Status => Reply::failed("status is answered by the control socket"),
             Request::Stop { now } => {
                 self.stop(now).await;
                 Reply {
@@ -254,20 +312,44 @@ impl Supervisor {
             .sockets
             .for_config(&config)
             .map_err(|e| e.to_string())?;
+        let admin = match config.admin {
+            Some(addr) if self.admin.as_ref().map(|a| a.configured) != Some(addr) => Some(
+                AdminListener::bind(addr, self.source())
+                    .await
+                    .map_err(|e| format!("admin listener {addr}: {e}"))?,
+            ),
+            _ => None,
+        };
+        let generation = self.generation + 1;
+        let assigned = self
+            .assignments
+            .assign(generation, table::server_keys(&config))?;
+        for &slot in &assigned.fresh {
+            self.table.reset_server(slot);
+        }
         let old = (
-            std::mem::replace(&mut self.config, config),
+            std::mem::replace(&mut self.config, Arc::new(config)),
             std::mem::replace(&mut self.config_text, text),
             std::mem::replace(&mut self.sockets, sockets),
         );
-        self.generation += 1;
+        self.generation = generation;
         if let Err(e) = self.start_generation(rx).await {
-            let failed = self.generation;
-            for w in self.workers.iter_mut().filter(|w| w.generation == failed) {
+            for w in self
+                .workers
+                .iter_mut()
+                .filter(|w| w.generation == generation)
+            {
                 w.kill_now();
             }
             self.generation -= 1;
             (self.config, self.config_text, self.sockets) = old;
+            self.assignments.retire(generation);
             return Err(e);
+        }
+        // Checks of servers that stay go on from the state they had.
+        self.health = HealthChecks::start(&self.config, &assigned.slots, self.table);
+        if admin.is_some() || self.config.admin.is_none() {
+            self.admin = admin;
         }
         let (generation, timeout) = (self.generation, self.config.gateway.shutdown_timeout);
         let mut old = Vec::new();
@@ -286,6 +368,7 @@ impl Supervisor {
         self.wait_until_not_accepting(old, rx).await;
         self.backoff = vec![Backoff::default(); self.config.gateway.workers];
         self.reloads += 1;
+        self.retire_finished_generations();
         tracing::info!(
             generation,
             "reloaded: new workers serve, the old ones drain"
@@ -327,7 +410,10 @@ impl Supervisor {
                     }
                 }
                 Ok(Some(Event::Exited { pid, status })) if pending.contains(&pid) => {
-                    self.workers.retain(|w| w.pid != pid);
+                    if let Some(w) = self.workers.iter().position(|w| w.pid == pid) {
+                        self.table
+                            .release_worker(self.workers.swap_remove(w).table_slot);
+                    }
                     break Err(format!(
                         "a new worker exited before serving ({status}); see its log above"
                     ));
@@ -371,6 +457,21 @@ impl Supervisor {
     }
 
     fn spawn(&mut self, slot: usize) -> std::io::Result<WorkerProc> {
+        let table_slot = (0..table::WORKER_SLOTS)
+            .find(|&t| !self.workers.iter().any(|w| w.table_slot == t))
+            .ok_or_else(|| {
+                std::io::Error::other(format!(
+                    "more than {} worker processes at once",
+                    table::WORKER_SLOTS
+                ))
+            })?;
+        self.table.release_worker(table_slot);
+        let server_slots: Vec<String> = self
+            .assignments
+            .slots(self.generation)
+            .iter()
+            .map(usize::to_string)
+            .collect();
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         let sockets = self.sockets.for_slot(slot);
         let mut fds = Vec::new();
@@ -389,6 +490,14 @@ impl Supervisor {
                 .arg(self.generation.to_string())
                 .arg("--fds")
                 .arg(fds.join(","))
+                .arg("--table-fd")
+                .arg(self.table.fd().to_string())
+                .arg("--table-slot")
+                .arg(table_slot.to_string());
+            if !server_slots.is_empty() {
+                command.arg("--server-slots").arg(server_slots.join(","));
+            }
+            command
                 .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
                 .stdout(Stdio::inherit())
                 .stderr(Stdio::inherit());
@@ -400,6 +509,10 @@ impl Supervisor {
         }
         let mut child = spawned?;
         let pid = child.id().unwrap_or(0);
+        self.table
+            .worker(table_slot)
+            .pid
+            .store(pid, std::sync::atomic::Ordering::Relaxed);
 
         let mut ours = ours;
         ours.write_all(format!("{} {}\n", protocol::CONFIG, self.config_text.len()).as_bytes())?;
@@ -445,6 +558,7 @@ impl Supervisor {
         Ok(WorkerProc {
             pid,
             slot,
+            table_slot,
             generation: self.generation,
             started: Instant::now(),
             commands,
@@ -459,6 +573,8 @@ impl Supervisor {
             return;
         };
         let worker = self.workers.swap_remove(index);
+        self.table.release_worker(worker.table_slot);
+        self.retire_finished_generations();
         if worker.draining || self.stopping {
             tracing::info!(
                 pid,
@@ -470,6 +586,7 @@ impl Supervisor {
         if worker.generation != self.generation {
             return;
         }
+        self.restarts += 1;
         let backoff = &mut self.backoff[worker.slot];
         if worker.started.elapsed() >= STABLE_AFTER {
             backoff.crashes = 0;
@@ -544,55 +661,52 @@ impl Supervisor {
         }
     }
 
-    fn status(&self) -> Status {
+    /// Generations with no worker left free their server slots (the current one stays).
+    fn retire_finished_generations(&mut self) {
+        for generation in self.assignments.generations() {
+            if generation != self.generation
+                && !self.workers.iter().any(|w| w.generation == generation)
+            {
+                self.assignments.retire(generation);
+            }
+        }
+    }
+
+    fn source(&self) -> StatusSource {
+        StatusSource {
+            view: self.view.subscribe(),
+            table: self.table,
+        }
+    }
+
+    /// Publishes the supervisor's state for the control socket and the admin listener.
+    fn publish(&self) {
         let workers = self
             .workers
             .iter()
-            .map(|w| WorkerStatus {
+            .map(|w| WorkerView {
                 pid: w.pid,
                 generation: w.generation,
                 slot: w.slot,
-                uptime_s: w.started.elapsed().as_secs(),
-                rss_bytes: rss_bytes(w.pid),
+                table_slot: w.table_slot,
+                started: w.started,
                 state: if w.draining {
                     "draining"
                 } else if w.ready {
-                    "serving"
+                    status::SERVING
                 } else {
                     "starting"
-                }
-                .into(),
+                },
             })
             .collect();
-        let upstreams = self
-            .config
-            .upstreams
-            .iter()
-            .map(|u| {
-                let servers = u
-                    .servers
-                    .iter()
-                    .map(|s| ServerStatus {
-                        address: s.name.clone(),
-                        weight: s.weight,
-                        backup: s.backup,
-                    })
-                    .collect();
-                (
-                    u.name.clone(),
-                    UpstreamStatus {
-                        policy: u.policy.as_str().into(),
-                        servers,
-                    },
-                )
-            })
-            .collect();
-        Status {
+        self.view.send_replace(Arc::new(Snapshot {
             generation: self.generation,
             reloads: self.reloads,
+            restarts: self.restarts,
+            config: self.config.clone(),
+            server_slots: self.assignments.slots(self.generation),
             workers,
-            upstreams,
-        }
+        }));
     }
 }
 
@@ -600,18 +714,6 @@ impl Supervisor {
 fn restart_delay(crashes: u32) -> Duration {
     let factor = 1u32 << crashes.saturating_sub(1).min(16);
     (FIRST_RESTART_DELAY * factor).min(MAX_RESTART_DELAY)
-}
-
-fn rss_bytes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .map_or(0, |kib| kib * 1024)
 }
 
 async fn forward_signals(events: mpsc::UnboundedSender<Event>) {

@@ -13,7 +13,6 @@ use hyper::body::Incoming;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
@@ -222,8 +221,7 @@ pub struct Lease {
 
 impl Lease {
     pub fn new(server: Arc<Server>) -> Self {
-        server.in_flight.fetch_add(1, Ordering::Relaxed);
-        server.requests.fetch_add(1, Ordering::Relaxed);
+        server.shared.enter();
         Lease {
             server,
             sender: None,
@@ -233,7 +231,7 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.server.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.server.shared.leave();
     }
 }
 

@@ -7,6 +7,7 @@ use super::request_check::{self, Rejection};
 use super::router::{host_without_port, Router};
 use crate::access_log::AccessLog;
 use crate::config::{ClientLimits, Config};
+use crate::table::{WorkerShare, WorkerSlot};
 use crate::upstream::pool::{self, ConnectError, Sender};
 use crate::upstream::{Server, Upstream};
 use bytes::{Bytes, BytesMut};
@@ -15,7 +16,6 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -125,15 +125,35 @@ pub struct Proxy {
     upstreams: Vec<Upstream>,
     limits: ClientLimits,
     log: Arc<AccessLog>,
+    /// This worker's counters in the shared table.
+    pub counters: &'static WorkerSlot,
 }
 
 impl Proxy {
-    pub fn new(config: &Config, log: Arc<AccessLog>) -> Self {
+    /// `server_slots` are the table slots of every server in config order (upstreams,
+    /// then their servers), as the supervisor assigned them.
+    pub fn new(
+        config: &Config,
+        log: Arc<AccessLog>,
+        share: WorkerShare,
+        server_slots: &[usize],
+    ) -> Self {
+        let mut slots = server_slots;
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                let (mine, rest) = slots.split_at(u.servers.len().min(slots.len()));
+                slots = rest;
+                Upstream::new(u, share, mine)
+            })
+            .collect();
         Proxy {
             router: Router::new(&config.routes),
-            upstreams: config.upstreams.iter().map(Upstream::new).collect(),
+            upstreams,
             limits: config.gateway.limits.clone(),
             log,
+            counters: share.counters(),
         }
     }
 
@@ -194,7 +214,7 @@ impl Proxy {
                 break Err(last_unreachable.map_or(Failure::NoServerUp, Failure::Unreachable));
             };
             let server = &upstream.servers[index];
-            server.requests.fetch_add(1, Ordering::Relaxed);
+            server.count_request();
             exchange.upstream = Some(Lease::new(server.clone()));
             if host.is_none() {
                 if let Ok(v) = HeaderValue::from_str(&server.config.name) {
@@ -323,7 +343,7 @@ impl Proxy {
                 server.note_failure(&why);
                 return error_response(exchange, StatusCode::BAD_GATEWAY, why, true);
             };
-            server.passive.record_success();
+            server.note_success();
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             let tunnel_lease = Lease::new(server);
             tokio::spawn(async move {
@@ -343,7 +363,7 @@ impl Proxy {
             return Response::from_parts(head, ResponseBody::fixed(Bytes::new(), exchange));
         }
 
-        server.passive.record_success();
+        server.note_success();
         let (mut head, body) = response.into_parts();
         strip_hop_by_hop(&mut head.headers);
         if client_upgrade.is_some() {

@@ -4,6 +4,7 @@
 use super::DRAINING;
 use crate::access_log::AccessLog;
 use crate::protocol;
+use crate::table::Table;
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -14,26 +15,63 @@ use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-pub fn main(config_path: &Path, slot: usize, generation: u64, fds: &[i32]) -> ExitCode {
-    match run(config_path, fds) {
+/// What the supervisor tells a worker on its command line.
+#[derive(clap::Args, Debug)]
+pub struct WorkerArgs {
+    /// The worker's place in the generation (one per `workers`).
+    #[arg(long)]
+    slot: usize,
+    #[arg(long)]
+    generation: u64,
+    /// Inherited listening sockets, one per listener.
+    #[arg(long, value_delimiter = ',')]
+    fds: Vec<i32>,
+    /// The inherited shared state table.
+    #[arg(long)]
+    table_fd: i32,
+    /// This worker's counters in the table.
+    #[arg(long)]
+    table_slot: usize,
+    /// The table slot of every upstream server, in config order.
+    #[arg(long, value_delimiter = ',')]
+    server_slots: Vec<usize>,
+}
+
+pub fn main(config_path: &Path, args: &WorkerArgs) -> ExitCode {
+    match run(config_path, args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(slot, generation, "worker failed: {e}");
+            tracing::error!(
+                slot = args.slot,
+                generation = args.generation,
+                "worker failed: {e}"
+            );
             ExitCode::from(1)
         }
     }
 }
 
-fn run(config_path: &Path, fds: &[i32]) -> std::io::Result<()> {
+fn run(config_path: &Path, args: &WorkerArgs) -> std::io::Result<()> {
     // Our stdin is a socket pair with the supervisor: take a handle that can also write.
     let channel = UnixStream::from(std::io::stdin().as_fd().try_clone_to_owned()?);
     let mut reader = BufReader::new(channel.try_clone()?);
     let text = read_config(&mut reader)?;
     let config = crate::config::parse(config_path, &text).map_err(std::io::Error::other)?;
-    let listeners = fds
+    let listeners = args
+        .fds
         .iter()
         .map(|&fd| crate::sys::adopt_listener(fd))
         .collect::<std::io::Result<Vec<_>>>()?;
+    let table = Table::adopt(args.table_fd)?;
+    let servers: usize = config.upstreams.iter().map(|u| u.servers.len()).sum();
+    if args.server_slots.len() != servers || args.table_slot >= crate::table::WORKER_SLOTS {
+        return Err(std::io::Error::other(format!(
+            "the supervisor gave {} server slots for {servers} servers",
+            args.server_slots.len()
+        )));
+    }
+    let share = table.share(args.table_slot);
+    let server_slots = args.server_slots.clone();
     let log = Arc::new(AccessLog::open(
         &config.gateway.access_log,
         config.gateway.access_log_format,
@@ -65,6 +103,8 @@ fn run(config_path: &Path, fds: &[i32]) -> std::io::Result<()> {
             listeners,
             Arc::new(config),
             log,
+            share,
+            &server_slots,
             stop_rx,
             move || {
                 let _ = say.send(protocol::READY);

@@ -6,6 +6,7 @@ use super::body::ResponseBody;
 use super::forward::{ConnInfo, Proxy};
 use super::DRAINING;
 use crate::config::ClientLimits;
+use crate::table::WorkerSlot;
 use http::header::{HeaderValue, CONNECTION};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -79,19 +80,17 @@ pub async fn accept_loop(
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 let conn = ConnInfo::new(peer, tls.is_some());
+                let open = OpenConnection::count(proxy.counters);
                 let (proxy, protocols, shutdown) =
                     (proxy.clone(), protocols.clone(), shutdown.clone());
-                match &tls {
-                    None => tasks.spawn(serve_http1(stream, conn, proxy, protocols, shutdown)),
-                    Some(tls) => tasks.spawn(serve_tls(
-                        tls.clone(),
-                        stream,
-                        conn,
-                        proxy,
-                        protocols,
-                        shutdown,
-                    )),
-                };
+                let tls = tls.clone();
+                tasks.spawn(async move {
+                    let _open = open;
+                    match tls {
+                        None => serve_http1(stream, conn, proxy, protocols, shutdown).await,
+                        Some(tls) => serve_tls(tls, stream, conn, proxy, protocols, shutdown).await,
+                    }
+                });
             }
             Err(e) => {
                 // Out of file descriptors or similar: back off instead of spinning.
@@ -99,6 +98,22 @@ pub async fn accept_loop(
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// Counts a client connection in the worker's `connections` while it is open.
+struct OpenConnection(&'static WorkerSlot);
+
+impl OpenConnection {
+    fn count(counters: &'static WorkerSlot) -> Self {
+        counters.connections.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(counters)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -120,6 +135,7 @@ fn service(
         let proxy = proxy.clone();
         let conn = conn.clone();
         async move {
+            proxy.counters.requests.fetch_add(1, Ordering::Relaxed);
             let http2 = req.version() == Version::HTTP_2;
             let mut response = proxy.handle(req, &conn).await;
             if http2 {

@@ -1,0 +1,109 @@
+//! Active health checks, run once per gateway by the supervisor: one task per server of
+//! every upstream with a `[upstream.NAME.health_check]`, writing the result into the
+//! shared table where every worker reads it.
+
+use crate::config::{Config, HealthCheckConfig, ServerConfig};
+use crate::table::{ServerSlot, Table};
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use tokio::task::JoinSet;
+
+/// The running checkers of one configuration; dropping it stops them.
+#[derive(Default)]
+pub struct HealthChecks {
+    tasks: JoinSet<()>,
+}
+
+impl HealthChecks {
+    /// Starts checking `config`'s servers (table slots `slots`, in config order). Servers
+    /// of upstreams without a health check are cleared of any earlier check's verdict.
+    pub fn start(config: &Config, slots: &[usize], table: &'static Table) -> HealthChecks {
+        let mut tasks = JoinSet::new();
+        let mut slots = slots.iter();
+        for upstream in &config.upstreams {
+            for (server, &slot) in upstream.servers.iter().zip(slots.by_ref()) {
+                let shared = table.server(slot);
+                match &upstream.health_check {
+                    None => shared.clear_checks(),
+                    Some(check) => {
+                        tasks.spawn(check_forever(
+                            upstream.name.clone(),
+                            server.clone(),
+                            check.clone(),
+                            shared,
+                        ));
+                    }
+                }
+            }
+        }
+        HealthChecks { tasks }
+    }
+
+    pub fn count(&self) -> usize {
+        self.tasks.len()
+    }
+}
+
+async fn check_forever(
+    upstream: String,
+    server: ServerConfig,
+    check: HealthCheckConfig,
+    shared: &'static ServerSlot,
+) {
+    let mut ticks = tokio::time::interval(check.interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let result = match tokio::time::timeout(check.timeout, probe(&server, &check)).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {:?}", check.timeout)),
+        };
+        let why = result.as_ref().err().cloned().unwrap_or_default();
+        match shared.record_check(result.is_ok(), check.fall, check.rise) {
+            Some(false) => tracing::warn!(
+                upstream,
+                server = %server.name,
+                "server down: {} health checks failed in a row; last: {why}",
+                check.fall
+            ),
+            Some(true) => tracing::info!(
+                upstream,
+                server = %server.name,
+                "server up again: {} health checks passed in a row",
+                check.rise
+            ),
+            None => {}
+        }
+    }
+}
+
+/// One check: `GET path` on a new connection; passes when the status is in
+/// `expect_status`.
+async fn probe(server: &ServerConfig, check: &HealthCheckConfig) -> Result<(), String> {
+    let stream = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let request = http::Request::get(check.path.as_str())
+        .header(http::header::HOST, server.name.as_str())
+        .header(http::header::USER_AGENT, "gateway-health-check")
+        .header(http::header::CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let (low, high) = check.expect_status;
+    if (low..=high).contains(&status) {
+        Ok(())
+    } else {
+        Err(format!("status {status}, expected {low}-{high}"))
+    }
+}

@@ -1,0 +1,332 @@
+//! What the gateway says about itself: the status document, readiness, liveness and the
+//! Prometheus metrics, built from the supervisor's latest snapshot of its workers and
+//! the live counters of the shared table. The control socket and the admin listener
+//! answer from here, so neither waits for the supervisor (which may be mid-reload).
+
+use crate::config::Config;
+use crate::protocol::{HealthCheckCounts, ServerStatus, Status, UpstreamStatus, WorkerStatus};
+use crate::table::Table;
+use std::fmt::Write;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::watch;
+
+/// The supervisor's view, published after every event it handles.
+pub struct Snapshot {
+    pub generation: u64,
+    pub reloads: u64,
+    pub restarts: u64,
+    /// The current generation's configuration.
+    pub config: Arc<Config>,
+    /// Its servers' table slots, in config order.
+    pub server_slots: Vec<usize>,
+    pub workers: Vec<WorkerView>,
+}
+
+pub struct WorkerView {
+    pub pid: u32,
+    pub generation: u64,
+    pub slot: usize,
+    pub table_slot: usize,
+    pub started: Instant,
+    pub state: &'static str,
+}
+
+pub const SERVING: &str = "serving";
+
+/// Reads the latest snapshot together with the table.
+#[derive(Clone)]
+pub struct StatusSource {
+    pub view: watch::Receiver<Arc<Snapshot>>,
+    pub table: &'static Table,
+}
+
+impl StatusSource {
+    pub fn status(&self) -> Status {
+        let view = self.view.borrow().clone();
+        let table = self.table;
+        let workers = view
+            .workers
+            .iter()
+            .map(|w| {
+                let counters = table.worker(w.table_slot);
+                WorkerStatus {
+                    pid: w.pid,
+                    generation: w.generation,
+                    slot: w.slot,
+                    uptime_s: w.started.elapsed().as_secs(),
+                    rss_bytes: rss_bytes(w.pid),
+                    active_connections: counters.connections.load(Relaxed),
+                    requests_total: counters.requests.load(Relaxed),
+                    state: w.state.into(),
+                }
+            })
+            .collect();
+        let now = crate::upstream::now_ms();
+        let mut slots = view.server_slots.iter();
+        let upstreams = view
+            .config
+            .upstreams
+            .iter()
+            .map(|u| {
+                let servers = u
+                    .servers
+                    .iter()
+                    .zip(slots.by_ref())
+                    .map(|(s, &slot)| {
+                        let shared = table.server(slot);
+                        let down_reason = if shared.checked_down() {
+                            Some("health_check")
+                        } else if shared.passive_down(now) {
+                            Some("max_fails")
+                        } else {
+                            None
+                        };
+                        let state = match (down_reason, s.backup) {
+                            (Some(_), _) => "down",
+                            (None, true) => "backup",
+                            (None, false) => "up",
+                        };
+                        ServerStatus {
+                            address: s.name.clone(),
+                            state: state.into(),
+                            down_reason: down_reason.map(String::from),
+                            active_connections: shared.in_flight(),
+                            requests_total: shared.requests.load(Relaxed),
+                            failures_total: shared.failures.load(Relaxed),
+                            weight: s.weight,
+                            backup: s.backup,
+                            health_checks: u.health_check.as_ref().map(|_| HealthCheckCounts {
+                                passed: shared.checks_passed.load(Relaxed),
+                                failed: shared.checks_failed.load(Relaxed),
+                            }),
+                        }
+                    })
+                    .collect();
+                let status = UpstreamStatus {
+                    policy: u.policy.as_str().into(),
+                    servers,
+                };
+                (u.name.clone(), status)
+            })
+            .collect();
+        Status {
+            generation: view.generation,
+            reloads: view.reloads,
+            restarts: view.restarts,
+            workers,
+            upstreams,
+        }
+    }
+
+    /// Ok while at least one worker serves (`/healthz`).
+    pub fn liveness(&self) -> Result<(), String> {
+        let view = self.view.borrow();
+        if view.workers.iter().any(|w| w.state == SERVING) {
+            Ok(())
+        } else {
+            Err("no worker is serving".into())
+        }
+    }
+
+    /// Ok when every worker of the current generation serves and every upstream has a
+    /// server up (`/readyz`); otherwise what is not ready, one reason per line.
+    pub fn readiness(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        let status = self.status();
+        let wanted = self.view.borrow().config.gateway.workers;
+        let serving = status
+            .workers
+            .iter()
+            .filter(|w| w.generation == status.generation && w.state == SERVING)
+            .count();
+        if serving < wanted {
+            problems.push(format!(
+                "generation {}: {serving} of {wanted} workers serving",
+                status.generation
+            ));
+        }
+        for (name, upstream) in &status.upstreams {
+            if upstream.servers.iter().all(|s| s.state == "down") {
+                problems.push(format!("upstream {name}: no server is up"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n"))
+        }
+    }
+
+    /// The same figures in the Prometheus text format (version 0.0.4).
+    pub fn metrics(&self) -> String {
+        let status = self.status();
+        let mut out = Metrics::default();
+        out.family(
+            "gateway_generation",
+            "gauge",
+            "Configuration generation serving now.",
+        );
+        out.sample("gateway_generation", &[], status.generation);
+        out.family("gateway_reloads_total", "counter", "Successful reloads.");
+        out.sample("gateway_reloads_total", &[], status.reloads);
+        out.family(
+            "gateway_worker_restarts_total",
+            "counter",
+            "Workers replaced after they died.",
+        );
+        out.sample("gateway_worker_restarts_total", &[], status.restarts);
+
+        let worker_families: [(&str, &str, &str, fn(&WorkerStatus) -> u64); 3] = [
+            (
+                "gateway_worker_requests_total",
+                "counter",
+                "Requests received by the worker.",
+                |w| w.requests_total,
+            ),
+            (
+                "gateway_worker_active_connections",
+                "gauge",
+                "Client connections open on the worker.",
+                |w| w.active_connections,
+            ),
+            (
+                "gateway_worker_rss_bytes",
+                "gauge",
+                "Resident memory of the worker process.",
+                |w| w.rss_bytes,
+            ),
+        ];
+        for (name, kind, help, value) in worker_families {
+            out.family(name, kind, help);
+            for w in &status.workers {
+                let (pid, generation) = (w.pid.to_string(), w.generation.to_string());
+                out.sample(
+                    name,
+                    &[
+                        ("pid", &pid),
+                        ("generation", &generation),
+                        ("state", &w.state),
+                    ],
+                    value(w),
+                );
+            }
+        }
+
+        let server_families: [(&str, &str, &str, fn(&ServerStatus) -> u64); 4] = [
+            (
+                "gateway_upstream_server_up",
+                "gauge",
+                "1 while the server may get traffic, 0 while it is down.",
+                |s| u64::from(s.state != "down"),
+            ),
+            (
+                "gateway_upstream_server_active_connections",
+                "gauge",
+                "Requests in flight on the server, across all workers.",
+                |s| s.active_connections,
+            ),
+            (
+                "gateway_upstream_server_requests_total",
+                "counter",
+                "Requests sent to the server (each try counts).",
+                |s| s.requests_total,
+            ),
+            (
+                "gateway_upstream_server_failures_total",
+                "counter",
+                "Failed tries: unreachable, timed out, or not HTTP.",
+                |s| s.failures_total,
+            ),
+        ];
+        for (name, kind, help, value) in server_families {
+            out.family(name, kind, help);
+            for (upstream, u) in &status.upstreams {
+                for s in &u.servers {
+                    out.sample(
+                        name,
+                        &[("upstream", upstream), ("server", &s.address)],
+                        value(s),
+                    );
+                }
+            }
+        }
+        let checks = "gateway_upstream_server_health_checks_total";
+        out.family(checks, "counter", "Active health checks by result.");
+        for (upstream, u) in &status.upstreams {
+            for s in &u.servers {
+                if let Some(c) = &s.health_checks {
+                    for (result, n) in [("passed", c.passed), ("failed", c.failed)] {
+                        out.sample(
+                            checks,
+                            &[
+                                ("upstream", upstream),
+                                ("server", &s.address),
+                                ("result", result),
+                            ],
+                            n,
+                        );
+                    }
+                }
+            }
+        }
+        out.text
+    }
+}
+
+#[derive(Default)]
+struct Metrics {
+    text: String,
+}
+
+impl Metrics {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+        self.text.push_str(name);
+        if !labels.is_empty() {
+            let labels: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
+                .collect();
+            let _ = write!(self.text, "{{{}}}", labels.join(","));
+        }
+        let _ = writeln!(self.text, " {value}");
+    }
+}
+
+/// Label values escape backslash, double quote and newline.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+pub fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label(r#"a"b\c"#), r#"a\"b\\c"#);
+        let mut m = Metrics::default();
+        m.sample("x_total", &[("server", "h:1"), ("upstream", "a\nb")], 3);
+        assert_eq!(m.text, "x_total{server=\"h:1\",upstream=\"a\\nb\"} 3\n");
+    }
+}

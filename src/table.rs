@@ -1,0 +1,472 @@
+//! The shared state table: one view of every upstream server and every worker for all
+//! the processes of a gateway, like nginx's upstream `zone`.
+//!
+//! The supervisor creates it (an in-memory file mapped shared, see `sys`) before the first
+//! worker and every worker inherits it. Everything in it is an atomic: workers update and
+//! read it on the request path without locks, and a process that dies cannot leave a lock
+//! held. The supervisor hands out the slots ([`Assignments`]): a server keeps its slot,
+//! and with it its health and its counters, across reloads for as long as it stays in the
+//! configuration.
+//!
+//! Concurrent updates are relaxed: two workers failing at the same instant may count one
+//! failure fewer towards `max_fails`, which the passive health check tolerates; counters
+//! and in-flight sums are exact.
+
+use crate::config::Config;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+
+/// Upstream servers the table holds, over every generation still running.
+pub const SERVER_SLOTS: usize = 1024;
+/// Worker processes the table holds, draining ones included.
+pub const WORKER_SLOTS: usize = 256;
+const MAGIC: u64 = u64::from_be_bytes(*b"gwtable1");
+
+/// The memory layout shared between processes. Only atomics, so zero-filled memory is a
+/// valid (empty) table.
+#[repr(C)]
+pub struct TableMemory {
+    magic: AtomicU64,
+    servers: [ServerSlot; SERVER_SLOTS],
+    workers: [WorkerSlot; WORKER_SLOTS],
+    /// `[worker][server]`: what each worker has in flight on each server, so that the
+    /// share of a worker that crashed can be taken out of the servers' totals.
+    in_flight_by_worker: [[AtomicU32; SERVER_SLOTS]; WORKER_SLOTS],
+}
+
+/// One upstream server as every process sees it. Aligned to a cache line so that
+/// workers busy with neighbouring servers do not contend.
+#[repr(C, align(64))]
+pub struct ServerSlot {
+    /// Requests in flight, summed over all workers (what `least_conn` compares).
+    in_flight: AtomicU64,
+    pub requests: AtomicU64,
+    pub failures: AtomicU64,
+    /// Passive health: failures in the window that started at `window_start`…
+    fails: AtomicU32,
+    /// 1 while active health checks have the server down.
+    checked_down: AtomicU32,
+    window_start: AtomicU64,
+    /// … and until when `max_fails` of them keep the server out (monotonic ms).
+    down_until: AtomicU64,
+    passed_in_a_row: AtomicU32,
+    failed_in_a_row: AtomicU32,
+    pub checks_passed: AtomicU64,
+    pub checks_failed: AtomicU64,
+}
+
+/// One worker process's counters.
+#[repr(C, align(64))]
+pub struct WorkerSlot {
+    pub pid: AtomicU32,
+    pub connections: AtomicU64,
+    pub requests: AtomicU64,
+}
+
+impl ServerSlot {
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Relaxed)
+    }
+
+    /// Up for traffic: neither health checks nor passive failures have it down.
+    pub fn is_up(&self, now_ms: u64) -> bool {
+        !self.checked_down() && !self.passive_down(now_ms)
+    }
+
+    pub fn checked_down(&self) -> bool {
+        self.checked_down.load(Relaxed) != 0
+    }
+
+    pub fn passive_down(&self, now_ms: u64) -> bool {
+        now_ms < self.down_until.load(Relaxed)
+    }
+
+    /// Passive health (nginx's max_fails/fail_timeout): `max_fails` failures within
+    /// `fail_timeout` take the server out for `fail_timeout`; after that it gets traffic
+    /// again and the count starts over. `max_fails = 0` turns this off. Returns true when
+    /// this failure took the server down.
+    pub fn record_failure(&self, now_ms: u64, max_fails: u32, fail_timeout_ms: u64) -> bool {
+        self.failures.fetch_add(1, Relaxed);
+        if max_fails == 0 {
+            return false;
+        }
+        let start = self.window_start.load(Relaxed);
+        let fails = if now_ms.saturating_sub(start) >= fail_timeout_ms {
+            self.window_start.store(now_ms, Relaxed);
+            self.fails.store(1, Relaxed);
+            1
+        } else {
+            self.fails.fetch_add(1, Relaxed) + 1
+        };
+        if fails >= max_fails {
+            self.fails.store(0, Relaxed);
+            self.window_start.store(0, Relaxed);
+            self.down_until.store(now_ms + fail_timeout_ms, Relaxed);
+            return true;
+        }
+        false
+    }
+
+    pub fn record_success(&self) {
+        if self.fails.load(Relaxed) != 0 {
+            self.fails.store(0, Relaxed);
+        }
+    }
+
+    /// Counts one active health check; `fall` failures in a row take the server down,
+    /// `rise` passes in a row bring it back. Returns the new state when it changed
+    /// (`Some(true)` = up again). Only the supervisor's checker writes these.
+    pub fn record_check(&self, passed: bool, fall: u32, rise: u32) -> Option<bool> {
+        let down = self.checked_down();
+        if passed {
+            self.checks_passed.fetch_add(1, Relaxed);
+            self.failed_in_a_row.store(0, Relaxed);
+            let streak = self.passed_in_a_row.fetch_add(1, Relaxed) + 1;
+            if down && streak >= rise {
+                self.checked_down.store(0, Relaxed);
+                return Some(true);
+            }
+        } else {
+            self.checks_failed.fetch_add(1, Relaxed);
+            self.passed_in_a_row.store(0, Relaxed);
+            let streak = self.failed_in_a_row.fetch_add(1, Relaxed) + 1;
+            if !down && streak >= fall {
+                self.checked_down.store(1, Relaxed);
+                return Some(false);
+            }
+        }
+        None
+    }
+
+    /// Forgets active health (the upstream no longer has a health check).
+    pub fn clear_checks(&self) {
+        self.checked_down.store(0, Relaxed);
+        self.passed_in_a_row.store(0, Relaxed);
+        self.failed_in_a_row.store(0, Relaxed);
+    }
+
+    fn reset(&self) {
+        for counter in [
+            &self.in_flight,
+            &self.requests,
+            &self.failures,
+            &self.window_start,
+            &self.down_until,
+            &self.checks_passed,
+            &self.checks_failed,
+        ] {
+            counter.store(0, Relaxed);
+        }
+        self.fails.store(0, Relaxed);
+        self.clear_checks();
+    }
+}
+
+/// The table as one process holds it: mapped for the life of the process.
+pub struct Table {
+    memory: &'static TableMemory,
+    file: File,
+}
+
+impl Table {
+    /// A new, empty table (the supervisor's).
+    pub fn create() -> std::io::Result<Table> {
+        let file = crate::sys::shared_memory_file(std::mem::size_of::<TableMemory>())?;
+        let memory = crate::sys::map_table(&file)?;
+        memory.magic.store(MAGIC, Relaxed);
+        Ok(Table { memory, file })
+    }
+
+    /// The supervisor's table, inherited under `fd` (a worker's).
+    pub fn adopt(fd: RawFd) -> std::io::Result<Table> {
+        let file = crate::sys::adopt_shared_memory_file(fd)?;
+        let memory = crate::sys::map_table(&file)?;
+        if memory.magic.load(Relaxed) != MAGIC {
+            return Err(std::io::Error::other(format!(
+                "fd {fd} is not a gateway state table"
+            )));
+        }
+        Ok(Table { memory, file })
+    }
+
+    /// The descriptor the workers inherit.
+    pub fn fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    pub fn server(&self, slot: usize) -> &'static ServerSlot {
+        &self.memory.servers[slot]
+    }
+
+    pub fn worker(&self, slot: usize) -> &'static WorkerSlot {
+        &self.memory.workers[slot]
+    }
+
+    /// Worker `slot`'s handle on the table.
+    pub fn share(&self, slot: usize) -> WorkerShare {
+        WorkerShare {
+            memory: self.memory,
+            worker: slot,
+        }
+    }
+
+    /// A fresh slot for a server new to the table.
+    pub fn reset_server(&self, slot: usize) {
+        self.server(slot).reset();
+    }
+
+    /// Worker `slot` is gone: takes whatever it still had in flight out of the servers'
+    /// totals (a crash leaves some) and clears the slot for the next worker.
+    pub fn release_worker(&self, slot: usize) {
+        for (server, mine) in self
+            .memory
+            .servers
+            .iter()
+            .zip(&self.memory.in_flight_by_worker[slot])
+        {
+            let left = mine.swap(0, Relaxed);
+            if left != 0 {
+                server.in_flight.fetch_sub(u64::from(left), Relaxed);
+            }
+        }
+        let worker = self.worker(slot);
+        worker.pid.store(0, Relaxed);
+        worker.connections.store(0, Relaxed);
+        worker.requests.store(0, Relaxed);
+    }
+}
+
+/// One worker's handle on the table.
+#[derive(Clone, Copy)]
+pub struct WorkerShare {
+    memory: &'static TableMemory,
+    worker: usize,
+}
+
+impl WorkerShare {
+    pub fn counters(&self) -> &'static WorkerSlot {
+        &self.memory.workers[self.worker]
+    }
+
+    pub fn server(&self, slot: usize) -> SharedServer {
+        SharedServer {
+            slot: &self.memory.servers[slot],
+            mine: &self.memory.in_flight_by_worker[self.worker][slot],
+        }
+    }
+}
+
+/// A server's slot as one worker uses it: in-flight accounting goes to the total and to
+/// this worker's own share of it.
+#[derive(Clone, Copy)]
+pub struct SharedServer {
+    pub slot: &'static ServerSlot,
+    mine: &'static AtomicU32,
+}
+
+impl SharedServer {
+    pub fn enter(&self) {
+        self.mine.fetch_add(1, Relaxed);
+        self.slot.in_flight.fetch_add(1, Relaxed);
+    }
+
+    pub fn leave(&self) {
+        self.slot.in_flight.fetch_sub(1, Relaxed);
+        self.mine.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A server as the slot assignment knows it: the same upstream and address (the n-th
+/// time it appears there) in two configurations is the same server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerKey {
+    upstream: String,
+    address: String,
+    occurrence: usize,
+}
+
+/// Every server of `config`, in config order (upstreams, then their servers): the
+/// order of the slot list a worker gets.
+pub fn server_keys(config: &Config) -> Vec<ServerKey> {
+    let mut keys: Vec<ServerKey> = Vec::new();
+    for upstream in &config.upstreams {
+        for server in &upstream.servers {
+            let occurrence = keys
+                .iter()
+                .filter(|k| k.upstream == upstream.name && k.address == server.name)
+                .count();
+            keys.push(ServerKey {
+                upstream: upstream.name.clone(),
+                address: server.name.clone(),
+                occurrence,
+            });
+        }
+    }
+    keys
+}
+
+/// Which server slot each generation's servers use. Kept by the supervisor.
+#[derive(Default)]
+pub struct Assignments {
+    generations: BTreeMap<u64, Vec<(ServerKey, usize)>>,
+}
+
+/// A generation's slots in config order, and those new to the table (to be reset).
+pub struct Assigned {
+    pub slots: Vec<usize>,
+    pub fresh: Vec<usize>,
+}
+
+impl Assignments {
+    /// Gives `generation`'s servers the slots they have in a generation still running,
+    /// and free slots to the others.
+    pub fn assign(&mut self, generation: u64, keys: Vec<ServerKey>) -> Result<Assigned, String> {
+        let mut used = vec![false; SERVER_SLOTS];
+        for (_, slot) in self.generations.values().flatten() {
+            used[*slot] = true;
+        }
+        let mut free = (0..SERVER_SLOTS).filter(|&s| !used[s]);
+        let (mut slots, mut fresh, mut entries) = (Vec::new(), Vec::new(), Vec::new());
+        for key in keys {
+            let known = self
+                .generations
+                .values()
+                .rev()
+                .flatten()
+                .find(|(k, _)| *k == key)
+                .map(|(_, slot)| *slot);
+            let slot = match known {
+                Some(slot) => slot,
+                None => {
+                    let slot = free.next().ok_or_else(|| {
+                        format!("more than {SERVER_SLOTS} upstream servers across the running generations")
+                    })?;
+                    fresh.push(slot);
+                    slot
+                }
+            };
+            slots.push(slot);
+            entries.push((key, slot));
+        }
+        self.generations.insert(generation, entries);
+        Ok(Assigned { slots, fresh })
+    }
+
+    /// `generation`'s slots, in config order.
+    pub fn slots(&self, generation: u64) -> Vec<usize> {
+        self.generations
+            .get(&generation)
+            .map(|entries| entries.iter().map(|(_, slot)| *slot).collect())
+            .unwrap_or_default()
+    }
+
+    /// `generation` no longer runs: its slots may go to other servers.
+    pub fn retire(&mut self, generation: u64) {
+        self.generations.remove(&generation);
+    }
+
+    pub fn generations(&self) -> Vec<u64> {
+        self.generations.keys().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> Table {
+        Table::create().unwrap()
+    }
+
+    #[test]
+    fn max_fails_within_fail_timeout_takes_a_server_down_for_fail_timeout() {
+        let t = table();
+        let s = t.server(0);
+        assert!(!s.record_failure(1_000, 3, 10_000));
+        assert!(!s.record_failure(2_000, 3, 10_000));
+        assert!(s.is_up(2_000));
+        assert!(s.record_failure(3_000, 3, 10_000));
+        assert!(!s.is_up(3_000));
+        assert!(!s.is_up(12_999));
+        assert!(s.is_up(13_000));
+        // Counting starts over once it is back.
+        assert!(!s.record_failure(13_100, 3, 10_000));
+        assert_eq!(s.failures.load(Relaxed), 4);
+    }
+
+    #[test]
+    fn failures_spread_wider_than_fail_timeout_do_not_add_up() {
+        let t = table();
+        let s = t.server(0);
+        assert!(!s.record_failure(1_000, 2, 1_000));
+        assert!(!s.record_failure(2_500, 2, 1_000));
+        assert!(s.record_failure(2_600, 2, 1_000));
+    }
+
+    #[test]
+    fn a_success_clears_the_count_and_zero_max_fails_disables() {
+        let t = table();
+        let s = t.server(0);
+        s.record_failure(1_000, 2, 1_000);
+        s.record_success();
+        assert!(!s.record_failure(1_100, 2, 1_000));
+        let off = t.server(1);
+        for now in 0..10 {
+            assert!(!off.record_failure(now, 0, 1_000));
+        }
+        assert!(off.is_up(10));
+    }
+
+    #[test]
+    fn health_checks_need_fall_failures_to_go_down_and_rise_passes_to_come_back() {
+        let t = table();
+        let s = t.server(0);
+        assert_eq!(s.record_check(false, 2, 3), None);
+        assert_eq!(s.record_check(true, 2, 3), None, "a pass breaks the streak");
+        assert_eq!(s.record_check(false, 2, 3), None);
+        assert!(s.is_up(0));
+        assert_eq!(s.record_check(false, 2, 3), Some(false));
+        assert!(!s.is_up(0));
+        assert_eq!(s.record_check(false, 2, 3), None, "already down");
+        assert_eq!(s.record_check(true, 2, 3), None);
+        assert_eq!(s.record_check(true, 2, 3), None);
+        assert_eq!(s.record_check(true, 2, 3), Some(true));
+        assert!(s.is_up(0));
+        assert_eq!(s.checks_passed.load(Relaxed), 4);
+        assert_eq!(s.checks_failed.load(Relaxed), 4);
+    }
+
+    #[test]
+    fn in_flight_is_summed_over_workers_and_a_crashed_workers_share_is_taken_out() {
+        let t = table();
+        let (a, b) = (t.share(0), t.share(1));
+        a.server(5).enter();
+        a.server(5).enter();
+        b.server(5).enter();
+        assert_eq!(t.server(5).in_flight(), 3);
+        b.server(5).leave();
+        // Worker 0 dies with two requests in flight.
+        t.release_worker(0);
+        assert_eq!(t.server(5).in_flight(), 0);
+        b.server(5).enter();
+        t.release_worker(0);
+        assert_eq!(
+            t.server(5).in_flight(),
+            1,
+            "releasing twice takes nothing more"
+        );
+    }
+
+    #[test]
+    fn a_worker_sees_the_supervisors_table_through_the_inherited_file() {
+        let t = table();
+        // What a worker inherits is the same open file under another number.
+        let inherited = std::os::fd::IntoRawFd::into_raw_fd(t.file.try_clone().unwrap());
+        let other = Table::adopt(inherited).unwrap();
+        t.server(3).requests.fetch_add(7, Relaxed);
+        assert_eq!(other.server(3).requests.load(Relaxed), 7);
+        assert!(Table::adopt(1).is_err());
+    }
+}
