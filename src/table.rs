@@ -469,4 +469,51 @@ mod tests {
         assert_eq!(other.server(3).requests.load(Relaxed), 7);
         assert!(Table::adopt(1).is_err());
     }
+
+    fn keys(config_servers: &[(&str, &str)]) -> Vec<ServerKey> {
+        let mut keys: Vec<ServerKey> = Vec::new();
+        for (upstream, address) in config_servers {
+            let occurrence = keys
+                .iter()
+                .filter(|k| k.upstream == *upstream && k.address == *address)
+                .count();
+            keys.push(ServerKey {
+                upstream: upstream.to_string(),
+                address: address.to_string(),
+                occurrence,
+            });
+        }
+        keys
+    }
+
+    #[test]
+    fn servers_that_stay_keep_their_slot_and_freed_slots_are_reused_fresh() {
+        let mut a = Assignments::default();
+        let first = a
+            .assign(1, keys(&[("app", "h:1"), ("app", "h:2"), ("api", "h:1")]))
+            .unwrap();
+        assert_eq!(first.slots, [0, 1, 2]);
+        assert_eq!(first.fresh, [0, 1, 2]);
+        // h:2 leaves, h:3 arrives, the same address twice is two servers.
+        let second = a
+            .assign(
+                2,
+                keys(&[
+                    ("api", "h:1"),
+                    ("app", "h:3"),
+                    ("app", "h:1"),
+                    ("app", "h:1"),
+                ]),
+            )
+            .unwrap();
+        assert_eq!(second.slots, [2, 3, 0, 4]);
+        assert_eq!(second.fresh, [3, 4]);
+        // Generation 1 still drains: h:2's slot is not free yet.
+        a.retire(1);
+        let third = a.assign(3, keys(&[("app", "h:2")])).unwrap();
+        assert_eq!(third.slots, [1], "free again once generation 1 is gone");
+        assert_eq!(third.fresh, [1]);
+        assert_eq!(a.slots(2), [2, 3, 0, 4]);
+        assert_eq!(a.generations(), [2, 3]);
+    }
 }

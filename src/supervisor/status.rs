@@ -178,7 +178,7 @@ impl StatusSource {
         );
         out.sample("gateway_worker_restarts_total", &[], status.restarts);
 
-        let worker_families: [(&str, &str, &str, fn(&WorkerStatus) -> u64); 3] = [
+        let worker_families: [Family<WorkerStatus>; 3] = [
             (
                 "gateway_worker_requests_total",
                 "counter",
@@ -214,7 +214,7 @@ impl StatusSource {
             }
         }
 
-        let server_families: [(&str, &str, &str, fn(&ServerStatus) -> u64); 4] = [
+        let server_families: [Family<ServerStatus>; 4] = [
             (
                 "gateway_upstream_server_up",
                 "gauge",
@@ -274,6 +274,9 @@ impl StatusSource {
         out.text
     }
 }
+
+/// A metric family (name, type, help) and how to read its value off a status entry.
+type Family<T> = (&'static str, &'static str, &'static str, fn(&T) -> u64);
 
 #[derive(Default)]
 struct Metrics {

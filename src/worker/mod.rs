@@ -8,9 +8,7 @@ pub mod request_check;
 pub mod router;
 pub mod server;
 
-use crate::access_log::AccessLog;
 use crate::config::Config;
-use crate::table::WorkerShare;
 use forward::Proxy;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -28,14 +26,11 @@ pub static DRAINING: AtomicBool = AtomicBool::new(false);
 pub async fn run(
     listeners: Vec<std::net::TcpListener>,
     config: Arc<Config>,
-    log: Arc<AccessLog>,
-    share: WorkerShare,
-    server_slots: &[usize],
+    proxy: Arc<Proxy>,
     shutdown: watch::Receiver<bool>,
     ready: impl FnOnce(),
     closed: impl FnOnce(),
 ) -> std::io::Result<()> {
-    let proxy = Arc::new(Proxy::new(&config, log, share, server_slots));
     let protocols = Arc::new(server::Protocols::new(&config.gateway.limits));
     let tasks = TaskTracker::new();
     let mut accepting = Vec::new();

@@ -1,10 +1,11 @@
 //! A worker process: takes its config and listening sockets from the supervisor, serves,
 //! says `ready`, and drains when told to (or when the supervisor is gone).
 
+use super::forward::Proxy;
 use super::DRAINING;
 use crate::access_log::AccessLog;
 use crate::protocol;
-use crate::table::Table;
+use crate::table::{Table, SERVER_SLOTS, WORKER_SLOTS};
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -64,18 +65,27 @@ fn run(config_path: &Path, args: &WorkerArgs) -> std::io::Result<()> {
         .collect::<std::io::Result<Vec<_>>>()?;
     let table = Table::adopt(args.table_fd)?;
     let servers: usize = config.upstreams.iter().map(|u| u.servers.len()).sum();
-    if args.server_slots.len() != servers || args.table_slot >= crate::table::WORKER_SLOTS {
+    if args.server_slots.len() != servers
+        || args.server_slots.iter().any(|&s| s >= SERVER_SLOTS)
+        || args.table_slot >= WORKER_SLOTS
+    {
         return Err(std::io::Error::other(format!(
-            "the supervisor gave {} server slots for {servers} servers",
-            args.server_slots.len()
+            "bad table slots from the supervisor: worker {}, servers {:?} for {servers} servers",
+            args.table_slot, args.server_slots
         )));
     }
-    let share = table.share(args.table_slot);
-    let server_slots = args.server_slots.clone();
+
     let log = Arc::new(AccessLog::open(
         &config.gateway.access_log,
         config.gateway.access_log_format,
     )?);
+
+    let proxy = Proxy::new(
+        &config,
+        log.clone(),
+        table.share(args.table_slot),
+        &args.server_slots,
+    );
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -102,9 +112,7 @@ fn run(config_path: &Path, args: &WorkerArgs) -> std::io::Result<()> {
         let result = super::run(
             listeners,
             Arc::new(config),
-            log,
-            share,
-            &server_slots,
+            Arc::new(proxy),
             stop_rx,
             move || {
                 let _ = say.send(protocol::READY);

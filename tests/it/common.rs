@@ -157,6 +157,8 @@ pub struct Gateway {
     pub addr: SocketAddr,
     /// Every listener, in config order.
     pub addrs: Vec<SocketAddr>,
+    /// The admin listener, when the config has `[admin]`.
+    pub admin: Option<SocketAddr>,
     pub child: Child,
     pub dir: tempfile::TempDir,
     stdout: Arc<Mutex<String>>,
@@ -187,8 +189,7 @@ impl Gateway {
     pub fn start(rest: &str) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gateway.toml");
-        // One worker unless the test says otherwise: balancing state is per worker until
-        // the shared state table lands.
+        // One worker unless the test says otherwise: it starts fastest.
         let mut defaults =
             String::from("access_log = \"stdout\"\ncontrol_socket = \"gateway.sock\"\n");
         if !rest.contains("workers =") {
@@ -216,14 +217,17 @@ impl Gateway {
             let stderr = stderr.clone();
             let pipe = child.stderr.take().unwrap();
             std::thread::spawn(move || {
-                let mut addrs = Vec::new();
+                let (mut addrs, mut admin) = (Vec::new(), None);
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                     if let Some(a) = line.split("listening on ").nth(1) {
                         addrs.extend(a.trim().parse::<SocketAddr>().ok());
                     }
+                    if let Some(a) = line.split("admin endpoints at http://").nth(1) {
+                        admin = a.trim().trim_end_matches('/').parse::<SocketAddr>().ok();
+                    }
                     // Ready once the first generation of workers serves.
                     if line.contains("workers serving") && !addrs.is_empty() {
-                        let _ = addr_tx.send(std::mem::take(&mut addrs));
+                        let _ = addr_tx.send((std::mem::take(&mut addrs), admin.take()));
                     }
                     stderr.lock().unwrap().push_str(&(line + "\n"));
                 }
@@ -238,8 +242,8 @@ impl Gateway {
                 }
             });
         }
-        let addrs = match addr_rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addrs) => addrs,
+        let (addrs, admin) = match addr_rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(found) => found,
             Err(_) => {
                 let _ = child.kill();
                 panic!("gateway did not start: {}", stderr.lock().unwrap());
@@ -248,6 +252,7 @@ impl Gateway {
         Gateway {
             addr: addrs[0],
             addrs,
+            admin,
             child,
             dir,
             stdout,
@@ -272,6 +277,25 @@ impl Gateway {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// GET `path` on the admin listener: (status, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let admin = self.admin.expect("the config has no [admin] listener");
+        let response = client()
+            .get(format!("http://{admin}{path}"))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
+    }
+
+    /// The admin `/status` document.
+    pub async fn admin_status(&self) -> serde_json::Value {
+        let (code, body) = self.admin_get("/status").await;
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -367,4 +391,35 @@ pub async fn get_text(url: String) -> String {
         .text()
         .await
         .unwrap()
+}
+
+/// `gatewayctl status --json`, parsed.
+pub fn status_json(gw: &Gateway) -> serde_json::Value {
+    let (code, out, err) = gw.ctl(&["status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+pub fn signal(pid: u64, sig: &str) {
+    assert!(Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success());
+}
+
+pub fn alive(pid: u64) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+pub async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -5,12 +5,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn status_json(gw: &Gateway) -> serde_json::Value {
-    let (code, out, err) = gw.ctl(&["status", "--json"]);
-    assert_eq!(code, 0, "{err}");
-    serde_json::from_str(&out).unwrap()
-}
-
 fn worker_pids(gw: &Gateway) -> Vec<u64> {
     let status = status_json(gw);
     let mut pids: Vec<u64> = status["workers"]
@@ -22,30 +16,6 @@ fn worker_pids(gw: &Gateway) -> Vec<u64> {
         .collect();
     pids.sort();
     pids
-}
-
-fn signal(pid: u64, sig: &str) {
-    assert!(Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap()
-        .success());
-}
-
-fn alive(pid: u64) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
-}
-
-async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn two_workers(backends: &[std::net::SocketAddr]) -> String {

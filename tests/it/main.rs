@@ -5,6 +5,7 @@ mod common;
 mod failures;
 mod lifecycle;
 mod proxy;
+mod shared_state;
 mod smuggling;
 mod streaming;
 mod tls;
