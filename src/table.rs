@@ -55,6 +55,9 @@ pub struct ServerSlot {
     failed_in_a_row: AtomicU32,
     pub checks_passed: AtomicU64,
     pub checks_failed: AtomicU64,
+    /// The round-robin position of the upstream whose first server this is: every
+    /// worker draws from it, so the rotation is the upstream's, not each worker's.
+    rotation: AtomicU64,
 }
 
 /// One worker process's counters.
@@ -68,6 +71,10 @@ pub struct WorkerSlot {
 impl ServerSlot {
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Relaxed)
+    }
+
+    pub fn rotation(&self) -> &AtomicU64 {
+        &self.rotation
     }
 
     /// Up for traffic: neither health checks nor passive failures have it down.
@@ -156,6 +163,7 @@ impl ServerSlot {
             &self.down_until,
             &self.checks_passed,
             &self.checks_failed,
+            &self.rotation,
         ] {
             counter.store(0, Relaxed);
         }

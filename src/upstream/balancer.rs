@@ -2,11 +2,15 @@
 //!
 //! A balancer sees only weights, in-flight counts and which servers may be picked; which
 //! are up, which are backups and which were already tried is decided by the caller.
+//!
+//! Round robin (and least_conn's tie-breaking) draws positions from one counter shared by
+//! every worker process (it lives in the shared table), so the rotation is the
+//! upstream's, not each worker's: two requests in a row go to two servers whichever
+//! workers take them.
 
 use crate::config::Policy;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What a balancer knows of one server.
 pub trait Candidate {
@@ -34,11 +38,12 @@ pub enum Balancer {
 }
 
 impl Balancer {
-    pub fn new(policy: Policy, servers: usize) -> Self {
+    /// `weights` of the servers in order; `rotation` the upstream's shared position.
+    pub fn new(policy: Policy, weights: &[u32], rotation: &'static AtomicU64) -> Self {
         match policy {
-            Policy::RoundRobin => Balancer::RoundRobin(SmoothWeighted::new(servers)),
+            Policy::RoundRobin => Balancer::RoundRobin(SmoothWeighted::new(weights, rotation)),
             Policy::IpHash => Balancer::IpHash(ConsistentHash),
-            Policy::LeastConn => Balancer::LeastConn(LeastConn::default()),
+            Policy::LeastConn => Balancer::LeastConn(LeastConn { rotation }),
         }
     }
 }
@@ -58,47 +63,77 @@ impl Select for Balancer {
     }
 }
 
-/// Smooth weighted round robin (the nginx algorithm): each pick adds every eligible
-/// server's weight to its running score, takes the highest and subtracts the total. A 3:1
-/// pair gives a a b a, a a b a: interleaved, never a burst longer than the weights demand.
+/// Smooth weighted round robin (nginx's algorithm), shared by all workers: the sequence
+/// nginx's algorithm produces for the weights is computed once (a 3:1 pair gives
+/// `a a b a`: interleaved, never a burst longer than the weights demand), and each pick
+/// takes the next position of the shared rotation. A position whose server may not be
+/// picked (down, a backup, already tried) is passed over by drawing the next one, so the
+/// eligible servers keep their proportions.
 pub struct SmoothWeighted {
-    current: Mutex<Vec<i64>>,
+    schedule: Vec<u32>,
+    rotation: &'static AtomicU64,
 }
 
 impl SmoothWeighted {
-    pub fn new(servers: usize) -> Self {
+    pub fn new(weights: &[u32], rotation: &'static AtomicU64) -> Self {
         SmoothWeighted {
-            current: Mutex::new(vec![0; servers]),
+            schedule: smooth_schedule(weights),
+            rotation,
         }
+    }
+}
+
+/// One cycle of nginx's smooth weighted round robin over `weights` (reduced by their
+/// greatest common divisor): each step adds every weight to its server's score, takes the
+/// highest score and subtracts the total from it.
+fn smooth_schedule(weights: &[u32]) -> Vec<u32> {
+    let divisor = weights.iter().copied().fold(0, gcd).max(1);
+    let weights: Vec<i64> = weights.iter().map(|&w| i64::from(w / divisor)).collect();
+    let total: i64 = weights.iter().sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut schedule = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for (i, w) in weights.iter().enumerate() {
+            current[i] += w;
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        schedule.push(best as u32);
+    }
+    schedule
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
     }
 }
 
 impl Select for SmoothWeighted {
     fn pick<C: Candidate>(
         &self,
-        servers: &[C],
+        _servers: &[C],
         _client: IpAddr,
         eligible: impl Fn(usize) -> bool,
     ) -> Option<usize> {
-        // Poisoning cannot leave the scores inconsistent in a way that matters: they only
-        // steer the order, so carry on with whatever is there.
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        let mut total = 0i64;
-        let mut best: Option<usize> = None;
-        for (i, server) in servers.iter().enumerate() {
-            if !eligible(i) {
-                continue;
-            }
-            let w = i64::from(server.weight());
-            current[i] += w;
-            total += w;
-            if best.is_none_or(|b| current[i] > current[b]) {
-                best = Some(i);
+        let len = self.schedule.len();
+        for _ in 0..len {
+            let position = self.rotation.fetch_add(1, Ordering::Relaxed) as usize % len;
+            let i = self.schedule[position] as usize;
+            if eligible(i) {
+                return Some(i);
             }
         }
-        let b = best?;
-        current[b] -= total;
-        Some(b)
+        // Other workers drew positions meanwhile: look through the whole cycle once.
+        self.schedule
+            .iter()
+            .map(|&i| i as usize)
+            .find(|&i| eligible(i))
     }
 }
 
@@ -152,11 +187,10 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Fewest in-flight requests relative to weight; ties go round robin so that an idle
-/// upstream still spreads its requests.
-#[derive(Default)]
+/// Fewest in-flight requests relative to weight; ties go round robin (on the shared
+/// rotation) so that an idle upstream still spreads its requests.
 pub struct LeastConn {
-    next: AtomicUsize,
+    rotation: &'static AtomicU64,
 }
 
 impl Select for LeastConn {
@@ -170,7 +204,7 @@ impl Select for LeastConn {
         if n == 0 {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let start = self.rotation.fetch_add(1, Ordering::Relaxed) as usize % n;
         let mut best: Option<usize> = None;
         for offset in 0..n {
             let i = (start + offset) % n;
@@ -224,10 +258,26 @@ mod tests {
     }
     const ANY: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
+    fn rotation() -> &'static AtomicU64 {
+        Box::leak(Box::new(AtomicU64::new(0)))
+    }
+
+    #[test]
+    fn smooth_schedule_is_nginxs_sequence() {
+        assert_eq!(smooth_schedule(&[3, 1]), [0, 0, 1, 0]);
+        assert_eq!(smooth_schedule(&[5, 1, 1]), [0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(
+            smooth_schedule(&[300, 100]),
+            [0, 0, 1, 0],
+            "reduced by the gcd"
+        );
+        assert_eq!(smooth_schedule(&[1, 1, 1]), [0, 1, 2]);
+    }
+
     #[test]
     fn smooth_weighted_interleaves_three_to_one() {
         let s = servers(&[3, 1]);
-        let b = SmoothWeighted::new(2);
+        let b = SmoothWeighted::new(&[3, 1], rotation());
         let picks: Vec<usize> = (0..400)
             .map(|_| b.pick(&s, ANY, |_| true).unwrap())
             .collect();
@@ -243,13 +293,36 @@ mod tests {
     }
 
     #[test]
-    fn smooth_weighted_skips_ineligible() {
-        let s = servers(&[1, 1, 1]);
-        let b = SmoothWeighted::new(3);
-        for _ in 0..10 {
-            assert_ne!(b.pick(&s, ANY, |i| i != 1), Some(1));
-        }
+    fn smooth_weighted_skips_ineligible_and_keeps_the_others_proportions() {
+        let s = servers(&[2, 1, 1]);
+        let b = SmoothWeighted::new(&[2, 1, 1], rotation());
+        let picks: Vec<usize> = (0..300)
+            .map(|_| b.pick(&s, ANY, |i| i != 1).unwrap())
+            .collect();
+        assert!(!picks.contains(&1));
+        assert_eq!(
+            picks.iter().filter(|&&i| i == 0).count(),
+            200,
+            "2:1 stays 2:1"
+        );
         assert_eq!(b.pick(&s, ANY, |_| false), None);
+    }
+
+    #[test]
+    fn workers_sharing_the_rotation_take_turns() {
+        let s = servers(&[1, 1]);
+        let shared = rotation();
+        let (one, two) = (
+            SmoothWeighted::new(&[1, 1], shared),
+            SmoothWeighted::new(&[1, 1], shared),
+        );
+        let picks: Vec<usize> = (0..6)
+            .map(|n| {
+                let worker = if n % 3 == 0 { &one } else { &two };
+                worker.pick(&s, ANY, |_| true).unwrap()
+            })
+            .collect();
+        assert_eq!(picks, [0, 1, 0, 1, 0, 1]);
     }
 
     fn client(i: u32) -> IpAddr {
@@ -307,7 +380,9 @@ mod tests {
     #[test]
     fn least_conn_prefers_fewest_relative_to_weight_and_rotates_ties() {
         let s = servers(&[1, 1, 2]);
-        let b = LeastConn::default();
+        let b = LeastConn {
+            rotation: rotation(),
+        };
         let picks: Vec<usize> = (0..3).map(|_| b.pick(&s, ANY, |_| true).unwrap()).collect();
         let mut sorted = picks.clone();
         sorted.sort();

@@ -92,9 +92,12 @@ impl Upstream {
                 })
             })
             .collect();
+        let weights: Vec<u32> = config.servers.iter().map(|s| s.weight).collect();
+        // Validation guarantees a server; its slot holds the upstream's rotation.
+        let rotation = share.server(slots[0]).slot.rotation();
         Upstream {
             config: config.clone(),
-            balancer: Balancer::new(config.policy, config.servers.len()),
+            balancer: Balancer::new(config.policy, &weights, rotation),
             servers,
         }
     }

@@ -266,6 +266,11 @@ async fn unreachable_server_is_retried_on_the_next_and_then_left_out() {
     let log = gw.wait_log_lines(10).await;
     assert!(log.iter().all(|l| l.contains(" 200 ")), "{log:#?}");
     // Passive health: after 2 refusals the dead server is out, so it was tried only twice.
+    // (The worker's log reaches us on another pipe than the access log.)
+    wait_until("the marked-down line", Duration::from_secs(5), || {
+        gw.stderr().contains("marked down")
+    })
+    .await;
     let refused = gw.stderr().matches("marked down").count();
     assert_eq!(refused, 1, "{}", gw.stderr());
 }

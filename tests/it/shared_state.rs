@@ -121,6 +121,23 @@ async fn least_conn_counts_requests_in_flight_across_all_workers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_rotates_for_the_upstream_not_for_each_worker() {
+    let a = Backend::named("a").await;
+    let b = Backend::named("b").await;
+    let gw = Gateway::start(&format!(
+        "[gateway]\nworkers = 4\n[[route]]\nupstream = \"app\"\n[upstream.app]\nservers = [ {{ address = \"{}\", weight = 3 }}, {{ address = \"{}\" }} ]\n",
+        a.addr, b.addr
+    ));
+    // Each request on a new connection, so on whichever worker the kernel chooses.
+    let seen = bodies(&gw, 16).await;
+    assert_eq!(
+        seen,
+        BTreeMap::from([("200 a".to_string(), 12), ("200 b".to_string(), 4)]),
+        "3:1 over the upstream as a whole"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_seen_by_one_worker_takes_the_server_out_for_all() {
     let good = Backend::named("good").await;
     let dead = closed_port();
