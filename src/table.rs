@@ -64,6 +64,7 @@ pub struct ServerSlot {
 #[repr(C, align(64))]
 pub struct WorkerSlot {
     pub pid: AtomicU32,
+    pub generation: AtomicU64,
     pub connections: AtomicU64,
     pub requests: AtomicU64,
 }
@@ -241,6 +242,7 @@ impl Table {
         }
         let worker = self.worker(slot);
         worker.pid.store(0, Relaxed);
+        worker.generation.store(0, Relaxed);
         worker.connections.store(0, Relaxed);
         worker.requests.store(0, Relaxed);
     }

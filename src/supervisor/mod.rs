@@ -18,6 +18,7 @@ use status::{Snapshot, StatusSource, WorkerView};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -509,10 +510,9 @@ impl Supervisor {
         }
         let mut child = spawned?;
         let pid = child.id().unwrap_or(0);
-        self.table
-            .worker(table_slot)
-            .pid
-            .store(pid, std::sync::atomic::Ordering::Relaxed);
+        let counters = self.table.worker(table_slot);
+        counters.pid.store(pid, Relaxed);
+        counters.generation.store(self.generation, Relaxed);
 
         let mut ours = ours;
         ours.write_all(format!("{} {}\n", protocol::CONFIG, self.config_text.len()).as_bytes())?;

@@ -204,11 +204,7 @@ impl StatusSource {
                 let (pid, generation) = (w.pid.to_string(), w.generation.to_string());
                 out.sample(
                     name,
-                    &[
-                        ("pid", &pid),
-                        ("generation", &generation),
-                        ("state", &w.state),
-                    ],
+                    &[("pid", &pid), ("generation", &generation)],
                     value(w),
                 );
             }
