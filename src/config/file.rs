@@ -50,7 +50,8 @@ pub enum Workers {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSection {
-    pub listen: Spanned<String>,
+    /// Defaults to 127.0.0.1:9901.
+    pub listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

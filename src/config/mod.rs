@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
+/// `[admin]` without `listen` serves on 127.0.0.1 at this port.
+pub const DEFAULT_ADMIN_PORT: u16 = 9901;
+
 /// The validated configuration a gateway runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -275,10 +278,10 @@ impl Validator<'_> {
 
     fn build(&mut self, raw: file::FileConfig, base: &Path) -> Config {
         let gateway = self.gateway(&raw.gateway, base);
-        let admin = raw
-            .admin
-            .as_ref()
-            .and_then(|a| self.socket_addr(&a.listen, "admin.listen"));
+        let admin = raw.admin.as_ref().and_then(|a| match &a.listen {
+            Some(listen) => self.socket_addr(listen, "admin.listen"),
+            None => Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_ADMIN_PORT))),
+        });
 
         let mut listeners = Vec::new();
         if raw.listeners.is_empty() {
@@ -306,9 +309,11 @@ impl Validator<'_> {
                 }
             }
             if let Some(addr) = addr {
-                if listeners
-                    .iter()
-                    .any(|other: &ListenerConfig| other.addr == addr)
+                // Port 0 asks the kernel for a free port: two of those never collide.
+                if addr.port() != 0
+                    && listeners
+                        .iter()
+                        .any(|other: &ListenerConfig| other.addr == addr)
                 {
                     self.error(
                         l.listen.span(),
@@ -317,6 +322,18 @@ impl Validator<'_> {
                     );
                 }
                 listeners.push(ListenerConfig { addr, tls });
+            }
+        }
+
+        if let (Some(addr), Some(listen)) =
+            (admin, raw.admin.as_ref().and_then(|a| a.listen.as_ref()))
+        {
+            if addr.port() != 0 && listeners.iter().any(|l| l.addr == addr) {
+                self.error(
+                    listen.span(),
+                    "admin.listen",
+                    format!("{addr} is already used by a listener"),
+                );
             }
         }
 
@@ -770,6 +787,27 @@ read_timeout = "5 parsecs"
             );
         }
         assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+    }
+
+    #[test]
+    fn admin_listens_on_loopback_by_default_and_not_on_a_listener() {
+        assert_eq!(check(MINIMAL).unwrap().admin, None);
+        let c = check(&format!("[admin]\n{MINIMAL}")).unwrap();
+        assert_eq!(c.admin, Some("127.0.0.1:9901".parse().unwrap()));
+        let errs = check(&format!("[admin]\nlisten = \"127.0.0.1:8080\"\n{MINIMAL}")).unwrap_err();
+        assert_eq!(
+            errs,
+            ["conf/test.toml:2:10: admin.listen: 127.0.0.1:8080 is already used by a listener"]
+        );
+    }
+
+    #[test]
+    fn two_listeners_on_port_zero_do_not_collide() {
+        let text = MINIMAL.replace(
+            "listen = \"127.0.0.1:8080\"",
+            "listen = \"127.0.0.1:0\"\n[[listener]]\nlisten = \"127.0.0.1:0\"",
+        );
+        assert_eq!(check(&text).unwrap().listeners.len(), 2);
     }
 
     #[test]

@@ -27,23 +27,29 @@ impl Sockets {
     pub fn for_config(&self, config: &Config) -> std::io::Result<Sockets> {
         let workers = config.gateway.workers;
         let mut next = Sockets::default();
+        // Each old socket set goes to one listener (two may both ask for port 0).
+        let mut taken = vec![false; self.bound.len()];
         for listener in &config.listeners {
-            let (actual, mut slots) =
-                match self.bound.iter().find(|b| b.configured == listener.addr) {
-                    Some(old) => {
-                        // A slot beyond the worker count is not carried over: connections
-                        // queued on it would wait for a worker that never comes.
-                        let kept = old.slots.iter().take(workers).map(TcpListener::try_clone);
-                        (old.actual, kept.collect::<std::io::Result<Vec<_>>>()?)
-                    }
-                    None => {
-                        let first = crate::net::bind(listener.addr)
-                            .map_err(|e| with_addr(e, listener.addr))?;
-                        let actual = first.local_addr()?;
-                        tracing::info!("listening on {actual}");
-                        (actual, vec![first])
-                    }
-                };
+            let old = (0..self.bound.len())
+                .find(|&i| !taken[i] && self.bound[i].configured == listener.addr);
+            if let Some(i) = old {
+                taken[i] = true;
+            }
+            let (actual, mut slots) = match old.map(|i| &self.bound[i]) {
+                Some(old) => {
+                    // A slot beyond the worker count is not carried over: connections
+                    // queued on it would wait for a worker that never comes.
+                    let kept = old.slots.iter().take(workers).map(TcpListener::try_clone);
+                    (old.actual, kept.collect::<std::io::Result<Vec<_>>>()?)
+                }
+                None => {
+                    let first =
+                        crate::net::bind(listener.addr).map_err(|e| with_addr(e, listener.addr))?;
+                    let actual = first.local_addr()?;
+                    tracing::info!("listening on {actual}");
+                    (actual, vec![first])
+                }
+            };
             while slots.len() < workers {
                 slots.push(crate::net::bind(actual).map_err(|e| with_addr(e, actual))?);
             }

@@ -539,3 +539,42 @@ async fn a_crashed_worker_leaves_nothing_counted_in_flight() {
     }
     pending.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_the_admin_listener_when_its_address_changes() {
+    let backend = Backend::named("a").await;
+    let gw = Gateway::start(&format!(
+        "{ADMIN}{}",
+        upstream_config("app", &[backend.addr], "")
+    ));
+    let old = gw.admin.unwrap();
+    let text = std::fs::read_to_string(gw.config_path()).unwrap();
+    std::fs::write(
+        gw.config_path(),
+        text.replace(
+            "[admin]\nlisten = \"127.0.0.1:0\"",
+            "[admin]\nlisten = \"127.0.0.3:0\"",
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = gw.ctl(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let moved: SocketAddr = gw
+        .stderr()
+        .rsplit("admin endpoints at http://")
+        .next()
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|addr| addr.parse().ok())
+        .unwrap();
+    assert_eq!(moved.ip().to_string(), "127.0.0.3");
+    let healthz = client()
+        .get(format!("http://{moved}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(healthz.status(), 200);
+    assert!(
+        std::net::TcpStream::connect(old).is_err(),
+        "the old admin address is closed"
+    );
+}
