@@ -152,11 +152,10 @@ async fn follow_commands(
         tokio::io::BufReader::new(tokio::io::AsyncReadExt::chain(pending, channel)).lines();
     loop {
         match lines.next_line().await {
-            Ok(Some(line)) if line == protocol::REOPEN => {
-                if let Err(e) = log.reopen() {
-                    tracing::error!("cannot reopen the access log: {e}");
-                }
-            }
+            Ok(Some(line)) if line == protocol::REOPEN => match log.reopen() {
+                Ok(()) => tracing::info!("access log reopened"),
+                Err(e) => tracing::error!("cannot reopen the access log: {e}"),
+            },
             Ok(Some(line)) if line == protocol::DRAIN => break,
             Ok(Some(other)) => tracing::warn!("unknown command from the supervisor: {other:?}"),
             Ok(None) | Err(_) => {

@@ -220,6 +220,47 @@ async fn graceful_stop_finishes_the_request_in_flight() {
     assert!(!gw.socket().exists(), "control socket left behind");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_reopens_the_access_log_for_logrotate() {
+    let backend = Backend::named("a").await;
+    let gw = Gateway::start(&format!(
+        "[gateway]\nworkers = 2\naccess_log = \"access.log\"\n{}",
+        upstream_config("app", &[backend.addr], "")
+    ));
+    let (log, rotated) = (
+        gw.dir.path().join("access.log"),
+        gw.dir.path().join("access.log.1"),
+    );
+    let lines = |path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    get_text(gw.url("/before")).await;
+    wait_until("the first line", Duration::from_secs(5), || {
+        lines(&log) == 1
+    })
+    .await;
+    // What logrotate does: rename, then signal.
+    std::fs::rename(&log, &rotated).unwrap();
+    signal(gw.child.id() as u64, "USR1");
+    // Each worker reopens on its own; the next requests may reach either.
+    wait_until("both workers to reopen", Duration::from_secs(5), || {
+        gw.stderr().matches("access log reopened").count() == 2
+    })
+    .await;
+    for _ in 0..2 {
+        get_text(gw.url("/after")).await;
+    }
+    wait_until("lines in the new file", Duration::from_secs(5), || {
+        lines(&log) == 2
+    })
+    .await;
+    assert_eq!(lines(&rotated), 1, "nothing more went to the rotated file");
+    assert!(std::fs::read_to_string(&log).unwrap().contains("/after"));
+}
+
 /// wrk, 16 connections for 10 s against two backends, five reloads during the run: not one
 /// socket error, not one non-2xx answer. Once with keep-alive, once with a new connection
 /// per request.
