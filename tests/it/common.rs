@@ -383,16 +383,16 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
+/// GET `url` with a fresh client (so on a new connection): (status, body).
+pub async fn get_fresh(url: String) -> (u16, String) {
+    let response = client().get(url).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
 /// GET `url` with a fresh client and return the body text.
 pub async fn get_text(url: String) -> String {
-    client()
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    get_fresh(url).await.1
 }
 
 /// `gatewayctl status --json`, parsed.

@@ -12,13 +12,6 @@ use std::time::Duration;
 
 const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
 
-/// GET on a new connection: (status, body).
-async fn get_fresh(url: String) -> (u16, String) {
-    let response = client().get(url).send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.text().await.unwrap())
-}
-
 /// A backend that answers `name`, and on `/healthz` 200 or 503 as `healthy` says.
 async fn checked_backend(name: &'static str) -> (Backend, Arc<AtomicBool>) {
     let healthy = Arc::new(AtomicBool::new(true));
