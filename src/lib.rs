@@ -6,13 +6,17 @@
 //!               ─► pooled keep-alive connection ─► backend
 //!               ◄─ response streamed back, hop-by-hop headers stripped, access log
 //! control path  gatewayctl ─► control socket (Unix, 0600) ─► supervisor
+//!               curl ─► admin listener (/healthz /readyz /status /metrics) ─► supervisor
 //!               supervisor ─► workers: spawn with inherited sockets, ready, drain, respawn
+//! shared state  supervisor (health checks) ─► table ◄─► workers (health, in flight,
+//!               counters, round-robin position), read without locks
 //! ```
 //!
-//! `config` validates everything before anything binds; `supervisor` owns the sockets and
-//! the worker processes; `worker` is the data path; `upstream` holds the servers, their
-//! passive health, the balancing policies and the pools; `tls` the rustls side. `sys` is
-//! the one module with unsafe code.
+//! `config` validates everything before anything binds; `supervisor` owns the sockets,
+//! the worker processes, the health checks and the admin listener; `worker` is the data
+//! path; `table` is the state all processes share; `upstream` holds the servers, the
+//! balancing policies and the pools; `tls` the rustls side and the shared ticket keys.
+//! `sys` is the one module with unsafe code.
 #![deny(unsafe_code)]
 
 pub mod access_log;

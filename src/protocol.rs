@@ -1,9 +1,10 @@
 //! Messages between the supervisor, its workers and `gatewayctl`.
 //!
 //! Supervisor and worker talk over a socket pair that is the worker's stdin, one line per
-//! message: the supervisor first sends `config LEN\n` and the config text, then `drain`
-//! or `reopen`; the worker says `ready` once it accepts connections and `draining` once it
-//! no longer does. The worker treats end-of-file as the supervisor's death and drains.
+//! message: the supervisor first sends `tickets KEY [PREVIOUS]` (the TLS ticket keys, hex),
+//! `config LEN\n` and the config text, then `drain`, `reopen` or new `tickets`; the
+//! worker says `ready` once it accepts connections and `draining` once it no longer
+//! does. The worker treats end-of-file as the supervisor's death and drains.
 //!
 //! `gatewayctl` sends one line (`reload`, `status`, `stop`, `stop now`) on the control
 //! socket and gets one JSON [`Reply`] back.

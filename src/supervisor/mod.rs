@@ -11,6 +11,7 @@ pub mod status;
 use crate::config::{self, Config};
 use crate::protocol::{self, Reply, Request};
 use crate::table::{self, Assignments, Table};
+use crate::tls::tickets::TicketKeys;
 use admin::AdminListener;
 use health::HealthChecks;
 use listeners::Sockets;
@@ -51,6 +52,8 @@ pub enum Event {
     },
     Control(Request, oneshot::Sender<Reply>),
     Signal(Signal),
+    /// Time for a new TLS ticket key.
+    RotateTicketKeys,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -121,6 +124,8 @@ struct Supervisor {
     admin: Option<AdminListener>,
     /// Where the control socket and the admin listener read the supervisor's state.
     view: watch::Sender<Arc<Snapshot>>,
+    /// TLS session ticket keys, the same for every worker and kept across reloads.
+    tickets: TicketKeys,
 }
 
 /// `gateway -c FILE`: runs until stopped.
@@ -150,6 +155,13 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
         Ok(t) => Box::leak(Box::new(t)),
         Err(e) => {
             tracing::error!("cannot create the shared state table: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let tickets = match TicketKeys::new() {
+        Ok(keys) => keys,
+        Err(e) => {
+            tracing::error!("{e}");
             return ExitCode::from(1);
         }
     };
@@ -194,6 +206,7 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
         };
         tokio::spawn(control::serve(control, tx.clone(), source));
         tokio::spawn(forward_signals(tx.clone()));
+        tokio::spawn(rotate_ticket_keys(tx.clone()));
         let mut supervisor = Supervisor {
             backoff: vec![Backoff::default(); config.gateway.workers],
             health: HealthChecks::start(&config, &assignments.slots(1), table),
@@ -211,6 +224,7 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
             assignments,
             admin,
             view,
+            tickets,
         };
         if let Err(e) = supervisor.start_generation(&mut rx).await {
             tracing::error!("workers did not start: {e}");
@@ -267,6 +281,16 @@ impl Supervisor {
                     w.send(protocol::REOPEN).await;
                 }
             }
+            Event::RotateTicketKeys => match self.tickets.rotate() {
+                Ok(()) => {
+                    let line = self.tickets.to_line();
+                    for w in &mut self.workers {
+                        w.send(&line).await;
+                    }
+                    tracing::info!("TLS ticket key rotated");
+                }
+                Err(e) => tracing::error!("TLS ticket key not rotated: {e}"),
+            },
         }
     }
 
@@ -515,6 +539,7 @@ impl Supervisor {
         counters.generation.store(self.generation, Relaxed);
 
         let mut ours = ours;
+        ours.write_all(format!("{}\n", self.tickets.to_line()).as_bytes())?;
         ours.write_all(format!("{} {}\n", protocol::CONFIG, self.config_text.len()).as_bytes())?;
         ours.write_all(self.config_text.as_bytes())?;
         ours.set_nonblocking(true)?;
@@ -714,6 +739,17 @@ impl Supervisor {
 fn restart_delay(crashes: u32) -> Duration {
     let factor = 1u32 << crashes.saturating_sub(1).min(16);
     (FIRST_RESTART_DELAY * factor).min(MAX_RESTART_DELAY)
+}
+
+async fn rotate_ticket_keys(events: mpsc::UnboundedSender<Event>) {
+    let period = crate::tls::tickets::ROTATION;
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        ticks.tick().await;
+        if events.send(Event::RotateTicketKeys).is_err() {
+            return;
+        }
+    }
 }
 
 async fn forward_signals(events: mpsc::UnboundedSender<Event>) {

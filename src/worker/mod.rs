@@ -9,6 +9,7 @@ pub mod router;
 pub mod server;
 
 use crate::config::Config;
+use crate::tls::tickets::SharedTicketer;
 use forward::Proxy;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub async fn run(
     listeners: Vec<std::net::TcpListener>,
     config: Arc<Config>,
     proxy: Arc<Proxy>,
+    ticketer: Arc<SharedTicketer>,
     shutdown: watch::Receiver<bool>,
     ready: impl FnOnce(),
     closed: impl FnOnce(),
@@ -39,7 +41,8 @@ pub async fn run(
         let tls = if settings.tls.is_empty() {
             None
         } else {
-            let tls = crate::tls::server_config(&settings.tls).map_err(std::io::Error::other)?;
+            let tls = crate::tls::server_config(&settings.tls, ticketer.clone())
+                .map_err(std::io::Error::other)?;
             Some(tokio_rustls::TlsAcceptor::from(tls))
         };
         accepting.push(tokio::spawn(server::accept_loop(

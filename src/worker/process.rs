@@ -6,6 +6,7 @@ use super::DRAINING;
 use crate::access_log::AccessLog;
 use crate::protocol;
 use crate::table::{Table, SERVER_SLOTS, WORKER_SLOTS};
+use crate::tls::tickets::{self, SharedTicketer, TicketKeys};
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -56,7 +57,7 @@ fn run(config_path: &Path, args: &WorkerArgs) -> std::io::Result<()> {
     // Our stdin is a socket pair with the supervisor: take a handle that can also write.
     let channel = UnixStream::from(std::io::stdin().as_fd().try_clone_to_owned()?);
     let mut reader = BufReader::new(channel.try_clone()?);
-    let text = read_config(&mut reader)?;
+    let (text, ticket_keys) = read_config(&mut reader)?;
     let config = crate::config::parse(config_path, &text).map_err(std::io::Error::other)?;
     let listeners = args
         .fds
@@ -87,6 +88,12 @@ fn run(config_path: &Path, args: &WorkerArgs) -> std::io::Result<()> {
         &args.server_slots,
     );
 
+    let ticketer = Arc::new(SharedTicketer::default());
+    match &ticket_keys {
+        Some(keys) => ticketer.set(keys),
+        None => tracing::warn!("no TLS ticket keys from the supervisor: no session tickets"),
+    }
+
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -99,7 +106,13 @@ fn run(config_path: &Path, args: &WorkerArgs) -> std::io::Result<()> {
         // Anything the supervisor wrote after the config and that the blocking reader
         // already buffered is handled first.
         let buffered = reader.buffer().to_vec();
-        let commands = tokio::spawn(follow_commands(buffered, read_half, stop_tx, log.clone()));
+        let commands = tokio::spawn(follow_commands(
+            buffered,
+            read_half,
+            stop_tx,
+            log.clone(),
+            ticketer.clone(),
+        ));
         let (say, mut said) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
         let reporter = tokio::spawn(async move {
             while let Some(message) = said.recv().await {
@@ -113,6 +126,7 @@ fn run(config_path: &Path, args: &WorkerArgs) -> std::io::Result<()> {
             listeners,
             Arc::new(config),
             Arc::new(proxy),
+            ticketer,
             stop_rx,
             move || {
                 let _ = say.send(protocol::READY);
@@ -128,16 +142,25 @@ fn run(config_path: &Path, args: &WorkerArgs) -> std::io::Result<()> {
     })
 }
 
-fn read_config(reader: &mut BufReader<UnixStream>) -> std::io::Result<String> {
+/// The config message, and the TLS ticket keys line that comes before it.
+fn read_config(
+    reader: &mut BufReader<UnixStream>,
+) -> std::io::Result<(String, Option<TicketKeys>)> {
     let mut line = String::new();
     reader.read_line(&mut line)?;
+    let keys = TicketKeys::from_line(line.trim_end());
+    if keys.is_some() {
+        line.clear();
+        reader.read_line(&mut line)?;
+    }
     let len: usize = line
         .strip_prefix(protocol::CONFIG)
         .and_then(|n| n.trim().parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("expected a config message, got {line:?}")))?;
     let mut text = vec![0; len];
     reader.read_exact(&mut text)?;
-    String::from_utf8(text).map_err(std::io::Error::other)
+    let text = String::from_utf8(text).map_err(std::io::Error::other)?;
+    Ok((text, keys))
 }
 
 /// Obeys the supervisor's commands; its going away counts as `drain`.
@@ -146,6 +169,7 @@ async fn follow_commands(
     channel: tokio::net::unix::OwnedReadHalf,
     stop: watch::Sender<bool>,
     log: Arc<AccessLog>,
+    ticketer: Arc<SharedTicketer>,
 ) {
     let pending = std::io::Cursor::new(buffered);
     let mut lines =
@@ -157,6 +181,12 @@ async fn follow_commands(
                 Err(e) => tracing::error!("cannot reopen the access log: {e}"),
             },
             Ok(Some(line)) if line == protocol::DRAIN => break,
+            Ok(Some(line)) if line.starts_with(tickets::LINE_PREFIX) => {
+                match TicketKeys::from_line(&line) {
+                    Some(keys) => ticketer.set(&keys),
+                    None => tracing::error!("unreadable TLS ticket keys from the supervisor"),
+                }
+            }
             Ok(Some(other)) => tracing::warn!("unknown command from the supervisor: {other:?}"),
             Ok(None) | Err(_) => {
                 tracing::warn!("supervisor gone: draining");

@@ -284,45 +284,70 @@ fn a_missing_certificate_is_a_config_error_naming_the_file() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn returning_clients_resume_their_session() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = make_cert(dir.path(), "a", &["a.test"]);
-    let backend = Backend::named("app").await;
-    let (_gw, tls) = tls_gateway(&[&a], &backend);
-    for version in ["TLSv1_2", "TLSv1_3"] {
-        let script = format!(
-            r#"
-import socket, ssl
+/// Sessions resumed by a Python ssl client: `count` connections with the session of the
+/// first; prints how many resumed, then waits for a line on stdin and does it again.
+const RESUME_SCRIPT: &str = r#"
+import socket, ssl, sys
+ip, port, count, version = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 ctx.check_hostname = False
 ctx.verify_mode = ssl.CERT_NONE
-ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.{version}
-session = None
-for attempt in range(2):
-    with socket.create_connection(("{ip}", {port}), timeout=5) as s:
+ctx.minimum_version = ctx.maximum_version = getattr(ssl.TLSVersion, version)
+def connect(session):
+    with socket.create_connection((ip, port), timeout=5) as s:
         with ctx.wrap_socket(s, server_hostname="a.test", session=session) as t:
             t.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
             while t.recv(4096):
                 pass
-            reused = t.session_reused
-            session = t.session
-print("reused" if reused else "full handshake")
-"#,
-            ip = tls.ip(),
-            port = tls.port()
-        );
-        let out = Command::new("python3")
-            .arg("-c")
-            .arg(script)
-            .output()
+            return t.session, t.session_reused
+session, _ = connect(None)
+for round in range(2):
+    reused = sum(connect(session)[1] for _ in range(count))
+    print(f"{reused} of {count} resumed", flush=True)
+    if round == 0:
+        sys.stdin.readline()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_resume_on_every_worker_and_after_a_reload() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let a = make_cert(dir.path(), "a", &["a.test"]);
+    let backend = Backend::named("app").await;
+    let gw = Gateway::start(&format!(
+        "[gateway]\nworkers = 4\n{}{}",
+        tls_listener(&[&a]),
+        upstream_config("app", &[backend.addr], "")
+    ));
+    let tls = gw.addrs[1];
+    for version in ["TLSv1_2", "TLSv1_3"] {
+        let mut client = Command::new("python3")
+            .args(["-c", RESUME_SCRIPT])
+            .args([
+                &tls.ip().to_string(),
+                &tls.port().to_string(),
+                "12",
+                version,
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
-        let said = String::from_utf8_lossy(&out.stdout);
+        let mut said = BufReader::new(client.stdout.take().unwrap()).lines();
+        // 12 new connections over 4 workers: with per-worker keys about 3 would resume.
         assert_eq!(
-            said.trim(),
-            "reused",
-            "{version}: {said}{}",
-            String::from_utf8_lossy(&out.stderr)
+            said.next().unwrap().unwrap(),
+            "12 of 12 resumed",
+            "{version}"
         );
+        let (code, _, err) = gw.ctl(&["reload"]);
+        assert_eq!(code, 0, "{err}");
+        client.stdin.take().unwrap().write_all(b"go on\n").unwrap();
+        assert_eq!(
+            said.next().unwrap().unwrap(),
+            "12 of 12 resumed",
+            "{version} after a reload"
+        );
+        assert!(client.wait().unwrap().success());
     }
 }

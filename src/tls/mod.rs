@@ -1,6 +1,8 @@
 //! TLS for listeners: rustls with its default (modern) cipher suites, TLS 1.2 and 1.3
 //! only, ALPN `h2` and `http/1.1`, the certificate chosen by SNI.
 
+pub mod tickets;
+
 use crate::config::TlsFiles;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -65,8 +67,12 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// The rustls configuration of one listener.
-pub fn server_config(entries: &[TlsFiles]) -> Result<Arc<rustls::ServerConfig>, String> {
+/// The rustls configuration of one listener; `ticketer` holds the gateway-wide ticket
+/// keys.
+pub fn server_config(
+    entries: &[TlsFiles],
+    ticketer: Arc<tickets::SharedTicketer>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
     let keys = entries
         .iter()
         .map(|files| load_certified_key(files).map(Arc::new))
@@ -77,7 +83,7 @@ pub fn server_config(entries: &[TlsFiles]) -> Result<Arc<rustls::ServerConfig>, 
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver { keys }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    // Returning clients resume with a ticket instead of a full handshake.
-    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
+    // Returning clients resume with a ticket instead of a full handshake, on any worker.
+    config.ticketer = ticketer;
     Ok(Arc::new(config))
 }
