@@ -122,4 +122,7 @@ pub struct ServerStatus {
 pub struct HealthCheckCounts {
     pub passed: u64,
     pub failed: u64,
+    /// Why the last check failed, while the server fails them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
 }

@@ -149,10 +149,13 @@ fn print_table(status: &Status) {
                 Some(reason) => format!("{} ({reason})", s.state),
                 None => s.state.clone(),
             };
-            let checks = s
-                .health_checks
-                .as_ref()
-                .map_or("-".to_string(), |c| format!("{}/{}", c.passed, c.failed));
+            let checks =
+                s.health_checks
+                    .as_ref()
+                    .map_or("-".to_string(), |c| match &c.last_failure {
+                        Some(why) => format!("{}/{}  last: {why}", c.passed, c.failed),
+                        None => format!("{}/{}", c.passed, c.failed),
+                    });
             println!(
                 "  {:<28}  {:<24}  {:>6}  {:>6}  {:>12}  {:>9}  {}",
                 s.address,

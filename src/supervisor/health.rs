@@ -7,7 +7,12 @@ use crate::table::{ServerSlot, Table};
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use tokio::task::JoinSet;
+
+/// Why each failing server's last check failed, by table slot (for `/status`).
+pub type LastFailures = Arc<Mutex<BTreeMap<usize, String>>>;
 
 /// The running checkers of one configuration; dropping it stops them.
 #[derive(Default)]
@@ -18,7 +23,13 @@ pub struct HealthChecks {
 impl HealthChecks {
     /// Starts checking `config`'s servers (table slots `slots`, in config order). Servers
     /// of upstreams without a health check are cleared of any earlier check's verdict.
-    pub fn start(config: &Config, slots: &[usize], table: &'static Table) -> HealthChecks {
+    pub fn start(
+        config: &Config,
+        slots: &[usize],
+        table: &'static Table,
+        failures: &LastFailures,
+    ) -> HealthChecks {
+        failures.lock().unwrap_or_else(|p| p.into_inner()).clear();
         let mut tasks = JoinSet::new();
         let mut slots = slots.iter();
         for upstream in &config.upstreams {
@@ -31,7 +42,8 @@ impl HealthChecks {
                             upstream.name.clone(),
                             server.clone(),
                             check.clone(),
-                            shared,
+                            (slot, shared),
+                            failures.clone(),
                         ));
                     }
                 }
@@ -49,7 +61,8 @@ async fn check_forever(
     upstream: String,
     server: ServerConfig,
     check: HealthCheckConfig,
-    shared: &'static ServerSlot,
+    (slot, shared): (usize, &'static ServerSlot),
+    failures: LastFailures,
 ) {
     let mut ticks = tokio::time::interval(check.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -60,6 +73,13 @@ async fn check_forever(
             Err(_) => Err(format!("no answer within {:?}", check.timeout)),
         };
         let why = result.as_ref().err().cloned().unwrap_or_default();
+        {
+            let mut failures = failures.lock().unwrap_or_else(|p| p.into_inner());
+            match &result {
+                Ok(()) => failures.remove(&slot),
+                Err(why) => failures.insert(slot, why.clone()),
+            };
+        }
         match shared.record_check(result.is_ok(), check.fall, check.rise) {
             Some(false) => tracing::warn!(
                 upstream,

@@ -13,7 +13,7 @@ use crate::protocol::{self, Reply, Request};
 use crate::table::{self, Assignments, Table};
 use crate::tls::tickets::TicketKeys;
 use admin::AdminListener;
-use health::HealthChecks;
+use health::{HealthChecks, LastFailures};
 use listeners::Sockets;
 use status::{Snapshot, StatusSource, WorkerView};
 use std::io::Write;
@@ -121,6 +121,8 @@ struct Supervisor {
     /// Which table slot each running generation's servers use.
     assignments: Assignments,
     health: HealthChecks,
+    /// Why failing servers fail their checks, for `/status`.
+    check_failures: LastFailures,
     admin: Option<AdminListener>,
     /// Where the control socket and the admin listener read the supervisor's state.
     view: watch::Sender<Arc<Snapshot>>,
@@ -190,9 +192,11 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
             server_slots: assignments.slots(1),
             workers: Vec::new(),
         }));
+        let check_failures = LastFailures::default();
         let source = StatusSource {
             view: view_rx,
             table,
+            check_failures: check_failures.clone(),
         };
         let admin = match config.admin {
             None => None,
@@ -209,7 +213,8 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
         tokio::spawn(rotate_ticket_keys(tx.clone()));
         let mut supervisor = Supervisor {
             backoff: vec![Backoff::default(); config.gateway.workers],
-            health: HealthChecks::start(&config, &assignments.slots(1), table),
+            health: HealthChecks::start(&config, &assignments.slots(1), table, &check_failures),
+            check_failures,
             config_path,
             config,
             config_text,
@@ -372,7 +377,12 @@ impl Supervisor {
             return Err(e);
         }
         // Checks of servers that stay go on from the state they had.
-        self.health = HealthChecks::start(&self.config, &assigned.slots, self.table);
+        self.health = HealthChecks::start(
+            &self.config,
+            &assigned.slots,
+            self.table,
+            &self.check_failures,
+        );
         if admin.is_some() || self.config.admin.is_none() {
             self.admin = admin;
         }
@@ -701,6 +711,7 @@ impl Supervisor {
         StatusSource {
             view: self.view.subscribe(),
             table: self.table,
+            check_failures: self.check_failures.clone(),
         }
     }
 

@@ -3,6 +3,7 @@
 //! the live counters of the shared table. The control socket and the admin listener
 //! answer from here, so neither waits for the supervisor (which may be mid-reload).
 
+use super::health::LastFailures;
 use crate::config::Config;
 use crate::protocol::{HealthCheckCounts, ServerStatus, Status, UpstreamStatus, WorkerStatus};
 use crate::table::Table;
@@ -40,6 +41,7 @@ pub const SERVING: &str = "serving";
 pub struct StatusSource {
     pub view: watch::Receiver<Arc<Snapshot>>,
     pub table: &'static Table,
+    pub check_failures: LastFailures,
 }
 
 impl StatusSource {
@@ -64,6 +66,11 @@ impl StatusSource {
             })
             .collect();
         let now = crate::upstream::now_ms();
+        let check_failures = self
+            .check_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let mut slots = view.server_slots.iter();
         let upstreams = view
             .config
@@ -100,6 +107,7 @@ impl StatusSource {
                             health_checks: u.health_check.as_ref().map(|_| HealthCheckCounts {
                                 passed: shared.checks_passed.load(Relaxed),
                                 failed: shared.checks_failed.load(Relaxed),
+                                last_failure: check_failures.get(&slot).cloned(),
                             }),
                         }
                     })

@@ -179,6 +179,10 @@ async fn health_checks_take_servers_out_and_back_with_backups_and_503_in_between
     let entry = server_entry(&gw.admin_status().await, a.addr);
     assert_eq!(entry["down_reason"], "health_check");
     assert!(entry["health_checks"]["failed"].as_u64().unwrap() >= 2);
+    assert_eq!(
+        entry["health_checks"]["last_failure"],
+        "status 503, expected 200-399"
+    );
 
     b_ok.store(false, Ordering::SeqCst);
     wait_for_state(&gw, b.addr, "down").await;
@@ -208,6 +212,11 @@ async fn health_checks_take_servers_out_and_back_with_backups_and_503_in_between
     wait_for_state(&gw, a.addr, "up").await;
     wait_for_state(&gw, b.addr, "up").await;
     wait_for_state(&gw, spare.addr, "backup").await;
+    let entry = server_entry(&gw.admin_status().await, a.addr);
+    assert!(
+        entry["health_checks"].get("last_failure").is_none(),
+        "{entry}"
+    );
     let seen = bodies(&gw, 10).await;
     assert_eq!(
         seen.keys().collect::<Vec<_>>(),
