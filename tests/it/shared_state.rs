@@ -51,19 +51,26 @@ fn server_entry(status: &serde_json::Value, addr: SocketAddr) -> serde_json::Val
         .unwrap_or_else(|| panic!("{addr} not in {status}"))
 }
 
-async fn wait_for_state(gw: &Gateway, addr: SocketAddr, state: &str) {
+/// Polls the admin `/status` until `done` holds (for up to 5 s) and returns the last
+/// document, so the caller's assertions show what was there when time ran out.
+async fn poll_status(gw: &Gateway, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let status = gw.admin_status().await;
-        if server_entry(&status, addr)["state"] == state {
-            return;
+        if done(&status) || std::time::Instant::now() > deadline {
+            return status;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{addr} never became {state}: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+async fn wait_for_state(gw: &Gateway, addr: SocketAddr, state: &str) {
+    let status = poll_status(gw, |s| server_entry(s, addr)["state"] == state).await;
+    assert_eq!(
+        server_entry(&status, addr)["state"],
+        state,
+        "{addr} never became {state}: {status}"
+    );
 }
 
 /// Bodies of `n` requests, each on a new connection.
@@ -270,20 +277,15 @@ async fn status_totals_equal_the_requests_sent_across_workers() {
     // One idle client connection, held open.
     let held = std::net::TcpStream::connect(gw.addr).unwrap();
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        let status = gw.admin_status().await;
-        let open: u64 = status["workers"]
+    let open_connections = |status: &serde_json::Value| -> u64 {
+        status["workers"]
             .as_array()
             .unwrap()
             .iter()
             .map(|w| w["active_connections"].as_u64().unwrap())
-            .sum();
-        if open == 1 || std::time::Instant::now() > deadline {
-            break status;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+            .sum()
     };
+    let status = poll_status(&gw, |s| open_connections(s) == 1).await;
     let workers = status["workers"].as_array().unwrap();
     assert_eq!(workers.len(), 3);
     let per_worker: Vec<u64> = workers
@@ -295,11 +297,11 @@ async fn status_totals_equal_the_requests_sent_across_workers() {
         per_worker.iter().filter(|&&n| n > 0).count() >= 2,
         "connections spread over the workers: {per_worker:?}"
     );
-    let open: u64 = workers
-        .iter()
-        .map(|w| w["active_connections"].as_u64().unwrap())
-        .sum();
-    assert_eq!(open, 1, "the held connection: {status}");
+    assert_eq!(
+        open_connections(&status),
+        1,
+        "the held connection: {status}"
+    );
     for w in workers {
         for field in ["pid", "generation", "uptime_s", "rss_bytes"] {
             assert!(w[field].is_u64(), "worker field {field}: {w}");
@@ -513,32 +515,21 @@ async fn a_crashed_worker_leaves_nothing_counted_in_flight() {
     let pending = tokio::spawn(get_fresh(gw.url("/")));
     let in_flight =
         |status: &serde_json::Value| server_entry(status, slow.addr)["active_connections"].clone();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        let status = gw.admin_status().await;
-        if in_flight(&status) == 1 || std::time::Instant::now() > deadline {
-            break status;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = poll_status(&gw, |s| in_flight(s) == 1).await;
     assert_eq!(in_flight(&status), 1, "{status}");
     let pid = status["workers"][0]["pid"].as_u64().unwrap();
     signal(pid, "KILL");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let status = gw.admin_status().await;
-        let replaced = status["workers"]
+    let settled = |s: &serde_json::Value| {
+        let replaced = s["workers"]
             .as_array()
             .unwrap()
             .iter()
             .any(|w| w["pid"] != pid);
-        if replaced && in_flight(&status) == 0 {
-            assert_eq!(status["restarts"], 1);
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{status}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        replaced && in_flight(s) == 0
+    };
+    let status = poll_status(&gw, settled).await;
+    assert!(settled(&status), "{status}");
+    assert_eq!(status["restarts"], 1);
     pending.abort();
 }
 
