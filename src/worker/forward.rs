@@ -3,6 +3,7 @@
 //! answer, or the failure, into the client's response.
 
 use super::body::{ClientBodyError, Exchange, Lease, RequestBody, ResponseBody};
+use super::path;
 use super::request_check::{self, Rejection};
 use super::router::{host_without_port, Router};
 use crate::access_log::AccessLog;
@@ -15,6 +16,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -187,6 +189,14 @@ impl Proxy {
                 .and_then(|h| h.to_str().ok())
                 .unwrap_or_default(),
         );
+        // Routed and forwarded as normalized, so the app acts on the path that matched.
+        match path::normalize(head.uri.path()) {
+            Ok(Cow::Borrowed(_)) => {}
+            Ok(Cow::Owned(normal)) => head.uri = with_path(&head.uri, &normal),
+            Err(e) => {
+                return error_response(exchange, StatusCode::BAD_REQUEST, e.reason().into(), true)
+            }
+        }
         let Some(upstream) = self
             .router
             .route(route_host, head.uri.path())
@@ -381,6 +391,16 @@ impl Proxy {
             ResponseBody::upstream(body, upstream.config.read_timeout, exchange),
         )
     }
+}
+
+/// `uri` in origin form with `path` in place of its path (the query is kept).
+fn with_path(uri: &Uri, path: &str) -> Uri {
+    let target = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_string(),
+    };
+    // A normalized path is made of the bytes of a valid one (and upper-case hex digits).
+    Uri::try_from(target).unwrap_or_else(|_| Uri::from_static("/"))
 }
 
 /// Sorts a failed exchange by who is to blame.

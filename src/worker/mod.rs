@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod forward;
+pub mod path;
 pub mod process;
 pub mod request_check;
 pub mod router;

@@ -54,6 +54,11 @@ fn check_target(method: &Method, uri: &Uri) -> Result<(), Rejection> {
     if method == Method::CONNECT {
         return reject(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported");
     }
+    // TRACE echoes the request back, cookies and credentials the gateway added included
+    // (cross-site tracing); nginx refuses it too.
+    if method == Method::TRACE {
+        return reject(StatusCode::METHOD_NOT_ALLOWED, "TRACE is not allowed");
+    }
     match uri.scheme_str() {
         None if uri.authority().is_some() => {
             reject(StatusCode::BAD_REQUEST, "authority-form target")
@@ -234,6 +239,10 @@ mod tests {
         );
         assert_eq!(
             run("CONNECT", "a.com:443", H11, &[("host", "a.com:443")]),
+            Err(StatusCode::METHOD_NOT_ALLOWED)
+        );
+        assert_eq!(
+            run("TRACE", "/", H11, &[("host", "a")]),
             Err(StatusCode::METHOD_NOT_ALLOWED)
         );
         assert_eq!(

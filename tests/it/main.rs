@@ -3,6 +3,7 @@
 mod cli;
 mod common;
 mod failures;
+mod hardening;
 mod lifecycle;
 mod proxy;
 mod shared_state;
