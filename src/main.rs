@@ -28,7 +28,7 @@ enum Command {
     Check,
     /// A worker process, started by the supervisor (not for direct use).
     #[command(hide = true)]
-    Worker(gateway::worker::process::WorkerArgs),
+    Worker(gateway::protocol::WorkerArgs),
 }
 
 fn init_logging() {

@@ -1,22 +1,193 @@
-//! Messages between the supervisor, its workers and `gatewayctl`.
+//! Messages between the supervisor, its workers and `gatewayctl`, and their encodings:
+//! everything one process says to another is defined here.
 //!
-//! Supervisor and worker talk over a socket pair that is the worker's stdin, one line per
-//! message: the supervisor first sends `tickets KEY [PREVIOUS]` (the TLS ticket keys, hex),
-//! `config LEN\n` and the config text, then `drain`, `reopen` or new `tickets`; the
-//! worker says `ready` once it accepts connections and `draining` once it no longer
-//! does. The worker treats end-of-file as the supervisor's death and drains.
+//! A worker is started as `gateway worker -c FILE` plus its [`WorkerArgs`]. Its stdin is
+//! a socket pair with the supervisor, on which the supervisor sends [`ToWorker`]
+//! messages (the ticket keys and the config first) and the worker answers with
+//! [`FromWorker`] ones, one line each. The worker treats end-of-file as the supervisor's
+//! death and drains.
 //!
-//! `gatewayctl` sends one line (`reload`, `status`, `stop`, `stop now`) on the control
-//! socket and gets one JSON [`Reply`] back.
+//! `gatewayctl` sends one [`Request`] line on the control socket and gets one JSON
+//! [`Reply`] back.
 
+use crate::tls::tickets::{TicketKey, TicketKeys};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
 
-pub const READY: &str = "ready";
-pub const DRAINING: &str = "draining";
-pub const DRAIN: &str = "drain";
-pub const REOPEN: &str = "reopen";
-pub const CONFIG: &str = "config";
+/// What the supervisor tells a worker on its command line.
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+pub struct WorkerArgs {
+    /// The worker's seat in its generation (0 to workers - 1): the listening sockets it
+    /// accepts on are the seat's.
+    #[arg(long)]
+    pub seat: usize,
+    #[arg(long)]
+    pub generation: u64,
+    /// Inherited listening sockets of every seat of the generation, seat after seat, one
+    /// per listener in config order (a worker covers a seat whose worker is gone).
+    #[arg(long, value_delimiter = ',')]
+    pub fds: Vec<i32>,
+    /// The inherited shared state table.
+    #[arg(long)]
+    pub table_fd: i32,
+    /// The worker's own record in the table.
+    #[arg(long)]
+    pub record: usize,
+    /// The table record of every upstream server, in config order.
+    #[arg(long, value_delimiter = ',')]
+    pub server_records: Vec<usize>,
+}
+
+impl WorkerArgs {
+    /// The command-line arguments that [`WorkerArgs`] parses back.
+    pub fn to_args(&self) -> Vec<String> {
+        let join = |v: &[_]| {
+            v.iter()
+                .map(|x: &usize| x.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let fds: Vec<String> = self.fds.iter().map(i32::to_string).collect();
+        let mut args = vec![
+            "--seat".to_string(),
+            self.seat.to_string(),
+            "--generation".into(),
+            self.generation.to_string(),
+            "--fds".into(),
+            fds.join(","),
+            "--table-fd".into(),
+            self.table_fd.to_string(),
+            "--record".into(),
+            self.record.to_string(),
+        ];
+        if !self.server_records.is_empty() {
+            args.push("--server-records".into());
+            args.push(join(&self.server_records));
+        }
+        args
+    }
+
+    /// The inherited sockets of `seat`, one per listener, given `listeners` per seat.
+    pub fn seat_fds(&self, seat: usize, listeners: usize) -> &[i32] {
+        self.fds
+            .get(seat * listeners..(seat + 1) * listeners)
+            .unwrap_or(&[])
+    }
+}
+
+/// From the supervisor to a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToWorker {
+    /// TLS session ticket keys: sent before the config, and again when they rotate.
+    Tickets(TicketKeys),
+    /// The configuration to run with (the text the supervisor validated, so an edit of
+    /// the file meanwhile changes nothing). Sent once, after the first ticket keys.
+    Config(String),
+    /// Stop accepting, finish what is in flight, exit.
+    Drain,
+    /// Reopen the access log (logrotate).
+    Reopen,
+    /// Accept on the sockets of this seat as well: its worker is gone and its
+    /// replacement does not serve yet.
+    Cover(usize),
+    /// Stop accepting on this seat's sockets: its own worker serves again.
+    Uncover(usize),
+}
+
+impl ToWorker {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            ToWorker::Tickets(keys) => match &keys.previous {
+                Some(previous) => format!(
+                    "tickets {} {}\n",
+                    keys.current.to_hex(),
+                    previous.to_hex()
+                ),
+                None => format!("tickets {}\n", keys.current.to_hex()),
+            }
+            .into_bytes(),
+            ToWorker::Config(text) => {
+                let mut out = format!("config {}\n", text.len()).into_bytes();
+                out.extend_from_slice(text.as_bytes());
+                out
+            }
+            ToWorker::Drain => b"drain\n".to_vec(),
+            ToWorker::Reopen => b"reopen\n".to_vec(),
+            ToWorker::Cover(seat) => format!("cover {seat}\n").into_bytes(),
+            ToWorker::Uncover(seat) => format!("uncover {seat}\n").into_bytes(),
+        }
+    }
+
+    /// The next message, `None` at end of stream; an unreadable message is an error.
+    pub async fn read<R: AsyncBufRead + Unpin>(
+        reader: &mut R,
+    ) -> std::io::Result<Option<ToWorker>> {
+        let mut line = String::new();
+        if reader.read_line(&mut line).await? == 0 {
+            return Ok(None);
+        }
+        let bad = || {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("unreadable message from the supervisor: {:?}", line.trim_end()),
+            )
+        };
+        let mut words = line.split_whitespace();
+        let message = match (words.next(), words.next(), words.next()) {
+            (Some("tickets"), Some(current), previous) => {
+                let previous = match previous {
+                    Some(hex) => Some(TicketKey::from_hex(hex).ok_or_else(bad)?),
+                    None => None,
+                };
+                ToWorker::Tickets(TicketKeys {
+                    current: TicketKey::from_hex(current).ok_or_else(bad)?,
+                    previous,
+                })
+            }
+            (Some("config"), Some(len), None) => {
+                let len: usize = len.parse().map_err(|_| bad())?;
+                let mut text = vec![0; len];
+                reader.read_exact(&mut text).await?;
+                ToWorker::Config(String::from_utf8(text).map_err(|_| bad())?)
+            }
+            (Some("drain"), None, None) => ToWorker::Drain,
+            (Some("reopen"), None, None) => ToWorker::Reopen,
+            (Some("cover"), Some(seat), None) => ToWorker::Cover(seat.parse().map_err(|_| bad())?),
+            (Some("uncover"), Some(seat), None) => {
+                ToWorker::Uncover(seat.parse().map_err(|_| bad())?)
+            }
+            _ => return Err(bad()),
+        };
+        Ok(Some(message))
+    }
+}
+
+/// From a worker to the supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FromWorker {
+    /// It accepts connections on its seat.
+    Ready,
+    /// It no longer accepts (it may still finish requests).
+    Draining,
+}
+
+impl FromWorker {
+    pub fn encode(self) -> &'static [u8] {
+        match self {
+            FromWorker::Ready => b"ready\n",
+            FromWorker::Draining => b"draining\n",
+        }
+    }
+
+    pub fn parse(line: &str) -> Option<FromWorker> {
+        match line.trim_end() {
+            "ready" => Some(FromWorker::Ready),
+            "draining" => Some(FromWorker::Draining),
+            _ => None,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
@@ -83,7 +254,8 @@ pub struct Status {
 pub struct WorkerStatus {
     pub pid: u32,
     pub generation: u64,
-    pub slot: usize,
+    /// Its seat in the generation.
+    pub seat: usize,
     pub uptime_s: u64,
     pub rss_bytes: u64,
     /// Open client connections.
@@ -125,4 +297,61 @@ pub struct HealthCheckCounts {
     /// Why the last check failed, while the server fails them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<String>,
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Worker {
+        #[command(flatten)]
+        args: WorkerArgs,
+    }
+
+    #[test]
+    fn worker_args_parse_back_as_they_were_built() {
+        let args = WorkerArgs {
+            seat: 1,
+            generation: 7,
+            fds: vec![3, 4, 5, 6],
+            table_fd: 9,
+            record: 12,
+            server_records: vec![0, 5, 2],
+        };
+        let argv = std::iter::once("worker".to_string()).chain(args.to_args());
+        assert_eq!(Worker::parse_from(argv).args, args);
+        assert_eq!(args.seat_fds(1, 2), [5, 6]);
+        assert_eq!(args.seat_fds(2, 2), [] as [i32; 0]);
+    }
+
+    #[tokio::test]
+    async fn worker_messages_read_back_as_they_were_encoded() {
+        let keys = TicketKeys::new().unwrap();
+        let mut rotated = keys.clone();
+        rotated.rotate().unwrap();
+        let sent = [
+            ToWorker::Tickets(keys),
+            ToWorker::Config("[gateway]\nworkers = 1\n".into()),
+            ToWorker::Tickets(rotated),
+            ToWorker::Cover(3),
+            ToWorker::Uncover(3),
+            ToWorker::Reopen,
+            ToWorker::Drain,
+        ];
+        let bytes: Vec<u8> = sent.iter().flat_map(ToWorker::encode).collect();
+        let mut reader = tokio::io::BufReader::new(&bytes[..]);
+        for message in &sent {
+            let got = ToWorker::read(&mut reader).await.unwrap().unwrap();
+            assert_eq!(&got, message);
+        }
+        assert!(ToWorker::read(&mut reader).await.unwrap().is_none());
+        let mut garbage = tokio::io::BufReader::new(&b"cover x\n"[..]);
+        assert!(ToWorker::read(&mut garbage).await.is_err());
+        for m in [FromWorker::Ready, FromWorker::Draining] {
+            assert_eq!(FromWorker::parse(std::str::from_utf8(m.encode()).unwrap()), Some(m));
+        }
+    }
 }

@@ -4,7 +4,7 @@
 //! The supervisor creates it (an in-memory file mapped shared, see `sys`) before the first
 //! worker and every worker inherits it. Everything in it is an atomic: workers update and
 //! read it on the request path without locks, and a process that dies cannot leave a lock
-//! held. The supervisor hands out the slots ([`Assignments`]): a server keeps its slot,
+//! held. The supervisor hands out the records ([`Assignments`]): a server keeps its record,
 //! and with it its health and its counters, across reloads for as long as it stays in the
 //! configuration.
 //!
@@ -19,27 +19,27 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 /// Upstream servers the table holds, over every generation still running.
-pub const SERVER_SLOTS: usize = 1024;
+pub const SERVER_RECORDS: usize = 1024;
 /// Worker processes the table holds, draining ones included.
-pub const WORKER_SLOTS: usize = 256;
-const MAGIC: u64 = u64::from_be_bytes(*b"gwtable1");
+pub const WORKER_RECORDS: usize = 256;
+const MAGIC: u64 = u64::from_be_bytes(*b"gwtable2");
 
 /// The memory layout shared between processes. Only atomics, so zero-filled memory is a
 /// valid (empty) table.
 #[repr(C)]
 pub struct TableMemory {
     magic: AtomicU64,
-    servers: [ServerSlot; SERVER_SLOTS],
-    workers: [WorkerSlot; WORKER_SLOTS],
+    servers: [ServerRecord; SERVER_RECORDS],
+    workers: [WorkerRecord; WORKER_RECORDS],
     /// `[worker][server]`: what each worker has in flight on each server, so that the
     /// share of a worker that crashed can be taken out of the servers' totals.
-    in_flight_by_worker: [[AtomicU32; SERVER_SLOTS]; WORKER_SLOTS],
+    in_flight_by_worker: [[AtomicU32; SERVER_RECORDS]; WORKER_RECORDS],
 }
 
 /// One upstream server as every process sees it. Aligned to a cache line so that
 /// workers busy with neighbouring servers do not contend.
 #[repr(C, align(64))]
-pub struct ServerSlot {
+pub struct ServerRecord {
     /// Requests in flight, summed over all workers (what `least_conn` compares).
     in_flight: AtomicU64,
     pub requests: AtomicU64,
@@ -62,14 +62,26 @@ pub struct ServerSlot {
 
 /// One worker process's counters.
 #[repr(C, align(64))]
-pub struct WorkerSlot {
+pub struct WorkerRecord {
     pub pid: AtomicU32,
     pub generation: AtomicU64,
     pub connections: AtomicU64,
     pub requests: AtomicU64,
+    /// When the worker last proved it makes progress (monotonic ms), for the watchdog.
+    heartbeat: AtomicU64,
 }
 
-impl ServerSlot {
+impl WorkerRecord {
+    pub fn beat(&self, now_ms: u64) {
+        self.heartbeat.store(now_ms, Relaxed);
+    }
+
+    pub fn last_beat(&self) -> u64 {
+        self.heartbeat.load(Relaxed)
+    }
+}
+
+impl ServerRecord {
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Relaxed)
     }
@@ -205,46 +217,47 @@ impl Table {
         self.file.as_raw_fd()
     }
 
-    pub fn server(&self, slot: usize) -> &'static ServerSlot {
-        &self.memory.servers[slot]
+    pub fn server(&self, record: usize) -> &'static ServerRecord {
+        &self.memory.servers[record]
     }
 
-    pub fn worker(&self, slot: usize) -> &'static WorkerSlot {
-        &self.memory.workers[slot]
+    pub fn worker(&self, record: usize) -> &'static WorkerRecord {
+        &self.memory.workers[record]
     }
 
-    /// Worker `slot`'s handle on the table.
-    pub fn share(&self, slot: usize) -> WorkerShare {
+    /// Worker `record`'s handle on the table.
+    pub fn share(&self, record: usize) -> WorkerShare {
         WorkerShare {
             memory: self.memory,
-            worker: slot,
+            worker: record,
         }
     }
 
-    /// A fresh slot for a server new to the table.
-    pub fn reset_server(&self, slot: usize) {
-        self.server(slot).reset();
+    /// A fresh record for a server new to the table.
+    pub fn reset_server(&self, record: usize) {
+        self.server(record).reset();
     }
 
-    /// Worker `slot` is gone: takes whatever it still had in flight out of the servers'
-    /// totals (a crash leaves some) and clears the slot for the next worker.
-    pub fn release_worker(&self, slot: usize) {
+    /// Worker `record` is gone: takes whatever it still had in flight out of the servers'
+    /// totals (a crash leaves some) and clears the record for the next worker.
+    pub fn release_worker(&self, record: usize) {
         for (server, mine) in self
             .memory
             .servers
             .iter()
-            .zip(&self.memory.in_flight_by_worker[slot])
+            .zip(&self.memory.in_flight_by_worker[record])
         {
             let left = mine.swap(0, Relaxed);
             if left != 0 {
                 server.in_flight.fetch_sub(u64::from(left), Relaxed);
             }
         }
-        let worker = self.worker(slot);
+        let worker = self.worker(record);
         worker.pid.store(0, Relaxed);
         worker.generation.store(0, Relaxed);
         worker.connections.store(0, Relaxed);
         worker.requests.store(0, Relaxed);
+        worker.heartbeat.store(0, Relaxed);
     }
 }
 
@@ -256,39 +269,39 @@ pub struct WorkerShare {
 }
 
 impl WorkerShare {
-    pub fn counters(&self) -> &'static WorkerSlot {
+    pub fn counters(&self) -> &'static WorkerRecord {
         &self.memory.workers[self.worker]
     }
 
-    pub fn server(&self, slot: usize) -> SharedServer {
+    pub fn server(&self, record: usize) -> SharedServer {
         SharedServer {
-            slot: &self.memory.servers[slot],
-            mine: &self.memory.in_flight_by_worker[self.worker][slot],
+            record: &self.memory.servers[record],
+            mine: &self.memory.in_flight_by_worker[self.worker][record],
         }
     }
 }
 
-/// A server's slot as one worker uses it: in-flight accounting goes to the total and to
+/// A server's record as one worker uses it: in-flight accounting goes to the total and to
 /// this worker's own share of it.
 #[derive(Clone, Copy)]
 pub struct SharedServer {
-    pub slot: &'static ServerSlot,
+    pub record: &'static ServerRecord,
     mine: &'static AtomicU32,
 }
 
 impl SharedServer {
     pub fn enter(&self) {
         self.mine.fetch_add(1, Relaxed);
-        self.slot.in_flight.fetch_add(1, Relaxed);
+        self.record.in_flight.fetch_add(1, Relaxed);
     }
 
     pub fn leave(&self) {
-        self.slot.in_flight.fetch_sub(1, Relaxed);
+        self.record.in_flight.fetch_sub(1, Relaxed);
         self.mine.fetch_sub(1, Relaxed);
     }
 }
 
-/// A server as the slot assignment knows it: the same upstream and address (the n-th
+/// A server as the record assignment knows it: the same upstream and address (the n-th
 /// time it appears there) in two configurations is the same server.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerKey {
@@ -298,7 +311,7 @@ pub struct ServerKey {
 }
 
 /// Every server of `config`, in config order (upstreams, then their servers): the
-/// order of the slot list a worker gets.
+/// order of the record list a worker gets.
 pub fn server_keys(config: &Config) -> Vec<ServerKey> {
     let mut keys: Vec<ServerKey> = Vec::new();
     for upstream in &config.upstreams {
@@ -317,28 +330,28 @@ pub fn server_keys(config: &Config) -> Vec<ServerKey> {
     keys
 }
 
-/// Which server slot each generation's servers use. Kept by the supervisor.
+/// Which server record each generation's servers use. Kept by the supervisor.
 #[derive(Default)]
 pub struct Assignments {
     generations: BTreeMap<u64, Vec<(ServerKey, usize)>>,
 }
 
-/// A generation's slots in config order, and those new to the table (to be reset).
+/// A generation's records in config order, and those new to the table (to be reset).
 pub struct Assigned {
-    pub slots: Vec<usize>,
+    pub records: Vec<usize>,
     pub fresh: Vec<usize>,
 }
 
 impl Assignments {
-    /// Gives `generation`'s servers the slots they have in a generation still running,
-    /// and free slots to the others.
+    /// Gives `generation`'s servers the records they have in a generation still running,
+    /// and free records to the others.
     pub fn assign(&mut self, generation: u64, keys: Vec<ServerKey>) -> Result<Assigned, String> {
-        let mut used = vec![false; SERVER_SLOTS];
-        for (_, slot) in self.generations.values().flatten() {
-            used[*slot] = true;
+        let mut used = vec![false; SERVER_RECORDS];
+        for (_, record) in self.generations.values().flatten() {
+            used[*record] = true;
         }
-        let mut free = (0..SERVER_SLOTS).filter(|&s| !used[s]);
-        let (mut slots, mut fresh, mut entries) = (Vec::new(), Vec::new(), Vec::new());
+        let mut free = (0..SERVER_RECORDS).filter(|&s| !used[s]);
+        let (mut records, mut fresh, mut entries) = (Vec::new(), Vec::new(), Vec::new());
         for key in keys {
             let known = self
                 .generations
@@ -346,33 +359,33 @@ impl Assignments {
                 .rev()
                 .flatten()
                 .find(|(k, _)| *k == key)
-                .map(|(_, slot)| *slot);
-            let slot = match known {
-                Some(slot) => slot,
+                .map(|(_, record)| *record);
+            let record = match known {
+                Some(record) => record,
                 None => {
-                    let slot = free.next().ok_or_else(|| {
-                        format!("more than {SERVER_SLOTS} upstream servers across the running generations")
+                    let record = free.next().ok_or_else(|| {
+                        format!("more than {SERVER_RECORDS} upstream servers across the running generations")
                     })?;
-                    fresh.push(slot);
-                    slot
+                    fresh.push(record);
+                    record
                 }
             };
-            slots.push(slot);
-            entries.push((key, slot));
+            records.push(record);
+            entries.push((key, record));
         }
         self.generations.insert(generation, entries);
-        Ok(Assigned { slots, fresh })
+        Ok(Assigned { records, fresh })
     }
 
-    /// `generation`'s slots, in config order.
-    pub fn slots(&self, generation: u64) -> Vec<usize> {
+    /// `generation`'s records, in config order.
+    pub fn records(&self, generation: u64) -> Vec<usize> {
         self.generations
             .get(&generation)
-            .map(|entries| entries.iter().map(|(_, slot)| *slot).collect())
+            .map(|entries| entries.iter().map(|(_, record)| *record).collect())
             .unwrap_or_default()
     }
 
-    /// `generation` no longer runs: its slots may go to other servers.
+    /// `generation` no longer runs: its records may go to other servers.
     pub fn retire(&mut self, generation: u64) {
         self.generations.remove(&generation);
     }
@@ -497,12 +510,12 @@ mod tests {
     }
 
     #[test]
-    fn servers_that_stay_keep_their_slot_and_freed_slots_are_reused_fresh() {
+    fn servers_that_stay_keep_their_record_and_freed_records_are_reused_fresh() {
         let mut a = Assignments::default();
         let first = a
             .assign(1, keys(&[("app", "h:1"), ("app", "h:2"), ("api", "h:1")]))
             .unwrap();
-        assert_eq!(first.slots, [0, 1, 2]);
+        assert_eq!(first.records, [0, 1, 2]);
         assert_eq!(first.fresh, [0, 1, 2]);
         // h:2 leaves, h:3 arrives, the same address twice is two servers.
         let second = a
@@ -516,14 +529,14 @@ mod tests {
                 ]),
             )
             .unwrap();
-        assert_eq!(second.slots, [2, 3, 0, 4]);
+        assert_eq!(second.records, [2, 3, 0, 4]);
         assert_eq!(second.fresh, [3, 4]);
-        // Generation 1 still drains: h:2's slot is not free yet.
+        // Generation 1 still drains: h:2's record is not free yet.
         a.retire(1);
         let third = a.assign(3, keys(&[("app", "h:2")])).unwrap();
-        assert_eq!(third.slots, [1], "free again once generation 1 is gone");
+        assert_eq!(third.records, [1], "free again once generation 1 is gone");
         assert_eq!(third.fresh, [1]);
-        assert_eq!(a.slots(2), [2, 3, 0, 4]);
+        assert_eq!(a.records(2), [2, 3, 0, 4]);
         assert_eq!(a.generations(), [2, 3]);
     }
 }

@@ -122,14 +122,14 @@ fn print_table(status: &Status) {
     println!();
     println!(
         "{:>8}  {:>10}  {:>4}  {:>9}  {:>8}  {:>11}  {:>12}  state",
-        "pid", "generation", "slot", "uptime_s", "rss_MiB", "connections", "requests"
+        "pid", "generation", "seat", "uptime_s", "rss_MiB", "connections", "requests"
     );
     for w in &status.workers {
         println!(
             "{:>8}  {:>10}  {:>4}  {:>9}  {:>8.1}  {:>11}  {:>12}  {}",
             w.pid,
             w.generation,
-            w.slot,
+            w.seat,
             w.uptime_s,
             w.rss_bytes as f64 / (1024.0 * 1024.0),
             w.active_connections,

@@ -27,6 +27,8 @@ pub struct GatewaySection {
     pub workers: Option<Spanned<Workers>>,
     pub control_socket: Option<String>,
     pub shutdown_timeout: Option<Spanned<String>>,
+    /// A worker that shows no progress this long is killed and replaced ("off" disables).
+    pub worker_watchdog: Option<Spanned<String>>,
     pub access_log: Option<String>,
     pub access_log_format: Option<Spanned<String>>,
     /// Time a client has to send a complete request head; also how long an idle

@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
+/// How long a worker may show no progress before the supervisor replaces it.
+pub const DEFAULT_WORKER_WATCHDOG: Duration = Duration::from_secs(5);
+
 /// `[admin]` without `listen` serves on 127.0.0.1 at this port.
 pub const DEFAULT_ADMIN_PORT: u16 = 9901;
 
@@ -32,6 +35,8 @@ pub struct GatewaySettings {
     pub workers: usize,
     pub control_socket: PathBuf,
     pub shutdown_timeout: Duration,
+    /// Kill and replace a worker whose heartbeat stopped this long ago; `None` is off.
+    pub worker_watchdog: Option<Duration>,
     pub access_log: AccessLogTarget,
     pub access_log_format: AccessLogFormat,
     pub limits: ClientLimits,
@@ -491,6 +496,25 @@ impl Validator<'_> {
                 "gateway.shutdown_timeout",
                 Duration::from_secs(10),
             ),
+            worker_watchdog: match &g.worker_watchdog {
+                Some(w) if w.get_ref() == "off" => None,
+                Some(w) => match parse_duration(w.get_ref()) {
+                    Ok(d) if d >= Duration::from_secs(1) => Some(d),
+                    Ok(_) => {
+                        self.error(
+                            w.span(),
+                            "gateway.worker_watchdog",
+                            "must be at least 1s (or \"off\")",
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        self.error(w.span(), "gateway.worker_watchdog", e);
+                        None
+                    }
+                },
+                None => Some(DEFAULT_WORKER_WATCHDOG),
+            },
             access_log,
             access_log_format,
             limits: ClientLimits {

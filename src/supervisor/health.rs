@@ -3,7 +3,7 @@
 //! shared table where every worker reads it.
 
 use crate::config::{Config, HealthCheckConfig, ServerConfig};
-use crate::table::{ServerSlot, Table};
+use crate::table::{ServerRecord, Table};
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use tokio::task::JoinSet;
 
-/// Why each failing server's last check failed, by table slot (for `/status`).
+/// Why each failing server's last check failed, by table record (for `/status`).
 pub type LastFailures = Arc<Mutex<BTreeMap<usize, String>>>;
 
 /// The running checkers of one configuration; dropping it stops them.
@@ -21,20 +21,20 @@ pub struct HealthChecks {
 }
 
 impl HealthChecks {
-    /// Starts checking `config`'s servers (table slots `slots`, in config order). Servers
+    /// Starts checking `config`'s servers (table records `records`, in config order). Servers
     /// of upstreams without a health check are cleared of any earlier check's verdict.
     pub fn start(
         config: &Config,
-        slots: &[usize],
+        records: &[usize],
         table: &'static Table,
         failures: &LastFailures,
     ) -> HealthChecks {
         failures.lock().unwrap_or_else(|p| p.into_inner()).clear();
         let mut tasks = JoinSet::new();
-        let mut slots = slots.iter();
+        let mut records = records.iter();
         for upstream in &config.upstreams {
-            for (server, &slot) in upstream.servers.iter().zip(slots.by_ref()) {
-                let shared = table.server(slot);
+            for (server, &record) in upstream.servers.iter().zip(records.by_ref()) {
+                let shared = table.server(record);
                 match &upstream.health_check {
                     None => shared.clear_checks(),
                     Some(check) => {
@@ -42,7 +42,7 @@ impl HealthChecks {
                             upstream.name.clone(),
                             server.clone(),
                             check.clone(),
-                            (slot, shared),
+                            (record, shared),
                             failures.clone(),
                         ));
                     }
@@ -61,7 +61,7 @@ async fn check_forever(
     upstream: String,
     server: ServerConfig,
     check: HealthCheckConfig,
-    (slot, shared): (usize, &'static ServerSlot),
+    (record, shared): (usize, &'static ServerRecord),
     failures: LastFailures,
 ) {
     let mut ticks = tokio::time::interval(check.interval);
@@ -76,8 +76,8 @@ async fn check_forever(
         {
             let mut failures = failures.lock().unwrap_or_else(|p| p.into_inner());
             match &result {
-                Ok(()) => failures.remove(&slot),
-                Err(why) => failures.insert(slot, why.clone()),
+                Ok(()) => failures.remove(&record),
+                Err(why) => failures.insert(record, why.clone()),
             };
         }
         match shared.record_check(result.is_ok(), check.fall, check.rise) {

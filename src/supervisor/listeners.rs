@@ -1,5 +1,5 @@
 //! Listening sockets, bound once by the supervisor and handed to every generation of
-//! workers: for each listener address, one SO_REUSEPORT socket per worker slot.
+//! workers: for each listener address, one SO_REUSEPORT socket per worker seat.
 //!
 //! The sockets outlive the workers: a reload starts new workers on the very sockets the
 //! old ones accept on, so no queued connection is ever reset by a close.
@@ -10,9 +10,9 @@ use std::net::{SocketAddr, TcpListener};
 struct Bound {
     /// As configured (may have port 0).
     configured: SocketAddr,
-    /// What the first socket got; the other slots bind the same.
+    /// What the first socket got; the other seats bind the same.
     actual: SocketAddr,
-    slots: Vec<TcpListener>,
+    seats: Vec<TcpListener>,
 }
 
 #[derive(Default)]
@@ -22,7 +22,7 @@ pub struct Sockets {
 
 impl Sockets {
     /// The set `config` needs: the sockets of addresses that stay (duplicated, so this set
-    /// stands on its own), plus new ones for new addresses and slots. `self` is left as it
+    /// stands on its own), plus new ones for new addresses and seats. `self` is left as it
     /// is, so a reload that fails later changes nothing.
     pub fn for_config(&self, config: &Config) -> std::io::Result<Sockets> {
         let workers = config.gateway.workers;
@@ -35,11 +35,11 @@ impl Sockets {
             if let Some(i) = old {
                 taken[i] = true;
             }
-            let (actual, mut slots) = match old.map(|i| &self.bound[i]) {
+            let (actual, mut seats) = match old.map(|i| &self.bound[i]) {
                 Some(old) => {
-                    // A slot beyond the worker count is not carried over: connections
+                    // A seat beyond the worker count is not carried over: connections
                     // queued on it would wait for a worker that never comes.
-                    let kept = old.slots.iter().take(workers).map(TcpListener::try_clone);
+                    let kept = old.seats.iter().take(workers).map(TcpListener::try_clone);
                     (old.actual, kept.collect::<std::io::Result<Vec<_>>>()?)
                 }
                 None => {
@@ -50,23 +50,24 @@ impl Sockets {
                     (actual, vec![first])
                 }
             };
-            while slots.len() < workers {
-                slots.push(crate::net::bind(actual).map_err(|e| with_addr(e, actual))?);
+            while seats.len() < workers {
+                seats.push(crate::net::bind(actual).map_err(|e| with_addr(e, actual))?);
             }
             next.bound.push(Bound {
                 configured: listener.addr,
                 actual,
-                slots,
+                seats,
             });
         }
         Ok(next)
     }
 
-    /// The sockets worker `slot` accepts on, one per listener, in config order.
-    pub fn for_slot(&self, slot: usize) -> Vec<&TcpListener> {
-        self.bound
-            .iter()
-            .filter_map(|b| b.slots.get(slot))
+    /// Every seat's sockets, seat after seat, one per listener in config order: what
+    /// each worker inherits (see `WorkerArgs::fds`).
+    pub fn all(&self) -> Vec<&TcpListener> {
+        let seats = self.bound.first().map_or(0, |b| b.seats.len());
+        (0..seats)
+            .flat_map(|seat| self.bound.iter().map(move |b| &b.seats[seat]))
             .collect()
     }
 }

@@ -20,16 +20,16 @@ pub struct Snapshot {
     pub restarts: u64,
     /// The current generation's configuration.
     pub config: Arc<Config>,
-    /// Its servers' table slots, in config order.
-    pub server_slots: Vec<usize>,
+    /// Its servers' table records, in config order.
+    pub server_records: Vec<usize>,
     pub workers: Vec<WorkerView>,
 }
 
 pub struct WorkerView {
     pub pid: u32,
     pub generation: u64,
-    pub slot: usize,
-    pub table_slot: usize,
+    pub seat: usize,
+    pub record: usize,
     pub started: Instant,
     pub state: &'static str,
 }
@@ -52,11 +52,11 @@ impl StatusSource {
             .workers
             .iter()
             .map(|w| {
-                let counters = table.worker(w.table_slot);
+                let counters = table.worker(w.record);
                 WorkerStatus {
                     pid: w.pid,
                     generation: w.generation,
-                    slot: w.slot,
+                    seat: w.seat,
                     uptime_s: w.started.elapsed().as_secs(),
                     rss_bytes: rss_bytes(w.pid),
                     active_connections: counters.connections.load(Relaxed),
@@ -71,7 +71,7 @@ impl StatusSource {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let mut slots = view.server_slots.iter();
+        let mut records = view.server_records.iter();
         let upstreams = view
             .config
             .upstreams
@@ -80,9 +80,9 @@ impl StatusSource {
                 let servers = u
                     .servers
                     .iter()
-                    .zip(slots.by_ref())
-                    .map(|(s, &slot)| {
-                        let shared = table.server(slot);
+                    .zip(records.by_ref())
+                    .map(|(s, &record)| {
+                        let shared = table.server(record);
                         let down_reason = if shared.checked_down() {
                             Some("health_check")
                         } else if shared.passive_down(now) {
@@ -107,7 +107,7 @@ impl StatusSource {
                             health_checks: u.health_check.as_ref().map(|_| HealthCheckCounts {
                                 passed: shared.checks_passed.load(Relaxed),
                                 failed: shared.checks_failed.load(Relaxed),
-                                last_failure: check_failures.get(&slot).cloned(),
+                                last_failure: check_failures.get(&record).cloned(),
                             }),
                         }
                     })

@@ -28,12 +28,12 @@ pub struct Server {
 
 impl Server {
     pub fn is_up(&self, now: u64) -> bool {
-        self.shared.slot.is_up(now)
+        self.shared.record.is_up(now)
     }
 
     /// Counts a request sent to the server (each try counts).
     pub fn count_request(&self) {
-        self.shared.slot.requests.fetch_add(1, Ordering::Relaxed);
+        self.shared.record.requests.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a failure against the server for passive health, and says so in the log
@@ -41,7 +41,7 @@ impl Server {
     pub fn note_failure(&self, why: &str) {
         if self
             .shared
-            .slot
+            .record
             .record_failure(now_ms(), self.max_fails, self.fail_timeout_ms)
         {
             tracing::warn!(
@@ -53,7 +53,7 @@ impl Server {
     }
 
     pub fn note_success(&self) {
-        self.shared.slot.record_success();
+        self.shared.record.record_success();
     }
 }
 
@@ -62,7 +62,7 @@ impl Candidate for Arc<Server> {
         self.config.weight
     }
     fn in_flight(&self) -> usize {
-        self.shared.slot.in_flight() as usize
+        self.shared.record.in_flight() as usize
     }
     fn key(&self) -> &str {
         &self.config.name
@@ -76,16 +76,16 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// `slots` are the table slots of the upstream's servers, in config order.
-    pub fn new(config: &UpstreamConfig, share: WorkerShare, slots: &[usize]) -> Self {
+    /// `records` are the table records of the upstream's servers, in config order.
+    pub fn new(config: &UpstreamConfig, share: WorkerShare, records: &[usize]) -> Self {
         let servers = config
             .servers
             .iter()
-            .zip(slots)
-            .map(|(s, &slot)| {
+            .zip(records)
+            .map(|(s, &record)| {
                 Arc::new(Server {
                     config: s.clone(),
-                    shared: share.server(slot),
+                    shared: share.server(record),
                     max_fails: config.max_fails,
                     fail_timeout_ms: config.fail_timeout.as_millis() as u64,
                     pool: pool::Pool::new(config.keepalive),
@@ -93,8 +93,8 @@ impl Upstream {
             })
             .collect();
         let weights: Vec<u32> = config.servers.iter().map(|s| s.weight).collect();
-        // Validation guarantees a server; its slot holds the upstream's rotation.
-        let rotation = share.server(slots[0]).slot.rotation();
+        // Validation guarantees a server; its record holds the upstream's rotation.
+        let rotation = share.server(records[0]).record.rotation();
         Upstream {
             config: config.clone(),
             balancer: Balancer::new(config.policy, &weights, rotation),
@@ -126,8 +126,8 @@ mod tests {
         );
         let config = crate::config::parse(std::path::Path::new("t.toml"), &text).unwrap();
         let table = Box::leak(Box::new(crate::table::Table::create().unwrap()));
-        let slots: Vec<usize> = (0..config.upstreams[0].servers.len()).collect();
-        Upstream::new(&config.upstreams[0], table.share(0), &slots)
+        let records: Vec<usize> = (0..config.upstreams[0].servers.len()).collect();
+        Upstream::new(&config.upstreams[0], table.share(0), &records)
     }
 
     #[test]
@@ -145,7 +145,7 @@ mod tests {
             "all primaries tried: the backup"
         );
         u.servers[0].note_failure("test");
-        u.servers[1].shared.slot.record_check(false, 1, 1);
+        u.servers[1].shared.record.record_check(false, 1, 1);
         assert_eq!(
             u.pick(ip, &[]),
             Some(2),

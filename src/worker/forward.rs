@@ -8,7 +8,7 @@ use super::request_check::{self, Rejection};
 use super::router::{host_without_port, Router};
 use crate::access_log::AccessLog;
 use crate::config::{ClientLimits, Config};
-use crate::table::{WorkerShare, WorkerSlot};
+use crate::table::{WorkerShare, WorkerRecord};
 use crate::upstream::pool::{self, ConnectError, Sender};
 use crate::upstream::{Server, Upstream};
 use bytes::{Bytes, BytesMut};
@@ -128,25 +128,25 @@ pub struct Proxy {
     limits: ClientLimits,
     log: Arc<AccessLog>,
     /// This worker's counters in the shared table.
-    pub counters: &'static WorkerSlot,
+    pub counters: &'static WorkerRecord,
 }
 
 impl Proxy {
-    /// `server_slots` are the table slots of every server in config order (upstreams,
+    /// `server_records` are the table records of every server in config order (upstreams,
     /// then their servers), as the supervisor assigned them.
     pub fn new(
         config: &Config,
         log: Arc<AccessLog>,
         share: WorkerShare,
-        server_slots: &[usize],
+        server_records: &[usize],
     ) -> Self {
-        let mut slots = server_slots;
+        let mut records = server_records;
         let upstreams = config
             .upstreams
             .iter()
             .map(|u| {
-                let (mine, rest) = slots.split_at(u.servers.len().min(slots.len()));
-                slots = rest;
+                let (mine, rest) = records.split_at(u.servers.len().min(records.len()));
+                records = rest;
                 Upstream::new(u, share, mine)
             })
             .collect();

@@ -12,9 +12,11 @@ pub mod server;
 use crate::config::Config;
 use crate::tls::tickets::SharedTicketer;
 use forward::Proxy;
+use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use tokio::sync::watch;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Set once this worker drains: every response from then on says `Connection: close`,
@@ -22,43 +24,88 @@ use tokio_util::task::TaskTracker;
 /// having an idle connection closed under a request they are sending.
 pub static DRAINING: AtomicBool = AtomicBool::new(false);
 
-/// Serves until `shutdown` turns true, then lets in-flight requests finish for up to
-/// `shutdown_timeout`. `ready` runs once every listener accepts, `closed` once none does
-/// any more (the in-flight requests may still be finishing).
+/// Tells a running worker to accept on another seat's sockets, or to stop doing so.
+#[derive(Debug, Clone, Copy)]
+pub enum Cover {
+    Start(usize),
+    Stop(usize),
+}
+
+/// Serves on the sockets of `seat` until `shutdown` is cancelled, then lets in-flight
+/// requests finish for up to `shutdown_timeout`. `sockets` holds every seat's sockets
+/// (one per listener, in config order): another seat's are used only while `cover` says
+/// so. `ready` runs once the seat's listeners accept, `closed` once none does any more
+/// (the in-flight requests may still be finishing).
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
-    listeners: Vec<std::net::TcpListener>,
+    sockets: Vec<Vec<std::net::TcpListener>>,
+    seat: usize,
     config: Arc<Config>,
     proxy: Arc<Proxy>,
     ticketer: Arc<SharedTicketer>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
+    mut cover: mpsc::UnboundedReceiver<Cover>,
     ready: impl FnOnce(),
     closed: impl FnOnce(),
 ) -> std::io::Result<()> {
     let protocols = Arc::new(server::Protocols::new(&config.gateway.limits));
-    let tasks = TaskTracker::new();
-    let mut accepting = Vec::new();
-    for (listener, settings) in listeners.into_iter().zip(&config.listeners) {
-        let listener = tokio::net::TcpListener::from_std(listener)?;
-        let tls = if settings.tls.is_empty() {
+    let mut tls = Vec::new();
+    for settings in &config.listeners {
+        tls.push(if settings.tls.is_empty() {
             None
         } else {
             let tls = crate::tls::server_config(&settings.tls, ticketer.clone())
                 .map_err(std::io::Error::other)?;
             Some(tokio_rustls::TlsAcceptor::from(tls))
-        };
-        accepting.push(tokio::spawn(server::accept_loop(
-            listener,
-            tls,
-            proxy.clone(),
-            protocols.clone(),
-            tasks.clone(),
-            shutdown.clone(),
-        )));
+        });
     }
+    let tasks = TaskTracker::new();
+    let accepting = TaskTracker::new();
+    // Sockets are registered with the runtime only while accepted on: a registered socket
+    // of another seat would wake this worker for every connection to that seat.
+    let accept_on = |seat: usize, stop: CancellationToken| -> std::io::Result<()> {
+        for (socket, tls) in sockets.get(seat).into_iter().flatten().zip(&tls) {
+            let listener = tokio::net::TcpListener::from_std(socket.try_clone()?)?;
+            accepting.spawn(server::accept_loop(
+                listener,
+                tls.clone(),
+                proxy.clone(),
+                protocols.clone(),
+                tasks.clone(),
+                stop.clone(),
+                shutdown.clone(),
+            ));
+        }
+        Ok(())
+    };
+    accept_on(seat, shutdown.clone())?;
     ready();
-    for task in accepting {
-        let _ = task.await;
+    let mut covering: HashMap<usize, CancellationToken> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            command = cover.recv() => match command {
+                Some(Cover::Start(other)) if other != seat && other < sockets.len() => {
+                    if let std::collections::hash_map::Entry::Vacant(entry) = covering.entry(other) {
+                        let stop = shutdown.child_token();
+                        accept_on(other, stop.clone())?;
+                        entry.insert(stop);
+                        tracing::info!(seat, "covering seat {other} until its worker serves again");
+                    }
+                }
+                Some(Cover::Stop(other)) => {
+                    if let Some(stop) = covering.remove(&other) {
+                        stop.cancel();
+                        tracing::info!(seat, "no longer covering seat {other}");
+                    }
+                }
+                Some(Cover::Start(other)) => tracing::warn!(seat, "cannot cover seat {other}"),
+                None => shutdown.cancelled().await,
+            }
+        }
     }
+    accepting.close();
+    accepting.wait().await;
     closed();
     tasks.close();
     if tokio::time::timeout(config.gateway.shutdown_timeout, tasks.wait())

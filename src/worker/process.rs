@@ -1,50 +1,37 @@
 //! A worker process: takes its config and listening sockets from the supervisor, serves,
-//! says `ready`, and drains when told to (or when the supervisor is gone).
+//! says `ready`, proves it makes progress, and drains when told to (or when the
+//! supervisor is gone).
 
 use super::forward::Proxy;
-use super::DRAINING;
+use super::{Cover, DRAINING};
 use crate::access_log::AccessLog;
-use crate::protocol;
-use crate::table::{Table, SERVER_SLOTS, WORKER_SLOTS};
-use crate::tls::tickets::{self, SharedTicketer, TicketKeys};
-use std::io::{BufRead, BufReader, Read};
+use crate::protocol::{FromWorker, ToWorker, WorkerArgs};
+use crate::table::{Table, WorkerRecord, SERVER_RECORDS, WORKER_RECORDS};
+use crate::tls::tickets::SharedTicketer;
 use std::os::fd::AsFd;
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-use tokio::sync::watch;
+use std::time::Duration;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::unix::OwnedReadHalf;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
-/// What the supervisor tells a worker on its command line.
-#[derive(clap::Args, Debug)]
-pub struct WorkerArgs {
-    /// The worker's place in the generation (one per `workers`).
-    #[arg(long)]
-    slot: usize,
-    #[arg(long)]
-    generation: u64,
-    /// Inherited listening sockets, one per listener.
-    #[arg(long, value_delimiter = ',')]
-    fds: Vec<i32>,
-    /// The inherited shared state table.
-    #[arg(long)]
-    table_fd: i32,
-    /// This worker's counters in the table.
-    #[arg(long)]
-    table_slot: usize,
-    /// The table slot of every upstream server, in config order.
-    #[arg(long, value_delimiter = ',')]
-    server_slots: Vec<usize>,
-}
+/// How often a worker stamps its record to show the supervisor's watchdog it is alive.
+pub const HEARTBEAT: Duration = Duration::from_millis(250);
 
 pub fn main(config_path: &Path, args: &WorkerArgs) -> ExitCode {
-    match run(config_path, args) {
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .and_then(|runtime| runtime.block_on(run(config_path, args)));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(
-                slot = args.slot,
+                seat = args.seat,
                 generation = args.generation,
                 "worker failed: {e}"
             );
@@ -53,149 +40,151 @@ pub fn main(config_path: &Path, args: &WorkerArgs) -> ExitCode {
     }
 }
 
-fn run(config_path: &Path, args: &WorkerArgs) -> std::io::Result<()> {
-    // Our stdin is a socket pair with the supervisor: take a handle that can also write.
-    let channel = UnixStream::from(std::io::stdin().as_fd().try_clone_to_owned()?);
-    let mut reader = BufReader::new(channel.try_clone()?);
-    let (text, ticket_keys) = read_config(&mut reader)?;
-    let config = crate::config::parse(config_path, &text).map_err(std::io::Error::other)?;
-    let listeners = args
-        .fds
-        .iter()
-        .map(|&fd| crate::sys::adopt_listener(fd))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    let table = Table::adopt(args.table_fd)?;
-    let servers: usize = config.upstreams.iter().map(|u| u.servers.len()).sum();
-    if args.server_slots.len() != servers
-        || args.server_slots.iter().any(|&s| s >= SERVER_SLOTS)
-        || args.table_slot >= WORKER_SLOTS
+async fn run(config_path: &Path, args: &WorkerArgs) -> std::io::Result<()> {
+    if args.record >= WORKER_RECORDS || args.server_records.iter().any(|&s| s >= SERVER_RECORDS)
     {
         return Err(std::io::Error::other(format!(
-            "bad table slots from the supervisor: worker {}, servers {:?} for {servers} servers",
-            args.table_slot, args.server_slots
+            "bad table records from the supervisor: worker {}, servers {:?}",
+            args.record, args.server_records
         )));
     }
+    let table = Table::adopt(args.table_fd)?;
+    let record = table.worker(args.record);
+    tokio::spawn(heartbeat(record));
+    ignore_terminal_signals();
+
+    // Our stdin is a socket pair with the supervisor: take a handle that can also write.
+    let channel = std::os::unix::net::UnixStream::from(std::io::stdin().as_fd().try_clone_to_owned()?);
+    channel.set_nonblocking(true)?;
+    let (read_half, mut write_half) = tokio::net::UnixStream::from_std(channel)?.into_split();
+    let mut commands = BufReader::new(read_half);
+    let ticketer = Arc::new(SharedTicketer::default());
+    let text = loop {
+        match ToWorker::read(&mut commands).await? {
+            Some(ToWorker::Tickets(keys)) => ticketer.set(&keys),
+            Some(ToWorker::Config(text)) => break text,
+            other => {
+                return Err(std::io::Error::other(format!(
+                    "expected the config from the supervisor, got {other:?}"
+                )))
+            }
+        }
+    };
+    let config = crate::config::parse(config_path, &text).map_err(std::io::Error::other)?;
+    let servers: usize = config.upstreams.iter().map(|u| u.servers.len()).sum();
+    let listeners = config.listeners.len();
+    if args.server_records.len() != servers
+        || listeners == 0
+        || args.fds.len() % listeners != 0
+        || args.seat_fds(args.seat, listeners).is_empty()
+    {
+        return Err(std::io::Error::other(format!(
+            "the supervisor's arguments do not fit the config: {args:?}"
+        )));
+    }
+    let sockets = args
+        .fds
+        .chunks(listeners)
+        .map(|seat| seat.iter().map(|&fd| crate::sys::adopt_listener(fd)).collect())
+        .collect::<std::io::Result<Vec<Vec<_>>>>()?;
 
     let log = Arc::new(AccessLog::open(
         &config.gateway.access_log,
         config.gateway.access_log_format,
     )?);
-
     let proxy = Proxy::new(
         &config,
         log.clone(),
-        table.share(args.table_slot),
-        &args.server_slots,
+        table.share(args.record),
+        &args.server_records,
     );
 
-    let ticketer = Arc::new(SharedTicketer::default());
-    match &ticket_keys {
-        Some(keys) => ticketer.set(keys),
-        None => tracing::warn!("no TLS ticket keys from the supervisor: no session tickets"),
-    }
-
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async move {
-        ignore_terminal_signals();
-        let (stop_tx, stop_rx) = watch::channel(false);
-        channel.set_nonblocking(true)?;
-        let channel = tokio::net::UnixStream::from_std(channel)?;
-        let (read_half, mut write_half) = channel.into_split();
-        // Anything the supervisor wrote after the config and that the blocking reader
-        // already buffered is handled first.
-        let buffered = reader.buffer().to_vec();
-        let commands = tokio::spawn(follow_commands(
-            buffered,
-            read_half,
-            stop_tx,
-            log.clone(),
-            ticketer.clone(),
-        ));
-        let (say, mut said) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
-        let reporter = tokio::spawn(async move {
-            while let Some(message) = said.recv().await {
-                let _ = write_half
-                    .write_all(format!("{message}\n").as_bytes())
-                    .await;
-            }
-        });
-        let closed = say.clone();
-        let result = super::run(
-            listeners,
-            Arc::new(config),
-            Arc::new(proxy),
-            ticketer,
-            stop_rx,
-            move || {
-                let _ = say.send(protocol::READY);
-            },
-            move || {
-                let _ = closed.send(protocol::DRAINING);
-            },
-        )
-        .await;
-        let _ = reporter.await;
-        commands.abort();
-        result
-    })
+    let shutdown = CancellationToken::new();
+    let (cover_tx, cover_rx) = mpsc::unbounded_channel();
+    let following = tokio::spawn(follow_commands(
+        commands,
+        shutdown.clone(),
+        cover_tx,
+        log,
+        ticketer.clone(),
+    ));
+    let (say, mut said) = mpsc::unbounded_channel::<FromWorker>();
+    let reporter = tokio::spawn(async move {
+        while let Some(message) = said.recv().await {
+            let _ = write_half.write_all(message.encode()).await;
+        }
+    });
+    let closed = say.clone();
+    let result = super::run(
+        sockets,
+        args.seat,
+        Arc::new(config),
+        Arc::new(proxy),
+        ticketer,
+        shutdown,
+        cover_rx,
+        move || {
+            let _ = say.send(FromWorker::Ready);
+        },
+        move || {
+            let _ = closed.send(FromWorker::Draining);
+        },
+    )
+    .await;
+    let _ = reporter.await;
+    following.abort();
+    result
 }
 
-/// The config message, and the TLS ticket keys line that comes before it.
-fn read_config(
-    reader: &mut BufReader<UnixStream>,
-) -> std::io::Result<(String, Option<TicketKeys>)> {
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let keys = TicketKeys::from_line(line.trim_end());
-    if keys.is_some() {
-        line.clear();
-        reader.read_line(&mut line)?;
+/// Stamps the worker's record with the machine's monotonic clock. It runs on the same
+/// single thread as every connection, so a worker that is stopped, spinning or blocked
+/// stops stamping, and the supervisor's watchdog replaces it.
+async fn heartbeat(record: &'static WorkerRecord) {
+    let mut ticks = tokio::time::interval(HEARTBEAT);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        record.beat(crate::sys::monotonic_ms());
     }
-    let len: usize = line
-        .strip_prefix(protocol::CONFIG)
-        .and_then(|n| n.trim().parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("expected a config message, got {line:?}")))?;
-    let mut text = vec![0; len];
-    reader.read_exact(&mut text)?;
-    let text = String::from_utf8(text).map_err(std::io::Error::other)?;
-    Ok((text, keys))
 }
 
 /// Obeys the supervisor's commands; its going away counts as `drain`.
 async fn follow_commands(
-    buffered: Vec<u8>,
-    channel: tokio::net::unix::OwnedReadHalf,
-    stop: watch::Sender<bool>,
+    mut commands: BufReader<OwnedReadHalf>,
+    shutdown: CancellationToken,
+    cover: mpsc::UnboundedSender<Cover>,
     log: Arc<AccessLog>,
     ticketer: Arc<SharedTicketer>,
 ) {
-    let pending = std::io::Cursor::new(buffered);
-    let mut lines =
-        tokio::io::BufReader::new(tokio::io::AsyncReadExt::chain(pending, channel)).lines();
     loop {
-        match lines.next_line().await {
-            Ok(Some(line)) if line == protocol::REOPEN => match log.reopen() {
+        match ToWorker::read(&mut commands).await {
+            Ok(Some(ToWorker::Reopen)) => match log.reopen() {
                 Ok(()) => tracing::info!("access log reopened"),
                 Err(e) => tracing::error!("cannot reopen the access log: {e}"),
             },
-            Ok(Some(line)) if line == protocol::DRAIN => break,
-            Ok(Some(line)) if line.starts_with(tickets::LINE_PREFIX) => {
-                match TicketKeys::from_line(&line) {
-                    Some(keys) => ticketer.set(&keys),
-                    None => tracing::error!("unreadable TLS ticket keys from the supervisor"),
-                }
+            Ok(Some(ToWorker::Drain)) => break,
+            Ok(Some(ToWorker::Tickets(keys))) => ticketer.set(&keys),
+            Ok(Some(ToWorker::Cover(seat))) => {
+                let _ = cover.send(Cover::Start(seat));
             }
-            Ok(Some(other)) => tracing::warn!("unknown command from the supervisor: {other:?}"),
-            Ok(None) | Err(_) => {
+            Ok(Some(ToWorker::Uncover(seat))) => {
+                let _ = cover.send(Cover::Stop(seat));
+            }
+            Ok(Some(ToWorker::Config(_))) => {
+                tracing::warn!("a second config from the supervisor is ignored")
+            }
+            Ok(None) => {
                 tracing::warn!("supervisor gone: draining");
+                break;
+            }
+            Err(e) => {
+                tracing::error!("{e}; draining");
                 break;
             }
         }
     }
     DRAINING.store(true, Ordering::Relaxed);
-    let _ = stop.send(true);
+    shutdown.cancel();
 }
 
 /// Ctrl-C in a terminal signals the whole process group: the supervisor decides what the

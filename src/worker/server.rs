@@ -6,7 +6,7 @@ use super::body::ResponseBody;
 use super::forward::{ConnInfo, Proxy};
 use super::DRAINING;
 use crate::config::ClientLimits;
-use crate::table::WorkerSlot;
+use crate::table::WorkerRecord;
 use http::header::{HeaderValue, CONNECTION};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// How long a draining worker keeps an idle keep-alive connection open for a request that
@@ -61,20 +61,22 @@ impl Protocols {
     }
 }
 
-/// Accepts on `listener` until `shutdown` turns true; connections are tracked in `tasks`
-/// so the worker can wait for them to finish.
+/// Accepts on `listener` until `stop_accepting` is cancelled; connections are tracked in
+/// `tasks` so the worker can wait for them to finish, and wind down once `shutdown` is.
 pub async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     proxy: Arc<Proxy>,
     protocols: Arc<Protocols>,
     tasks: TaskTracker,
-    mut shutdown: watch::Receiver<bool>,
+    stop_accepting: CancellationToken,
+    shutdown: CancellationToken,
 ) {
+    let mut failures = AcceptFailures::default();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = stopped(&mut shutdown) => return,
+            _ = stop_accepting.cancelled() => return,
         };
         match accepted {
             Ok((stream, peer)) => {
@@ -94,18 +96,54 @@ pub async fn accept_loop(
             }
             Err(e) => {
                 // Out of file descriptors or similar: back off instead of spinning.
-                tracing::error!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                failures.note(&e);
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }
     }
 }
 
+/// How long the accept loop pauses after a failure (EMFILE and the like).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// Accept failures are logged at most once per this interval.
+const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Logs accept failures once per interval, with how many there were, instead of once
+/// per back-off: a worker out of file descriptors would otherwise log 20 lines a second.
+#[derive(Default)]
+struct AcceptFailures {
+    last_logged: Option<tokio::time::Instant>,
+    unlogged: u64,
+}
+
+impl AcceptFailures {
+    fn note(&mut self, error: &std::io::Error) {
+        let now = tokio::time::Instant::now();
+        if self
+            .last_logged
+            .is_some_and(|at| now.duration_since(at) < ACCEPT_LOG_INTERVAL)
+        {
+            self.unlogged += 1;
+            return;
+        }
+        let earlier = std::mem::take(&mut self.unlogged);
+        if earlier > 0 {
+            tracing::error!(
+                "accept failed: {error} (and {earlier} more times in the last {}s)",
+                ACCEPT_LOG_INTERVAL.as_secs()
+            );
+        } else {
+            tracing::error!("accept failed: {error}");
+        }
+        self.last_logged = Some(now);
+    }
+}
+
 /// Counts a client connection in the worker's `connections` while it is open.
-struct OpenConnection(&'static WorkerSlot);
+struct OpenConnection(&'static WorkerRecord);
 
 impl OpenConnection {
-    fn count(counters: &'static WorkerSlot) -> Self {
+    fn count(counters: &'static WorkerRecord) -> Self {
         counters.connections.fetch_add(1, Ordering::Relaxed);
         OpenConnection(counters)
     }
@@ -159,7 +197,7 @@ async fn serve_tls(
     conn: ConnInfo,
     proxy: Arc<Proxy>,
     protocols: Arc<Protocols>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     // tokio-rustls has no handshake timeout of its own.
     let stream = match tokio::time::timeout(protocols.handshake_timeout, tls.accept(stream)).await {
@@ -188,7 +226,7 @@ async fn serve_http1<I>(
     conn: ConnInfo,
     proxy: Arc<Proxy>,
     protocols: Arc<Protocols>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -205,7 +243,7 @@ async fn serve_http1<I>(
 /// first.
 async fn drive<C, E>(
     connection: C,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
     graceful: impl FnOnce(std::pin::Pin<&mut C>),
 ) where
     C: std::future::Future<Output = Result<(), E>>,
@@ -219,7 +257,7 @@ async fn drive<C, E>(
             }
             return;
         }
-        _ = stopped(&mut shutdown) => {}
+        _ = shutdown.cancelled() => {}
     }
     let grace = tokio::time::sleep(DRAIN_GRACE);
     tokio::pin!(grace);
@@ -229,9 +267,4 @@ async fn drive<C, E>(
     }
     graceful(connection.as_mut());
     let _ = connection.await;
-}
-
-/// Resolves once `shutdown` is true (or its sender is gone).
-pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
 }
