@@ -99,11 +99,9 @@ impl ToWorker {
     pub fn encode(&self) -> Vec<u8> {
         match self {
             ToWorker::Tickets(keys) => match &keys.previous {
-                Some(previous) => format!(
-                    "tickets {} {}\n",
-                    keys.current.to_hex(),
-                    previous.to_hex()
-                ),
+                Some(previous) => {
+                    format!("tickets {} {}\n", keys.current.to_hex(), previous.to_hex())
+                }
                 None => format!("tickets {}\n", keys.current.to_hex()),
             }
             .into_bytes(),
@@ -130,7 +128,10 @@ impl ToWorker {
         let bad = || {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                format!("unreadable message from the supervisor: {:?}", line.trim_end()),
+                format!(
+                    "unreadable message from the supervisor: {:?}",
+                    line.trim_end()
+                ),
             )
         };
         let mut words = line.split_whitespace();
@@ -299,7 +300,6 @@ pub struct HealthCheckCounts {
     pub last_failure: Option<String>,
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,7 +351,10 @@ mod tests {
         let mut garbage = tokio::io::BufReader::new(&b"cover x\n"[..]);
         assert!(ToWorker::read(&mut garbage).await.is_err());
         for m in [FromWorker::Ready, FromWorker::Draining] {
-            assert_eq!(FromWorker::parse(std::str::from_utf8(m.encode()).unwrap()), Some(m));
+            assert_eq!(
+                FromWorker::parse(std::str::from_utf8(m.encode()).unwrap()),
+                Some(m)
+            );
         }
     }
 }

@@ -123,8 +123,14 @@ impl ServerRecord {
         if fails >= max_fails {
             self.fails.store(0, Relaxed);
             self.window_start.store(0, Relaxed);
-            self.down_until.store(now_ms + fail_timeout_ms, Relaxed);
-            return true;
+            // Only the failure that takes an up server down says so: workers failing at
+            // the same moment must not each report (and prolong) the same event.
+            let until = self.down_until.load(Relaxed);
+            return until <= now_ms
+                && self
+                    .down_until
+                    .compare_exchange(until, now_ms + fail_timeout_ms, Relaxed, Relaxed)
+                    .is_ok();
         }
         false
     }
@@ -417,6 +423,18 @@ mod tests {
         // Counting starts over once it is back.
         assert!(!s.record_failure(13_100, 3, 10_000));
         assert_eq!(s.failures.load(Relaxed), 4);
+    }
+
+    #[test]
+    fn only_the_failure_that_takes_the_server_down_reports_it() {
+        let t = table();
+        let s = t.server(0);
+        assert!(s.record_failure(1_000, 1, 10_000));
+        // Other workers' requests that were in flight fail too.
+        assert!(!s.record_failure(1_001, 1, 10_000));
+        assert!(!s.record_failure(5_000, 1, 10_000));
+        assert!(s.is_up(11_000), "late failures do not prolong the event");
+        assert!(s.record_failure(11_000, 1, 10_000), "a new event");
     }
 
     #[test]

@@ -50,7 +50,10 @@ impl WorkerProc {
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             if kill.send(()).is_ok() {
-                tracing::warn!(pid, "worker did not finish within shutdown_timeout: killing it");
+                tracing::warn!(
+                    pid,
+                    "worker did not finish within shutdown_timeout: killing it"
+                );
             }
         });
     }
@@ -223,7 +226,10 @@ impl Supervisor {
                 let backoff = &mut self.backoff[seat];
                 backoff.crashes += 1;
                 let delay = restart_delay(backoff.crashes);
-                tracing::error!(seat, "cannot start a worker: {e}; trying again in {delay:?}");
+                tracing::error!(
+                    seat,
+                    "cannot start a worker: {e}; trying again in {delay:?}"
+                );
                 self.schedule_respawn(seat, delay);
             }
         }

@@ -86,7 +86,14 @@ impl Upstream {
                 Arc::new(Server {
                     config: s.clone(),
                     shared: share.server(record),
-                    max_fails: config.max_fails,
+                    // nginx's rule: the only server of an upstream is never taken out
+                    // by passive failures (a 503 would be no better than trying it);
+                    // active health checks still apply.
+                    max_fails: if config.servers.len() == 1 {
+                        0
+                    } else {
+                        config.max_fails
+                    },
                     fail_timeout_ms: config.fail_timeout.as_millis() as u64,
                     pool: pool::Pool::new(config.keepalive),
                 })

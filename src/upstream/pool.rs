@@ -32,6 +32,20 @@ pub enum ConnectError {
     Handshake(SocketAddr, hyper::Error),
 }
 
+impl ConnectError {
+    /// The gateway itself is out of a resource (file descriptors, memory, local ports):
+    /// says nothing about the server, so it must not count against it.
+    pub fn is_local(&self) -> bool {
+        let ConnectError::Io(_, e) = self else {
+            return false;
+        };
+        matches!(
+            e.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+        )
+    }
+}
+
 impl Pool {
     pub fn new(max_idle: usize) -> Self {
         Pool {

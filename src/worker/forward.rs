@@ -8,7 +8,7 @@ use super::request_check::{self, Rejection};
 use super::router::{host_without_port, Router};
 use crate::access_log::AccessLog;
 use crate::config::{ClientLimits, Config};
-use crate::table::{WorkerShare, WorkerRecord};
+use crate::table::{WorkerRecord, WorkerShare};
 use crate::upstream::pool::{self, ConnectError, Sender};
 use crate::upstream::{Server, Upstream};
 use bytes::{Bytes, BytesMut};
@@ -67,6 +67,9 @@ enum Failure {
     NoRoute,
     NoServerUp,
     Unreachable(ConnectError),
+    /// The gateway is out of file descriptors or the like: its own trouble, not the
+    /// server's.
+    OutOfResources(ConnectError),
     /// The upstream did not answer within read_timeout.
     Timeout,
     BadResponse(String),
@@ -80,7 +83,7 @@ impl Failure {
     fn status(&self) -> StatusCode {
         match self {
             Failure::NoRoute => StatusCode::NOT_FOUND,
-            Failure::NoServerUp => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::NoServerUp | Failure::OutOfResources(_) => StatusCode::SERVICE_UNAVAILABLE,
             Failure::Unreachable(ConnectError::Timeout(_)) | Failure::Timeout => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -99,6 +102,7 @@ impl Failure {
             Failure::NoRoute => "no route matches".into(),
             Failure::NoServerUp => "no server of the upstream is up".into(),
             Failure::Unreachable(e) => e.to_string(),
+            Failure::OutOfResources(e) => format!("the gateway is out of resources: {e}"),
             Failure::Timeout => "upstream did not answer within read_timeout".into(),
             Failure::BadResponse(why) | Failure::ClientBody { why, .. } => why.clone(),
         }
@@ -236,6 +240,9 @@ impl Proxy {
                 Ok(answer) => {
                     exchange.upstream_time = Some(sent_at.elapsed());
                     break Ok(answer);
+                }
+                Err(TryError::NotSent(_, why)) if why.is_local() => {
+                    break Err(Failure::OutOfResources(why));
                 }
                 Err(TryError::NotSent(back, why)) => {
                     let back = *back;

@@ -41,8 +41,7 @@ pub fn main(config_path: &Path, args: &WorkerArgs) -> ExitCode {
 }
 
 async fn run(config_path: &Path, args: &WorkerArgs) -> std::io::Result<()> {
-    if args.record >= WORKER_RECORDS || args.server_records.iter().any(|&s| s >= SERVER_RECORDS)
-    {
+    if args.record >= WORKER_RECORDS || args.server_records.iter().any(|&s| s >= SERVER_RECORDS) {
         return Err(std::io::Error::other(format!(
             "bad table records from the supervisor: worker {}, servers {:?}",
             args.record, args.server_records
@@ -54,7 +53,8 @@ async fn run(config_path: &Path, args: &WorkerArgs) -> std::io::Result<()> {
     ignore_terminal_signals();
 
     // Our stdin is a socket pair with the supervisor: take a handle that can also write.
-    let channel = std::os::unix::net::UnixStream::from(std::io::stdin().as_fd().try_clone_to_owned()?);
+    let channel =
+        std::os::unix::net::UnixStream::from(std::io::stdin().as_fd().try_clone_to_owned()?);
     channel.set_nonblocking(true)?;
     let (read_half, mut write_half) = tokio::net::UnixStream::from_std(channel)?.into_split();
     let mut commands = BufReader::new(read_half);
@@ -85,7 +85,11 @@ async fn run(config_path: &Path, args: &WorkerArgs) -> std::io::Result<()> {
     let sockets = args
         .fds
         .chunks(listeners)
-        .map(|seat| seat.iter().map(|&fd| crate::sys::adopt_listener(fd)).collect())
+        .map(|seat| {
+            seat.iter()
+                .map(|&fd| crate::sys::adopt_listener(fd))
+                .collect()
+        })
         .collect::<std::io::Result<Vec<Vec<_>>>>()?;
 
     let log = Arc::new(AccessLog::open(

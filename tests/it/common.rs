@@ -63,8 +63,17 @@ impl Backend {
         F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<Body>> + Send + 'static,
     {
+        Backend::start_at("127.0.0.1:0".parse().unwrap(), handler).await
+    }
+
+    /// Like [`Backend::start`], on a given address (a server coming back on its port).
+    pub async fn start_at<F, Fut>(addr: SocketAddr, handler: F) -> Backend
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
         let handler: Handler = Arc::new(move |req| Box::pin(handler(req)));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
@@ -187,6 +196,11 @@ impl Gateway {
     /// Starts the gateway with a listener on 127.0.0.1:0 plus `rest` (routes, upstreams,
     /// a [gateway] section) and waits until it listens.
     pub fn start(rest: &str) -> Gateway {
+        Gateway::start_under(&[], rest)
+    }
+
+    /// Like [`Gateway::start`], run by `wrapper` (e.g. `prlimit --nofile=…`).
+    pub fn start_under(wrapper: &[&str], rest: &str) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gateway.toml");
         // One worker unless the test says otherwise: it starts fastest.
@@ -204,7 +218,15 @@ impl Gateway {
         };
         let text = format!("[[listener]]\nlisten = \"127.0.0.1:0\"\n\n{rest}");
         std::fs::write(&path, text).unwrap();
-        let mut child = Command::new(gateway_bin())
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(gateway_bin());
+                c
+            }
+            None => Command::new(gateway_bin()),
+        };
+        let mut child = command
             .arg("-c")
             .arg(&path)
             .env("GATEWAY_LOG", "info")
