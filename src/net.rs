@@ -17,3 +17,26 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)?;
     Ok(socket.into())
 }
+
+/// Fails with `AddrInUse` if another socket already listens on `addr`. SO_REUSEPORT lets
+/// a second gateway (of the same user) bind beside a running one and silently take a
+/// share of its connections; a probe bound *without* SO_REUSEPORT cannot share, so its
+/// failure tells that somebody else is there. Port 0 is always free.
+pub fn ensure_free(addr: SocketAddr) -> std::io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // Connections of an earlier run still in TIME_WAIT do not count.
+    probe.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        probe.set_only_v6(true)?;
+    }
+    match probe.bind(&addr.into()) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "another process already listens on it",
+        )),
+        other => other,
+    }
+}

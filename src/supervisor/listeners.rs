@@ -43,8 +43,9 @@ impl Sockets {
                     (old.actual, kept.collect::<std::io::Result<Vec<_>>>()?)
                 }
                 None => {
-                    let first =
-                        crate::net::bind(listener.addr).map_err(|e| with_addr(e, listener.addr))?;
+                    let first = crate::net::ensure_free(listener.addr)
+                        .and_then(|()| crate::net::bind(listener.addr))
+                        .map_err(|e| with_addr(e, listener.addr))?;
                     let actual = first.local_addr()?;
                     tracing::info!("listening on {actual}");
                     (actual, vec![first])

@@ -270,3 +270,68 @@ async fn running_out_of_file_descriptors_does_not_mark_servers_down() {
         gw.access_log()
     );
 }
+
+/// SO_REUSEPORT would let a second gateway bind beside a running one and take most of its
+/// connections: it refuses to start, and a reload onto a busy address is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_another_process_listens_on_is_refused() {
+    let (a, b) = (Backend::named("a").await, Backend::named("b").await);
+    let first = Gateway::start(&upstream_config("app", &[a.addr], ""));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("second.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[gateway]\nworkers = 1\ncontrol_socket = \"second.sock\"\n[[listener]]\nlisten = \"{}\"\n{}",
+            first.addr,
+            upstream_config("app", &[b.addr], "")
+        ),
+    )
+    .unwrap();
+    let mut second = std::process::Command::new(gateway_bin())
+        .arg("-c")
+        .arg(&path)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(5) {
+            let _ = second.kill();
+            panic!("a second gateway started on {}", first.addr);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot listen on {}: another process already listens on it",
+            first.addr
+        )),
+        "{stderr}"
+    );
+
+    // A running gateway reloading onto the first one's address is refused too.
+    let other = Gateway::start(&upstream_config("app", &[b.addr], ""));
+    let text = std::fs::read_to_string(other.config_path()).unwrap();
+    std::fs::write(
+        other.config_path(),
+        format!("[[listener]]\nlisten = \"{}\"\n{text}", first.addr),
+    )
+    .unwrap();
+    let (code, _, err) = other.ctl(&["reload"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("another process already listens on it"),
+        "{err}"
+    );
+    for _ in 0..10 {
+        assert_eq!(get_text(first.url("/")).await, "a");
+        assert_eq!(get_text(other.url("/")).await, "b");
+    }
+}
