@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod forward;
+pub mod h2_flood;
 pub mod path;
 pub mod process;
 pub mod request_check;

@@ -212,9 +212,10 @@ async fn serve_tls(
         }
     };
     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        let metered = super::h2_flood::Metered::new(stream, conn.client);
         let connection = protocols
             .http2
-            .serve_connection(TokioIo::new(stream), service(proxy, conn));
+            .serve_connection(TokioIo::new(metered), service(proxy, conn));
         drive(connection, shutdown, |c| c.graceful_shutdown()).await;
     } else {
         serve_http1(stream, conn, proxy, protocols, shutdown).await;

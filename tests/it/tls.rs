@@ -351,3 +351,66 @@ async fn sessions_resume_on_every_worker_and_after_a_reload() {
         assert!(client.wait().unwrap().success());
     }
 }
+
+/// A client that sends nothing but PING frames over HTTP/2 is cut off after a bounded
+/// number of them (h2 would answer each for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_ping_flood_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let cert = make_cert(dir.path(), "site", &["localhost"]);
+    let backend = Backend::named("a").await;
+    let (gw, tls) = tls_gateway(&[&cert], &backend);
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der.clone().into()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(tls).await.unwrap();
+    let stream = connector
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut read, mut write) = tokio::io::split(stream);
+    let flood = tokio::spawn(async move {
+        let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        bytes.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        let ping = [0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+        if write.write_all(&bytes).await.is_err() {
+            return 0;
+        }
+        let mut sent = 0;
+        while sent < 100_000 {
+            if write.write_all(&ping.repeat(100)).await.is_err() {
+                break;
+            }
+            sent += 100;
+        }
+        sent
+    });
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match read.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the flooding connection stayed open");
+    let sent = flood.await.unwrap();
+    assert!(sent < 100_000, "all {sent} pings were taken");
+    assert!(
+        gw.stderr().contains("http2 flood detected"),
+        "{}",
+        gw.stderr()
+    );
+}
