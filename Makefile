@@ -1,5 +1,6 @@
 # The two commands a new user needs: `make run` and `make test`.
 CARGO ?= cargo
+BIN ?= target/release
 
 .PHONY: build run test bench lint fmt clean
 
@@ -10,10 +11,12 @@ build:
 # Try: curl localhost:8080/   Stop with Ctrl-C.
 run: build
 	@mkdir -p conf/run
-	@trap 'kill 0' INT TERM EXIT; \
-	target/release/examples/demo_backend a 127.0.0.1:3001 & \
-	target/release/examples/demo_backend b 127.0.0.1:3002 & \
-	target/release/gateway -c conf/gateway.toml
+	@trap 'kill $$a $$b 2>/dev/null; wait' EXIT; trap 'exit 130' INT; \
+	trap 'kill $$g 2>/dev/null; exit 143' TERM; \
+	$(BIN)/examples/demo_backend a 127.0.0.1:3001 & a=$$!; \
+	$(BIN)/examples/demo_backend b 127.0.0.1:3002 & b=$$!; \
+	$(BIN)/gateway -c conf/gateway.toml & g=$$!; \
+	wait $$g
 
 test:
 	$(CARGO) test --all-targets

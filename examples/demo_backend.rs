@@ -16,7 +16,13 @@ async fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let name = args.next().unwrap_or_else(|| "demo".into());
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:3001".into());
-    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    let listener = match tokio::net::TcpListener::bind(&addr).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("demo backend {name}: cannot listen on {addr}: {e}");
+            std::process::exit(1);
+        }
+    };
     eprintln!("demo backend {name} listening on {addr}");
     loop {
         let (stream, _) = listener.accept().await?;

@@ -31,6 +31,7 @@ pub struct Entry<'a> {
 enum Sink {
     Off,
     Stdout,
+    Stderr,
     File(File),
 }
 
@@ -54,6 +55,7 @@ impl AccessLog {
         Ok(match target {
             AccessLogTarget::Off => Sink::Off,
             AccessLogTarget::Stdout => Sink::Stdout,
+            AccessLogTarget::Stderr => Sink::Stderr,
             AccessLogTarget::File(path) => {
                 if let Some(dir) = path.parent() {
                     std::fs::create_dir_all(dir)?;
@@ -86,6 +88,7 @@ impl AccessLog {
         let result = match &mut *sink {
             Sink::Off => Ok(()),
             Sink::Stdout => std::io::stdout().lock().write_all(line.as_bytes()),
+            Sink::Stderr => std::io::stderr().lock().write_all(line.as_bytes()),
             Sink::File(f) => f.write_all(line.as_bytes()),
         };
         if let Err(e) = result {

@@ -5,6 +5,7 @@
 
 use clap::{Parser, Subcommand};
 use gateway::protocol::{Reply, Request, Status};
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -63,8 +64,7 @@ fn main() -> ExitCode {
             if matches!(request, Request::Stop { .. })
                 && e.kind() == std::io::ErrorKind::UnexpectedEof =>
         {
-            println!("the gateway stopped");
-            return ExitCode::SUCCESS;
+            return print_out("the gateway stopped\n");
         }
         Err(e) => {
             eprintln!(
@@ -82,23 +82,37 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(1);
     }
-    match cli.command {
-        Command::Reload => println!("reloaded: generation {}", reply.generation.unwrap_or(0)),
-        Command::Stop { now: false } => println!("stopping: in-flight requests are finishing"),
-        Command::Stop { now: true } => println!("stopping now"),
+    let text = match cli.command {
+        Command::Reload => format!("reloaded: generation {}\n", reply.generation.unwrap_or(0)),
+        Command::Stop { now: false } => "stopping: in-flight requests are finishing\n".into(),
+        Command::Stop { now: true } => "stopping now\n".into(),
         Command::Status { json } => {
             let status = reply.status.unwrap_or_default();
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&status).unwrap_or_default()
-                );
+                serde_json::to_string_pretty(&status).unwrap_or_default() + "\n"
             } else {
-                print_table(&status);
+                table(&status)
             }
         }
+    };
+    print_out(&text)
+}
+
+/// Writes to stdout; a reader that went away (`gatewayctl status | head`) is not an
+/// error, as for any Unix tool.
+fn print_out(text: &str) -> ExitCode {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gatewayctl: cannot write the answer: {e}");
+            ExitCode::from(1)
+        }
     }
-    ExitCode::SUCCESS
 }
 
 fn ask(socket: &Path, request: Request) -> std::io::Result<Reply> {
@@ -114,18 +128,23 @@ fn ask(socket: &Path, request: Request) -> std::io::Result<Reply> {
     serde_json::from_str(&line).map_err(|e| std::io::Error::other(format!("unreadable reply: {e}")))
 }
 
-fn print_table(status: &Status) {
-    println!(
+/// `gatewayctl status` as a table.
+fn table(status: &Status) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "generation {}   reloads {}   worker restarts {}",
         status.generation, status.reloads, status.restarts
     );
-    println!();
-    println!(
+    out.push('\n');
+    let _ = writeln!(
+        out,
         "{:>8}  {:>10}  {:>4}  {:>9}  {:>8}  {:>11}  {:>12}  state",
         "pid", "generation", "seat", "uptime_s", "rss_MiB", "connections", "requests"
     );
     for w in &status.workers {
-        println!(
+        let _ = writeln!(
+            out,
             "{:>8}  {:>10}  {:>4}  {:>9}  {:>8.1}  {:>11}  {:>12}  {}",
             w.pid,
             w.generation,
@@ -138,9 +157,10 @@ fn print_table(status: &Status) {
         );
     }
     for (name, upstream) in &status.upstreams {
-        println!();
-        println!("upstream {name} ({})", upstream.policy);
-        println!(
+        out.push('\n');
+        let _ = writeln!(out, "upstream {name} ({})", upstream.policy);
+        let _ = writeln!(
+            out,
             "  {:<28}  {:<24}  {:>6}  {:>6}  {:>12}  {:>9}  checks passed/failed",
             "server", "state", "weight", "active", "requests", "failures"
         );
@@ -156,7 +176,8 @@ fn print_table(status: &Status) {
                         Some(why) => format!("{}/{}  last: {why}", c.passed, c.failed),
                         None => format!("{}/{}", c.passed, c.failed),
                     });
-            println!(
+            let _ = writeln!(
+                out,
                 "  {:<28}  {:<24}  {:>6}  {:>6}  {:>12}  {:>9}  {}",
                 s.address,
                 state,
@@ -168,4 +189,5 @@ fn print_table(status: &Status) {
             );
         }
     }
+    out
 }

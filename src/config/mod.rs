@@ -55,6 +55,7 @@ pub struct ClientLimits {
 pub enum AccessLogTarget {
     Off,
     Stdout,
+    Stderr,
     File(PathBuf),
 }
 
@@ -457,6 +458,7 @@ impl Validator<'_> {
         let access_log = match g.access_log.as_deref() {
             None | Some("off") => AccessLogTarget::Off,
             Some("stdout") => AccessLogTarget::Stdout,
+            Some("stderr") => AccessLogTarget::Stderr,
             Some(path) => AccessLogTarget::File(base.join(path)),
         };
         let access_log_format = match &g.access_log_format {

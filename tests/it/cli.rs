@@ -1,7 +1,9 @@
-//! `gateway check`, `gateway -c` on a bad file, `gatewayctl` without a gateway.
+//! The command-line tools as a user meets them: `gateway check`, `gateway -c` on a bad file,
+//! `gatewayctl` without a gateway or into a closed pipe, the demo backend.
 
-use crate::common::{gateway_bin, gateway_with_config};
+use crate::common::*;
 use std::process::Command;
+use std::time::Duration;
 
 fn write(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
     let path = dir.path().join("gw.toml");
@@ -80,4 +82,56 @@ fn gatewayctl_without_a_gateway_exits_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the gateway"));
+}
+
+/// `gatewayctl status | head -1`: the reader goes away, gatewayctl ends quietly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gatewayctl_output_into_a_closed_pipe_is_not_a_panic() {
+    let backend = Backend::named("a").await;
+    let gw = Gateway::start(&upstream_config("app", &[backend.addr], ""));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gatewayctl"))
+        .arg("-s")
+        .arg(gw.socket())
+        .arg("status")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}
+
+/// `access_log = "stderr"` is standard error, not a file named `stderr`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_to_stderr() {
+    let backend = Backend::named("a").await;
+    let gw = Gateway::start(&format!(
+        "[gateway]\naccess_log = \"stderr\"\n{}",
+        upstream_config("app", &[backend.addr], "")
+    ));
+    get_text(gw.url("/to-stderr")).await;
+    wait_until("the access log line", Duration::from_secs(5), || {
+        gw.stderr().contains("GET /to-stderr HTTP/1.1")
+    })
+    .await;
+    assert!(!gw.dir.path().join("stderr").exists());
+    assert!(gw.access_log().is_empty());
+}
+
+/// The demo backend says which address it could not listen on.
+#[test]
+fn demo_backend_names_the_address_it_cannot_listen_on() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let demo = gateway_bin()
+        .parent()
+        .unwrap()
+        .join("examples/demo_backend");
+    let out = Command::new(demo).args(["x", &addr]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
 }
