@@ -60,19 +60,65 @@ pub enum ClientBodyError {
     #[error("client sent no body data for {0:?}")]
     Timeout(Duration),
     #[error("client request body broken: {0}")]
-    Broken(hyper::Error),
+    Broken(String),
+}
+
+/// What the HTTP/1 connection sends along a request body's channel.
+pub enum BodyEvent {
+    Frame(Frame<Bytes>),
+    /// The body is complete. A channel that closes without this was cut short.
+    End,
+    Error(ClientBodyError),
+}
+
+enum ClientSource {
+    Empty,
+    /// HTTP/2: hyper's stream.
+    Hyper(Incoming),
+    /// HTTP/1: frames the connection reads and decodes, one at a time.
+    Channel {
+        frames: tokio::sync::mpsc::Receiver<BodyEvent>,
+        /// Told when the body is first wanted (to send `100 Continue`).
+        wanted: Option<tokio::sync::oneshot::Sender<()>>,
+        length: Option<u64>,
+        ended: bool,
+    },
 }
 
 /// The client's request body on its way to the upstream.
 pub struct RequestBody {
-    inner: Incoming,
+    source: ClientSource,
     timer: FrameTimer,
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, timeout: Duration) -> Self {
+    pub fn empty() -> Self {
         RequestBody {
-            inner,
+            source: ClientSource::Empty,
+            timer: FrameTimer::new(Duration::ZERO),
+        }
+    }
+
+    pub fn hyper(inner: Incoming, timeout: Duration) -> Self {
+        RequestBody {
+            source: ClientSource::Hyper(inner),
+            timer: FrameTimer::new(timeout),
+        }
+    }
+
+    pub fn channel(
+        frames: tokio::sync::mpsc::Receiver<BodyEvent>,
+        wanted: tokio::sync::oneshot::Sender<()>,
+        length: Option<u64>,
+        timeout: Duration,
+    ) -> Self {
+        RequestBody {
+            source: ClientSource::Channel {
+                frames,
+                wanted: Some(wanted),
+                length,
+                ended: false,
+            },
             timer: FrameTimer::new(timeout),
         }
     }
@@ -87,26 +133,71 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let polled = match &mut this.source {
+            ClientSource::Empty => return Poll::Ready(None),
+            ClientSource::Hyper(inner) => match Pin::new(inner).poll_frame(cx) {
+                Poll::Ready(Some(Err(e))) => {
+                    Poll::Ready(Some(Err(ClientBodyError::Broken(e.to_string()))))
+                }
+                other => {
+                    other.map(|f| f.map(|r| r.map_err(|e| ClientBodyError::Broken(e.to_string()))))
+                }
+            },
+            ClientSource::Channel {
+                frames,
+                wanted,
+                ended,
+                ..
+            } => {
+                if let Some(wanted) = wanted.take() {
+                    let _ = wanted.send(());
+                }
+                if *ended {
+                    return Poll::Ready(None);
+                }
+                match frames.poll_recv(cx) {
+                    Poll::Ready(Some(BodyEvent::Frame(frame))) => Poll::Ready(Some(Ok(frame))),
+                    Poll::Ready(Some(BodyEvent::End)) => {
+                        *ended = true;
+                        Poll::Ready(None)
+                    }
+                    Poll::Ready(Some(BodyEvent::Error(e))) => Poll::Ready(Some(Err(e))),
+                    Poll::Ready(None) => Poll::Ready(Some(Err(ClientBodyError::Broken(
+                        "client connection closed in the middle of the body".into(),
+                    )))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        };
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 this.timer.progress();
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ClientBodyError::Broken(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending if this.timer.expired(cx) => {
                 Poll::Ready(Some(Err(ClientBodyError::Timeout(this.timer.timeout))))
             }
-            Poll::Pending => Poll::Pending,
+            other => other,
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.source {
+            ClientSource::Empty => true,
+            ClientSource::Hyper(inner) => inner.is_end_stream(),
+            ClientSource::Channel { ended, length, .. } => *ended || *length == Some(0),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.source {
+            ClientSource::Empty => SizeHint::with_exact(0),
+            ClientSource::Hyper(inner) => inner.size_hint(),
+            ClientSource::Channel {
+                length: Some(n), ..
+            } => SizeHint::with_exact(*n),
+            ClientSource::Channel { .. } => SizeHint::default(),
+        }
     }
 }
 

@@ -15,7 +15,6 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -117,6 +116,14 @@ impl Failure {
     }
 }
 
+/// The upstream side of an accepted WebSocket upgrade: the client connection relays
+/// both ways between itself and this once it has sent the `101`.
+pub struct Tunnel {
+    pub upstream: hyper::upgrade::OnUpgrade,
+    /// Keeps the server's in-flight count for as long as the tunnel is open.
+    pub lease: Lease,
+}
+
 /// Result of one try on one server.
 enum TryError {
     /// The request did not leave: it may go to another server.
@@ -163,13 +170,19 @@ impl Proxy {
         }
     }
 
+    /// What clients may send, for the front ends.
+    pub fn limits(&self) -> &ClientLimits {
+        &self.limits
+    }
+
+    /// The response to `req`, and for an accepted WebSocket upgrade the upstream side of
+    /// the tunnel, which the client connection joins once the `101` is sent.
     pub async fn handle(
         &self,
-        mut req: Request<Incoming>,
+        req: Request<RequestBody>,
         conn: &ConnInfo,
-    ) -> Response<ResponseBody> {
+    ) -> (Response<ResponseBody>, Option<Tunnel>) {
         let websocket = is_websocket_upgrade(&req);
-        let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let (mut head, body) = req.into_parts();
         let mut exchange = Exchange::new(self.log.clone(), conn.client, &head);
 
@@ -180,7 +193,10 @@ impl Proxy {
             &head.headers,
             &self.limits,
         ) {
-            return error_response(exchange, status, reason.to_string(), true);
+            return (
+                error_response(exchange, status, reason.to_string(), true),
+                None,
+            );
         }
 
         // HTTP/2 names the host in :authority (the URI), HTTP/1 in Host.
@@ -198,7 +214,9 @@ impl Proxy {
             Ok(Cow::Borrowed(_)) => {}
             Ok(Cow::Owned(normal)) => head.uri = with_path(&head.uri, &normal),
             Err(e) => {
-                return error_response(exchange, StatusCode::BAD_REQUEST, e.reason().into(), true)
+                let refused =
+                    error_response(exchange, StatusCode::BAD_REQUEST, e.reason().into(), true);
+                return (refused, None);
             }
         }
         let Some(upstream) = self
@@ -206,19 +224,15 @@ impl Proxy {
             .route(route_host, head.uri.path())
             .map(|i| &self.upstreams[i])
         else {
-            return error_response(
-                exchange,
-                StatusCode::NOT_FOUND,
-                Failure::NoRoute.reason(),
-                false,
+            let reason = Failure::NoRoute.reason();
+            return (
+                error_response(exchange, StatusCode::NOT_FOUND, reason, false),
+                None,
             );
         };
 
         rewrite_request_head(&mut head, conn, host.as_ref(), websocket);
-        let mut request = Request::from_parts(
-            head,
-            RequestBody::new(body, self.limits.client_body_timeout),
-        );
+        let mut request = Request::from_parts(head, body);
 
         let client_ip = conn.client.ip();
         let mut tried: Vec<usize> = Vec::new();
@@ -267,12 +281,11 @@ impl Proxy {
         };
 
         match outcome {
-            Ok((response, sender)) => {
-                self.respond(exchange, upstream, response, sender, client_upgrade)
-            }
+            Ok((response, sender)) => self.respond(exchange, upstream, response, sender, websocket),
             Err(failure) => {
                 let close = matches!(failure, Failure::ClientBody { .. }) || websocket;
-                error_response(exchange, failure.status(), failure.reason(), close)
+                let response = error_response(exchange, failure.status(), failure.reason(), close);
+                (response, None)
             }
         }
     }
@@ -335,8 +348,8 @@ impl Proxy {
         upstream: &Upstream,
         mut response: Response<Incoming>,
         sender: Sender,
-        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    ) -> Response<ResponseBody> {
+        websocket: bool,
+    ) -> (Response<ResponseBody>, Option<Tunnel>) {
         let status = response.status();
         let headers = response.headers();
         let lease = exchange
@@ -350,26 +363,26 @@ impl Proxy {
         {
             let why = "upstream response has both Content-Length and Transfer-Encoding".to_string();
             server.note_failure(&why);
-            return error_response(exchange, StatusCode::BAD_GATEWAY, why, false);
+            return (
+                error_response(exchange, StatusCode::BAD_GATEWAY, why, false),
+                None,
+            );
         }
 
         if status == StatusCode::SWITCHING_PROTOCOLS {
-            let Some(client_upgrade) = client_upgrade.filter(|_| is_websocket_response(headers))
-            else {
+            if !(websocket && is_websocket_response(headers)) {
                 let why = "upstream switched protocols without a WebSocket upgrade".to_string();
                 server.note_failure(&why);
-                return error_response(exchange, StatusCode::BAD_GATEWAY, why, true);
-            };
+                return (
+                    error_response(exchange, StatusCode::BAD_GATEWAY, why, true),
+                    None,
+                );
+            }
             server.note_success();
-            let upstream_upgrade = hyper::upgrade::on(&mut response);
-            let tunnel_lease = Lease::new(server);
-            tokio::spawn(async move {
-                let _lease = tunnel_lease;
-                if let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade) {
-                    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                }
-            });
+            let tunnel = Tunnel {
+                upstream: hyper::upgrade::on(&mut response),
+                lease: Lease::new(server),
+            };
             let (mut head, _) = response.into_parts();
             strip_hop_by_hop(&mut head.headers);
             head.headers
@@ -377,13 +390,14 @@ impl Proxy {
             head.headers
                 .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             exchange.status = status.as_u16();
-            return Response::from_parts(head, ResponseBody::fixed(Bytes::new(), exchange));
+            let response = Response::from_parts(head, ResponseBody::fixed(Bytes::new(), exchange));
+            return (response, Some(tunnel));
         }
 
         server.note_success();
         let (mut head, body) = response.into_parts();
         strip_hop_by_hop(&mut head.headers);
-        if client_upgrade.is_some() {
+        if websocket {
             // The client may already be sending WebSocket frames; none of it may be read
             // as a next request.
             head.headers
@@ -393,10 +407,8 @@ impl Proxy {
         if let Some(lease) = &mut exchange.upstream {
             lease.sender = Some(sender);
         }
-        Response::from_parts(
-            head,
-            ResponseBody::upstream(body, upstream.config.read_timeout, exchange),
-        )
+        let body = ResponseBody::upstream(body, upstream.config.read_timeout, exchange);
+        (Response::from_parts(head, body), None)
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod body;
 pub mod forward;
 pub mod h2_flood;
+pub mod http1;
 pub mod path;
 pub mod process;
 pub mod request_check;

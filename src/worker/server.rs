@@ -1,49 +1,36 @@
-//! Accepting client connections and serving them with hyper, each connection in its own
-//! task: HTTP/1.1 on plain listeners; on TLS listeners the handshake, then HTTP/2 or
+//! Accepting client connections, each in its own task: HTTP/1.1 on plain listeners
+//! (our own engine, `http1`); on TLS listeners the handshake, then HTTP/2 (hyper) or
 //! HTTP/1.1 as ALPN chose.
 
-use super::body::ResponseBody;
+use super::body::{RequestBody, ResponseBody};
 use super::forward::{ConnInfo, Proxy};
-use super::DRAINING;
+use super::http1::{self, DRAIN_GRACE};
 use crate::config::ClientLimits;
 use crate::table::WorkerRecord;
-use http::header::{HeaderValue, CONNECTION};
-use http::{Request, Response, StatusCode, Version};
+use http::header::CONNECTION;
+use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// How long a draining worker keeps an idle keep-alive connection open for a request that
-/// may already be on its way.
-const DRAIN_GRACE: Duration = Duration::from_secs(1);
-
-/// The hyper settings every client connection gets, built once per worker.
+/// The HTTP/2 settings every client connection gets, built once per worker.
 pub struct Protocols {
-    http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
     handshake_timeout: Duration,
+    body_timeout: Duration,
 }
 
 impl Protocols {
     pub fn new(limits: &ClientLimits) -> Self {
-        let mut h1 = http1::Builder::new();
-        h1.timer(TokioTimer::new())
-            // The clock for a request head starts when the connection waits for one, so
-            // this also closes idle keep-alive connections and cuts off slowloris clients.
-            .header_read_timeout(limits.header_read_timeout)
-            // Request line + headers + the bytes ": " and CRLF add per line.
-            .max_header_size(limits.max_request_line + limits.max_header_bytes + 4 * 1024)
-            .max_headers(128);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         // h2's defaults already limit rapid resets (CVE-2023-44487), CONTINUATION floods
         // and HPACK bombs; the stream and header limits are set here explicitly.
@@ -54,9 +41,9 @@ impl Protocols {
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10));
         Protocols {
-            http1: h1,
             http2: h2,
             handshake_timeout: limits.header_read_timeout,
+            body_timeout: limits.client_body_timeout,
         }
     }
 }
@@ -89,7 +76,7 @@ pub async fn accept_loop(
                 tasks.spawn(async move {
                     let _open = open;
                     match tls {
-                        None => serve_http1(stream, conn, proxy, protocols, shutdown).await,
+                        None => http1::serve(stream, conn, proxy, shutdown).await,
                         Some(tls) => serve_tls(tls, stream, conn, proxy, protocols, shutdown).await,
                     }
                 });
@@ -155,11 +142,11 @@ impl Drop for OpenConnection {
     }
 }
 
-/// The per-connection service: the proxy, plus `Connection: close` on HTTP/1 responses
-/// while the worker drains.
-fn service(
+/// The HTTP/2 service: the proxy, one stream at a time.
+fn h2_service(
     proxy: Arc<Proxy>,
     conn: ConnInfo,
+    body_timeout: Duration,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<ResponseBody>,
@@ -174,18 +161,10 @@ fn service(
         let conn = conn.clone();
         async move {
             proxy.counters.requests.fetch_add(1, Ordering::Relaxed);
-            let http2 = req.version() == Version::HTTP_2;
-            let mut response = proxy.handle(req, &conn).await;
-            if http2 {
-                // Connection-specific headers do not exist in HTTP/2.
-                response.headers_mut().remove(CONNECTION);
-            } else if DRAINING.load(Ordering::Relaxed)
-                && response.status() != StatusCode::SWITCHING_PROTOCOLS
-            {
-                response
-                    .headers_mut()
-                    .insert(CONNECTION, HeaderValue::from_static("close"));
-            }
+            let req = req.map(|body| RequestBody::hyper(body, body_timeout));
+            let (mut response, _) = proxy.handle(req, &conn).await;
+            // Connection-specific headers do not exist in HTTP/2.
+            response.headers_mut().remove(CONNECTION);
             Ok(response)
         }
     })
@@ -213,35 +192,19 @@ async fn serve_tls(
     };
     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
         let metered = super::h2_flood::Metered::new(stream, conn.client);
+        let service = h2_service(proxy, conn, protocols.body_timeout);
         let connection = protocols
             .http2
-            .serve_connection(TokioIo::new(metered), service(proxy, conn));
+            .serve_connection(TokioIo::new(metered), service);
         drive(connection, shutdown, |c| c.graceful_shutdown()).await;
     } else {
-        serve_http1(stream, conn, proxy, protocols, shutdown).await;
+        http1::serve(stream, conn, proxy, shutdown).await;
     }
 }
 
-async fn serve_http1<I>(
-    stream: I,
-    conn: ConnInfo,
-    proxy: Arc<Proxy>,
-    protocols: Arc<Protocols>,
-    shutdown: CancellationToken,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let connection = protocols
-        .http1
-        .serve_connection(TokioIo::new(stream), service(proxy, conn))
-        .with_upgrades();
-    drive(connection, shutdown, |c| c.graceful_shutdown()).await;
-}
-
-/// Runs a connection until it ends, or, once the worker drains, gives it DRAIN_GRACE for
-/// a request that may be on its way (answered with `Connection: close`, or for HTTP/2
-/// followed by GOAWAY) and then shuts it down gracefully: a request in flight is finished
-/// first.
+/// Runs an HTTP/2 connection until it ends, or, once the worker drains, gives it
+/// DRAIN_GRACE for a request that may be on its way, then sends GOAWAY: streams in flight
+/// are finished first.
 async fn drive<C, E>(
     connection: C,
     shutdown: CancellationToken,

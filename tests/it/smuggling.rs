@@ -37,6 +37,7 @@ fn mid_body(c: Case) -> Case {
 
 fn catalogue() -> Vec<Case> {
     let long_target = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(10_000));
+    let huge_target = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(100_000));
     let big_headers = format!(
         "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
         "b".repeat(40_000)
@@ -57,6 +58,10 @@ fn catalogue() -> Vec<Case> {
         case("TE xchunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n", 400),
         case("TE with space before colon", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n", 400),
         case("TE on HTTP/1.0", "POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        // Content-Length with Transfer-Encoding: refused (RFC 9112 §6.1 allows it, nginx
+        // does it), so no proxy behind us can pick the other framing.
+        case("Content-Length then Transfer-Encoding", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 400),
+        case("Transfer-Encoding then Content-Length", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 400),
         case("two different Content-Lengths", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 41\r\n\r\nabc", 400),
         case("Content-Length with sign", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\nabc", 400),
         case("Content-Length not a number", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3a\r\n\r\nabc", 400),
@@ -90,6 +95,7 @@ fn catalogue() -> Vec<Case> {
         case("bare CR", "GET / HTTP/1.1\r\nHost: a\r\nX-A: a\rb\r\n\r\n", 400),
         // Sizes.
         case("request target over max_request_line", &long_target, 414),
+        case("100 KB request target", &huge_target, 414),
         case("headers over max_header_bytes", &big_headers, 431),
         case("too many headers", &many_headers, 431),
     ]
@@ -149,37 +155,6 @@ async fn malformed_requests_get_their_status_and_never_reach_a_backend() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(backend.seen().iter().all(|s| s.uri != "/smuggled"));
-}
-
-/// Content-Length with Transfer-Encoding: hyper takes the chunked framing, drops the
-/// length, and closes the connection after the response (RFC 9112 §6.3), so what follows
-/// cannot be read as a second request.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn content_length_with_transfer_encoding_is_read_as_chunked_then_closed() {
-    let backend = Backend::start(|req| async move {
-        use http_body_util::BodyExt;
-        let body = req.into_body().collect().await.unwrap().to_bytes();
-        hyper::Response::new(full(body))
-    })
-    .await;
-    let gw = Gateway::start(&upstream_config("app", &[backend.addr], ""));
-    for order in [
-        "Content-Length: 4\r\nTransfer-Encoding: chunked",
-        "Transfer-Encoding: chunked\r\nContent-Length: 4",
-    ] {
-        let request = format!(
-            "POST /first HTTP/1.1\r\nHost: a\r\n{order}\r\n\r\n3\r\nabc\r\n0\r\n\r\n{SMUGGLED}"
-        );
-        let reply = raw_exchange(gw.addr, request.as_bytes(), Duration::from_secs(5));
-        assert_eq!(status_of(&reply), 200, "{reply}");
-        assert!(reply.ends_with("abc"), "{reply:?}");
-        assert_eq!(reply.matches("HTTP/1.1 ").count(), 1, "{reply:?}");
-    }
-    let seen = backend.seen();
-    assert!(seen.iter().all(|s| s.uri == "/first"), "{seen:?}");
-    assert!(seen
-        .iter()
-        .all(|s| s.header("content-length").is_none_or(|l| l == "3")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,380 @@
+//! The HTTP/1.1 front end: one client connection, from its first byte to its close.
+//!
+//! Owned here rather than left to hyper's server for memory: an idle keep-alive
+//! connection holds no buffer, only its socket and a readiness wait (hyper keeps an 8 KB
+//! read buffer and a box sized for the whole proxy future on every connection). A
+//! request head is read into a buffer from a per-worker pool, parsed with httparse
+//! (`head`), checked, and handed to the proxy; its body is decoded as it arrives
+//! (`decode`) and passed on through a one-frame channel, so a client uploading faster
+//! than the upstream takes costs one frame; the response is written with its framing
+//! (`response`) one frame at a time. The connection then waits for the next request,
+//! or serves the pipelined one already read.
+//!
+//! ```text
+//! wait readable (no buffer) ─► buffer from pool ─► read head ─► parse ─► proxy.handle
+//!     ▲                                                   body: decode ─► channel ─┘
+//!     └── keep-alive ◄── write response (head + first frame in one write) ◄──┘
+//! ```
+
+pub mod date;
+pub mod decode;
+pub mod head;
+pub mod response;
+
+use super::body::{BodyEvent, ClientBodyError, RequestBody};
+use super::forward::{ConnInfo, Proxy, Tunnel};
+use super::DRAINING;
+use bytes::{Buf, BytesMut};
+use decode::{BodyDecoder, Step};
+use head::{Framing, RequestHead};
+use http::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use response::RequestFacts;
+use std::cell::RefCell;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How long a draining worker keeps an idle keep-alive connection open for a request that
+/// may already be on its way.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(1);
+/// What a head is first read into; grows up to the head limit when needed.
+const HEAD_BUFFER: usize = 8 * 1024;
+/// Request body bytes read from the client at a time.
+const BODY_READ: usize = 16 * 1024;
+/// Buffers kept by the per-worker pool.
+const POOLED_BUFFERS: usize = 64;
+/// After an error, how long the gateway keeps reading (and discarding) what the client
+/// still sends, so that closing does not reset the connection under the answer.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// A client connection as the engine needs it: a byte stream that can say when it has
+/// something to read without a buffer being handed to it.
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
+    fn readable(&mut self) -> impl Future<Output = std::io::Result<()>> + Send;
+}
+
+impl ClientIo for tokio::net::TcpStream {
+    fn readable(&mut self) -> impl Future<Output = std::io::Result<()>> + Send {
+        tokio::net::TcpStream::readable(self)
+    }
+}
+
+impl ClientIo for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    async fn readable(&mut self) -> std::io::Result<()> {
+        let (tcp, tls) = self.get_mut();
+        // Plaintext rustls already decrypted is readable now, whatever the socket says.
+        match tls.process_new_packets() {
+            Ok(state) if state.plaintext_bytes_to_read() == 0 => tcp.readable().await,
+            _ => Ok(()),
+        }
+    }
+}
+
+thread_local! {
+    /// The worker's head buffers (one runtime thread per worker: no locking).
+    static BUFFERS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+fn take_buffer() -> BytesMut {
+    BUFFERS
+        .with(|b| b.borrow_mut().pop())
+        .unwrap_or_else(|| BytesMut::with_capacity(HEAD_BUFFER))
+}
+
+/// Returns an emptied buffer to the pool if it is still a plain head buffer.
+fn give_back(mut buf: BytesMut) {
+    buf.clear();
+    if buf.capacity() < HEAD_BUFFER || buf.capacity() > 2 * HEAD_BUFFER {
+        return;
+    }
+    BUFFERS.with(|b| {
+        let mut pool = b.borrow_mut();
+        if pool.len() < POOLED_BUFFERS {
+            pool.push(buf);
+        }
+    });
+}
+
+/// Serves one client connection until it closes, fails, times out, or the worker drains.
+pub async fn serve<S: ClientIo>(
+    mut io: S,
+    conn: ConnInfo,
+    proxy: Arc<Proxy>,
+    shutdown: CancellationToken,
+) {
+    let limits = proxy.limits();
+    // Bytes of the next request read together with the previous one (pipelining).
+    let mut carried: Option<BytesMut> = None;
+    loop {
+        let deadline = Instant::now() + limits.header_read_timeout;
+        if carried.is_none() && !wait_for_request(&mut io, deadline, &shutdown).await {
+            return;
+        }
+        let mut buf = carried.take().unwrap_or_else(take_buffer);
+        let head = loop {
+            match head::parse(&buf, limits) {
+                Ok(Some((head, len))) => {
+                    buf.advance(len);
+                    break head;
+                }
+                Ok(None) => {}
+                Err(rejected) => {
+                    tracing::debug!(client = %conn.client, "request refused: {}", rejected.reason);
+                    let answer = plain_response(rejected.status, rejected.reason);
+                    let _ = io.write_all(&answer).await;
+                    linger(&mut io).await;
+                    return;
+                }
+            }
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(HEAD_BUFFER);
+            }
+            match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                // Closed, failed, or too slow (slowloris): nothing to answer.
+                _ => return,
+            }
+        };
+        let next = Box::pin(exchange(&mut io, head, buf, &conn, &proxy)).await;
+        match next {
+            Next::KeepAlive(buf) if buf.is_empty() => give_back(buf),
+            Next::KeepAlive(buf) => carried = Some(buf),
+            Next::Close => {
+                linger(&mut io).await;
+                return;
+            }
+            Next::Closed => return,
+        }
+    }
+}
+
+/// Waits, holding no buffer, until the client sends something: false if it does not
+/// within the deadline, or closes. A draining worker gives an idle connection
+/// DRAIN_GRACE for a request that may already be on its way.
+async fn wait_for_request<S: ClientIo>(
+    io: &mut S,
+    deadline: Instant,
+    shutdown: &CancellationToken,
+) -> bool {
+    tokio::select! {
+        ready = io.readable() => ready.is_ok(),
+        _ = tokio::time::sleep_until(deadline) => false,
+        _ = shutdown.cancelled() => {
+            matches!(tokio::time::timeout(DRAIN_GRACE, io.readable()).await, Ok(Ok(())))
+        }
+    }
+}
+
+enum Next {
+    /// Serve the next request; the buffer holds what was read of it already.
+    KeepAlive(BytesMut),
+    /// Close after letting the client's remaining input drain.
+    Close,
+    /// Already closed (or handed over to a tunnel that ended).
+    Closed,
+}
+
+/// One request and its response.
+async fn exchange<S: ClientIo>(
+    io: &mut S,
+    head: RequestHead,
+    mut buf: BytesMut,
+    conn: &ConnInfo,
+    proxy: &Proxy,
+) -> Next {
+    proxy.counters.requests.fetch_add(1, Ordering::Relaxed);
+    let (method, version, keep_alive) = (
+        head.parts.method.clone(),
+        head.parts.version,
+        head.keep_alive,
+    );
+    let facts = |closing: bool| RequestFacts {
+        method: method.clone(),
+        version,
+        close: closing || !keep_alive || DRAINING.load(Ordering::Relaxed),
+    };
+    if head.framing == Framing::Empty {
+        let request = Request::from_parts(head.parts, RequestBody::empty());
+        let (response, tunnel) = proxy.handle(request, conn).await;
+        let upgrade = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let written = response::write(io, response, &facts(false)).await;
+        return match (written, tunnel) {
+            (Ok(_), Some(tunnel)) if upgrade => {
+                relay(io, buf, tunnel).await;
+                Next::Closed
+            }
+            (Ok(w), _) if !w.close => Next::KeepAlive(buf),
+            (Ok(_), _) => Next::Close,
+            (Err(_), _) => Next::Closed,
+        };
+    }
+
+    let limits = proxy.limits();
+    let (frames, receiver) = mpsc::channel(1);
+    let (wanted, wanted_rx) = oneshot::channel();
+    let length = match head.framing {
+        Framing::Length(n) => Some(n),
+        _ => None,
+    };
+    let body = RequestBody::channel(receiver, wanted, length, limits.client_body_timeout);
+    let mut continue_wanted = head.expect_continue.then_some(wanted_rx);
+    let request = Request::from_parts(head.parts, body);
+
+    let (mut read_half, mut write_half) = tokio::io::split(&mut *io);
+    let outcome = {
+        let pump = pump_body(&mut read_half, &mut buf, head.framing, frames);
+        tokio::pin!(pump);
+        let mut pumped: Option<bool> = None;
+        let handling = proxy.handle(request, conn);
+        tokio::pin!(handling);
+        // Until the response: read the body as the upstream takes it, and say
+        // `100 Continue` when it first asks for it.
+        let (response, _tunnel) = loop {
+            tokio::select! {
+                answer = &mut handling => break answer,
+                complete = &mut pump, if pumped.is_none() => pumped = Some(complete),
+                asked = async { continue_wanted.as_mut().expect("guarded").await }, if continue_wanted.is_some() => {
+                    continue_wanted = None;
+                    if asked.is_ok() && write_half.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
+                        return Next::Closed;
+                    }
+                }
+            }
+        };
+        // The response goes out while the rest of the body still comes in (an upstream
+        // may answer as it reads).
+        let closing = pumped == Some(false);
+        let facts = facts(closing);
+        let writing = response::write(&mut write_half, response, &facts);
+        tokio::pin!(writing);
+        let written = loop {
+            tokio::select! {
+                written = &mut writing => break written,
+                complete = &mut pump, if pumped.is_none() => pumped = Some(complete),
+            }
+        };
+        match written {
+            Err(_) => None,
+            // A body not read to its end leaves the connection without a next request.
+            Ok(w) => Some(!w.close && pumped == Some(true)),
+        }
+    };
+    drop((read_half, write_half));
+    match outcome {
+        None => Next::Closed,
+        Some(true) => Next::KeepAlive(buf),
+        Some(false) => Next::Close,
+    }
+}
+
+/// Reads and decodes the request body, passing each frame on as the upstream takes it.
+/// True when the body was read to its end (the buffer then holds what follows it).
+async fn pump_body<R: AsyncRead + Unpin>(
+    read: &mut R,
+    buf: &mut BytesMut,
+    framing: Framing,
+    frames: mpsc::Sender<BodyEvent>,
+) -> bool {
+    let mut decoder = BodyDecoder::new(framing);
+    let broken = |why: String| BodyEvent::Error(ClientBodyError::Broken(why));
+    loop {
+        match decoder.step(buf) {
+            Ok(Step::Frame(frame)) => {
+                if frames.send(BodyEvent::Frame(frame)).await.is_err() {
+                    // The upstream exchange is over; the rest of the body is not wanted.
+                    return decoder.is_done();
+                }
+            }
+            Ok(Step::End) => {
+                let _ = frames.send(BodyEvent::End).await;
+                return true;
+            }
+            Ok(Step::NeedMore) => {
+                buf.reserve(BODY_READ);
+                match read.read_buf(buf).await {
+                    Ok(n) if n > 0 => {}
+                    Ok(_) => {
+                        let _ = frames
+                            .send(broken(
+                                "client closed the connection in the middle of the body".into(),
+                            ))
+                            .await;
+                        return false;
+                    }
+                    Err(e) => {
+                        let _ = frames.send(broken(e.to_string())).await;
+                        return false;
+                    }
+                }
+            }
+            Err(why) => {
+                let _ = frames
+                    .send(broken(format!("bad body framing: {why}")))
+                    .await;
+                return false;
+            }
+        }
+    }
+}
+
+/// Relays a WebSocket both ways once the upstream switched protocols. Bytes the client
+/// sent right after its request (the first frames) go first.
+async fn relay<S: ClientIo>(io: &mut S, early: BytesMut, tunnel: Tunnel) {
+    let Tunnel { upstream, lease } = tunnel;
+    let Ok(upgraded) = upstream.await else {
+        return;
+    };
+    let mut upstream = TokioIo::new(upgraded);
+    if !early.is_empty() && upstream.write_all(&early).await.is_err() {
+        return;
+    }
+    let _ = tokio::io::copy_bidirectional(io, &mut upstream).await;
+    drop(lease);
+}
+
+/// A short answer of the engine's own, for a request that never became one.
+fn plain_response(status: StatusCode, reason: &str) -> Vec<u8> {
+    let body = format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(reason)
+    );
+    let mut out = response::status_line(status).to_vec();
+    out.extend_from_slice(
+        format!(
+            "content-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\ndate: {}\r\n\r\n{body}",
+            body.len(),
+            date::now().to_str().unwrap_or_default()
+        )
+        .as_bytes(),
+    );
+    out
+}
+
+/// Closes the way nginx's lingering close does: our side first, then what the client
+/// still sends is read and dropped for a moment, so its unread input does not make the
+/// kernel reset the connection before the client has read our answer.
+async fn linger<S: ClientIo>(io: &mut S) {
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    // On the heap: this future is part of every connection's task.
+    let mut sink = vec![0u8; 4096];
+    let mut drained = 0;
+    let _ = tokio::time::timeout(LINGER, async {
+        while drained < LINGER_BYTES {
+            match io.read(&mut sink).await {
+                Ok(n) if n > 0 => drained += n,
+                _ => return,
+            }
+        }
+    })
+    .await;
+}

@@ -1,0 +1,234 @@
+//! Writing a response to an HTTP/1 client: the head in one buffer, the body frame by
+//! frame with its framing (Content-Length, chunked, or until close), the head and the
+//! first frame in one vectored write when the frame is ready at once. A frame is polled
+//! only once the previous one is written, so the upstream is read only as fast as the
+//! client takes the bytes.
+
+use crate::worker::body::ResponseBody;
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderValue, CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::{Method, Response, StatusCode, Version};
+use http_body::Body;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::task::Poll;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+/// How the body goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// HEAD, 1xx, 204, 304: headers only, whatever they say about a length.
+    Bodyless,
+    Length(u64),
+    Chunked,
+    /// An HTTP/1.0 client and no known length: the end of the connection ends the body.
+    UntilClose,
+}
+
+/// What the connection does after a response.
+pub struct Written {
+    /// The connection must close (the response said so, or the body could not be framed
+    /// otherwise).
+    pub close: bool,
+}
+
+/// The request facts the response's framing depends on.
+pub struct RequestFacts {
+    pub method: Method,
+    pub version: Version,
+    /// Close after this response (the client asked, the gateway drains, …).
+    pub close: bool,
+}
+
+/// Writes `response` to `out`. An error means the client connection must be dropped
+/// without a clean end: a client must not take a cut body for a complete one.
+pub async fn write<W: AsyncWrite + Unpin>(
+    out: &mut W,
+    response: Response<ResponseBody>,
+    request: &RequestFacts,
+) -> std::io::Result<Written> {
+    let (mut parts, mut body) = response.into_parts();
+    let status = parts.status;
+    let framing = if request.method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Framing::Bodyless
+    } else if let Some(n) = body.size_hint().exact() {
+        Framing::Length(n)
+    } else if request.version == Version::HTTP_11 {
+        Framing::Chunked
+    } else {
+        Framing::UntilClose
+    };
+    let close = request.close || framing == Framing::UntilClose || has_close(&parts.headers);
+    let headers = &mut parts.headers;
+    match framing {
+        Framing::Bodyless => {}
+        Framing::Length(n) => {
+            headers.remove(TRANSFER_ENCODING);
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        Framing::Chunked => {
+            headers.remove(CONTENT_LENGTH);
+            headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        }
+        Framing::UntilClose => {
+            headers.remove(CONTENT_LENGTH);
+            headers.remove(TRANSFER_ENCODING);
+        }
+    }
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        if close {
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        } else if request.version == Version::HTTP_10 {
+            headers.insert(CONNECTION, HeaderValue::from_static("keep-alive"));
+        }
+    }
+    if !headers.contains_key(DATE) {
+        headers.insert(DATE, super::date::now());
+    }
+    let mut head = Vec::with_capacity(256);
+    encode_head(&mut head, status, headers);
+
+    if framing == Framing::Bodyless {
+        out.write_all(&head).await?;
+        out.flush().await?;
+        return Ok(Written { close });
+    }
+
+    // The first frame is usually ready (a small response read in one go): one write.
+    let mut pending_head = Some(head);
+    let mut trailers = None;
+    let mut chunk_line = Vec::with_capacity(20);
+    loop {
+        let frame = match std::future::poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
+            Poll::Pending if pending_head.is_some() => Poll::Ready(None),
+            other => other.map(Some),
+        })
+        .await
+        {
+            // Not ready at once: send the head alone meanwhile.
+            None => {
+                if let Some(head) = pending_head.take() {
+                    out.write_all(&head).await?;
+                    out.flush().await?;
+                }
+                continue;
+            }
+            Some(frame) => frame,
+        };
+        let head = pending_head.take().unwrap_or_default();
+        match frame {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if framing == Framing::Chunked && !data.is_empty() => {
+                    chunk_line.clear();
+                    chunk_line.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    write_all(out, &[&head, &chunk_line, &data, b"\r\n"]).await?;
+                }
+                Ok(data) => write_all(out, &[&head, &data]).await?,
+                Err(frame) => {
+                    write_all(out, &[&head]).await?;
+                    trailers = frame.into_trailers().ok();
+                }
+            },
+            Some(Err(e)) => {
+                write_all(out, &[&head]).await?;
+                out.flush().await?;
+                return Err(std::io::Error::other(e));
+            }
+            None => {
+                write_all(out, &[&head]).await?;
+                break;
+            }
+        }
+        if body.is_end_stream() {
+            break;
+        }
+    }
+    if framing == Framing::Chunked {
+        let mut end = b"0\r\n".to_vec();
+        if let Some(trailers) = &trailers {
+            encode_fields(&mut end, trailers);
+        }
+        end.extend_from_slice(b"\r\n");
+        write_all(out, &[&end]).await?;
+    }
+    out.flush().await?;
+    // The body may not have seen its end yet (ended by its size): let it know.
+    drop(body);
+    Ok(Written { close })
+}
+
+/// A response of our own that needs no body from anywhere (an early error).
+pub fn status_line(status: StatusCode) -> Bytes {
+    let mut line = Vec::with_capacity(32);
+    line.extend_from_slice(b"HTTP/1.1 ");
+    line.extend_from_slice(status.as_str().as_bytes());
+    line.push(b' ');
+    line.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    line.extend_from_slice(b"\r\n");
+    line.into()
+}
+
+fn has_close(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("close"))
+}
+
+fn encode_head(out: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap) {
+    out.extend_from_slice(&status_line(status));
+    encode_fields(out, headers);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn encode_fields(out: &mut Vec<u8>, headers: &HeaderMap) {
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Writes every slice, with as few system calls as the socket allows.
+async fn write_all<W: AsyncWrite + Unpin>(out: &mut W, parts: &[&[u8]]) -> std::io::Result<()> {
+    let mut parts: Vec<&[u8]> = parts.iter().copied().filter(|p| !p.is_empty()).collect();
+    while !parts.is_empty() {
+        let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        let mut n = out.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            if n >= parts[0].len() {
+                n -= parts[0].len();
+                parts.remove(0);
+            } else {
+                parts[0] = &parts[0][n..];
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_are_encoded_as_sent() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-a", HeaderValue::from_static("1"));
+        headers.append("x-a", HeaderValue::from_static("2"));
+        let mut out = Vec::new();
+        encode_head(&mut out, StatusCode::NOT_FOUND, &headers);
+        assert_eq!(out, b"HTTP/1.1 404 Not Found\r\nx-a: 1\r\nx-a: 2\r\n\r\n");
+    }
+}
