@@ -2,8 +2,10 @@
 
 mod cli;
 mod common;
+mod differential;
 mod failures;
 mod hardening;
+mod http1;
 mod lifecycle;
 mod proxy;
 mod shared_state;
