@@ -116,3 +116,15 @@ pub fn map_table(file: &File) -> std::io::Result<&'static TableMemory> {
     // access goes through atomic operations, which work across processes on shared pages.
     Ok(unsafe { &*(address as *const TableMemory) })
 }
+
+/// Gives the memory the allocator holds free back to the kernel. glibc keeps freed heap
+/// memory for reuse: after a burst of thousands of connections closes, a worker would
+/// hold its peak RSS for ever.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and trims the allocator's own free lists; it takes
+    // the allocator's locks itself and touches no memory the program owns.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

@@ -143,14 +143,29 @@ async fn run(config_path: &Path, args: &WorkerArgs) -> std::io::Result<()> {
 /// Stamps the worker's record with the machine's monotonic clock. It runs on the same
 /// single thread as every connection, so a worker that is stopped, spinning or blocked
 /// stops stamping, and the supervisor's watchdog replaces it.
+///
+/// It also hands memory back once a burst of connections is over: when the open
+/// connections fell by more than [`TRIM_AFTER_CLOSING`] within [`TRIM_PERIOD`].
 async fn heartbeat(record: &'static WorkerRecord) {
     let mut ticks = tokio::time::interval(HEARTBEAT);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut peak, mut since) = (0, tokio::time::Instant::now());
     loop {
         ticks.tick().await;
         record.beat(crate::sys::monotonic_ms());
+        let open = record.connections.load(Ordering::Relaxed);
+        peak = peak.max(open);
+        if since.elapsed() >= TRIM_PERIOD {
+            if peak > open + TRIM_AFTER_CLOSING {
+                crate::sys::release_free_memory();
+            }
+            (peak, since) = (open, tokio::time::Instant::now());
+        }
     }
 }
+
+const TRIM_PERIOD: Duration = Duration::from_secs(2);
+const TRIM_AFTER_CLOSING: u64 = 256;
 
 /// Obeys the supervisor's commands; its going away counts as `drain`.
 async fn follow_commands(

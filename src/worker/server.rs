@@ -77,7 +77,11 @@ pub async fn accept_loop(
                     let _open = open;
                     match tls {
                         None => http1::serve(stream, conn, proxy, shutdown).await,
-                        Some(tls) => serve_tls(tls, stream, conn, proxy, protocols, shutdown).await,
+                        // Boxed: a task is as large as its largest state, and the TLS and
+                        // HTTP/2 states must not make every plain connection that large.
+                        Some(tls) => {
+                            Box::pin(serve_tls(tls, stream, conn, proxy, protocols, shutdown)).await
+                        }
                     }
                 });
             }

@@ -34,6 +34,7 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
@@ -55,26 +56,31 @@ const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 256 * 1024;
 
 /// A client connection as the engine needs it: a byte stream that can say when it has
-/// something to read without a buffer being handed to it.
+/// something to read without a buffer being handed to it, and without a waiter node of
+/// its own (the socket's reader slot holds the waker).
 pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
-    fn readable(&mut self) -> impl Future<Output = std::io::Result<()>> + Send;
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
 }
 
 impl ClientIo for tokio::net::TcpStream {
-    fn readable(&mut self) -> impl Future<Output = std::io::Result<()>> + Send {
-        tokio::net::TcpStream::readable(self)
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.poll_read_ready(cx)
     }
 }
 
 impl ClientIo for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
-    async fn readable(&mut self) -> std::io::Result<()> {
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let (tcp, tls) = self.get_mut();
         // Plaintext rustls already decrypted is readable now, whatever the socket says.
         match tls.process_new_packets() {
-            Ok(state) if state.plaintext_bytes_to_read() == 0 => tcp.readable().await,
-            _ => Ok(()),
+            Ok(state) if state.plaintext_bytes_to_read() == 0 => tcp.poll_read_ready(cx),
+            _ => Poll::Ready(Ok(())),
         }
     }
+}
+
+fn readable<S: ClientIo>(io: &mut S) -> impl Future<Output = std::io::Result<()>> + '_ {
+    std::future::poll_fn(|cx| io.poll_readable(cx))
 }
 
 thread_local! {
@@ -103,56 +109,72 @@ fn give_back(mut buf: BytesMut) {
 }
 
 /// Serves one client connection until it closes, fails, times out, or the worker drains.
+///
+/// Every state of this future is part of every connection's task for as long as the
+/// connection lives, so only the idle wait is kept inline; a request's reading and
+/// handling live in one boxed future while they last.
 pub async fn serve<S: ClientIo>(
     mut io: S,
     conn: ConnInfo,
     proxy: Arc<Proxy>,
     shutdown: CancellationToken,
 ) {
-    let limits = proxy.limits();
     // Bytes of the next request read together with the previous one (pipelining).
     let mut carried: Option<BytesMut> = None;
     loop {
-        let deadline = Instant::now() + limits.header_read_timeout;
+        let deadline = Instant::now() + proxy.limits().header_read_timeout;
         if carried.is_none() && !wait_for_request(&mut io, deadline, &shutdown).await {
             return;
         }
-        let mut buf = carried.take().unwrap_or_else(take_buffer);
-        let head = loop {
-            match head::parse(&buf, limits) {
-                Ok(Some((head, len))) => {
-                    buf.advance(len);
-                    break head;
-                }
-                Ok(None) => {}
-                Err(rejected) => {
-                    tracing::debug!(client = %conn.client, "request refused: {}", rejected.reason);
-                    let answer = plain_response(rejected.status, rejected.reason);
-                    let _ = io.write_all(&answer).await;
-                    linger(&mut io).await;
-                    return;
-                }
-            }
-            if buf.capacity() - buf.len() < 1024 {
-                buf.reserve(HEAD_BUFFER);
-            }
-            match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                // Closed, failed, or too slow (slowloris): nothing to answer.
-                _ => return,
-            }
-        };
-        let next = Box::pin(exchange(&mut io, head, buf, &conn, &proxy)).await;
-        match next {
+        let buf = carried.take().unwrap_or_else(take_buffer);
+        match Box::pin(next_request(&mut io, buf, deadline, &conn, &proxy)).await {
             Next::KeepAlive(buf) if buf.is_empty() => give_back(buf),
             Next::KeepAlive(buf) => carried = Some(buf),
             Next::Close => {
-                linger(&mut io).await;
+                Box::pin(linger(&mut io)).await;
                 return;
             }
             Next::Closed => return,
         }
     }
+}
+
+/// Reads the next request head (within `deadline`, the header read timeout) and serves
+/// the request.
+async fn next_request<S: ClientIo>(
+    io: &mut S,
+    mut buf: BytesMut,
+    deadline: Instant,
+    conn: &ConnInfo,
+    proxy: &Proxy,
+) -> Next {
+    let limits = proxy.limits();
+    let head = loop {
+        match head::parse(&buf, limits) {
+            Ok(Some((head, len))) => {
+                buf.advance(len);
+                break head;
+            }
+            Ok(None) => {}
+            Err(rejected) => {
+                tracing::debug!(client = %conn.client, "request refused: {}", rejected.reason);
+                let answer = plain_response(rejected.status, rejected.reason);
+                return match io.write_all(&answer).await {
+                    Ok(()) => Next::Close,
+                    Err(_) => Next::Closed,
+                };
+            }
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(HEAD_BUFFER);
+        }
+        match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            // Closed, failed, or too slow (slowloris): nothing to answer.
+            _ => return Next::Closed,
+        }
+    };
+    exchange(io, head, buf, conn, proxy).await
 }
 
 /// Waits, holding no buffer, until the client sends something: false if it does not
@@ -163,13 +185,20 @@ async fn wait_for_request<S: ClientIo>(
     deadline: Instant,
     shutdown: &CancellationToken,
 ) -> bool {
-    tokio::select! {
-        ready = io.readable() => ready.is_ok(),
-        _ = tokio::time::sleep_until(deadline) => false,
-        _ = shutdown.cancelled() => {
-            matches!(tokio::time::timeout(DRAIN_GRACE, io.readable()).await, Ok(Ok(())))
-        }
-    }
+    let drained = tokio::select! {
+        ready = readable(io) => return ready.is_ok(),
+        _ = tokio::time::sleep_until(deadline) => return false,
+        _ = shutdown.cancelled() => true,
+    };
+    // Boxed, as every state of this future is part of every idle connection's task.
+    drained
+        && Box::pin(async {
+            matches!(
+                tokio::time::timeout(DRAIN_GRACE, readable(io)).await,
+                Ok(Ok(()))
+            )
+        })
+        .await
 }
 
 enum Next {
