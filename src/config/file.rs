@@ -40,6 +40,8 @@ pub struct GatewaySection {
     pub max_request_line: Option<Spanned<usize>>,
     /// Largest sum of header names and values in bytes; larger gets 431.
     pub max_header_bytes: Option<Spanned<usize>>,
+    /// How much of an upstream's response is read ahead of a slow client ("64k").
+    pub response_buffer: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
+/// What a slow reader may cost: response bytes read ahead of the client.
+pub const DEFAULT_RESPONSE_BUFFER: usize = 64 * 1024;
+
 /// How long a worker may show no progress before the supervisor replaces it.
 pub const DEFAULT_WORKER_WATCHDOG: Duration = Duration::from_secs(5);
 
@@ -40,6 +43,9 @@ pub struct GatewaySettings {
     pub access_log: AccessLogTarget,
     pub access_log_format: AccessLogFormat,
     pub limits: ClientLimits,
+    /// Bytes of a response read from the upstream ahead of the client: what a slow
+    /// reader costs at most.
+    pub response_buffer: usize,
 }
 
 /// What the gateway tolerates from a client before it answers with an error or hangs up.
@@ -517,6 +523,24 @@ impl Validator<'_> {
                 },
                 None => Some(DEFAULT_WORKER_WATCHDOG),
             },
+            response_buffer: match &g.response_buffer {
+                None => DEFAULT_RESPONSE_BUFFER,
+                Some(v) => match parse_size(v.get_ref()) {
+                    Ok(n) if (8 * 1024..=16 << 20).contains(&n) => n,
+                    Ok(_) => {
+                        self.error(
+                            v.span(),
+                            "gateway.response_buffer",
+                            "must be from 8k to 16m",
+                        );
+                        DEFAULT_RESPONSE_BUFFER
+                    }
+                    Err(e) => {
+                        self.error(v.span(), "gateway.response_buffer", e);
+                        DEFAULT_RESPONSE_BUFFER
+                    }
+                },
+            },
             access_log,
             access_log_format,
             limits: ClientLimits {
@@ -687,6 +711,31 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     })
 }
 
+/// A size: bytes, or with `k`, `m` or `g` (powers of 1024): `"512"`, `"64k"`, `"10m"`.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => (&s[..i], &s[i..]),
+        None => (s, ""),
+    };
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        _ => {
+            return Err(format!(
+                "{s:?} is not a size; write e.g. \"512\", \"64k\" or \"10m\""
+            ))
+        }
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size; write e.g. \"512\", \"64k\" or \"10m\""))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
 /// `host:port`, resolved now so a name that does not resolve is a config error.
 fn resolve(s: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = s.parse::<SocketAddr>() {
@@ -845,6 +894,15 @@ read_timeout = "5 parsecs"
             errs[0].contains("conf/test.toml:11:") && errs[0].contains("duplicate"),
             "{errs:?}"
         );
+    }
+
+    #[test]
+    fn sizes_take_powers_of_1024() {
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("64k"), Ok(65536));
+        assert_eq!(parse_size("10M"), Ok(10 << 20));
+        assert!(parse_size("10 mb").is_err());
+        assert!(parse_size("k").is_err());
     }
 
     #[test]

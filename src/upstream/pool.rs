@@ -85,7 +85,14 @@ impl Pool {
 }
 
 /// Opens a new connection and starts its driver task on the current runtime.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, ConnectError> {
+///
+/// `read_ahead` bounds how much of a response is read from the server before the client
+/// takes it: hyper reads the body into a buffer that grows up to this.
+pub async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+    read_ahead: usize,
+) -> Result<Sender, ConnectError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Err(_) => return Err(ConnectError::Timeout(addr)),
         Ok(Err(e)) => return Err(ConnectError::Io(addr, e)),
@@ -93,6 +100,7 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, Conn
     };
     let _ = stream.set_nodelay(true);
     let (sender, conn) = http1::Builder::new()
+        .max_buf_size(read_ahead.max(8192))
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| ConnectError::Handshake(addr, e))?;

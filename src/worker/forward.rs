@@ -137,6 +137,7 @@ pub struct Proxy {
     router: Router,
     upstreams: Vec<Upstream>,
     limits: ClientLimits,
+    response_buffer: usize,
     log: Arc<AccessLog>,
     /// This worker's counters in the shared table.
     pub counters: &'static WorkerRecord,
@@ -165,6 +166,7 @@ impl Proxy {
             router: Router::new(&config.routes),
             upstreams,
             limits: config.gateway.limits.clone(),
+            response_buffer: config.gateway.response_buffer,
             log,
             counters: share.counters(),
         }
@@ -305,7 +307,13 @@ impl Proxy {
             let reused = pooled.is_some();
             let mut sender = match pooled.take() {
                 Some(sender) => sender,
-                None => match pool::connect(server.config.addr, config.connect_timeout).await {
+                None => match pool::connect(
+                    server.config.addr,
+                    config.connect_timeout,
+                    self.response_buffer,
+                )
+                .await
+                {
                     Ok(sender) => sender,
                     Err(e) => return Err(TryError::NotSent(Box::new(request), e)),
                 },
