@@ -18,7 +18,9 @@ run: build
 	$(BIN)/gateway -c conf/gateway.toml & g=$$!; \
 	wait $$g
 
+# The CLI tests run the demo backend, which `cargo test` builds only as a test binary.
 test:
+	$(CARGO) build --examples
 	$(CARGO) test --all-targets
 
 lint:

@@ -2,9 +2,14 @@
 # Side-by-side: the gateway, nginx and HAProxy, one worker each, proxying the same fast
 # backend (nginx `return 200`), driven by wrk from this machine in alternating rounds.
 # Prints req/s, p99 latency, proxy CPU microseconds per request and proxy RSS, with the
-# gateway's ratios against each. Everything stays on 127.0.0.1.
+# gateway's ratios against each. Then a memory table: RSS growth of each proxy's worker
+# per idle HTTP/1.1, TLS and HTTP/2 connection and per slow reader, and what it still
+# holds 10 s after a burst of idle clients left (examples/memprobe.rs is the client).
+# Everything stays on 127.0.0.1.
 #
-# Knobs (environment): ROUNDS (3), DURATION (10s), CONNECTIONS (50), THREADS (1).
+# Knobs (environment): ROUNDS (3), DURATION (10s), CONNECTIONS (50), THREADS (1),
+# IDLE (8000 idle HTTP/1.1 clients), TLS_IDLE (3000), SLOW (300 slow readers),
+# MEMORY_ONLY=1 (skip the throughput rounds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,12 +17,16 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-50}
 THREADS=${THREADS:-1}
+IDLE=${IDLE:-8000}
+TLS_IDLE=${TLS_IDLE:-3000}
+SLOW=${SLOW:-300}
 BACKEND_PORT=${BACKEND_PORT:-18080}
 GATEWAY_PORT=18081
 NGINX_PORT=18082
 HAPROXY_PORT=18083
 GATEWAY_TLS_PORT=18084
 NGINX_TLS_PORT=18085
+HAPROXY_TLS_PORT=18086
 
 install_if_missing() { # command package
   command -v "$1" >/dev/null 2>&1 && return 0
@@ -34,7 +43,8 @@ install_if_missing nginx nginx-light || { echo "nginx is needed for the backend 
 HAVE_HAPROXY=1
 install_if_missing haproxy haproxy || { HAVE_HAPROXY=0; echo "haproxy not installable: its rows are skipped" >&2; }
 
-[ -x target/release/gateway ] || cargo build --release --bin gateway
+[ -x target/release/gateway ] && [ -x target/release/examples/memprobe ] ||
+  cargo build --release --bin gateway --example memprobe
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$WORK"; }
@@ -45,8 +55,9 @@ HAVE_TLS=0
 if command -v openssl >/dev/null 2>&1 &&
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
     -keyout "$WORK/site.key" -out "$WORK/site.crt" -subj /CN=localhost \
-    -addext subjectAltName=DNS:localhost >/dev/null 2>&1; then
+    -addext subjectAltName=DNS:localhost -addext basicConstraints=critical,CA:FALSE >/dev/null 2>&1; then
   HAVE_TLS=1
+  cat "$WORK/site.crt" "$WORK/site.key" > "$WORK/site.pem"
 else
   echo "openssl not available: TLS rows skipped" >&2
 fi
@@ -54,7 +65,7 @@ NGINX_TLS_SERVER=""
 GATEWAY_TLS_LISTENER=""
 if [ $HAVE_TLS = 1 ]; then
   NGINX_TLS_SERVER="server {
-    listen 127.0.0.1:$NGINX_TLS_PORT ssl;
+    listen 127.0.0.1:$NGINX_TLS_PORT ssl http2;
     ssl_certificate $WORK/site.crt;
     ssl_certificate_key $WORK/site.key;
     ssl_protocols TLSv1.2 TLSv1.3;
@@ -70,27 +81,37 @@ if [ $HAVE_TLS = 1 ]; then
 listen = \"127.0.0.1:$GATEWAY_TLS_PORT\"
 tls = [ { cert = \"$WORK/site.crt\", key = \"$WORK/site.key\" } ]"
 fi
+head -c 2097152 /dev/zero > "$WORK/backend/big"
 cat > "$WORK/backend/nginx.conf" <<CONF
 worker_processes 1;
+worker_rlimit_nofile 20000;
 daemon off;
 pid $WORK/backend/nginx.pid;
 error_log $WORK/logs/backend.err warn;
-events { worker_connections 4096; }
+events { worker_connections 16000; }
 http {
   access_log off;
   keepalive_requests 1000000;
-  server { listen 127.0.0.1:$BACKEND_PORT; location / { return 200 "ok\n"; } }
+  server {
+    listen 127.0.0.1:$BACKEND_PORT;
+    location / { return 200 "ok\n"; }
+    location = /big { alias $WORK/backend/big; }
+  }
 }
 CONF
+mkdir -p "$WORK/nginx/tmp"
 cat > "$WORK/nginx/nginx.conf" <<CONF
 worker_processes 1;
+worker_rlimit_nofile 20000;
 daemon off;
 pid $WORK/nginx/nginx.pid;
 error_log $WORK/logs/nginx.err warn;
-events { worker_connections 4096; }
+events { worker_connections 16000; }
 http {
   access_log off;
   keepalive_requests 1000000;
+  proxy_temp_path $WORK/nginx/tmp;
+  client_body_temp_path $WORK/nginx/tmp;
   upstream app { server 127.0.0.1:$BACKEND_PORT; keepalive 32; }
   server {
     listen 127.0.0.1:$NGINX_PORT;
@@ -108,7 +129,9 @@ CONF
 cat > "$WORK/haproxy.cfg" <<CONF
 global
   nbthread 1
+  maxconn 9000
 defaults
+  maxconn 9000
   mode http
   timeout connect 3s
   timeout client 60s
@@ -116,6 +139,7 @@ defaults
   option forwardfor
 frontend f
   bind 127.0.0.1:$HAPROXY_PORT
+  $( [ $HAVE_TLS = 1 ] && echo "bind 127.0.0.1:$HAPROXY_TLS_PORT ssl crt $WORK/site.pem alpn h2,http/1.1" )
   default_backend b
 backend b
   http-reuse always
@@ -125,6 +149,7 @@ cat > "$WORK/gateway.toml" <<CONF
 [gateway]
 workers = 1
 access_log = "off"
+header_read_timeout = "60s"     # idle keep-alive as long as nginx's and HAProxy's
 control_socket = "$WORK/gateway.sock"
 [[listener]]
 listen = "127.0.0.1:$GATEWAY_PORT"
@@ -179,6 +204,7 @@ echo "warming up ..." >&2
 for port in $GATEWAY_PORT $NGINX_PORT; do wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$port/" >/dev/null; done
 # The gateway's supervisor only waits; its worker is the process that does the work.
 GATEWAY_WORKER_PID=$(pgrep -P "$GATEWAY_PID" | head -1)
+[ "${MEMORY_ONLY:-0}" = 1 ] && ROUNDS=0
 for round in $(seq 1 "$ROUNDS"); do
   run_one gateway "http://127.0.0.1:$GATEWAY_PORT/" "$GATEWAY_WORKER_PID"
   run_one nginx "http://127.0.0.1:$NGINX_PORT/" "$NGINX_PID"
@@ -207,6 +233,7 @@ ratio() { # ours theirs
       -v c1="${M_CPU[$1]}" -v c2="${M_CPU[$2]}" \
       'BEGIN { printf "%s/%s: req/s %.2fx   p99 %.2fx   CPU per request %.2fx\n", a, b, r1/r2, p1/p2, c1/c2 }'
 }
+if [ "$ROUNDS" -gt 0 ]; then
 echo
 echo "$CONNECTIONS connections, $ROUNDS rounds of $DURATION (medians), one proxy worker on CPU 0, wrk on CPU 1"
 table "HTTP/1.1 keep-alive, plain" "${NAMES[@]}"
@@ -217,3 +244,67 @@ if [ $HAVE_TLS = 1 ]; then
   table "HTTPS, a new connection and full handshake per request" gateway-handshake nginx-handshake
   ratio gateway-handshake nginx-handshake
 fi
+fi
+
+# --- Memory --------------------------------------------------------------------------
+# Each row: RSS of the proxy's worker before and while COUNT clients hold their
+# connections (memprobe: one request each, then idle; or slow readers of a 2 MB body).
+declare -A MEM
+hold() { # name pid mode port count [ca]
+  local fifo="$WORK/hold-$1-$3" before after out="$WORK/probe-$1-$3.out"
+  mkfifo "$fifo"
+  before=$(rss_kib "$2")
+  target/release/examples/memprobe "$3" "127.0.0.1:$4" "$5" ${6:+"$6"} <"$fifo" >"$out" 2>&1 &
+  local probe=$!
+  exec 9>"$fifo"
+  for _ in $(seq 1 600); do grep -q ready "$out" 2>/dev/null && break; sleep 0.1; done
+  sleep 1
+  after=$(rss_kib "$2")
+  exec 9>&-
+  wait "$probe" || true
+  grep -v ready "$out" >&2 || true
+  MEM[$1-$3]=$(awk -v a="$after" -v b="$before" -v n="$5" 'BEGIN {printf "%.2f", (a - b) * 1024 / n / 1024}')
+  echo "  memory $1 $3: ${MEM[$1-$3]} KiB per connection" >&2
+}
+
+echo "measuring memory ..." >&2
+declare -A PROXY_PID=([gateway]=$GATEWAY_WORKER_PID [nginx]=$NGINX_PID)
+declare -A PROXY_PORT=([gateway]=$GATEWAY_PORT [nginx]=$NGINX_PORT)
+declare -A PROXY_TLS_PORT=([gateway]=$GATEWAY_TLS_PORT [nginx]=$NGINX_TLS_PORT)
+if [ $HAVE_HAPROXY = 1 ]; then
+  PROXY_PID[haproxy]=$HAPROXY_PID; PROXY_PORT[haproxy]=$HAPROXY_PORT; PROXY_TLS_PORT[haproxy]=$HAPROXY_TLS_PORT
+fi
+declare -A BURST
+for n in "${NAMES[@]}"; do
+  pid=${PROXY_PID[$n]}
+  base=$(rss_kib "$pid")
+  hold "$n" "$pid" idle "${PROXY_PORT[$n]}" "$IDLE"
+  sleep 10
+  BURST[$n]=$(awk -v a="$(rss_kib "$pid")" -v b="$base" 'BEGIN {printf "%.1f", (a - b) / 1024}')
+  if [ $HAVE_TLS = 1 ]; then
+    hold "$n" "$pid" idle-tls "${PROXY_TLS_PORT[$n]}" "$TLS_IDLE" "$WORK/site.crt"
+    hold "$n" "$pid" idle-h2 "${PROXY_TLS_PORT[$n]}" "$TLS_IDLE" "$WORK/site.crt"
+  fi
+  hold "$n" "$pid" slow "${PROXY_PORT[$n]}" "$SLOW"
+done
+
+echo
+echo "Memory: RSS growth of the proxy worker (KiB per client), one worker each"
+printf '%-52s' ""; for n in "${NAMES[@]}"; do printf '%10s' "$n"; done
+for other in "${NAMES[@]:1}"; do printf '%14s' "gw/$other"; done; echo
+mem_row() { # label key-suffix [unit]
+  printf '%-52s' "$1"
+  for n in "${NAMES[@]}"; do printf '%10s' "${MEM[$n-$2]:--}"; done
+  for other in "${NAMES[@]:1}"; do
+    awk -v a="${MEM[gateway-$2]:-0}" -v b="${MEM[$other-$2]:-0}" 'BEGIN { if (b > 0) printf "%13.2fx", a / b; else printf "%14s", "-" }'
+  done
+  echo
+}
+mem_row "idle HTTP/1.1 keep-alive ($IDLE clients)" idle
+if [ $HAVE_TLS = 1 ]; then
+  mem_row "idle TLS 1.3, HTTP/1.1 ($TLS_IDLE clients)" idle-tls
+  mem_row "idle HTTP/2 over TLS ($TLS_IDLE clients)" idle-h2
+fi
+mem_row "slow reader of a 2 MB response ($SLOW clients)" slow
+printf '%-52s' "MiB still held 10 s after the $IDLE idle clients left"
+for n in "${NAMES[@]}"; do printf '%10s' "${BURST[$n]}"; done; echo

@@ -386,8 +386,10 @@ async fn an_http2_ping_flood_is_cut_off() {
         if write.write_all(&bytes).await.is_err() {
             return 0;
         }
+        // More than the socket buffers on both sides can hold, so the writes fail once
+        // the gateway closes, however late it gets to read.
         let mut sent = 0;
-        while sent < 100_000 {
+        while sent < 1_000_000 {
             if write.write_all(&ping.repeat(100)).await.is_err() {
                 break;
             }
@@ -407,7 +409,7 @@ async fn an_http2_ping_flood_is_cut_off() {
     .await;
     assert!(closed.is_ok(), "the flooding connection stayed open");
     let sent = flood.await.unwrap();
-    assert!(sent < 100_000, "all {sent} pings were taken");
+    assert!(sent < 1_000_000, "all {sent} pings were taken");
     assert!(
         gw.stderr().contains("http2 flood detected"),
         "{}",
