@@ -26,6 +26,22 @@ pub struct Entry<'a> {
     pub request_time: Duration,
     /// Why the request failed or was cut short; `None` for a clean exchange.
     pub error: Option<&'a str>,
+    /// Servers tried before `upstream` (or ending with it, when it failed too), each with
+    /// why it was left.
+    pub tries: &'a [(String, String)],
+}
+
+impl Entry<'_> {
+    /// Every server tried, in order, comma-separated (nginx's `$upstream_addr`).
+    fn upstream_addr(&self) -> Option<String> {
+        let mut names: Vec<&str> = self.tries.iter().map(|(name, _)| name.as_str()).collect();
+        if let Some(last) = self.upstream {
+            if names.last() != Some(&last) {
+                names.push(last);
+            }
+        }
+        (!names.is_empty()).then(|| names.join(","))
+    }
 }
 
 enum Sink {
@@ -125,7 +141,11 @@ fn combined(e: &Entry<'_>) -> String {
         Escaped(e.referer.unwrap_or("-")),
         Escaped(e.user_agent.unwrap_or("-")),
     );
-    let _ = write!(line, " upstream={}", e.upstream.unwrap_or("-"));
+    let _ = write!(
+        line,
+        " upstream={}",
+        e.upstream_addr().as_deref().unwrap_or("-")
+    );
     match e.upstream_time {
         Some(t) => {
             let _ = write!(line, " upstream_time={:.3}", t.as_secs_f64());
@@ -135,6 +155,14 @@ fn combined(e: &Entry<'_>) -> String {
     let _ = write!(line, " request_time={:.3}", e.request_time.as_secs_f64());
     if let Some(error) = e.error {
         let _ = write!(line, " error=\"{}\"", Escaped(error));
+    }
+    if !e.tries.is_empty() {
+        line.push_str(" tries=\"");
+        for (i, (server, why)) in e.tries.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "; " };
+            let _ = write!(line, "{sep}{server}: {}", Escaped(why));
+        }
+        line.push('"');
     }
     line.push('\n');
     line
@@ -169,9 +197,18 @@ struct JsonLine<'a> {
     referer: Option<&'a str>,
     user_agent: Option<&'a str>,
     upstream: Option<&'a str>,
+    upstream_addr: Option<String>,
     upstream_time: Option<f64>,
     request_time: f64,
     error: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    tries: Vec<JsonTry<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonTry<'a> {
+    server: &'a str,
+    error: &'a str,
 }
 
 fn json(e: &Entry<'_>) -> String {
@@ -187,9 +224,15 @@ fn json(e: &Entry<'_>) -> String {
         referer: e.referer,
         user_agent: e.user_agent,
         upstream: e.upstream,
+        upstream_addr: e.upstream_addr(),
         upstream_time: e.upstream_time.map(|t| t.as_secs_f64()),
         request_time: e.request_time.as_secs_f64(),
         error: e.error,
+        tries: e
+            .tries
+            .iter()
+            .map(|(server, error)| JsonTry { server, error })
+            .collect(),
     };
     let mut s = serde_json::to_string(&line).unwrap_or_default();
     s.push('\n');
@@ -215,6 +258,7 @@ mod tests {
             upstream_time: Some(Duration::from_millis(3)),
             request_time: Duration::from_millis(4),
             error: Some("upstream closed the connection"),
+            tries: &[],
         }
     }
 
@@ -236,6 +280,35 @@ mod tests {
         assert_eq!(v["status"], 502);
         assert_eq!(v["target"], "/a\"b");
         assert_eq!(v["error"], "upstream closed the connection");
+    }
+
+    #[test]
+    fn the_servers_tried_and_why_are_logged() {
+        let tries = [
+            ("127.0.0.1:3002".to_string(), "answered 503".to_string()),
+            ("127.0.0.1:3003".to_string(), "connect refused".to_string()),
+        ];
+        let mut e = entry();
+        e.tries = &tries;
+        e.error = None;
+        let line = combined(&e);
+        assert!(
+            line.contains(" upstream=127.0.0.1:3002,127.0.0.1:3003,127.0.0.1:3001 "),
+            "{line}"
+        );
+        assert!(
+            line.ends_with(
+                " tries=\"127.0.0.1:3002: answered 503; 127.0.0.1:3003: connect refused\"\n"
+            ),
+            "{line}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&json(&e)).unwrap();
+        assert_eq!(
+            v["upstream_addr"],
+            "127.0.0.1:3002,127.0.0.1:3003,127.0.0.1:3001"
+        );
+        assert_eq!(v["tries"][0]["error"], "answered 503");
+        assert_eq!(v["upstream"], "127.0.0.1:3001");
     }
 
     #[test]

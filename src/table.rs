@@ -58,6 +58,93 @@ pub struct ServerRecord {
     /// The round-robin position of the upstream whose first server this is: every
     /// worker draws from it, so the rotation is the upstream's, not each worker's.
     rotation: AtomicU64,
+    /// least_time: peak-EWMA of the time to the response head, microseconds as f64 bits…
+    latency_us: AtomicU64,
+    /// … and when the last sample came in (monotonic ms; 0 = never).
+    latency_stamp: AtomicU64,
+    /// When `in_flight` last went up from zero (monotonic ms).
+    busy_since: AtomicU64,
+    /// The retry budget of the upstream whose first server this is.
+    pub budget: RetryBudget,
+}
+
+/// How fast the peak-EWMA forgets: the weight of the old value after `t` ms is
+/// `exp(-t / LATENCY_DECAY_MS)`. Short enough that a server that is fast again wins its
+/// share back within seconds.
+pub const LATENCY_DECAY_MS: f64 = 2_000.0;
+
+/// What least_time reckons a server that has never answered and has a request in flight
+/// takes (1 s): it waits for that answer before it gets more.
+const UNANSWERED_BUSY_US: f64 = 1_000_000.0;
+
+/// Retries of the last 10 s, counted in five 2 s buckets shared by all workers.
+#[repr(C)]
+#[derive(Default)]
+pub struct RetryBudget {
+    buckets: [BudgetBucket; BUDGET_BUCKETS],
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct BudgetBucket {
+    /// Which 2 s period (plus one, so zero-filled memory is no period) the counts are of.
+    period: AtomicU64,
+    requests: AtomicU32,
+    retries: AtomicU32,
+}
+
+const BUDGET_BUCKETS: usize = 5;
+const BUDGET_BUCKET_MS: u64 = 2_000;
+/// However little traffic there is, this many retries per 10 s are allowed (as Envoy's
+/// minimum retry concurrency): one failed request on a quiet upstream is still retried.
+pub const BUDGET_MIN_RETRIES: u64 = 3;
+
+impl RetryBudget {
+    fn bucket(&self, now_ms: u64) -> &BudgetBucket {
+        let period = now_ms / BUDGET_BUCKET_MS + 1;
+        let bucket = &self.buckets[(period % BUDGET_BUCKETS as u64) as usize];
+        let seen = bucket.period.load(Relaxed);
+        if seen != period
+            && bucket
+                .period
+                .compare_exchange(seen, period, Relaxed, Relaxed)
+                .is_ok()
+        {
+            // Racing workers may lose a count or two at the turn of a period: tolerated.
+            bucket.requests.store(0, Relaxed);
+            bucket.retries.store(0, Relaxed);
+        }
+        bucket
+    }
+
+    /// Counts a request to the upstream.
+    pub fn note_request(&self, now_ms: u64) {
+        self.bucket(now_ms).requests.fetch_add(1, Relaxed);
+    }
+
+    /// Takes one retry from the budget if `share` of the last 10 s of requests (at least
+    /// [`BUDGET_MIN_RETRIES`] when `share` > 0) allows another.
+    pub fn try_retry(&self, now_ms: u64, share: f64) -> bool {
+        if share <= 0.0 {
+            return false;
+        }
+        let current = self.bucket(now_ms);
+        let newest = now_ms / BUDGET_BUCKET_MS + 1;
+        let (mut requests, mut retries) = (0u64, 0u64);
+        for bucket in &self.buckets {
+            let period = bucket.period.load(Relaxed);
+            if period + (BUDGET_BUCKETS as u64) > newest {
+                requests += u64::from(bucket.requests.load(Relaxed));
+                retries += u64::from(bucket.retries.load(Relaxed));
+            }
+        }
+        let allowed = ((requests as f64 * share) as u64).max(BUDGET_MIN_RETRIES);
+        if retries >= allowed {
+            return false;
+        }
+        current.retries.fetch_add(1, Relaxed);
+        true
+    }
 }
 
 /// One worker process's counters.
@@ -88,6 +175,42 @@ impl ServerRecord {
 
     pub fn rotation(&self) -> &AtomicU64 {
         &self.rotation
+    }
+
+    /// A new time-to-response-head sample: a slower answer than the average is taken at
+    /// once (the peak), a faster one is averaged in with a weight that grows with the time
+    /// since the last sample.
+    pub fn record_latency(&self, sample_us: f64, now_ms: u64) {
+        let last = self.latency_stamp.swap(now_ms.max(1), Relaxed);
+        let old = f64::from_bits(self.latency_us.load(Relaxed));
+        let new = if last == 0 || sample_us >= old {
+            sample_us
+        } else {
+            let kept = (-(now_ms.saturating_sub(last) as f64) / LATENCY_DECAY_MS).exp();
+            old * kept + sample_us * (1.0 - kept)
+        };
+        self.latency_us.store(new.to_bits(), Relaxed);
+    }
+
+    /// The latency least_time reckons with now, in microseconds.
+    ///
+    /// An idle server's average fades towards zero while it gets no samples, so a server
+    /// that was slow is tried again after a while and wins its share back if it is fast
+    /// again. Once it has requests in flight it is not faded: it counts at least its
+    /// average, and at least as long as it has been busy without answering, so a server
+    /// that is stuck, or has never answered, gets one request at a time, not a flood.
+    pub fn latency_us(&self, now_ms: u64) -> f64 {
+        let last = self.latency_stamp.load(Relaxed);
+        let average = f64::from_bits(self.latency_us.load(Relaxed));
+        if self.in_flight() == 0 {
+            let since_ms = now_ms.saturating_sub(last) as f64;
+            return average * (-since_ms / LATENCY_DECAY_MS).exp();
+        }
+        if last == 0 {
+            return UNANSWERED_BUSY_US;
+        }
+        let silent_since = last.max(self.busy_since.load(Relaxed));
+        average.max(now_ms.saturating_sub(silent_since) as f64 * 1000.0)
     }
 
     /// Up for traffic: neither health checks nor passive failures have it down.
@@ -183,8 +306,14 @@ impl ServerRecord {
             &self.checks_passed,
             &self.checks_failed,
             &self.rotation,
+            &self.latency_us,
+            &self.latency_stamp,
+            &self.busy_since,
         ] {
             counter.store(0, Relaxed);
+        }
+        for bucket in &self.budget.buckets {
+            bucket.period.store(0, Relaxed);
         }
         self.fails.store(0, Relaxed);
         self.clear_checks();
@@ -298,7 +427,11 @@ pub struct SharedServer {
 impl SharedServer {
     pub fn enter(&self) {
         self.mine.fetch_add(1, Relaxed);
-        self.record.in_flight.fetch_add(1, Relaxed);
+        if self.record.in_flight.fetch_add(1, Relaxed) == 0 {
+            self.record
+                .busy_since
+                .store(crate::sys::monotonic_ms(), Relaxed);
+        }
     }
 
     pub fn leave(&self) {
@@ -509,6 +642,79 @@ mod tests {
         t.server(3).requests.fetch_add(7, Relaxed);
         assert_eq!(other.server(3).requests.load(Relaxed), 7);
         assert!(Table::adopt(1).is_err());
+    }
+
+    #[test]
+    fn peak_ewma_takes_a_slow_answer_at_once_and_averages_fast_ones_in() {
+        let t = table();
+        let s = t.server(0);
+        assert_eq!(s.latency_us(1_000), 0.0, "no samples: tried first");
+        s.record_latency(1_000.0, 1_000);
+        assert_eq!(s.latency_us(1_000), 1_000.0);
+        s.record_latency(50_000.0, 1_010);
+        assert_eq!(s.latency_us(1_010), 50_000.0, "the peak counts at once");
+        // Fast answers bring it down, faster the longer the gap between samples.
+        s.record_latency(1_000.0, 1_020);
+        let after_one = s.latency_us(1_020);
+        assert!(after_one > 49_000.0, "{after_one}");
+        for ms in (1_020..5_020).step_by(10) {
+            s.record_latency(1_000.0, ms);
+        }
+        let after_4s = s.latency_us(5_010);
+        assert!(after_4s < 8_000.0, "back near 1 ms after 4 s: {after_4s}");
+    }
+
+    #[test]
+    fn latency_fades_while_idle_but_not_while_requests_hang() {
+        let t = table();
+        let s = t.server(0);
+        s.record_latency(20_000.0, 1_000);
+        let faded = s.latency_us(9_000);
+        assert!(faded < 400.0, "8 s without samples: {faded}");
+        let share = t.share(0).server(0);
+        share.enter();
+        let now = crate::sys::monotonic_ms();
+        assert!(
+            s.latency_us(now) >= 20_000.0,
+            "tried again: counts its average until it answers"
+        );
+        assert!(
+            s.latency_us(now + 60_000) >= 60_000_000.0,
+            "busy for a minute without an answer"
+        );
+        share.leave();
+        let fresh = t.server(1);
+        t.share(0).server(1).enter();
+        assert_eq!(
+            fresh.latency_us(now),
+            UNANSWERED_BUSY_US,
+            "never answered, one in flight: wait for it"
+        );
+    }
+
+    #[test]
+    fn the_retry_budget_allows_its_share_of_the_last_ten_seconds() {
+        let t = table();
+        let b = &t.server(0).budget;
+        for _ in 0..BUDGET_MIN_RETRIES {
+            assert!(b.try_retry(1_000, 0.2), "the minimum on a quiet upstream");
+        }
+        assert!(!b.try_retry(1_000, 0.2));
+        assert!(!b.try_retry(1_000, 0.0) && !t.server(1).budget.try_retry(0, 0.0));
+        for _ in 0..100 {
+            b.note_request(3_000);
+        }
+        let granted = (0..100).filter(|_| b.try_retry(3_500, 0.2)).count();
+        assert_eq!(
+            granted as u64,
+            20 - BUDGET_MIN_RETRIES,
+            "20% of 100, 3 used"
+        );
+        // Ten seconds on, the old requests and retries are forgotten.
+        assert_eq!(
+            (0..10).filter(|_| b.try_retry(14_000, 0.2)).count() as u64,
+            BUDGET_MIN_RETRIES
+        );
     }
 
     fn keys(config_servers: &[(&str, &str)]) -> Vec<ServerKey> {

@@ -93,6 +93,16 @@ pub struct UpstreamSection {
     pub max_fails: Option<u32>,
     pub fail_timeout: Option<Spanned<String>>,
     pub health_check: Option<Spanned<HealthCheckSection>>,
+    /// `policy = "hash"`: "uri", "header:NAME" or "cookie:NAME".
+    pub hash_key: Option<Spanned<String>>,
+    /// Pins a client to its server with this cookie, whatever the policy.
+    pub sticky_cookie: Option<Spanned<String>>,
+    /// Failures besides "connect" that send an idempotent request to another server.
+    pub retry_on: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Retries at most this share of the upstream's requests of the last 10 s.
+    pub retry_budget: Option<Spanned<f64>>,
+    /// Pooled upstream connections unused this long are closed.
+    pub idle_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -97,6 +97,8 @@ pub enum Policy {
     RoundRobin,
     IpHash,
     LeastConn,
+    LeastTime,
+    Hash,
 }
 
 impl Policy {
@@ -105,6 +107,8 @@ impl Policy {
             Policy::RoundRobin => "round_robin",
             Policy::IpHash => "ip_hash",
             Policy::LeastConn => "least_conn",
+            Policy::LeastTime => "least_time",
+            Policy::Hash => "hash",
         }
     }
 }
@@ -121,6 +125,50 @@ pub struct UpstreamConfig {
     pub max_fails: u32,
     pub fail_timeout: Duration,
     pub health_check: Option<HealthCheckConfig>,
+    /// What `policy = "hash"` hashes.
+    pub hash_key: Option<HashKey>,
+    /// The cookie that pins a client to its server (any policy).
+    pub sticky_cookie: Option<String>,
+    pub retry_on: RetryOn,
+    /// Share of the requests of the last 10 s that may be retried (beyond `connect`).
+    pub retry_budget: f64,
+    /// Pooled upstream connections unused this long are not reused.
+    pub idle_timeout: Duration,
+}
+
+/// The request property `policy = "hash"` hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// The path with its query.
+    Uri,
+    /// A header, lower-case.
+    Header(http::HeaderName),
+    Cookie(String),
+}
+
+/// Which failures send a request to another server. Connect failures always do (up to
+/// `retries`); the others only for idempotent requests whose body was not streamed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryOn {
+    /// The connection closed before any response byte.
+    pub reset: bool,
+    /// No response head within `read_timeout`.
+    pub timeout: bool,
+    pub http_502: bool,
+    pub http_503: bool,
+    pub http_504: bool,
+}
+
+impl RetryOn {
+    /// Whether an answer with `status` is retried.
+    pub fn status(&self, status: u16) -> bool {
+        match status {
+            502 => self.http_502,
+            503 => self.http_503,
+            504 => self.http_504,
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -569,11 +617,13 @@ impl Validator<'_> {
                 "round_robin" => Policy::RoundRobin,
                 "ip_hash" => Policy::IpHash,
                 "least_conn" => Policy::LeastConn,
+                "least_time" => Policy::LeastTime,
+                "hash" => Policy::Hash,
                 other => {
                     self.error(
                         p.span(),
                         &key("policy"),
-                        format!("unknown policy {other:?} (expected round_robin, ip_hash or least_conn)"),
+                        format!("unknown policy {other:?} (expected round_robin, ip_hash, least_conn, least_time or hash)"),
                     );
                     Policy::RoundRobin
                 }
@@ -621,6 +671,73 @@ impl Validator<'_> {
             );
         }
         let health_check = u.health_check.as_ref().map(|h| self.health_check(name, h));
+        let hash_key = match &u.hash_key {
+            None => {
+                if policy == Policy::Hash {
+                    self.error(
+                        section.span(),
+                        &key("hash_key"),
+                        "policy = \"hash\" needs hash_key (\"uri\", \"header:NAME\" or \"cookie:NAME\")",
+                    );
+                }
+                None
+            }
+            Some(k) => {
+                if policy != Policy::Hash {
+                    self.error(
+                        k.span(),
+                        &key("hash_key"),
+                        "only used with policy = \"hash\"",
+                    );
+                }
+                let parsed = parse_hash_key(k.get_ref());
+                if parsed.is_none() {
+                    self.error(
+                        k.span(),
+                        &key("hash_key"),
+                        "must be \"uri\", \"header:NAME\" or \"cookie:NAME\"",
+                    );
+                }
+                parsed
+            }
+        };
+        let sticky_cookie = u.sticky_cookie.as_ref().and_then(|c| {
+            let name = c.get_ref();
+            if is_cookie_name(name) {
+                Some(name.clone())
+            } else {
+                self.error(
+                    c.span(),
+                    &key("sticky_cookie"),
+                    "must be a cookie name (letters, digits and !#$%&'*+-.^_`|~)",
+                );
+                None
+            }
+        });
+        let mut retry_on = RetryOn::default();
+        for (i, what) in u.retry_on.iter().flat_map(|l| l.get_ref()).enumerate() {
+            match what.get_ref().as_str() {
+                "connect" => {}
+                "reset" => retry_on.reset = true,
+                "timeout" => retry_on.timeout = true,
+                "http_502" => retry_on.http_502 = true,
+                "http_503" => retry_on.http_503 = true,
+                "http_504" => retry_on.http_504 = true,
+                other => self.error(
+                    what.span(),
+                    &key(&format!("retry_on[{i}]")),
+                    format!("unknown failure {other:?} (expected connect, reset, timeout, http_502, http_503 or http_504)"),
+                ),
+            }
+        }
+        let retry_budget = match &u.retry_budget {
+            None => 0.2,
+            Some(b) if (0.0..=1.0).contains(b.get_ref()) => *b.get_ref(),
+            Some(b) => {
+                self.error(b.span(), &key("retry_budget"), "must be from 0 to 1");
+                0.2
+            }
+        };
         UpstreamConfig {
             name: name.to_string(),
             policy,
@@ -644,6 +761,15 @@ impl Validator<'_> {
                 Duration::from_secs(10),
             ),
             health_check,
+            hash_key,
+            sticky_cookie,
+            retry_on,
+            retry_budget,
+            idle_timeout: self.duration(
+                &u.idle_timeout,
+                &key("idle_timeout"),
+                Duration::from_secs(4),
+            ),
         }
     }
 
@@ -769,6 +895,27 @@ fn parse_status_range(s: &str) -> Option<(u16, u16)> {
     let lo: u16 = lo.trim().parse().ok()?;
     let hi: u16 = hi.trim().parse().ok()?;
     ((100..=599).contains(&lo) && (lo..=599).contains(&hi)).then_some((lo, hi))
+}
+
+fn parse_hash_key(text: &str) -> Option<HashKey> {
+    if text == "uri" {
+        return Some(HashKey::Uri);
+    }
+    if let Some(name) = text.strip_prefix("header:") {
+        return http::HeaderName::from_bytes(name.as_bytes())
+            .ok()
+            .map(HashKey::Header);
+    }
+    let name = text.strip_prefix("cookie:")?;
+    is_cookie_name(name).then(|| HashKey::Cookie(name.to_string()))
+}
+
+/// A cookie name is an RFC 9110 token.
+fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Balancing policies: one small trait, one type per policy, chosen once per upstream.
 //!
-//! A balancer sees only weights, in-flight counts and which servers may be picked; which
-//! are up, which are backups and which were already tried is decided by the caller.
+//! A balancer sees only weights, in-flight counts, latencies and which servers may be
+//! picked; which are up, which are backups and which were already tried is decided by the
+//! caller, and so is what a hashing policy hashes (the client address, a header, ...).
 //!
 //! Round robin (and least_conn's tie-breaking) draws positions from one counter shared by
 //! every worker process (it lives in the shared table), so the rotation is the
@@ -9,23 +10,26 @@
 //! workers take them.
 
 use crate::config::Policy;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What a balancer knows of one server.
 pub trait Candidate {
     fn weight(&self) -> u32;
     fn in_flight(&self) -> usize;
+    /// The latency least_time reckons with, in microseconds (see the shared table).
+    fn latency_us(&self) -> f64;
     /// A stable identity for hashing (the configured address).
     fn key(&self) -> &str;
 }
 
 pub trait Select {
     /// Picks one index among those for which `eligible` is true, or `None` if none is.
+    /// `affinity` is the hash of what a hashing policy keeps together (`None` when the
+    /// request has no such key).
     fn pick<C: Candidate>(
         &self,
         servers: &[C],
-        client: IpAddr,
+        affinity: Option<u64>,
         eligible: impl Fn(usize) -> bool,
     ) -> Option<usize>;
 }
@@ -33,17 +37,21 @@ pub trait Select {
 /// The policy an upstream was configured with, chosen once (no dynamic dispatch per pick).
 pub enum Balancer {
     RoundRobin(SmoothWeighted),
-    IpHash(ConsistentHash),
+    /// ip_hash and hash; requests without a key go round robin.
+    ConsistentHash(SmoothWeighted),
     LeastConn(LeastConn),
+    LeastTime(LeastTime),
 }
 
 impl Balancer {
     /// `weights` of the servers in order; `rotation` the upstream's shared position.
     pub fn new(policy: Policy, weights: &[u32], rotation: &'static AtomicU64) -> Self {
+        let round_robin = || SmoothWeighted::new(weights, rotation);
         match policy {
-            Policy::RoundRobin => Balancer::RoundRobin(SmoothWeighted::new(weights, rotation)),
-            Policy::IpHash => Balancer::IpHash(ConsistentHash),
+            Policy::RoundRobin => Balancer::RoundRobin(round_robin()),
+            Policy::IpHash | Policy::Hash => Balancer::ConsistentHash(round_robin()),
             Policy::LeastConn => Balancer::LeastConn(LeastConn { rotation }),
+            Policy::LeastTime => Balancer::LeastTime(LeastTime),
         }
     }
 }
@@ -52,15 +60,24 @@ impl Select for Balancer {
     fn pick<C: Candidate>(
         &self,
         servers: &[C],
-        client: IpAddr,
+        affinity: Option<u64>,
         eligible: impl Fn(usize) -> bool,
     ) -> Option<usize> {
         match self {
-            Balancer::RoundRobin(b) => b.pick(servers, client, eligible),
-            Balancer::IpHash(b) => b.pick(servers, client, eligible),
-            Balancer::LeastConn(b) => b.pick(servers, client, eligible),
+            Balancer::RoundRobin(b) => b.pick(servers, affinity, eligible),
+            Balancer::ConsistentHash(fallback) => match affinity {
+                Some(_) => ConsistentHash.pick(servers, affinity, eligible),
+                None => fallback.pick(servers, affinity, eligible),
+            },
+            Balancer::LeastConn(b) => b.pick(servers, affinity, eligible),
+            Balancer::LeastTime(b) => b.pick(servers, affinity, eligible),
         }
     }
+}
+
+/// The hash a hashing policy gives a key (client address bytes, a header value, ...).
+pub fn affinity_hash(key: &[u8]) -> u64 {
+    fnv1a(FNV_OFFSET, key)
 }
 
 /// Smooth weighted round robin (nginx's algorithm), shared by all workers: the sequence
@@ -118,7 +135,7 @@ impl Select for SmoothWeighted {
     fn pick<C: Candidate>(
         &self,
         _servers: &[C],
-        _client: IpAddr,
+        _affinity: Option<u64>,
         eligible: impl Fn(usize) -> bool,
     ) -> Option<usize> {
         let len = self.schedule.len();
@@ -137,22 +154,19 @@ impl Select for SmoothWeighted {
     }
 }
 
-/// Weighted rendezvous hashing on the client address: every server gets a score from a
-/// hash of (client, server) and the highest eligible score wins. When a server goes down
-/// only the clients that scored it highest move; a new server takes about 1/N of clients.
+/// Weighted rendezvous hashing of the affinity key: every server gets a score from a
+/// hash of (key, server) and the highest eligible score wins. When a server goes down
+/// only the keys that scored it highest move; a new server takes about 1/N of keys.
 pub struct ConsistentHash;
 
 impl Select for ConsistentHash {
     fn pick<C: Candidate>(
         &self,
         servers: &[C],
-        client: IpAddr,
+        affinity: Option<u64>,
         eligible: impl Fn(usize) -> bool,
     ) -> Option<usize> {
-        let client_hash = match client {
-            IpAddr::V4(ip) => fnv1a(FNV_OFFSET, &ip.octets()),
-            IpAddr::V6(ip) => fnv1a(FNV_OFFSET, &ip.octets()),
-        };
+        let client_hash = affinity.unwrap_or(FNV_OFFSET);
         let mut best: Option<(usize, f64)> = None;
         for (i, server) in servers.iter().enumerate() {
             if !eligible(i) {
@@ -197,7 +211,7 @@ impl Select for LeastConn {
     fn pick<C: Candidate>(
         &self,
         servers: &[C],
-        _client: IpAddr,
+        _affinity: Option<u64>,
         eligible: impl Fn(usize) -> bool,
     ) -> Option<usize> {
         let n = servers.len();
@@ -224,6 +238,65 @@ impl Select for LeastConn {
     }
 }
 
+/// Latency-aware power of two choices: two different eligible servers drawn at random in
+/// proportion to their weights, and the one with the lower `latency * (in_flight + 1) /
+/// weight` taken. Drawing two rather than scanning for the minimum keeps every worker
+/// from piling onto the same server between two updates of the shared figures.
+pub struct LeastTime;
+
+impl LeastTime {
+    fn cost<C: Candidate>(server: &C) -> f64 {
+        server.latency_us() * (server.in_flight() as f64 + 1.0) / f64::from(server.weight())
+    }
+}
+
+/// One eligible index drawn in proportion to weight, `skip` excluded.
+fn weighted_draw<C: Candidate>(
+    servers: &[C],
+    eligible: &impl Fn(usize) -> bool,
+    skip: Option<usize>,
+) -> Option<usize> {
+    let usable = |i: usize| Some(i) != skip && eligible(i);
+    let total: u64 = (0..servers.len())
+        .filter(|&i| usable(i))
+        .map(|i| u64::from(servers[i].weight()))
+        .sum();
+    if total == 0 {
+        return None;
+    }
+    let mut ticket = fastrand::u64(0..total);
+    for (i, server) in servers.iter().enumerate() {
+        if !usable(i) {
+            continue;
+        }
+        let weight = u64::from(server.weight());
+        if ticket < weight {
+            return Some(i);
+        }
+        ticket -= weight;
+    }
+    None
+}
+
+impl Select for LeastTime {
+    fn pick<C: Candidate>(
+        &self,
+        servers: &[C],
+        _affinity: Option<u64>,
+        eligible: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let first = weighted_draw(servers, &eligible, None)?;
+        let Some(second) = weighted_draw(servers, &eligible, Some(first)) else {
+            return Some(first);
+        };
+        if Self::cost(&servers[second]) < Self::cost(&servers[first]) {
+            Some(second)
+        } else {
+            Some(first)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,6 +306,7 @@ mod tests {
         key: String,
         weight: u32,
         in_flight: Cell<usize>,
+        latency_us: Cell<f64>,
     }
     impl Candidate for S {
         fn weight(&self) -> u32 {
@@ -240,6 +314,9 @@ mod tests {
         }
         fn in_flight(&self) -> usize {
             self.in_flight.get()
+        }
+        fn latency_us(&self) -> f64 {
+            self.latency_us.get()
         }
         fn key(&self) -> &str {
             &self.key
@@ -253,10 +330,11 @@ mod tests {
                 key: format!("10.0.0.{i}:80"),
                 weight,
                 in_flight: Cell::new(0),
+                latency_us: Cell::new(0.0),
             })
             .collect()
     }
-    const ANY: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    const ANY: Option<u64> = None;
 
     fn rotation() -> &'static AtomicU64 {
         Box::leak(Box::new(AtomicU64::new(0)))
@@ -325,8 +403,8 @@ mod tests {
         assert_eq!(picks, [0, 1, 0, 1, 0, 1]);
     }
 
-    fn client(i: u32) -> IpAddr {
-        IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i * 7919))
+    fn client(i: u32) -> Option<u64> {
+        Some(affinity_hash(&(0x0a00_0000 + i * 7919).to_be_bytes()))
     }
 
     #[test]
@@ -393,5 +471,61 @@ mod tests {
         assert_eq!(b.pick(&s, ANY, |_| true), Some(2));
         s[2].in_flight.set(3); // 3/2 is more than 1/1
         assert_ne!(b.pick(&s, ANY, |_| true), Some(2));
+    }
+
+    #[test]
+    fn hash_without_a_key_goes_round_robin() {
+        let s = servers(&[1, 1, 1]);
+        let b = Balancer::new(Policy::Hash, &[1, 1, 1], rotation());
+        let picks: Vec<usize> = (0..3)
+            .map(|_| b.pick(&s, None, |_| true).unwrap())
+            .collect();
+        assert_eq!(picks, [0, 1, 2]);
+        let keyed = b.pick(&s, client(7), |_| true);
+        assert!((0..20).all(|_| b.pick(&s, client(7), |_| true) == keyed));
+    }
+
+    #[test]
+    fn least_time_sends_a_slow_server_little_and_tries_an_unsampled_one() {
+        let s = servers(&[1, 1, 1]);
+        s[0].latency_us.set(1_000.0);
+        s[1].latency_us.set(1_000.0);
+        s[2].latency_us.set(10_000.0); // ten times slower
+        let b = LeastTime;
+        let mut counts = [0usize; 3];
+        for _ in 0..3000 {
+            counts[b.pick(&s, ANY, |_| true).unwrap()] += 1;
+        }
+        assert_eq!(counts[2], 0, "the slow one loses every draw: {counts:?}");
+        assert!(counts[0] > 1200 && counts[1] > 1200, "{counts:?}");
+        // Requests in flight make a fast server costlier: 1 ms x 11 > 10 ms x 1.
+        s[0].in_flight.set(10);
+        s[1].in_flight.set(10);
+        assert!((0..50).any(|_| b.pick(&s, ANY, |_| true) == Some(2)));
+        s[0].in_flight.set(0);
+        s[1].in_flight.set(0);
+        s[2].latency_us.set(0.0); // no samples yet
+        assert!((0..50).any(|_| b.pick(&s, ANY, |_| true) == Some(2)));
+        assert_eq!(b.pick(&s, ANY, |i| i == 1), Some(1));
+        assert_eq!(b.pick(&s, ANY, |_| false), None);
+    }
+
+    #[test]
+    fn least_time_draws_in_proportion_to_weight() {
+        let s = servers(&[3, 1]);
+        s[0].latency_us.set(1_000.0);
+        s[1].latency_us.set(1_000.0);
+        // Two servers are always both drawn: the weight divides the cost.
+        assert!((0..100).all(|_| LeastTime.pick(&s, ANY, |_| true) == Some(0)));
+        s[0].in_flight.set(3); // 1 ms x 4 / 3 > 1 ms x 1 / 1
+        assert_eq!(LeastTime.pick(&s, ANY, |_| true), Some(1));
+        let three = servers(&[3, 1, 1]);
+        let firsts = (0..4000)
+            .filter(|_| weighted_draw(&three, &|_| true, None) == Some(0))
+            .count();
+        assert!(
+            (2100..2700).contains(&firsts),
+            "{firsts} of 4000 drawn first"
+        );
     }
 }

@@ -1,15 +1,18 @@
 //! Upstream pools as a worker sees them: servers with their passive health, in-flight
 //! counts and idle connections, and the policy that picks among them.
 
+pub mod affinity;
 pub mod balancer;
 pub mod pool;
 
-use crate::config::{ServerConfig, UpstreamConfig};
-use crate::table::{SharedServer, WorkerShare};
-use balancer::{Balancer, Candidate, Select};
+use crate::config::{Policy, ServerConfig, UpstreamConfig};
+use crate::table::{RetryBudget, SharedServer, WorkerShare};
+use balancer::{affinity_hash, Balancer, Candidate, Select};
+use http::{HeaderMap, HeaderValue, Uri};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Milliseconds on the machine's monotonic clock: the same in every worker, so passive
 /// health deadlines in the shared table mean the same to all of them.
@@ -55,6 +58,13 @@ impl Server {
     pub fn note_success(&self) {
         self.shared.record.record_success();
     }
+
+    /// The time the server took to its response head (least_time's sample).
+    pub fn note_latency(&self, took: Duration) {
+        self.shared
+            .record
+            .record_latency(took.as_secs_f64() * 1e6, now_ms());
+    }
 }
 
 impl Candidate for Arc<Server> {
@@ -63,6 +73,9 @@ impl Candidate for Arc<Server> {
     }
     fn in_flight(&self) -> usize {
         self.shared.record.in_flight() as usize
+    }
+    fn latency_us(&self) -> f64 {
+        self.shared.record.latency_us(now_ms())
     }
     fn key(&self) -> &str {
         &self.config.name
@@ -73,6 +86,18 @@ pub struct Upstream {
     pub config: UpstreamConfig,
     pub servers: Vec<Arc<Server>>,
     balancer: Balancer,
+    /// With `sticky_cookie`: each server's token, and the `Set-Cookie` that hands it out.
+    sticky: Option<Vec<(String, HeaderValue)>>,
+    /// Shared by all workers (it lives in the record of the upstream's first server).
+    budget: &'static RetryBudget,
+}
+
+/// What a request brings to the choice of its server, read from it once.
+pub struct Affinity {
+    /// What `ip_hash` or `hash` keeps together, hashed; `None` without a key.
+    hash: Option<u64>,
+    /// The server the request's sticky cookie names, if it names one of ours.
+    sticky: Option<usize>,
 }
 
 impl Upstream {
@@ -95,32 +120,110 @@ impl Upstream {
                         config.max_fails
                     },
                     fail_timeout_ms: config.fail_timeout.as_millis() as u64,
-                    pool: pool::Pool::new(config.keepalive),
+                    pool: pool::Pool::new(config.keepalive, config.idle_timeout),
                 })
             })
             .collect();
         let weights: Vec<u32> = config.servers.iter().map(|s| s.weight).collect();
-        // Validation guarantees a server; its record holds the upstream's rotation.
-        let rotation = share.server(records[0]).record.rotation();
+        // Validation guarantees a server; its record holds the upstream's rotation and
+        // retry budget.
+        let first = share.server(records[0]).record;
+        let sticky = config.sticky_cookie.as_ref().map(|cookie| {
+            config
+                .servers
+                .iter()
+                .map(|s| {
+                    let token = sticky_token(&config.name, &s.name);
+                    let set = format!("{cookie}={token}; Path=/; HttpOnly");
+                    let set = HeaderValue::from_str(&set).expect("a token and a cookie name");
+                    (token, set)
+                })
+                .collect()
+        });
         Upstream {
             config: config.clone(),
-            balancer: Balancer::new(config.policy, &weights, rotation),
+            balancer: Balancer::new(config.policy, &weights, first.rotation()),
             servers,
+            sticky,
+            budget: &first.budget,
         }
     }
 
-    /// Picks a server that is up and not in `tried`: a primary if any is up, else a
-    /// backup.
-    pub fn pick(&self, client: IpAddr, tried: &[usize]) -> Option<usize> {
+    /// Picks a server that is up and not in `tried`: the one the sticky cookie names if
+    /// it may serve, else what the policy chooses, a primary if any is up, else a backup.
+    /// Says also whether the client must be given a (new) sticky cookie.
+    pub fn pick(&self, affinity: &Affinity, tried: &[usize]) -> Option<(usize, bool)> {
         let now = now_ms();
         let servers = &self.servers;
-        let usable = |i: usize, backup: bool| {
-            servers[i].config.backup == backup && !tried.contains(&i) && servers[i].is_up(now)
-        };
-        self.balancer
-            .pick(servers, client, |i| usable(i, false))
-            .or_else(|| self.balancer.pick(servers, client, |i| usable(i, true)))
+        let usable = |i: usize| !tried.contains(&i) && servers[i].is_up(now);
+        if let Some(i) = affinity.sticky.filter(|&i| usable(i)) {
+            return Some((i, false));
+        }
+        let hash = affinity.hash;
+        let primary = |i: usize| !servers[i].config.backup && usable(i);
+        let backup = |i: usize| servers[i].config.backup && usable(i);
+        let chosen = self
+            .balancer
+            .pick(servers, hash, primary)
+            .or_else(|| self.balancer.pick(servers, hash, backup))?;
+        Some((chosen, self.sticky.is_some()))
     }
+
+    /// Whether a server not in `tried` is up (a retry has somewhere to go).
+    pub fn any_untried(&self, tried: &[usize]) -> bool {
+        let now = now_ms();
+        (0..self.servers.len()).any(|i| !tried.contains(&i) && self.servers[i].is_up(now))
+    }
+
+    /// The `Set-Cookie` that pins a client to server `index`.
+    pub fn sticky_cookie(&self, index: usize) -> Option<&HeaderValue> {
+        self.sticky.as_ref().map(|tokens| &tokens[index].1)
+    }
+
+    /// Counts a request for the retry budget.
+    pub fn note_request(&self) {
+        self.budget.note_request(now_ms());
+    }
+
+    /// Takes a retry from the budget, if it has one left.
+    pub fn try_retry(&self) -> bool {
+        self.budget.try_retry(now_ms(), self.config.retry_budget)
+    }
+
+    /// What of the request bears on the choice of its server under this upstream's
+    /// policy and sticky cookie.
+    pub fn affinity(&self, client: IpAddr, uri: &Uri, headers: &HeaderMap) -> Affinity {
+        let hash = match (&self.config.policy, &self.config.hash_key) {
+            (Policy::IpHash, _) => Some(match client {
+                IpAddr::V4(ip) => affinity_hash(&ip.octets()),
+                IpAddr::V6(ip) => affinity_hash(&ip.octets()),
+            }),
+            (Policy::Hash, Some(key)) => affinity::hash_key(key, uri, headers).map(affinity_hash),
+            _ => None,
+        };
+        let sticky = self.sticky.as_ref().and_then(|tokens| {
+            let name = self.config.sticky_cookie.as_deref()?;
+            let token = affinity::cookie(headers, name)?;
+            tokens.iter().position(|(t, _)| t == token)
+        });
+        Affinity { hash, sticky }
+    }
+}
+
+/// The sticky cookie's token for a server: derived from the upstream's name and the
+/// server's address alone, so every worker, every reload and every gateway with the same
+/// servers gives the same token, and one-way, so it does not reveal the address.
+pub fn sticky_token(upstream: &str, server: &str) -> String {
+    let mut input = Vec::with_capacity(upstream.len() + server.len() + 16);
+    input.extend_from_slice(b"gateway-sticky\0");
+    input.extend_from_slice(upstream.as_bytes());
+    input.push(0);
+    input.extend_from_slice(server.as_bytes());
+    let digest = ring::digest::digest(&ring::digest::SHA256, &input);
+    digest.as_ref()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -128,8 +231,12 @@ mod tests {
     use super::*;
 
     fn upstream(servers: &str) -> Upstream {
+        upstream_with(servers, "")
+    }
+
+    fn upstream_with(servers: &str, keys: &str) -> Upstream {
         let text = format!(
-            "[[listener]]\nlisten = \"127.0.0.1:1\"\n[[route]]\nupstream = \"u\"\n[upstream.u]\nmax_fails = 1\nservers = [{servers}]\n"
+            "[[listener]]\nlisten = \"127.0.0.1:1\"\n[[route]]\nupstream = \"u\"\n[upstream.u]\nmax_fails = 1\nservers = [{servers}]\n{keys}"
         );
         let config = crate::config::parse(std::path::Path::new("t.toml"), &text).unwrap();
         let table = Box::leak(Box::new(crate::table::Table::create().unwrap()));
@@ -142,22 +249,60 @@ mod tests {
         let u = upstream(
             r#"{ address = "127.0.0.1:1" }, { address = "127.0.0.1:2" }, { address = "127.0.0.1:3", backup = true }"#,
         );
-        let ip = IpAddr::from([127, 0, 0, 1]);
+        let ip = affinity(&u, &[]);
+        let pick = |tried: &[usize]| u.pick(&ip, tried).map(|(i, _)| i);
         for _ in 0..6 {
-            assert_ne!(u.pick(ip, &[]), Some(2));
+            assert_ne!(pick(&[]), Some(2));
         }
-        assert_eq!(
-            u.pick(ip, &[0, 1]),
-            Some(2),
-            "all primaries tried: the backup"
-        );
+        assert_eq!(pick(&[0, 1]), Some(2), "all primaries tried: the backup");
         u.servers[0].note_failure("test");
         u.servers[1].shared.record.record_check(false, 1, 1);
         assert_eq!(
-            u.pick(ip, &[]),
+            pick(&[]),
             Some(2),
             "all primaries down (passive, active): the backup"
         );
-        assert_eq!(u.pick(ip, &[2]), None);
+        assert_eq!(pick(&[2]), None);
+    }
+
+    fn affinity(u: &Upstream, cookies: &[&str]) -> Affinity {
+        let mut headers = HeaderMap::new();
+        for c in cookies {
+            headers.append(http::header::COOKIE, HeaderValue::from_str(c).unwrap());
+        }
+        let uri = Uri::from_static("/");
+        u.affinity(IpAddr::from([127, 0, 0, 1]), &uri, &headers)
+    }
+
+    #[test]
+    fn a_sticky_cookie_pins_the_server_while_it_is_up_and_garbage_is_ignored() {
+        let u = upstream_with(
+            r#"{ address = "127.0.0.1:1" }, { address = "127.0.0.1:2" }, { address = "127.0.0.1:3" }"#,
+            "sticky_cookie = \"gw\"\n",
+        );
+        let token = sticky_token("u", "127.0.0.1:2");
+        assert_eq!(token.len(), 24);
+        assert!(
+            !token.contains("127"),
+            "the token does not show the address"
+        );
+        assert_ne!(token, sticky_token("other", "127.0.0.1:2"));
+        let pinned = affinity(&u, &[&format!("other=1; gw={token}")]);
+        for _ in 0..10 {
+            assert_eq!(u.pick(&pinned, &[]), Some((1, false)));
+        }
+        assert_eq!(
+            u.sticky_cookie(1).unwrap(),
+            &format!("gw={token}; Path=/; HttpOnly")
+        );
+        for garbage in ["", "zzz", "../../etc", &"f".repeat(5000)] {
+            let a = affinity(&u, &[&format!("gw={garbage}")]);
+            assert!(matches!(u.pick(&a, &[]), Some((_, true))), "{garbage:?}");
+        }
+        // Its server down: the client moves and gets a new cookie.
+        u.servers[1].note_failure("test");
+        let (moved, renew) = u.pick(&pinned, &[]).unwrap();
+        assert!(moved != 1 && renew);
+        assert!(matches!(u.pick(&pinned, &[0, 2]), None));
     }
 }

@@ -12,14 +12,13 @@ use tokio::net::TcpStream;
 
 pub type Sender = http1::SendRequest<RequestBody>;
 
-/// How long an idle connection is kept before it is dropped rather than reused. Below the
-/// 5 s keep-alive of Node.js servers, so we do not reuse a connection the server is
-/// closing at that very moment.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
-
+/// Idle connections, newest last. An idle connection is kept at most `idle_timeout`
+/// (`upstream.idle_timeout`, 4 s by default: below the 5 s keep-alive of Node.js servers,
+/// so we do not reuse a connection the server is closing at that very moment).
 pub struct Pool {
     idle: Mutex<Vec<(Sender, Instant)>>,
     max_idle: usize,
+    idle_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,10 +46,11 @@ impl ConnectError {
 }
 
 impl Pool {
-    pub fn new(max_idle: usize) -> Self {
+    pub fn new(max_idle: usize, idle_timeout: Duration) -> Self {
         Pool {
             idle: Mutex::new(Vec::with_capacity(max_idle)),
             max_idle,
+            idle_timeout,
         }
     }
 
@@ -59,7 +59,7 @@ impl Pool {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         while let Some((sender, since)) = idle.pop() {
-            if now.duration_since(since) >= IDLE_TIMEOUT {
+            if now.duration_since(since) >= self.idle_timeout {
                 // Everything below is older still.
                 idle.clear();
                 return None;

@@ -341,6 +341,8 @@ pub struct Exchange {
     pub upstream: Option<Lease>,
     pub upstream_time: Option<Duration>,
     pub error: Option<String>,
+    /// Servers tried and left before the one that answered, each with why it was left.
+    tries: Vec<(String, String)>,
     complete: bool,
 }
 
@@ -368,8 +370,16 @@ impl Exchange {
             upstream: None,
             upstream_time: None,
             error: None,
+            tries: Vec::new(),
             complete: false,
             log,
+        }
+    }
+
+    /// `server` was tried and left for `why` (for the access log).
+    pub fn note_try(&mut self, server: &Server, why: String) {
+        if self.log.enabled() {
+            self.tries.push((server.config.name.clone(), why));
         }
     }
 
@@ -424,6 +434,7 @@ impl Drop for Exchange {
             upstream_time: self.upstream_time,
             request_time: self.started.elapsed(),
             error: self.error.as_deref(),
+            tries: &self.tries,
         });
     }
 }

@@ -7,7 +7,7 @@ use super::path;
 use super::request_check::{self, Rejection};
 use super::router::{host_without_port, Router};
 use crate::access_log::AccessLog;
-use crate::config::{ClientLimits, Config};
+use crate::config::{ClientLimits, Config, RetryOn};
 use crate::table::{WorkerRecord, WorkerShare};
 use crate::upstream::pool::{self, ConnectError, Sender};
 use crate::upstream::{Server, Upstream};
@@ -71,6 +71,8 @@ enum Failure {
     OutOfResources(ConnectError),
     /// The upstream did not answer within read_timeout.
     Timeout,
+    /// The connection closed or was reset before any response byte.
+    Reset(String),
     BadResponse(String),
     ClientBody {
         timed_out: bool,
@@ -86,7 +88,9 @@ impl Failure {
             Failure::Unreachable(ConnectError::Timeout(_)) | Failure::Timeout => {
                 StatusCode::GATEWAY_TIMEOUT
             }
-            Failure::Unreachable(_) | Failure::BadResponse(_) => StatusCode::BAD_GATEWAY,
+            Failure::Unreachable(_) | Failure::Reset(_) | Failure::BadResponse(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             Failure::ClientBody {
                 timed_out: true, ..
             } => StatusCode::REQUEST_TIMEOUT,
@@ -103,7 +107,9 @@ impl Failure {
             Failure::Unreachable(e) => e.to_string(),
             Failure::OutOfResources(e) => format!("the gateway is out of resources: {e}"),
             Failure::Timeout => "upstream did not answer within read_timeout".into(),
-            Failure::BadResponse(why) | Failure::ClientBody { why, .. } => why.clone(),
+            Failure::Reset(why) | Failure::BadResponse(why) | Failure::ClientBody { why, .. } => {
+                why.clone()
+            }
         }
     }
 
@@ -111,8 +117,51 @@ impl Failure {
     fn blames_server(&self) -> bool {
         matches!(
             self,
-            Failure::Unreachable(_) | Failure::Timeout | Failure::BadResponse(_)
+            Failure::Unreachable(_)
+                | Failure::Timeout
+                | Failure::Reset(_)
+                | Failure::BadResponse(_)
         )
+    }
+
+    /// Whether `retry_on` lets this failure send the request to another server.
+    fn retried_by(&self, retry_on: RetryOn) -> bool {
+        match self {
+            Failure::Reset(_) => retry_on.reset,
+            Failure::Timeout => retry_on.timeout,
+            _ => false,
+        }
+    }
+}
+
+/// A copy of a request head that can be sent again after it went out: only idempotent
+/// requests without a body have one (a body, once streamed, is gone).
+struct Replay {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    fn of(request: &Request<RequestBody>) -> Option<Replay> {
+        use http_body::Body as _;
+        let idempotent = matches!(
+            *request.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+        );
+        (idempotent && request.body().is_end_stream()).then(|| Replay {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            headers: request.headers().clone(),
+        })
+    }
+
+    fn request(&self) -> Request<RequestBody> {
+        let mut request = Request::new(RequestBody::empty());
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        request
     }
 }
 
@@ -233,15 +282,23 @@ impl Proxy {
             );
         };
 
+        let affinity = upstream.affinity(conn.client.ip(), &head.uri, &head.headers);
         rewrite_request_head(&mut head, conn, host.as_ref(), websocket);
         let mut request = Request::from_parts(head, body);
+        let replay = if websocket {
+            None
+        } else {
+            Replay::of(&request)
+        };
+        upstream.note_request();
 
-        let client_ip = conn.client.ip();
+        let retry_on = upstream.config.retry_on;
+        let retries = upstream.config.retries as usize;
         let mut tried: Vec<usize> = Vec::new();
-        let mut last_unreachable = None;
+        let mut last_failure = None;
         let outcome = loop {
-            let Some(index) = upstream.pick(client_ip, &tried) else {
-                break Err(last_unreachable.map_or(Failure::NoServerUp, Failure::Unreachable));
+            let Some((index, give_cookie)) = upstream.pick(&affinity, &tried) else {
+                break Err(last_failure.unwrap_or(Failure::NoServerUp));
             };
             let server = &upstream.servers[index];
             server.count_request();
@@ -251,31 +308,61 @@ impl Proxy {
                     request.headers_mut().insert(header::HOST, v);
                 }
             }
+            tried.push(index);
+            // Another try for a request that went out: within `retries`, to a server not
+            // tried yet, from the budget.
+            let may_retry = |replay: &Option<Replay>| {
+                replay.is_some()
+                    && tried.len() <= retries
+                    && upstream.any_untried(&tried)
+                    && upstream.try_retry()
+            };
             let sent_at = Instant::now();
-            match self.try_server(upstream, server, request, websocket).await {
-                Ok(answer) => {
-                    exchange.upstream_time = Some(sent_at.elapsed());
-                    break Ok(answer);
+            match self
+                .try_server(upstream, server, request, replay.as_ref(), websocket)
+                .await
+            {
+                Ok((response, sender)) => {
+                    let took = sent_at.elapsed();
+                    exchange.upstream_time = Some(took);
+                    server.note_latency(took);
+                    let status = response.status();
+                    if retry_on.status(status.as_u16()) && may_retry(&replay) {
+                        let why = format!("answered {}", status.as_u16());
+                        server.note_failure(&why);
+                        exchange.note_try(server, why);
+                        request = replay.as_ref().expect("checked").request();
+                        continue;
+                    }
+                    let cookie = give_cookie
+                        .then(|| upstream.sticky_cookie(index).cloned())
+                        .flatten();
+                    break Ok((response, sender, cookie));
                 }
                 Err(TryError::NotSent(_, why)) if why.is_local() => {
                     break Err(Failure::OutOfResources(why));
                 }
                 Err(TryError::NotSent(back, why)) => {
-                    let back = *back;
                     server.note_failure(&why.to_string());
-                    request = back;
-                    tried.push(index);
-                    last_unreachable = Some(why);
-                    if tried.len() > upstream.config.retries as usize {
-                        break Err(Failure::Unreachable(
-                            last_unreachable.take().expect("just set"),
-                        ));
+                    exchange.note_try(server, why.to_string());
+                    request = *back;
+                    last_failure = Some(Failure::Unreachable(why));
+                    if tried.len() > retries {
+                        break Err(last_failure.take().expect("just set"));
                     }
                 }
                 Err(TryError::Failed(failure)) => {
-                    exchange.upstream_time = Some(sent_at.elapsed());
+                    let took = sent_at.elapsed();
+                    exchange.upstream_time = Some(took);
                     if failure.blames_server() {
                         server.note_failure(&failure.reason());
+                        server.note_latency(took);
+                    }
+                    if failure.retried_by(retry_on) && may_retry(&replay) {
+                        exchange.note_try(server, failure.reason());
+                        request = replay.as_ref().expect("checked").request();
+                        last_failure = Some(failure);
+                        continue;
                     }
                     break Err(failure);
                 }
@@ -283,7 +370,14 @@ impl Proxy {
         };
 
         match outcome {
-            Ok((response, sender)) => self.respond(exchange, upstream, response, sender, websocket),
+            Ok((response, sender, cookie)) => {
+                let (mut response, tunnel) =
+                    self.respond(exchange, upstream, response, sender, websocket);
+                if let Some(cookie) = cookie {
+                    response.headers_mut().append(header::SET_COOKIE, cookie);
+                }
+                (response, tunnel)
+            }
             Err(failure) => {
                 let close = matches!(failure, Failure::ClientBody { .. }) || websocket;
                 let response = error_response(exchange, failure.status(), failure.reason(), close);
@@ -293,12 +387,15 @@ impl Proxy {
     }
 
     /// Sends the request on a pooled connection, or a new one; a pooled connection that
-    /// turns out to be closing is replaced by a new one without counting as a failure.
+    /// turns out to be closing is replaced by a new one without counting as a failure,
+    /// also when it was reset after the request went out, if the request can be sent
+    /// again (`replay`): the server closed an idle connection as we reused it.
     async fn try_server(
         &self,
         upstream: &Upstream,
         server: &Server,
         mut request: Request<RequestBody>,
+        replay: Option<&Replay>,
         websocket: bool,
     ) -> Result<(Response<Incoming>, Sender), TryError> {
         let config = &upstream.config;
@@ -344,7 +441,15 @@ impl Proxy {
                             ConnectError::Io(server.config.addr, closed),
                         ));
                     }
-                    None => return Err(TryError::Failed(classify(e.into_error()))),
+                    None => {
+                        let failure = classify(e.into_error());
+                        match replay {
+                            Some(replay) if reused && matches!(failure, Failure::Reset(_)) => {
+                                request = replay.request();
+                            }
+                            _ => return Err(TryError::Failed(failure)),
+                        }
+                    }
                 },
             }
         }
@@ -444,11 +549,29 @@ fn classify(error: hyper::Error) -> Failure {
     }
     if error.is_parse() || error.is_parse_status() {
         Failure::BadResponse(format!("upstream sent an invalid response: {error}"))
-    } else if error.is_incomplete_message() {
-        Failure::BadResponse("upstream closed the connection before answering".into())
+    } else if error.is_incomplete_message() || was_reset(&error) {
+        Failure::Reset(format!(
+            "upstream closed the connection before answering: {error}"
+        ))
     } else {
         Failure::BadResponse(format!("upstream exchange failed: {error}"))
     }
+}
+
+/// Whether the connection was reset or broken under the exchange.
+fn was_reset(error: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            return matches!(
+                io.kind(),
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+            );
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// A 502/503/… of our own: short plain text, and a log line that says why.
