@@ -303,6 +303,6 @@ mod tests {
         u.servers[1].note_failure("test");
         let (moved, renew) = u.pick(&pinned, &[]).unwrap();
         assert!(moved != 1 && renew);
-        assert!(matches!(u.pick(&pinned, &[0, 2]), None));
+        assert!(u.pick(&pinned, &[0, 2]).is_none());
     }
 }
