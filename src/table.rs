@@ -95,9 +95,10 @@ struct BudgetBucket {
 
 const BUDGET_BUCKETS: usize = 5;
 const BUDGET_BUCKET_MS: u64 = 2_000;
-/// However little traffic there is, this many retries per 10 s are allowed (as Envoy's
-/// minimum retry concurrency): one failed request on a quiet upstream is still retried.
-pub const BUDGET_MIN_RETRIES: u64 = 3;
+/// However little traffic there is, this many retries per 10 s are allowed (one a second,
+/// like Linkerd's minimum retries per second): failed requests on a quiet upstream are
+/// still retried.
+pub const BUDGET_MIN_RETRIES: u64 = 10;
 
 impl RetryBudget {
     fn bucket(&self, now_ms: u64) -> &BudgetBucket {

@@ -1012,6 +1012,49 @@ read_timeout = "5 parsecs"
     }
 
     #[test]
+    fn balancing_and_retry_keys_are_read_and_checked() {
+        let c = check(&format!(
+            "{MINIMAL}policy = \"hash\"\nhash_key = \"cookie:session\"\nsticky_cookie = \"gw_route\"\nretry_on = [\"connect\", \"reset\", \"http_503\"]\nretry_budget = 0.5\nidle_timeout = \"2s\"\n"
+        ))
+        .unwrap();
+        let u = &c.upstreams[0];
+        assert_eq!(u.policy, Policy::Hash);
+        assert_eq!(u.hash_key, Some(HashKey::Cookie("session".into())));
+        assert_eq!(u.sticky_cookie.as_deref(), Some("gw_route"));
+        assert!(u.retry_on.reset && u.retry_on.http_503 && !u.retry_on.timeout);
+        assert_eq!(
+            (u.retry_budget, u.idle_timeout),
+            (0.5, Duration::from_secs(2))
+        );
+        let d = &check(MINIMAL).unwrap().upstreams[0];
+        assert_eq!(d.retry_on, RetryOn::default(), "connect only");
+        assert_eq!(
+            (d.retry_budget, d.idle_timeout),
+            (0.2, Duration::from_secs(4))
+        );
+
+        let errs = check(&format!(
+            "{MINIMAL}policy = \"hash\"\nhash_key = \"body\"\nsticky_cookie = \"a b\"\nretry_on = [\"http_500\"]\nretry_budget = 2.0\n"
+        ))
+        .unwrap_err();
+        for key in [
+            "upstream.app.hash_key:",
+            "upstream.app.sticky_cookie:",
+            "upstream.app.retry_on[0]: unknown failure \"http_500\"",
+            "upstream.app.retry_budget: must be from 0 to 1",
+        ] {
+            assert!(errs.iter().any(|e| e.contains(key)), "{key} in {errs:#?}");
+        }
+        let errs = check(&format!("{MINIMAL}policy = \"hash\"\n")).unwrap_err();
+        assert!(errs[0].contains("needs hash_key"), "{errs:?}");
+        let errs = check(&format!("{MINIMAL}hash_key = \"uri\"\n")).unwrap_err();
+        assert!(
+            errs[0].contains("only used with policy = \"hash\""),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
     fn admin_listens_on_loopback_by_default_and_not_on_a_listener() {
         assert_eq!(check(MINIMAL).unwrap().admin, None);
         let c = check(&format!("[admin]\n{MINIMAL}")).unwrap();

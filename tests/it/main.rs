@@ -1,5 +1,6 @@
 //! Integration tests: the real `gateway` binary, real backends, real clients.
 
+mod balancing;
 mod cli;
 mod common;
 mod differential;
