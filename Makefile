@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN ?= target/release
 
-.PHONY: build run test bench lint fmt clean
+.PHONY: build run test bench bench-balance lint fmt clean
 
 build:
 	$(CARGO) build --release --bins --examples
@@ -30,6 +30,11 @@ lint:
 # Side-by-side load test against nginx and HAProxy (not part of `make test`).
 bench: build
 	bash benches/compare.sh
+
+# round_robin, least_conn and least_time (and nginx's least_conn) with one slow, then
+# stuck, backend of three: latency percentiles and the slow server's share.
+bench-balance: build
+	bash benches/balance.sh
 
 clean:
 	$(CARGO) clean

@@ -8,6 +8,7 @@
 # Everything stays on 127.0.0.1.
 #
 # Knobs (environment): ROUNDS (3), DURATION (10s), CONNECTIONS (50), THREADS (1),
+# OPEN_RATE (5000 requests/s of the open-loop row) and OPEN_SECONDS (10),
 # IDLE (8000 idle HTTP/1.1 clients), TLS_IDLE (3000), SLOW (300 slow readers),
 # MEMORY_ONLY=1 (skip the throughput rounds).
 set -euo pipefail
@@ -17,6 +18,8 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-50}
 THREADS=${THREADS:-1}
+OPEN_RATE=${OPEN_RATE:-5000}
+OPEN_SECONDS=${OPEN_SECONDS:-10}
 IDLE=${IDLE:-8000}
 TLS_IDLE=${TLS_IDLE:-3000}
 SLOW=${SLOW:-300}
@@ -43,8 +46,9 @@ install_if_missing nginx nginx-light || { echo "nginx is needed for the backend 
 HAVE_HAPROXY=1
 install_if_missing haproxy haproxy || { HAVE_HAPROXY=0; echo "haproxy not installable: its rows are skipped" >&2; }
 
-[ -x target/release/gateway ] && [ -x target/release/examples/memprobe ] ||
-  cargo build --release --bin gateway --example memprobe
+[ -x target/release/gateway ] && [ -x target/release/examples/memprobe ] &&
+  [ -x target/release/examples/loadgen ] ||
+  cargo build --release --bin gateway --example memprobe --example loadgen
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$WORK"; }
@@ -81,7 +85,9 @@ if [ $HAVE_TLS = 1 ]; then
 listen = \"127.0.0.1:$GATEWAY_TLS_PORT\"
 tls = [ { cert = \"$WORK/site.crt\", key = \"$WORK/site.key\" } ]"
 fi
-head -c 2097152 /dev/zero > "$WORK/backend/big"
+# 16 MiB: more than the kernel buffers on the proxy's side of a slow client's connection
+# (tcp_wmem's 4 MiB), so what the proxy itself holds for a slow reader shows in its RSS.
+head -c 16777216 /dev/zero > "$WORK/backend/big"
 cat > "$WORK/backend/nginx.conf" <<CONF
 worker_processes 1;
 worker_rlimit_nofile 20000;
@@ -111,6 +117,7 @@ http {
   access_log off;
   keepalive_requests 1000000;
   proxy_temp_path $WORK/nginx/tmp;
+  proxy_max_temp_file_size 0;   # slow readers: buffer in memory and hold the upstream back
   client_body_temp_path $WORK/nginx/tmp;
   upstream app { server 127.0.0.1:$BACKEND_PORT; keepalive 32; }
   server {
@@ -200,6 +207,7 @@ run_one() { # name url pid [wrk options]
 
 NAMES=(gateway nginx)
 [ $HAVE_HAPROXY = 1 ] && NAMES+=(haproxy)
+declare -A OPEN_PORT=([gateway]=$GATEWAY_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT)
 echo "warming up ..." >&2
 for port in $GATEWAY_PORT $NGINX_PORT; do wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$port/" >/dev/null; done
 # The gateway's supervisor only waits; its worker is the process that does the work.
@@ -244,15 +252,32 @@ if [ $HAVE_TLS = 1 ]; then
   table "HTTPS, a new connection and full handshake per request" gateway-handshake nginx-handshake
   ratio gateway-handshake nginx-handshake
 fi
+
+# The same fixed offered load for each (open loop, examples/loadgen.rs on CPU 1): latency
+# at equal load, which a closed-loop wrk run cannot show.
+echo
+echo "Open loop: $OPEN_RATE requests/s for $OPEN_SECONDS s each (latency from the scheduled start)"
+printf '%-12s %9s %9s %10s %8s\n' proxy "p50 ms" "p99 ms" "p99.9 ms" errors
+declare -A OPEN_P99
+for n in "${NAMES[@]}"; do
+  read -r p50 p99 p999 errors _ <<<"$("${CPU1[@]}" target/release/examples/loadgen "http://127.0.0.1:${OPEN_PORT[$n]}/" "$OPEN_RATE" "$OPEN_SECONDS")"
+  OPEN_P99[$n]=$p99
+  printf '%-12s %9s %9s %10s %8s\n' "$n" "$p50" "$p99" "$p999" "$errors"
+done
+for other in "${NAMES[@]:1}"; do
+  awk -v a="${OPEN_P99[gateway]}" -v b="${OPEN_P99[$other]}" -v o="$other" 'BEGIN { printf "gateway/%s: open-loop p99 %.2fx\n", o, a / b }'
+done
 fi
 
 # --- Memory --------------------------------------------------------------------------
 # Each row: RSS of the proxy's worker before and while COUNT clients hold their
-# connections (memprobe: one request each, then idle; or slow readers of a 2 MB body).
+# connections (memprobe: one request each, then idle; or slow readers of a 16 MiB body).
+# Each starts after a pause so that memory freed by the previous row has gone back.
 declare -A MEM
 hold() { # name pid mode port count [ca]
   local fifo="$WORK/hold-$1-$3" before after out="$WORK/probe-$1-$3.out"
   mkfifo "$fifo"
+  sleep 3
   before=$(rss_kib "$2")
   target/release/examples/memprobe "$3" "127.0.0.1:$4" "$5" ${6:+"$6"} <"$fifo" >"$out" 2>&1 &
   local probe=$!
@@ -281,11 +306,11 @@ for n in "${NAMES[@]}"; do
   hold "$n" "$pid" idle "${PROXY_PORT[$n]}" "$IDLE"
   sleep 10
   BURST[$n]=$(awk -v a="$(rss_kib "$pid")" -v b="$base" 'BEGIN {printf "%.1f", (a - b) / 1024}')
+  hold "$n" "$pid" slow "${PROXY_PORT[$n]}" "$SLOW"
   if [ $HAVE_TLS = 1 ]; then
     hold "$n" "$pid" idle-tls "${PROXY_TLS_PORT[$n]}" "$TLS_IDLE" "$WORK/site.crt"
     hold "$n" "$pid" idle-h2 "${PROXY_TLS_PORT[$n]}" "$TLS_IDLE" "$WORK/site.crt"
   fi
-  hold "$n" "$pid" slow "${PROXY_PORT[$n]}" "$SLOW"
 done
 
 echo
@@ -305,6 +330,6 @@ if [ $HAVE_TLS = 1 ]; then
   mem_row "idle TLS 1.3, HTTP/1.1 ($TLS_IDLE clients)" idle-tls
   mem_row "idle HTTP/2 over TLS ($TLS_IDLE clients)" idle-h2
 fi
-mem_row "slow reader of a 2 MB response ($SLOW clients)" slow
+mem_row "slow reader of a 16 MiB response ($SLOW clients)" slow
 printf '%-52s' "MiB still held 10 s after the $IDLE idle clients left"
 for n in "${NAMES[@]}"; do printf '%10s' "${BURST[$n]}"; done; echo
