@@ -190,30 +190,64 @@ impl FromWorker {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What `gatewayctl` asks on the control socket: one line, one JSON [`Reply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Reload,
     Status,
-    Stop { now: bool },
+    Stop {
+        now: bool,
+    },
+    /// Drain, enable or re-weight the servers of `upstream` that `server` names.
+    Server {
+        upstream: String,
+        server: String,
+        change: ServerChange,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerChange {
+    Drain,
+    Enable,
+    Weight(u32),
 }
 
 impl Request {
     pub fn parse(line: &str) -> Option<Request> {
-        match line.trim() {
-            "reload" => Some(Request::Reload),
-            "status" => Some(Request::Status),
-            "stop" => Some(Request::Stop { now: false }),
-            "stop now" => Some(Request::Stop { now: true }),
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let server = |upstream: &str, server: &str, change| Request::Server {
+            upstream: upstream.to_string(),
+            server: server.to_string(),
+            change,
+        };
+        match words[..] {
+            ["reload"] => Some(Request::Reload),
+            ["status"] => Some(Request::Status),
+            ["stop"] => Some(Request::Stop { now: false }),
+            ["stop", "now"] => Some(Request::Stop { now: true }),
+            ["drain", u, s] => Some(server(u, s, ServerChange::Drain)),
+            ["enable", u, s] => Some(server(u, s, ServerChange::Enable)),
+            ["weight", u, s, n] => Some(server(u, s, ServerChange::Weight(n.parse().ok()?))),
             _ => None,
         }
     }
 
-    pub fn as_line(self) -> &'static str {
+    pub fn as_line(&self) -> String {
         match self {
-            Request::Reload => "reload\n",
-            Request::Status => "status\n",
-            Request::Stop { now: false } => "stop\n",
-            Request::Stop { now: true } => "stop now\n",
+            Request::Reload => "reload\n".into(),
+            Request::Status => "status\n".into(),
+            Request::Stop { now: false } => "stop\n".into(),
+            Request::Stop { now: true } => "stop now\n".into(),
+            Request::Server {
+                upstream,
+                server,
+                change,
+            } => match change {
+                ServerChange::Drain => format!("drain {upstream} {server}\n"),
+                ServerChange::Enable => format!("enable {upstream} {server}\n"),
+                ServerChange::Weight(n) => format!("weight {upstream} {server} {n}\n"),
+            },
         }
     }
 }
@@ -275,7 +309,8 @@ pub struct UpstreamStatus {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServerStatus {
     pub address: String,
-    /// `up`, `down`, or `backup` (a backup that is up).
+    /// `up`, `down`, `backup` (a backup that is up) or `draining` (taken out of
+    /// rotation by `gatewayctl drain`).
     pub state: String,
     /// Why a server is down: `health_check` or `max_fails`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -284,6 +319,10 @@ pub struct ServerStatus {
     pub active_connections: u64,
     pub requests_total: u64,
     pub failures_total: u64,
+    /// The peak-EWMA of the time to the response head (what least_time weighs), in ms;
+    /// 0 before the first answer.
+    #[serde(default)]
+    pub latency_ms: f64,
     pub weight: u32,
     pub backup: bool,
     /// Active health check results, when the upstream has a health check.

@@ -66,6 +66,15 @@ pub struct ServerRecord {
     busy_since: AtomicU64,
     /// The retry budget of the upstream whose first server this is.
     pub budget: RetryBudget,
+    /// 1 while `gatewayctl drain` has the server out of rotation.
+    draining: AtomicU32,
+    /// A weight set by `gatewayctl weight` (0: none)…
+    weight_set: AtomicU32,
+    /// … and the file's weight it replaced: a reload with another weight in the file wins.
+    weight_set_over: AtomicU32,
+    /// When the server last came back (health check passed again, `enable`; monotonic
+    /// ms), where slow start ramps from.
+    rejoined_at: AtomicU64,
 }
 
 /// How fast the peak-EWMA forgets: the weight of the old value after `t` ms is
@@ -193,6 +202,11 @@ impl ServerRecord {
         self.latency_us.store(new.to_bits(), Relaxed);
     }
 
+    /// The average as the last sample left it, in microseconds (for status).
+    pub fn latency_average_us(&self) -> f64 {
+        f64::from_bits(self.latency_us.load(Relaxed))
+    }
+
     /// The latency least_time reckons with now, in microseconds.
     ///
     /// An idle server's average fades towards zero while it gets no samples, so a server
@@ -212,6 +226,54 @@ impl ServerRecord {
         }
         let silent_since = last.max(self.busy_since.load(Relaxed));
         average.max(now_ms.saturating_sub(silent_since) as f64 * 1000.0)
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Relaxed) != 0
+    }
+
+    /// Takes the server out of rotation (`true`) or puts it back; putting it back counts
+    /// as coming back, for slow start.
+    pub fn set_draining(&self, draining: bool, now_ms: u64) {
+        let was = self.draining.swap(u32::from(draining), Relaxed) != 0;
+        if was && !draining {
+            self.rejoined_at.store(now_ms, Relaxed);
+        }
+    }
+
+    /// The weight to balance with: one set at run time, unless the file's weight for the
+    /// server has changed since (a reload read a new one).
+    pub fn weight(&self, file_weight: u32) -> u32 {
+        let set = self.weight_set.load(Relaxed);
+        if set != 0 && self.weight_set_over.load(Relaxed) == file_weight {
+            set
+        } else {
+            file_weight
+        }
+    }
+
+    pub fn set_weight(&self, weight: u32, file_weight: u32) {
+        self.weight_set_over.store(file_weight, Relaxed);
+        self.weight_set.store(weight, Relaxed);
+    }
+
+    /// Slow start: the share of its weight a server gets `slow_start_ms` after it came
+    /// back (health checks, the end of a `max_fails` period, `enable`), growing linearly
+    /// from 1/20 to all of it. A server that never left gets all of it.
+    pub fn ramp(&self, now_ms: u64, slow_start_ms: u64) -> f64 {
+        if slow_start_ms == 0 {
+            return 1.0;
+        }
+        let mut since = self.rejoined_at.load(Relaxed);
+        let passive_end = self.down_until.load(Relaxed);
+        if passive_end <= now_ms {
+            since = since.max(passive_end);
+        }
+        if since == 0 {
+            return 1.0;
+        }
+        let part = now_ms.saturating_sub(since) as f64 / slow_start_ms as f64;
+        part.clamp(0.05, 1.0)
     }
 
     /// Up for traffic: neither health checks nor passive failures have it down.
@@ -276,6 +338,7 @@ impl ServerRecord {
             let streak = self.passed_in_a_row.fetch_add(1, Relaxed) + 1;
             if down && streak >= rise {
                 self.checked_down.store(0, Relaxed);
+                self.rejoined_at.store(crate::sys::monotonic_ms(), Relaxed);
                 return Some(true);
             }
         } else {
@@ -310,8 +373,12 @@ impl ServerRecord {
             &self.latency_us,
             &self.latency_stamp,
             &self.busy_since,
+            &self.rejoined_at,
         ] {
             counter.store(0, Relaxed);
+        }
+        for flag in [&self.draining, &self.weight_set, &self.weight_set_over] {
+            flag.store(0, Relaxed);
         }
         for bucket in &self.budget.buckets {
             bucket.period.store(0, Relaxed);
@@ -691,6 +758,39 @@ mod tests {
             UNANSWERED_BUSY_US,
             "never answered, one in flight: wait for it"
         );
+    }
+
+    #[test]
+    fn slow_start_ramps_from_a_twentieth_to_all_after_a_server_comes_back() {
+        let t = table();
+        let s = t.server(0);
+        assert_eq!(s.ramp(50_000, 10_000), 1.0, "never left");
+        s.set_draining(true, 1_000);
+        assert!(s.draining());
+        s.set_draining(false, 100_000);
+        assert_eq!(s.ramp(100_000, 10_000), 0.05);
+        assert!((s.ramp(105_000, 10_000) - 0.5).abs() < 1e-9);
+        assert_eq!(s.ramp(110_000, 10_000), 1.0);
+        assert_eq!(s.ramp(100_000, 0), 1.0, "no slow_start");
+        // The end of a max_fails period is a return too.
+        let p = t.server(1);
+        assert!(p.record_failure(200_000, 1, 10_000));
+        assert!(!p.is_up(205_000));
+        assert!((p.ramp(212_000, 10_000) - 0.2).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_weight_set_at_run_time_holds_until_the_file_says_otherwise() {
+        let t = table();
+        let s = t.server(0);
+        assert_eq!(s.weight(3), 3);
+        s.set_weight(10, 3);
+        assert_eq!(
+            s.weight(3),
+            10,
+            "a reload with the same file weight keeps it"
+        );
+        assert_eq!(s.weight(5), 5, "a new weight in the file wins");
     }
 
     #[test]

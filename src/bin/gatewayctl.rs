@@ -4,7 +4,7 @@
 //! be reached.
 
 use clap::{Parser, Subcommand};
-use gateway::protocol::{Reply, Request, Status};
+use gateway::protocol::{Reply, Request, ServerChange, Status};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -39,6 +39,26 @@ enum Command {
         #[arg(long)]
         now: bool,
     },
+    /// Take a server out of rotation: no new request goes to it, those in flight finish.
+    Drain {
+        upstream: String,
+        /// An address as `status` lists it, or as the config file writes it.
+        server: String,
+        /// Return once the server has no request in flight.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits (then exit 1).
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Put a drained server back in rotation (through slow_start when set).
+    Enable { upstream: String, server: String },
+    /// Set a server's weight (1-1000); kept until the file gives it another weight.
+    Weight {
+        upstream: String,
+        server: String,
+        weight: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -57,8 +77,22 @@ fn main() -> ExitCode {
         Command::Reload => Request::Reload,
         Command::Status { .. } => Request::Status,
         Command::Stop { now } => Request::Stop { now },
+        Command::Drain {
+            ref upstream,
+            ref server,
+            ..
+        } => server_request(upstream, server, ServerChange::Drain),
+        Command::Enable {
+            ref upstream,
+            ref server,
+        } => server_request(upstream, server, ServerChange::Enable),
+        Command::Weight {
+            ref upstream,
+            ref server,
+            weight,
+        } => server_request(upstream, server, ServerChange::Weight(weight)),
     };
-    let reply = match ask(&socket, request) {
+    let reply = match ask(&socket, &request) {
         Ok(reply) => reply,
         Err(e)
             if matches!(request, Request::Stop { .. })
@@ -94,8 +128,65 @@ fn main() -> ExitCode {
                 table(&status)
             }
         }
+        Command::Drain {
+            upstream,
+            server,
+            wait,
+            timeout,
+        } => {
+            if wait {
+                if let Err(e) = wait_idle(&socket, &upstream, &server, timeout) {
+                    eprintln!("gatewayctl: drain {upstream} {server}: {e}");
+                    return ExitCode::from(1);
+                }
+                format!("drained {upstream} {server}: nothing in flight\n")
+            } else {
+                format!("draining {upstream} {server}\n")
+            }
+        }
+        Command::Enable { upstream, server } => format!("enabled {upstream} {server}\n"),
+        Command::Weight {
+            upstream,
+            server,
+            weight,
+        } => format!("weight of {upstream} {server} is {weight}\n"),
     };
     print_out(&text)
+}
+
+fn server_request(upstream: &str, server: &str, change: ServerChange) -> Request {
+    Request::Server {
+        upstream: upstream.to_string(),
+        server: server.to_string(),
+        change,
+    }
+}
+
+/// Polls the status until the drained server has no request in flight.
+fn wait_idle(socket: &Path, upstream: &str, server: &str, timeout: Duration) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let reply = ask(socket, &Request::Status).map_err(|e| e.to_string())?;
+        let status = reply.status.unwrap_or_default();
+        let in_flight: u64 = status
+            .upstreams
+            .get(upstream)
+            .into_iter()
+            .flat_map(|u| &u.servers)
+            .filter(|s| s.address == server)
+            .map(|s| s.active_connections)
+            .sum();
+        if in_flight == 0 {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "still {in_flight} request(s) in flight after {}",
+                humantime::format_duration(timeout)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Writes to stdout; a reader that went away (`gatewayctl status | head`) is not an
@@ -115,7 +206,7 @@ fn print_out(text: &str) -> ExitCode {
     }
 }
 
-fn ask(socket: &Path, request: Request) -> std::io::Result<Reply> {
+fn ask(socket: &Path, request: &Request) -> std::io::Result<Reply> {
     let mut stream = UnixStream::connect(socket)?;
     // A reload waits for new workers to serve; give it room.
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
@@ -161,8 +252,8 @@ fn table(status: &Status) -> String {
         let _ = writeln!(out, "upstream {name} ({})", upstream.policy);
         let _ = writeln!(
             out,
-            "  {:<28}  {:<24}  {:>6}  {:>6}  {:>12}  {:>9}  checks passed/failed",
-            "server", "state", "weight", "active", "requests", "failures"
+            "  {:<28}  {:<24}  {:>6}  {:>6}  {:>12}  {:>9}  {:>10}  checks passed/failed",
+            "server", "state", "weight", "active", "requests", "failures", "latency ms"
         );
         for s in &upstream.servers {
             let state = match &s.down_reason {
@@ -178,13 +269,14 @@ fn table(status: &Status) -> String {
                     });
             let _ = writeln!(
                 out,
-                "  {:<28}  {:<24}  {:>6}  {:>6}  {:>12}  {:>9}  {}",
+                "  {:<28}  {:<24}  {:>6}  {:>6}  {:>12}  {:>9}  {:>10.2}  {}",
                 s.address,
                 state,
                 s.weight,
                 s.active_connections,
                 s.requests_total,
                 s.failures_total,
+                s.latency_ms,
                 checks
             );
         }

@@ -103,6 +103,8 @@ pub struct UpstreamSection {
     pub retry_budget: Option<Spanned<f64>>,
     /// Pooled upstream connections unused this long are closed.
     pub idle_timeout: Option<Spanned<String>>,
+    /// A server that comes back ramps up to its weight over this.
+    pub slow_start: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -134,6 +134,8 @@ pub struct UpstreamConfig {
     pub retry_budget: f64,
     /// Pooled upstream connections unused this long are not reused.
     pub idle_timeout: Duration,
+    /// A server that comes back ramps up to its weight over this (zero: at once).
+    pub slow_start: Duration,
 }
 
 /// The request property `policy = "hash"` hashes.
@@ -770,6 +772,7 @@ impl Validator<'_> {
                 &key("idle_timeout"),
                 Duration::from_secs(4),
             ),
+            slow_start: self.duration(&u.slow_start, &key("slow_start"), Duration::ZERO),
         }
     }
 
@@ -1014,7 +1017,7 @@ read_timeout = "5 parsecs"
     #[test]
     fn balancing_and_retry_keys_are_read_and_checked() {
         let c = check(&format!(
-            "{MINIMAL}policy = \"hash\"\nhash_key = \"cookie:session\"\nsticky_cookie = \"gw_route\"\nretry_on = [\"connect\", \"reset\", \"http_503\"]\nretry_budget = 0.5\nidle_timeout = \"2s\"\n"
+            "{MINIMAL}policy = \"hash\"\nhash_key = \"cookie:session\"\nsticky_cookie = \"gw_route\"\nretry_on = [\"connect\", \"reset\", \"http_503\"]\nretry_budget = 0.5\nidle_timeout = \"2s\"\nslow_start = \"30s\"\n"
         ))
         .unwrap();
         let u = &c.upstreams[0];

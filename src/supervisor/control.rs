@@ -58,6 +58,11 @@ pub async fn serve(
                             ..Reply::default()
                         }
                     }
+                    Some(Request::Server {
+                        upstream,
+                        server,
+                        change,
+                    }) => status.change_server(&upstream, &server, change),
                     Some(request) => {
                         let (tx, rx) = oneshot::channel();
                         let _ = events.send(Event::Control(request, tx));

@@ -289,7 +289,9 @@ impl Supervisor {
     ) -> Reply {
         match request {
             // The control socket answers this itself from the published snapshot.
-            Request::Status => Reply::failed("status is answered by the control socket"),
+            Request::Status | Request::Server { .. } => {
+                Reply::failed("answered by the control socket")
+            }
             Request::Stop { now } => {
                 self.stop(now).await;
                 Reply {

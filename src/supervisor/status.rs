@@ -5,7 +5,9 @@
 
 use super::health::LastFailures;
 use crate::config::Config;
-use crate::protocol::{HealthCheckCounts, ServerStatus, Status, UpstreamStatus, WorkerStatus};
+use crate::protocol::{
+    HealthCheckCounts, Reply, ServerChange, ServerStatus, Status, UpstreamStatus, WorkerStatus,
+};
 use crate::table::Table;
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
@@ -45,6 +47,51 @@ pub struct StatusSource {
 }
 
 impl StatusSource {
+    /// `gatewayctl drain|enable|weight`: changes the servers of `upstream` that `server`
+    /// names (an address as /status lists it, or as the file writes it) in the shared
+    /// table, where every worker sees it at once and a reload keeps it.
+    pub fn change_server(&self, upstream: &str, server: &str, change: ServerChange) -> Reply {
+        if let ServerChange::Weight(n) = change {
+            if !(1..=1000).contains(&n) {
+                return Reply::failed(format!("weight {n}: must be from 1 to 1000"));
+            }
+        }
+        let view = self.view.borrow().clone();
+        let mut records = view.server_records.iter();
+        let mut upstream_found = false;
+        let mut changed = 0;
+        for u in &view.config.upstreams {
+            for (s, &record) in u.servers.iter().zip(records.by_ref()) {
+                if u.name != upstream {
+                    continue;
+                }
+                upstream_found = true;
+                if s.name != server && s.addr.to_string() != server {
+                    continue;
+                }
+                let shared = self.table.server(record);
+                match change {
+                    ServerChange::Drain => shared.set_draining(true, crate::upstream::now_ms()),
+                    ServerChange::Enable => shared.set_draining(false, crate::upstream::now_ms()),
+                    ServerChange::Weight(n) => shared.set_weight(n, s.weight),
+                }
+                changed += 1;
+            }
+        }
+        if !upstream_found {
+            return Reply::failed(format!("no upstream {upstream:?}"));
+        }
+        if changed == 0 {
+            return Reply::failed(format!("upstream {upstream:?} has no server {server:?}"));
+        }
+        tracing::info!(upstream, server, "{change:?} by gatewayctl");
+        Reply {
+            ok: true,
+            generation: Some(view.generation),
+            ..Reply::default()
+        }
+    }
+
     pub fn status(&self) -> Status {
         let view = self.view.borrow().clone();
         let table = self.table;
@@ -91,6 +138,7 @@ impl StatusSource {
                             None
                         };
                         let state = match (down_reason, s.backup) {
+                            _ if shared.draining() => "draining",
                             (Some(_), _) => "down",
                             (None, true) => "backup",
                             (None, false) => "up",
@@ -102,7 +150,8 @@ impl StatusSource {
                             active_connections: shared.in_flight(),
                             requests_total: shared.requests.load(Relaxed),
                             failures_total: shared.failures.load(Relaxed),
-                            weight: s.weight,
+                            latency_ms: (shared.latency_average_us() / 10.0).round() / 100.0,
+                            weight: shared.weight(s.weight),
                             backup: s.backup,
                             health_checks: u.health_check.as_ref().map(|_| HealthCheckCounts {
                                 passed: shared.checks_passed.load(Relaxed),
@@ -218,12 +267,12 @@ impl StatusSource {
             }
         }
 
-        let server_families: [Family<ServerStatus>; 4] = [
+        let server_families: [Family<ServerStatus>; 5] = [
             (
                 "gateway_upstream_server_up",
                 "gauge",
-                "1 while the server may get traffic, 0 while it is down.",
-                |s| u64::from(s.state != "down"),
+                "1 while the server may get traffic, 0 while it is down or drained.",
+                |s| u64::from(s.state == "up" || s.state == "backup"),
             ),
             (
                 "gateway_upstream_server_active_connections",
@@ -242,6 +291,12 @@ impl StatusSource {
                 "counter",
                 "Failed tries: unreachable, timed out, or not HTTP.",
                 |s| s.failures_total,
+            ),
+            (
+                "gateway_upstream_server_latency_microseconds",
+                "gauge",
+                "Peak-EWMA of the time to the response head (what least_time weighs).",
+                |s| (s.latency_ms * 1000.0) as u64,
             ),
         ];
         for (name, kind, help, value) in server_families {

@@ -11,10 +11,16 @@
 
 use crate::config::Policy;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// What a balancer knows of one server.
 pub trait Candidate {
+    /// The weight now: the file's, or one set at run time.
     fn weight(&self) -> u32;
+    /// Slow start: the part of its weight the server gets now, in (0, 1].
+    fn ramp(&self) -> f64 {
+        1.0
+    }
     fn in_flight(&self) -> usize;
     /// The latency least_time reckons with, in microseconds (see the shared table).
     fn latency_us(&self) -> f64;
@@ -86,17 +92,38 @@ pub fn affinity_hash(key: &[u8]) -> u64 {
 /// takes the next position of the shared rotation. A position whose server may not be
 /// picked (down, a backup, already tried) is passed over by drawing the next one, so the
 /// eligible servers keep their proportions.
+///
+/// A weight set at run time makes the worker compute the sequence again (on its next
+/// pick); slow start takes a position of a ramping server only with the probability of its
+/// ramp, so it gets that part of its share.
 pub struct SmoothWeighted {
-    schedule: Vec<u32>,
+    /// The weights the schedule is for, and the schedule.
+    schedule: Mutex<(Vec<u32>, Arc<[u32]>)>,
     rotation: &'static AtomicU64,
 }
 
 impl SmoothWeighted {
     pub fn new(weights: &[u32], rotation: &'static AtomicU64) -> Self {
         SmoothWeighted {
-            schedule: smooth_schedule(weights),
+            schedule: Mutex::new((weights.to_vec(), smooth_schedule(weights).into())),
             rotation,
         }
+    }
+
+    /// The schedule for the servers' weights now.
+    fn schedule<C: Candidate>(&self, servers: &[C]) -> Arc<[u32]> {
+        let mut held = self.schedule.lock().unwrap_or_else(|p| p.into_inner());
+        let (weights, schedule) = &mut *held;
+        let changed = weights.len() != servers.len()
+            || servers
+                .iter()
+                .zip(weights.iter())
+                .any(|(s, &w)| s.weight() != w);
+        if changed {
+            *weights = servers.iter().map(Candidate::weight).collect();
+            *schedule = smooth_schedule(weights).into();
+        }
+        schedule.clone()
     }
 }
 
@@ -134,23 +161,25 @@ fn gcd(a: u32, b: u32) -> u32 {
 impl Select for SmoothWeighted {
     fn pick<C: Candidate>(
         &self,
-        _servers: &[C],
+        servers: &[C],
         _affinity: Option<u64>,
         eligible: impl Fn(usize) -> bool,
     ) -> Option<usize> {
-        let len = self.schedule.len();
-        for _ in 0..len {
+        let schedule = self.schedule(servers);
+        let len = schedule.len();
+        // Ramping servers pass up some of their positions: draw up to two cycles.
+        for _ in 0..2 * len {
             let position = self.rotation.fetch_add(1, Ordering::Relaxed) as usize % len;
-            let i = self.schedule[position] as usize;
+            let i = schedule[position] as usize;
             if eligible(i) {
-                return Some(i);
+                let ramp = servers.get(i).map_or(1.0, Candidate::ramp);
+                if ramp >= 1.0 || fastrand::f64() < ramp {
+                    return Some(i);
+                }
             }
         }
         // Other workers drew positions meanwhile: look through the whole cycle once.
-        self.schedule
-            .iter()
-            .map(|&i| i as usize)
-            .find(|&i| eligible(i))
+        schedule.iter().map(|&i| i as usize).find(|&i| eligible(i))
     }
 }
 
@@ -201,6 +230,11 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// In-flight requests relative to the weight a server has now (slow start included).
+fn load<C: Candidate>(server: &C) -> f64 {
+    server.in_flight() as f64 / (f64::from(server.weight()) * server.ramp())
+}
+
 /// Fewest in-flight requests relative to weight; ties go round robin (on the shared
 /// rotation) so that an idle upstream still spreads its requests.
 pub struct LeastConn {
@@ -225,11 +259,7 @@ impl Select for LeastConn {
             if !eligible(i) {
                 continue;
             }
-            // Compare in_flight/weight without division: a/wa < b/wb  <=>  a*wb < b*wa.
-            let fewer = |b: usize| {
-                (servers[i].in_flight() as u128) * u128::from(servers[b].weight())
-                    < (servers[b].in_flight() as u128) * u128::from(servers[i].weight())
-            };
+            let fewer = |b: usize| load(&servers[i]) < load(&servers[b]);
             if best.is_none_or(fewer) {
                 best = Some(i);
             }
@@ -246,7 +276,8 @@ pub struct LeastTime;
 
 impl LeastTime {
     fn cost<C: Candidate>(server: &C) -> f64 {
-        server.latency_us() * (server.in_flight() as f64 + 1.0) / f64::from(server.weight())
+        server.latency_us() * (server.in_flight() as f64 + 1.0)
+            / (f64::from(server.weight()) * server.ramp())
     }
 }
 

@@ -26,6 +26,7 @@ pub struct Server {
     pub shared: SharedServer,
     max_fails: u32,
     fail_timeout_ms: u64,
+    slow_start_ms: u64,
     pub pool: pool::Pool,
 }
 
@@ -69,7 +70,10 @@ impl Server {
 
 impl Candidate for Arc<Server> {
     fn weight(&self) -> u32 {
-        self.config.weight
+        self.shared.record.weight(self.config.weight)
+    }
+    fn ramp(&self) -> f64 {
+        self.shared.record.ramp(now_ms(), self.slow_start_ms)
     }
     fn in_flight(&self) -> usize {
         self.shared.record.in_flight() as usize
@@ -120,6 +124,7 @@ impl Upstream {
                         config.max_fails
                     },
                     fail_timeout_ms: config.fail_timeout.as_millis() as u64,
+                    slow_start_ms: config.slow_start.as_millis() as u64,
                     pool: pool::Pool::new(config.keepalive, config.idle_timeout),
                 })
             })
@@ -155,7 +160,9 @@ impl Upstream {
     pub fn pick(&self, affinity: &Affinity, tried: &[usize]) -> Option<(usize, bool)> {
         let now = now_ms();
         let servers = &self.servers;
-        let usable = |i: usize| !tried.contains(&i) && servers[i].is_up(now);
+        let usable = |i: usize| {
+            !tried.contains(&i) && servers[i].is_up(now) && !servers[i].shared.record.draining()
+        };
         if let Some(i) = affinity.sticky.filter(|&i| usable(i)) {
             return Some((i, false));
         }
@@ -172,7 +179,10 @@ impl Upstream {
     /// Whether a server not in `tried` is up (a retry has somewhere to go).
     pub fn any_untried(&self, tried: &[usize]) -> bool {
         let now = now_ms();
-        (0..self.servers.len()).any(|i| !tried.contains(&i) && self.servers[i].is_up(now))
+        (0..self.servers.len()).any(|i| {
+            let server = &self.servers[i];
+            !tried.contains(&i) && server.is_up(now) && !server.shared.record.draining()
+        })
     }
 
     /// The `Set-Cookie` that pins a client to server `index`.
@@ -263,6 +273,24 @@ mod tests {
             "all primaries down (passive, active): the backup"
         );
         assert_eq!(pick(&[2]), None);
+    }
+
+    #[test]
+    fn a_draining_server_gets_nothing_new_and_its_sticky_clients_move() {
+        let u = upstream_with(
+            r#"{ address = "127.0.0.1:1" }, { address = "127.0.0.1:2" }"#,
+            "sticky_cookie = \"gw\"\n",
+        );
+        let token = sticky_token("u", "127.0.0.1:2");
+        let pinned = affinity(&u, &[&format!("gw={token}")]);
+        assert_eq!(u.pick(&pinned, &[]), Some((1, false)));
+        u.servers[1].shared.record.set_draining(true, now_ms());
+        for _ in 0..6 {
+            assert_eq!(u.pick(&pinned, &[]), Some((0, true)));
+        }
+        assert!(!u.any_untried(&[0]));
+        u.servers[1].shared.record.set_draining(false, now_ms());
+        assert_eq!(u.pick(&pinned, &[]), Some((1, false)));
     }
 
     fn affinity(u: &Upstream, cookies: &[&str]) -> Affinity {

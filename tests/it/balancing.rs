@@ -3,7 +3,6 @@
 
 use crate::common::*;
 use hyper::Response;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -327,30 +326,6 @@ async fn retries_stay_within_the_budget() {
         (15..=21).contains(&retries),
         "{retries} retries for 200 requests with a 10% budget"
     );
-}
-
-/// The demo backend as its own process, so that killing it resets its connections.
-fn demo_backend(name: &str) -> (Child, std::net::SocketAddr) {
-    let addr = closed_port();
-    let child = Command::new(
-        gateway_bin()
-            .parent()
-            .unwrap()
-            .join("examples/demo_backend"),
-    )
-    .args([name, &addr.to_string()])
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "demo backend {name} did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (child, addr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

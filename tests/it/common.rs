@@ -447,3 +447,27 @@ pub async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() ->
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The demo backend as its own process, so that killing it resets its connections.
+pub fn demo_backend(name: &str) -> (Child, std::net::SocketAddr) {
+    let addr = closed_port();
+    let child = Command::new(
+        gateway_bin()
+            .parent()
+            .unwrap()
+            .join("examples/demo_backend"),
+    )
+    .args([name, &addr.to_string()])
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "demo backend {name} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, addr)
+}

@@ -1,0 +1,262 @@
+//! Servers changed at run time: `gatewayctl drain`, `enable` and `weight`, and a rolling
+//! restart of the app under load with the example script.
+
+use crate::common::*;
+use hyper::Response;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A backend that answers `name`, after a second for `/slow`.
+async fn with_slow_path(name: &'static str) -> Backend {
+    Backend::start(move |req| async move {
+        if req.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        Response::new(full(name))
+    })
+    .await
+}
+
+fn server_state(gw: &Gateway, address: &str) -> (String, u64) {
+    let status = status_json(gw);
+    let server = status["upstreams"]["app"]["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["address"] == address)
+        .unwrap()
+        .clone();
+    (
+        server["state"].as_str().unwrap().to_string(),
+        server["weight"].as_u64().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drain_enable_and_weight_change_the_rotation_at_run_time_and_survive_a_reload() {
+    let (a, b, c) = (
+        with_slow_path("a").await,
+        with_slow_path("b").await,
+        with_slow_path("c").await,
+    );
+    let gw = Gateway::start(&format!(
+        "[gateway]\naccess_log = \"off\"\n{}",
+        upstream_config("app", &[a.addr, b.addr, c.addr], "")
+    ));
+    let b_addr = b.addr.to_string();
+    // One slow request on each server, then drain b while its request is in flight.
+    let slow: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(get_fresh(gw.url("/slow"))))
+        .collect();
+    wait_until("a request in flight on b", Duration::from_secs(5), || {
+        b.requests() == 1
+    })
+    .await;
+    let started = Instant::now();
+    let (code, out, err) = gw.ctl(&["drain", "app", &b_addr, "--wait"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("nothing in flight"), "{out}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "--wait returned while b's request was still in flight"
+    );
+    for call in slow {
+        assert_eq!(
+            call.await.unwrap().0,
+            200,
+            "the drained server's request finished"
+        );
+    }
+    assert_eq!(server_state(&gw, &b_addr).0, "draining");
+    for _ in 0..12 {
+        assert_ne!(get_fresh(gw.url("/")).await.1, "b");
+    }
+    assert_eq!(b.requests(), 1, "nothing new went to the drained server");
+
+    // A reload keeps it drained.
+    let (code, _, err) = gw.ctl(&["reload"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(server_state(&gw, &b_addr).0, "draining");
+    for _ in 0..6 {
+        assert_ne!(get_fresh(gw.url("/")).await.1, "b");
+    }
+
+    let (code, _, err) = gw.ctl(&["enable", "app", &b_addr]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(server_state(&gw, &b_addr).0, "up");
+    let mut bodies = Vec::new();
+    for _ in 0..6 {
+        bodies.push(get_fresh(gw.url("/")).await.1);
+    }
+    assert_eq!(bodies.iter().filter(|b| *b == "b").count(), 2, "{bodies:?}");
+
+    // Weight 3 for a: 3 of every 5 requests.
+    let (code, _, err) = gw.ctl(&["weight", "app", &a.addr.to_string(), "3"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(server_state(&gw, &a.addr.to_string()).1, 3);
+    let mut to_a = 0;
+    for _ in 0..50 {
+        to_a += usize::from(get_fresh(gw.url("/")).await.1 == "a");
+    }
+    assert_eq!(to_a, 30);
+
+    // Mistakes are refused with a reason and exit 1.
+    for (args, why) in [
+        (vec!["drain", "nope", &b_addr], "no upstream \"nope\""),
+        (vec!["drain", "app", "10.9.9.9:1"], "has no server"),
+        (vec!["weight", "app", &b_addr, "0"], "from 1 to 1000"),
+    ] {
+        let (code, _, err) = gw.ctl(&args);
+        assert_eq!(code, 1, "{args:?}");
+        assert!(err.contains(why), "{args:?}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drain_wait_gives_up_after_its_timeout() {
+    let a = with_slow_path("a").await;
+    let gw = Gateway::start(&upstream_config("app", &[a.addr], ""));
+    let slow = tokio::spawn(get_fresh(gw.url("/slow")));
+    wait_until("the request in flight", Duration::from_secs(5), || {
+        a.requests() == 1
+    })
+    .await;
+    let (code, _, err) = gw.ctl(&[
+        "drain",
+        "app",
+        &a.addr.to_string(),
+        "--wait",
+        "--timeout",
+        "200ms",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("still 1 request(s) in flight"), "{err}");
+    assert_eq!(slow.await.unwrap().0, 200);
+    // Its only server drained: 503 until it is enabled.
+    assert_eq!(get_fresh(gw.url("/")).await.0, 503);
+    assert_eq!(gw.ctl(&["enable", "app", &a.addr.to_string()]).0, 0);
+    assert_eq!(get_fresh(gw.url("/")).await.0, 200);
+}
+
+/// The example rolling restart: each of three app processes drained, restarted and
+/// enabled in turn while clients keep sending requests; none fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_restart_under_load_fails_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = gateway_bin()
+        .parent()
+        .unwrap()
+        .join("examples/demo_backend");
+    // start.sh ADDR starts an app process and records its pid; restart.sh ADDR replaces it.
+    let start = dir.path().join("start.sh");
+    std::fs::write(
+        &start,
+        format!(
+            "#!/bin/sh\n{} app \"$1\" >/dev/null 2>&1 &\necho $! > \"{}/$1.pid\"\n",
+            demo.display(),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let restart = dir.path().join("restart.sh");
+    std::fs::write(
+        &restart,
+        format!(
+            "#!/bin/sh\npid=$(cat \"{0}/$1.pid\")\nkill \"$pid\"\nwhile kill -0 \"$pid\" 2>/dev/null; do sleep 0.05; done\n\"{1}\" \"$1\"\n",
+            dir.path().display(),
+            start.display()
+        ),
+    )
+    .unwrap();
+    for script in [&start, &restart] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let addrs: Vec<_> = (0..3).map(|_| closed_port()).collect();
+    for addr in &addrs {
+        assert!(std::process::Command::new(&start)
+            .arg(addr.to_string())
+            .status()
+            .unwrap()
+            .success());
+    }
+    for addr in &addrs {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "app {addr} did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let gw = Gateway::start(&format!(
+        "[gateway]\nworkers = 2\naccess_log = \"off\"\n{}",
+        upstream_config("app", &addrs, "slow_start = \"1s\"")
+    ));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let loaders: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, stop) = (gw.url("/"), stop.clone());
+            tokio::spawn(async move {
+                let client = client();
+                let (mut ok, mut failed) = (0, Vec::new());
+                for _ in 0..100_000 {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    match client.get(&url).send().await {
+                        Ok(res) if res.status() == 200 => ok += 1,
+                        Ok(res) => failed.push(res.status().to_string()),
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/rolling-restart.sh");
+    let mut args = vec!["app".to_string(), restart.display().to_string()];
+    args.extend(addrs.iter().map(|a| a.to_string()));
+    let out = tokio::task::spawn_blocking({
+        let socket = gw.socket();
+        move || {
+            std::process::Command::new("bash")
+                .arg(script)
+                .args(args)
+                .env("GATEWAYCTL", env!("CARGO_BIN_EXE_gatewayctl"))
+                .env("GATEWAY_SOCKET", socket)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for loader in loaders {
+        let (o, f) = loader.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    for addr in &addrs {
+        if let Ok(pid) = std::fs::read_to_string(dir.path().join(format!("{addr}.pid"))) {
+            let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("all 3 servers restarted"), "{stdout}");
+    assert!(ok > 200, "only {ok} requests went through");
+    assert!(
+        failed.is_empty(),
+        "{} of {ok} failed: {failed:?}",
+        failed.len()
+    );
+}
