@@ -23,6 +23,8 @@ pub struct Entry<'a> {
     pub user_agent: Option<&'a str>,
     pub upstream: Option<&'a str>,
     pub upstream_time: Option<Duration>,
+    pub upstream_status: Option<u16>,
+    pub request_id: Option<&'a str>,
     pub request_time: Duration,
     /// Why the request failed or was cut short; `None` for a clean exchange.
     pub error: Option<&'a str>,
@@ -153,6 +155,13 @@ fn combined(e: &Entry<'_>) -> String {
         None => line.push_str(" upstream_time=-"),
     }
     let _ = write!(line, " request_time={:.3}", e.request_time.as_secs_f64());
+    match e.upstream_status {
+        Some(status) => {
+            let _ = write!(line, " upstream_status={status}");
+        }
+        None => line.push_str(" upstream_status=-"),
+    }
+    let _ = write!(line, " request_id={}", Escaped(e.request_id.unwrap_or("-")));
     if let Some(error) = e.error {
         let _ = write!(line, " error=\"{}\"", Escaped(error));
     }
@@ -190,16 +199,18 @@ struct JsonLine<'a> {
     time: String,
     client: String,
     method: &'a str,
-    target: &'a str,
+    uri: &'a str,
     protocol: &'static str,
     status: u16,
     bytes_sent: u64,
     referer: Option<&'a str>,
     user_agent: Option<&'a str>,
+    request_id: Option<&'a str>,
     upstream: Option<&'a str>,
     upstream_addr: Option<String>,
-    upstream_time: Option<f64>,
-    request_time: f64,
+    upstream_status: Option<u16>,
+    upstream_time_ms: Option<f64>,
+    total_time_ms: f64,
     error: Option<&'a str>,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     tries: Vec<JsonTry<'a>>,
@@ -217,16 +228,18 @@ fn json(e: &Entry<'_>) -> String {
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         client: e.client.ip().to_string(),
         method: e.method,
-        target: e.target,
+        uri: e.target,
         protocol: version_str(e.version),
         status: e.status,
         bytes_sent: e.bytes_sent,
         referer: e.referer,
         user_agent: e.user_agent,
+        request_id: e.request_id,
         upstream: e.upstream,
         upstream_addr: e.upstream_addr(),
-        upstream_time: e.upstream_time.map(|t| t.as_secs_f64()),
-        request_time: e.request_time.as_secs_f64(),
+        upstream_status: e.upstream_status,
+        upstream_time_ms: e.upstream_time.map(|t| t.as_secs_f64() * 1000.0),
+        total_time_ms: e.request_time.as_secs_f64() * 1000.0,
         error: e.error,
         tries: e
             .tries
@@ -256,6 +269,8 @@ mod tests {
             user_agent: Some("curl/8.0"),
             upstream: Some("127.0.0.1:3001"),
             upstream_time: Some(Duration::from_millis(3)),
+            upstream_status: Some(502),
+            request_id: Some("req-1"),
             request_time: Duration::from_millis(4),
             error: Some("upstream closed the connection"),
             tries: &[],
@@ -268,7 +283,7 @@ mod tests {
         assert!(line.starts_with("10.1.2.3 - - ["), "{line}");
         assert!(
             line.contains(
-                "\"GET /a\\\"b HTTP/1.1\" 502 11 \"-\" \"curl/8.0\" upstream=127.0.0.1:3001 upstream_time=0.003 request_time=0.004 error=\"upstream closed the connection\"\n"
+                "\"GET /a\\\"b HTTP/1.1\" 502 11 \"-\" \"curl/8.0\" upstream=127.0.0.1:3001 upstream_time=0.003 request_time=0.004 upstream_status=502 request_id=req-1 error=\"upstream closed the connection\"\n"
             ),
             "{line}"
         );
@@ -278,7 +293,11 @@ mod tests {
     fn json_line_parses() {
         let v: serde_json::Value = serde_json::from_str(&json(&entry())).unwrap();
         assert_eq!(v["status"], 502);
-        assert_eq!(v["target"], "/a\"b");
+        assert_eq!(v["uri"], "/a\"b");
+        assert_eq!(v["request_id"], "req-1");
+        assert_eq!(v["upstream_status"], 502);
+        assert_eq!(v["upstream_time_ms"], 3.0);
+        assert_eq!(v["total_time_ms"], 4.0);
         assert_eq!(v["error"], "upstream closed the connection");
     }
 

@@ -5,9 +5,20 @@ use gateway::config;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// The version and the git commit the binary was built from (see build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("GATEWAY_GIT_COMMIT"),
+    ")"
+);
+
 #[derive(Parser)]
-#[command(name = "gateway", version, about = "A reverse-proxy gateway")]
+#[command(name = "gateway", version = VERSION, about = "A reverse-proxy gateway")]
 struct Cli {
+    /// Validate the config file and exit, like `gateway check` (nginx's -t).
+    #[arg(short = 't', long = "test")]
+    test: bool,
     /// The config file.
     #[arg(
         short = 'c',
@@ -44,7 +55,12 @@ fn init_logging() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Run) {
+    let default = if cli.test {
+        Command::Check
+    } else {
+        Command::Run
+    };
+    match cli.command.unwrap_or(default) {
         Command::Worker(args) => {
             init_logging();
             gateway::worker::process::main(&cli.config, &args)

@@ -19,6 +19,9 @@ struct Cli {
     /// conf/gateway.toml].
     #[arg(short = 's', long = "socket", env = "GATEWAY_SOCKET")]
     socket: Option<PathBuf>,
+    /// The config file whose gateway.control_socket to use [default: conf/gateway.toml].
+    #[arg(short = 'c', long = "config")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -63,15 +66,26 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let socket = match cli.socket {
-        Some(s) => s,
-        None => match gateway::config::load(Path::new("conf/gateway.toml")) {
-            Ok(c) => c.gateway.control_socket,
-            Err(e) => {
-                eprintln!("gatewayctl: no -s SOCKET or GATEWAY_SOCKET, and conf/gateway.toml is not usable:\n{e}");
-                return ExitCode::from(2);
+    let socket = match (cli.socket, cli.config) {
+        (Some(s), None) => s,
+        (Some(_), Some(_)) => {
+            eprintln!("gatewayctl: give -s SOCKET or -c FILE, not both");
+            return ExitCode::from(1);
+        }
+        (None, config) => {
+            let file = config.unwrap_or_else(|| PathBuf::from("conf/gateway.toml"));
+            match gateway::config::load(&file) {
+                Ok(c) => c.gateway.control_socket,
+                Err(e) => {
+                    // The file is the problem, not the gateway: say what is wrong with it.
+                    eprintln!(
+                        "gatewayctl: cannot find the control socket: {} is not a valid config:\n{e}",
+                        file.display()
+                    );
+                    return ExitCode::from(1);
+                }
             }
-        },
+        }
     };
     let request = match cli.command {
         Command::Reload => Request::Reload,

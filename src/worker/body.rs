@@ -340,6 +340,9 @@ pub struct Exchange {
     pub bytes_sent: u64,
     pub upstream: Option<Lease>,
     pub upstream_time: Option<Duration>,
+    /// The status the (last) upstream answered with.
+    pub upstream_status: Option<u16>,
+    pub request_id: Option<http::HeaderValue>,
     pub error: Option<String>,
     /// Servers tried and left before the one that answered, each with why it was left.
     tries: Vec<(String, String)>,
@@ -369,6 +372,8 @@ impl Exchange {
             bytes_sent: 0,
             upstream: None,
             upstream_time: None,
+            upstream_status: None,
+            request_id: None,
             error: None,
             tries: Vec::new(),
             complete: false,
@@ -432,6 +437,8 @@ impl Drop for Exchange {
             user_agent: header_str(&self.user_agent),
             upstream,
             upstream_time: self.upstream_time,
+            upstream_status: self.upstream_status,
+            request_id: header_str(&self.request_id),
             request_time: self.started.elapsed(),
             error: self.error.as_deref(),
             tries: &self.tries,

@@ -24,6 +24,20 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The client's `X-Request-ID` if it is 1 to 200 visible ASCII characters, else a new
+/// random one (128 bits, hex).
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    let usable = |v: &&HeaderValue| {
+        let bytes = v.as_bytes();
+        (1..=200).contains(&bytes.len()) && bytes.iter().all(|b| (0x21..=0x7e).contains(b))
+    };
+    match headers.get(&X_REQUEST_ID).filter(usable) {
+        Some(id) => id.clone(),
+        None => HeaderValue::from_str(&format!("{:032x}", fastrand::u128(..))).expect("hex digits"),
+    }
+}
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
 /// ones that only make sense between a client and the gateway.
@@ -228,14 +242,30 @@ impl Proxy {
 
     /// The response to `req`, and for an accepted WebSocket upgrade the upstream side of
     /// the tunnel, which the client connection joins once the `101` is sent.
+    ///
+    /// Every response carries the request's `X-Request-ID`: the client's when it sent a
+    /// usable one, else a new one; the upstream gets the same and the log records it.
     pub async fn handle(
         &self,
         req: Request<RequestBody>,
         conn: &ConnInfo,
     ) -> (Response<ResponseBody>, Option<Tunnel>) {
+        let request_id = request_id(req.headers());
+        let (mut response, tunnel) = self.forward(req, conn, &request_id).await;
+        response.headers_mut().insert(&X_REQUEST_ID, request_id);
+        (response, tunnel)
+    }
+
+    async fn forward(
+        &self,
+        req: Request<RequestBody>,
+        conn: &ConnInfo,
+        request_id: &HeaderValue,
+    ) -> (Response<ResponseBody>, Option<Tunnel>) {
         let websocket = is_websocket_upgrade(&req);
         let (mut head, body) = req.into_parts();
         let mut exchange = Exchange::new(self.log.clone(), conn.client, &head);
+        exchange.request_id = Some(request_id.clone());
 
         if let Err(Rejection { status, reason }) = request_check::check(
             &head.method,
@@ -284,6 +314,7 @@ impl Proxy {
 
         let affinity = upstream.affinity(conn.client.ip(), &head.uri, &head.headers);
         rewrite_request_head(&mut head, conn, host.as_ref(), websocket);
+        head.headers.insert(&X_REQUEST_ID, request_id.clone());
         let mut request = Request::from_parts(head, body);
         let replay = if websocket {
             None
@@ -464,6 +495,7 @@ impl Proxy {
         websocket: bool,
     ) -> (Response<ResponseBody>, Option<Tunnel>) {
         let status = response.status();
+        exchange.upstream_status = Some(status.as_u16());
         let headers = response.headers();
         let lease = exchange
             .upstream
@@ -778,6 +810,24 @@ mod tests {
         assert_eq!(values(&h.headers, "x-forwarded-for"), ["10.0.0.9"]);
         assert_eq!(values(&h.headers, "host"), ["a.com"]);
         assert_eq!(values(&h.headers, "x-kept"), ["yes"]);
+    }
+
+    #[test]
+    fn a_usable_request_id_is_kept_and_any_other_replaced() {
+        let with = |v: &[u8]| {
+            let mut h = HeaderMap::new();
+            h.insert("x-request-id", HeaderValue::from_bytes(v).unwrap());
+            request_id(&h)
+        };
+        assert_eq!(with(b"abc-123"), "abc-123");
+        let long = "x".repeat(200);
+        assert_eq!(with(long.as_bytes()), long.as_str());
+        for bad in [&b""[..], b"has space", &[b'y'; 201][..], b"tab\there"] {
+            let made = with(bad);
+            assert_eq!(made.len(), 32, "{bad:?}");
+            assert!(made.as_bytes().iter().all(u8::is_ascii_hexdigit));
+        }
+        assert_ne!(request_id(&HeaderMap::new()), request_id(&HeaderMap::new()));
     }
 
     #[test]

@@ -135,3 +135,60 @@ fn demo_backend_names_the_address_it_cannot_listen_on() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
 }
+
+/// `gateway -t` is `gateway check`; `--version` names the commit.
+#[test]
+fn dash_t_checks_and_version_names_the_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, BAD);
+    let (code, err) = gateway_with_config(&["-t"], &path);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("upstream.app.policy"), "{err}");
+    let out = Command::new(gateway_bin())
+        .args(["-t", "-c", "conf/gateway.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "configuration ok\n");
+    let out = Command::new(gateway_bin())
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        version.starts_with("gateway 0.") && version.contains("(commit "),
+        "{version}"
+    );
+}
+
+/// `gatewayctl -c FILE` finds the socket in FILE; a broken FILE is reported as such
+/// (exit 1), not as an unreachable gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gatewayctl_reads_the_socket_from_a_config_file_and_names_its_errors() {
+    let backend = Backend::named("a").await;
+    let gw = Gateway::start(&upstream_config("app", &[backend.addr], ""));
+    let ctl = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_gatewayctl"))
+            .args(args)
+            .env_remove("GATEWAY_SOCKET")
+            .current_dir(gw.dir.path())
+            .output()
+            .unwrap()
+    };
+    let config = gw.config_path();
+    let out = ctl(&["-c", config.to_str().unwrap(), "status"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("upstream app"));
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write(&dir, BAD);
+    let out = ctl(&["-c", bad.to_str().unwrap(), "status"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is not a valid config") && err.contains("gw.toml:"),
+        "{err}"
+    );
+}

@@ -320,3 +320,44 @@ async fn backup_serves_only_while_no_primary_is_up() {
     let (_, counts_down) = counts(&gw, 5).await;
     assert_eq!(counts_down["backup"], 5);
 }
+
+/// `X-Request-ID`: the client's kept when usable, else made; the upstream, the client and
+/// the access log all see the same one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_are_kept_or_made_and_seen_by_upstream_client_and_log() {
+    let backend = Backend::named("a").await;
+    let gw = Gateway::start(&upstream_config("app", &[backend.addr], ""));
+    let res = client()
+        .get(gw.url("/mine"))
+        .header("x-request-id", "trace-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-request-id"], "trace-42");
+    let res = client()
+        .get(gw.url("/made"))
+        .header("x-request-id", "has a space")
+        .send()
+        .await
+        .unwrap();
+    let made = res.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(made.len(), 32, "{made}");
+    let seen = backend.seen();
+    assert_eq!(seen[0].header("x-request-id"), Some("trace-42"));
+    assert_eq!(seen[1].header("x-request-id"), Some(made.as_str()));
+    // Answers of the gateway's own carry one too.
+    let reply = raw_exchange(
+        gw.addr,
+        b"GET /a%2Fb HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert_eq!(status_of(&reply), 400);
+    assert!(
+        reply.to_ascii_lowercase().contains("\r\nx-request-id: "),
+        "{reply}"
+    );
+    let log = gw.wait_log_lines(3).await.join("\n");
+    assert!(log.contains("request_id=trace-42"), "{log}");
+    assert!(log.contains(&format!("request_id={made}")), "{log}");
+    assert!(log.contains("upstream_status=200"), "{log}");
+}
