@@ -4,6 +4,7 @@
 //! Everything is checked here, before anything binds: a config that loads is one the
 //! gateway can run.
 
+mod env;
 mod file;
 
 use std::fmt;
@@ -246,6 +247,23 @@ pub fn load_with_text(path: &Path) -> Result<(Config, String), ConfigErrors> {
             key: String::new(),
             message: format!("cannot read the file: {e}"),
         }])
+    })?;
+    let text = env::substitute(&text, |name| std::env::var(name).ok()).map_err(|problems| {
+        ConfigErrors(
+            problems
+                .into_iter()
+                .map(|(span, message)| {
+                    let (line, column) = line_column(&text, span.start);
+                    ConfigError {
+                        file: path.to_path_buf(),
+                        line,
+                        column,
+                        key: String::new(),
+                        message,
+                    }
+                })
+                .collect(),
+        )
     })?;
     parse(path, &text).map(|config| (config, text))
 }

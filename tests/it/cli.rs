@@ -192,3 +192,34 @@ async fn gatewayctl_reads_the_socket_from_a_config_file_and_names_its_errors() {
         "{err}"
     );
 }
+
+/// `${NAME}` and `${NAME:-default}` come from the environment; an unset name without a
+/// default is an error at its line and column.
+#[test]
+fn environment_references_are_replaced_or_reported_where_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        &dir,
+        "[[listener]]\nlisten = \"127.0.0.1:${GW_TEST_PORT}\"\n\n[[route]]\nupstream = \"app\"\n\n[upstream.app]\nservers = [ { address = \"${GW_TEST_APP:-127.0.0.1:3001}\" } ]\n",
+    );
+    let check = |port: Option<&str>| {
+        let mut c = Command::new(gateway_bin());
+        c.args(["check", "-c"]).arg(&path).env_remove("GW_TEST_APP");
+        match port {
+            Some(p) => c.env("GW_TEST_PORT", p),
+            None => c.env_remove("GW_TEST_PORT"),
+        };
+        let out = c.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(check(Some("8089")).0, Some(0));
+    let (code, err) = check(None);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("gw.toml:2:21: ") && err.contains("GW_TEST_PORT is not set"),
+        "{err}"
+    );
+}
