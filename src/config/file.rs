@@ -42,6 +42,8 @@ pub struct GatewaySection {
     pub max_header_bytes: Option<Spanned<usize>>,
     /// How much of an upstream's response is read ahead of a slow client ("64k").
     pub response_buffer: Option<Spanned<String>>,
+    /// Larger request bodies get 413 ("10m"); routes may set their own.
+    pub max_body_size: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,7 +80,18 @@ pub struct TlsEntry {
 pub struct RouteSection {
     pub host: Option<Spanned<String>>,
     pub path_prefix: Option<Spanned<String>>,
-    pub upstream: Spanned<String>,
+    /// Where requests go; not with `redirect`.
+    pub upstream: Option<Spanned<String>>,
+    /// Answered by the gateway: a `Location` template with `{host}` and `{uri}`.
+    pub redirect: Option<Spanned<String>>,
+    pub redirect_status: Option<Spanned<u16>>,
+    /// Replaces the matched prefix before forwarding.
+    pub rewrite_prefix: Option<Spanned<String>>,
+    pub request_headers: Option<Spanned<BTreeMap<String, String>>>,
+    pub remove_request_headers: Option<Spanned<Vec<String>>>,
+    pub response_headers: Option<Spanned<BTreeMap<String, String>>>,
+    pub remove_response_headers: Option<Spanned<Vec<String>>>,
+    pub max_body_size: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

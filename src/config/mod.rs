@@ -47,6 +47,8 @@ pub struct GatewaySettings {
     /// Bytes of a response read from the upstream ahead of the client: what a slow
     /// reader costs at most.
     pub response_buffer: usize,
+    /// Larger request bodies get 413; `None` is no limit.
+    pub max_body_size: Option<u64>,
 }
 
 /// What the gateway tolerates from a client before it answers with an error or hangs up.
@@ -84,13 +86,33 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RouteConfig {
     /// Lowercase; `*`, `*.suffix` or an exact name.
     pub host: String,
     pub path_prefix: String,
-    /// Index into [`Config::upstreams`].
-    pub upstream: usize,
+    /// Index into [`Config::upstreams`]; `None` for a redirect.
+    pub upstream: Option<usize>,
+    pub redirect: Option<Redirect>,
+    /// Replaces `path_prefix` in the forwarded path.
+    pub rewrite_prefix: Option<String>,
+    /// Set on the request to the upstream (after the removals).
+    pub request_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub remove_request_headers: Vec<http::HeaderName>,
+    /// Set on the upstream's response to the client (after the removals).
+    pub response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub remove_response_headers: Vec<http::HeaderName>,
+    /// Overrides `gateway.max_body_size` for this route.
+    pub max_body_size: Option<u64>,
+}
+
+/// A route answered by the gateway itself.
+#[derive(Debug, Clone)]
+pub struct Redirect {
+    /// `Location`, with `{host}` (the request's host without port) and `{uri}` (path and
+    /// query) filled in per request.
+    pub location: String,
+    pub status: http::StatusCode,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -315,6 +337,61 @@ impl Validator<'_> {
         });
     }
 
+    fn size(&mut self, value: &Option<Spanned<String>>, key: &str) -> Option<u64> {
+        let value = value.as_ref()?;
+        match parse_size(value.get_ref()) {
+            Ok(n) => Some(n as u64),
+            Err(e) => {
+                self.error(value.span(), key, e);
+                None
+            }
+        }
+    }
+
+    /// Header names and values of a route's header table or list.
+    fn header_names(
+        &mut self,
+        names: &Option<Spanned<Vec<String>>>,
+        key: &str,
+    ) -> Vec<http::HeaderName> {
+        let mut out = Vec::new();
+        let Some(names) = names else { return out };
+        for name in names.get_ref() {
+            match http::HeaderName::from_bytes(name.as_bytes()) {
+                Ok(n) => out.push(n),
+                Err(_) => self.error(names.span(), key, format!("{name:?} is not a header name")),
+            }
+        }
+        out
+    }
+
+    fn header_table(
+        &mut self,
+        table: &Option<Spanned<std::collections::BTreeMap<String, String>>>,
+        key: &str,
+    ) -> Vec<(http::HeaderName, http::HeaderValue)> {
+        let mut out = Vec::new();
+        let Some(table) = table else { return out };
+        for (name, value) in table.get_ref() {
+            let parsed = (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                http::HeaderValue::from_str(value),
+            );
+            match parsed {
+                (Ok(n), Ok(v)) => out.push((n, v)),
+                (Err(_), _) => {
+                    self.error(table.span(), key, format!("{name:?} is not a header name"))
+                }
+                (_, Err(_)) => self.error(
+                    table.span(),
+                    key,
+                    format!("the value of {name:?} is not a header value"),
+                ),
+            }
+        }
+        out
+    }
+
     fn duration(
         &mut self,
         value: &Option<Spanned<String>>,
@@ -455,31 +532,95 @@ impl Validator<'_> {
                     p.get_ref().clone()
                 }
             };
-            let name = r.upstream.get_ref();
-            match raw.upstreams.keys().position(|k| k.get_ref() == name) {
-                Some(upstream) => {
-                    if routes
-                        .iter()
-                        .any(|o: &RouteConfig| o.host == host && o.path_prefix == path_prefix)
-                    {
+            let span = raw.routes[i].span();
+            let key = |k: &str| format!("route[{i}].{k}");
+            if routes
+                .iter()
+                .any(|o: &RouteConfig| o.host == host && o.path_prefix == path_prefix)
+            {
+                self.error(
+                    span.clone(),
+                    &format!("route[{i}]"),
+                    format!(
+                        "another route already has host {host:?} and path_prefix {path_prefix:?}"
+                    ),
+                );
+            }
+            let upstream = match &r.upstream {
+                Some(name) => {
+                    let found = raw
+                        .upstreams
+                        .keys()
+                        .position(|k| k.get_ref() == name.get_ref());
+                    if found.is_none() {
+                        let name = name.get_ref();
                         self.error(
-                            r.upstream.span(),
-                            &format!("route[{i}]"),
-                            format!("another route already has host {host:?} and path_prefix {path_prefix:?}"),
+                            r.upstream.as_ref().expect("some").span(),
+                            &key("upstream"),
+                            format!("upstream {name:?} is not defined (add [upstream.{name}])"),
                         );
                     }
-                    routes.push(RouteConfig {
-                        host,
-                        path_prefix,
-                        upstream,
-                    })
+                    found
                 }
-                None => self.error(
-                    r.upstream.span(),
-                    &format!("route[{i}].upstream"),
-                    format!("upstream {name:?} is not defined (add [upstream.{name}])"),
+                None => None,
+            };
+            let redirect = r.redirect.as_ref().map(|location| {
+                let status = match &r.redirect_status {
+                    None => http::StatusCode::FOUND,
+                    Some(s) if [301, 302, 307, 308].contains(s.get_ref()) => {
+                        http::StatusCode::from_u16(*s.get_ref()).expect("a redirect status")
+                    }
+                    Some(s) => {
+                        self.error(
+                            s.span(),
+                            &key("redirect_status"),
+                            "must be 301, 302, 307 or 308",
+                        );
+                        http::StatusCode::FOUND
+                    }
+                };
+                Redirect {
+                    location: location.get_ref().clone(),
+                    status,
+                }
+            });
+            match (&r.upstream, &r.redirect) {
+                (Some(_), Some(redirect)) => self.error(
+                    redirect.span(),
+                    &key("redirect"),
+                    "a route has an upstream or a redirect, not both",
                 ),
+                (None, None) => {
+                    self.error(span.clone(), &key("upstream"), "required (or a redirect)")
+                }
+                _ => {}
             }
+            if r.redirect.is_none() {
+                if let Some(s) = &r.redirect_status {
+                    self.error(s.span(), &key("redirect_status"), "only used with redirect");
+                }
+            }
+            let rewrite_prefix = r.rewrite_prefix.as_ref().map(|p| {
+                if !p.get_ref().starts_with('/') {
+                    self.error(p.span(), &key("rewrite_prefix"), "must start with \"/\"");
+                }
+                p.get_ref().clone()
+            });
+            let route = RouteConfig {
+                request_headers: self.header_table(&r.request_headers, &key("request_headers")),
+                remove_request_headers: self
+                    .header_names(&r.remove_request_headers, &key("remove_request_headers")),
+                response_headers: self.header_table(&r.response_headers, &key("response_headers")),
+                remove_response_headers: self
+                    .header_names(&r.remove_response_headers, &key("remove_response_headers")),
+                max_body_size: self.size(&r.max_body_size, &key("max_body_size")),
+                host,
+                path_prefix,
+                upstream,
+                redirect,
+                rewrite_prefix,
+            };
+            routes.push(route);
         }
 
         Config {
@@ -609,6 +750,7 @@ impl Validator<'_> {
                     }
                 },
             },
+            max_body_size: self.size(&g.max_body_size, "gateway.max_body_size"),
             access_log,
             access_log_format,
             limits: ClientLimits {
@@ -1030,6 +1172,38 @@ read_timeout = "5 parsecs"
             );
         }
         assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+    }
+
+    #[test]
+    fn route_redirects_rewrites_headers_and_body_limits_are_checked() {
+        let base = "[gateway]\nmax_body_size = \"10m\"\n[[listener]]\nlisten = \"127.0.0.1:8080\"\n[upstream.app]\nservers = [ { address = \"127.0.0.1:3001\" } ]\n";
+        let c = check(&format!(
+            "{base}[[route]]\nhost = \"old.com\"\nredirect = \"https://{{host}}{{uri}}\"\nredirect_status = 301\n[[route]]\nupstream = \"app\"\nrewrite_prefix = \"/\"\nrequest_headers = {{ \"X-Env\" = \"prod\" }}\nremove_response_headers = [\"X-Powered-By\"]\nmax_body_size = \"1k\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.gateway.max_body_size, Some(10 << 20));
+        let redirect = c.routes[0].redirect.as_ref().unwrap();
+        assert_eq!(
+            (redirect.status.as_u16(), c.routes[0].upstream),
+            (301, None)
+        );
+        assert_eq!(c.routes[1].rewrite_prefix.as_deref(), Some("/"));
+        assert_eq!(c.routes[1].request_headers[0].0, "x-env");
+        assert_eq!(c.routes[1].max_body_size, Some(1024));
+
+        let errs = check(&format!(
+            "{base}[[route]]\nhost = \"a.com\"\n[[route]]\nupstream = \"app\"\nredirect = \"/x\"\n[[route]]\nhost = \"b.com\"\nredirect = \"/y\"\nredirect_status = 200\nrequest_headers = {{ \"bad header\" = \"1\" }}\nmax_body_size = \"lots\"\n"
+        ))
+        .unwrap_err();
+        for key in [
+            "route[0].upstream: required (or a redirect)",
+            "route[1].redirect: a route has an upstream or a redirect, not both",
+            "route[2].redirect_status: must be 301, 302, 307 or 308",
+            "route[2].request_headers: \"bad header\" is not a header name",
+            "route[2].max_body_size:",
+        ] {
+            assert!(errs.iter().any(|e| e.contains(key)), "{key} in {errs:#?}");
+        }
     }
 
     #[test]

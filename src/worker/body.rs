@@ -61,6 +61,19 @@ pub enum ClientBodyError {
     Timeout(Duration),
     #[error("client request body broken: {0}")]
     Broken(String),
+    #[error("request body larger than max_body_size ({0} bytes)")]
+    TooLarge(u64),
+}
+
+impl ClientBodyError {
+    /// The status the client gets for it.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            ClientBodyError::Timeout(_) => http::StatusCode::REQUEST_TIMEOUT,
+            ClientBodyError::Broken(_) => http::StatusCode::BAD_REQUEST,
+            ClientBodyError::TooLarge(_) => http::StatusCode::PAYLOAD_TOO_LARGE,
+        }
+    }
 }
 
 /// What the HTTP/1 connection sends along a request body's channel.
@@ -89,21 +102,33 @@ enum ClientSource {
 pub struct RequestBody {
     source: ClientSource,
     timer: FrameTimer,
+    /// `max_body_size`, and how much has passed so far.
+    limit: Option<u64>,
+    passed: u64,
 }
 
 impl RequestBody {
     pub fn empty() -> Self {
-        RequestBody {
-            source: ClientSource::Empty,
-            timer: FrameTimer::new(Duration::ZERO),
-        }
+        Self::new(ClientSource::Empty, Duration::ZERO)
     }
 
     pub fn hyper(inner: Incoming, timeout: Duration) -> Self {
+        Self::new(ClientSource::Hyper(inner), timeout)
+    }
+
+    fn new(source: ClientSource, timeout: Duration) -> Self {
         RequestBody {
-            source: ClientSource::Hyper(inner),
+            source,
             timer: FrameTimer::new(timeout),
+            limit: None,
+            passed: 0,
         }
+    }
+
+    /// The body fails with [`ClientBodyError::TooLarge`] once more than `bytes` passed
+    /// (a chunked body is cut off where it crosses the line).
+    pub fn limit(&mut self, bytes: u64) {
+        self.limit = Some(bytes);
     }
 
     pub fn channel(
@@ -112,15 +137,13 @@ impl RequestBody {
         length: Option<u64>,
         timeout: Duration,
     ) -> Self {
-        RequestBody {
-            source: ClientSource::Channel {
-                frames,
-                wanted: Some(wanted),
-                length,
-                ended: false,
-            },
-            timer: FrameTimer::new(timeout),
-        }
+        let source = ClientSource::Channel {
+            frames,
+            wanted: Some(wanted),
+            length,
+            ended: false,
+        };
+        Self::new(source, timeout)
     }
 }
 
@@ -172,6 +195,12 @@ impl Body for RequestBody {
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 this.timer.progress();
+                if let (Some(limit), Some(data)) = (this.limit, frame.data_ref()) {
+                    this.passed += data.len() as u64;
+                    if this.passed > limit {
+                        return Poll::Ready(Some(Err(ClientBodyError::TooLarge(limit))));
+                    }
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Pending if this.timer.expired(cx) => {

@@ -7,7 +7,7 @@ use super::path;
 use super::request_check::{self, Rejection};
 use super::router::{host_without_port, Router};
 use crate::access_log::AccessLog;
-use crate::config::{ClientLimits, Config, RetryOn};
+use crate::config::{ClientLimits, Config, Redirect, RetryOn, RouteConfig};
 use crate::table::{WorkerRecord, WorkerShare};
 use crate::upstream::pool::{self, ConnectError, Sender};
 use crate::upstream::{Server, Upstream};
@@ -88,8 +88,9 @@ enum Failure {
     /// The connection closed or was reset before any response byte.
     Reset(String),
     BadResponse(String),
+    /// The client's body broke, stalled or was too large: its status says which.
     ClientBody {
-        timed_out: bool,
+        status: StatusCode,
         why: String,
     },
 }
@@ -105,12 +106,7 @@ impl Failure {
             Failure::Unreachable(_) | Failure::Reset(_) | Failure::BadResponse(_) => {
                 StatusCode::BAD_GATEWAY
             }
-            Failure::ClientBody {
-                timed_out: true, ..
-            } => StatusCode::REQUEST_TIMEOUT,
-            Failure::ClientBody {
-                timed_out: false, ..
-            } => StatusCode::BAD_REQUEST,
+            Failure::ClientBody { status, .. } => *status,
         }
     }
 
@@ -198,7 +194,9 @@ enum TryError {
 /// Everything a worker needs to forward requests, built once per configuration.
 pub struct Proxy {
     router: Router,
+    routes: Vec<RouteConfig>,
     upstreams: Vec<Upstream>,
+    max_body_size: Option<u64>,
     limits: ClientLimits,
     response_buffer: usize,
     log: Arc<AccessLog>,
@@ -227,6 +225,8 @@ impl Proxy {
             .collect();
         Proxy {
             router: Router::new(&config.routes),
+            routes: config.routes.clone(),
+            max_body_size: config.gateway.max_body_size,
             upstreams,
             limits: config.gateway.limits.clone(),
             response_buffer: config.gateway.response_buffer,
@@ -300,10 +300,10 @@ impl Proxy {
                 return (refused, None);
             }
         }
-        let Some(upstream) = self
+        let Some(route) = self
             .router
             .route(route_host, head.uri.path())
-            .map(|i| &self.upstreams[i])
+            .map(|i| &self.routes[i])
         else {
             let reason = Failure::NoRoute.reason();
             return (
@@ -311,9 +311,40 @@ impl Proxy {
                 None,
             );
         };
+        if let Some(redirect) = &route.redirect {
+            return (
+                redirect_response(exchange, redirect, route_host, &head.uri),
+                None,
+            );
+        }
+        let upstream = &self.upstreams[route.upstream.expect("a route without redirect has one")];
+
+        let mut body = body;
+        if let Some(limit) = route.max_body_size.or(self.max_body_size) {
+            let declared = head
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > limit) {
+                let why = format!("request body larger than max_body_size ({limit} bytes)");
+                let refused = error_response(exchange, StatusCode::PAYLOAD_TOO_LARGE, why, true);
+                return (refused, None);
+            }
+            body.limit(limit);
+        }
+        if let Some(replacement) = &route.rewrite_prefix {
+            let rewritten = rewrite_prefix(head.uri.path(), &route.path_prefix, replacement);
+            head.uri = with_path(&head.uri, &rewritten);
+        }
 
         let affinity = upstream.affinity(conn.client.ip(), &head.uri, &head.headers);
         rewrite_request_head(&mut head, conn, host.as_ref(), websocket);
+        for name in &route.remove_request_headers {
+            head.headers.remove(name);
+        }
+        for (name, value) in &route.request_headers {
+            head.headers.insert(name, value.clone());
+        }
         head.headers.insert(&X_REQUEST_ID, request_id.clone());
         let mut request = Request::from_parts(head, body);
         let replay = if websocket {
@@ -404,8 +435,15 @@ impl Proxy {
             Ok((response, sender, cookie)) => {
                 let (mut response, tunnel) =
                     self.respond(exchange, upstream, response, sender, websocket);
+                let headers = response.headers_mut();
                 if let Some(cookie) = cookie {
-                    response.headers_mut().append(header::SET_COOKIE, cookie);
+                    headers.append(header::SET_COOKIE, cookie);
+                }
+                for name in &route.remove_response_headers {
+                    headers.remove(name);
+                }
+                for (name, value) in &route.response_headers {
+                    headers.insert(name, value.clone());
                 }
                 (response, tunnel)
             }
@@ -567,13 +605,57 @@ fn with_path(uri: &Uri, path: &str) -> Uri {
     Uri::try_from(target).unwrap_or_else(|_| Uri::from_static("/"))
 }
 
+/// `path` with the route's `prefix` replaced by `replacement`, without doubling the `/`
+/// between them (`/api/` -> `/` makes `/api/users` `/users`).
+fn rewrite_prefix(path: &str, prefix: &str, replacement: &str) -> String {
+    let rest = path.strip_prefix(prefix).unwrap_or(path);
+    let rest = rest.strip_prefix('/').unwrap_or(rest);
+    if rest.is_empty() {
+        replacement.to_string()
+    } else if replacement.ends_with('/') {
+        format!("{replacement}{rest}")
+    } else {
+        format!("{replacement}/{rest}")
+    }
+}
+
+/// The answer of a `redirect` route: `Location` from its template.
+fn redirect_response(
+    mut exchange: Exchange,
+    redirect: &Redirect,
+    host: &str,
+    uri: &Uri,
+) -> Response<ResponseBody> {
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = redirect
+        .location
+        .replace("{host}", host)
+        .replace("{uri}", target);
+    exchange.status = redirect.status.as_u16();
+    let body = format!("{} {}\n", redirect.status.as_u16(), location);
+    let mut response = Response::new(ResponseBody::fixed(Bytes::from(body), exchange));
+    *response.status_mut() = redirect.status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    match HeaderValue::from_str(&location) {
+        Ok(value) => {
+            headers.insert(header::LOCATION, value);
+        }
+        Err(_) => *response.status_mut() = StatusCode::BAD_REQUEST,
+    }
+    response
+}
+
 /// Sorts a failed exchange by who is to blame.
 fn classify(error: hyper::Error) -> Failure {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
     while let Some(e) = source {
         if let Some(body) = e.downcast_ref::<ClientBodyError>() {
             return Failure::ClientBody {
-                timed_out: matches!(body, ClientBodyError::Timeout(_)),
+                status: body.status(),
                 why: body.to_string(),
             };
         }
@@ -810,6 +892,17 @@ mod tests {
         assert_eq!(values(&h.headers, "x-forwarded-for"), ["10.0.0.9"]);
         assert_eq!(values(&h.headers, "host"), ["a.com"]);
         assert_eq!(values(&h.headers, "x-kept"), ["yes"]);
+    }
+
+    #[test]
+    fn a_rewritten_prefix_keeps_one_slash() {
+        assert_eq!(rewrite_prefix("/api/users", "/api/", "/"), "/users");
+        assert_eq!(rewrite_prefix("/api/", "/api/", "/"), "/");
+        assert_eq!(rewrite_prefix("/api/users", "/api", "/"), "/users");
+        assert_eq!(rewrite_prefix("/api", "/api", "/"), "/");
+        assert_eq!(rewrite_prefix("/api/users", "/api/", "/v2/"), "/v2/users");
+        assert_eq!(rewrite_prefix("/api/users", "/api/", "/v2"), "/v2/users");
+        assert_eq!(rewrite_prefix("/old/x", "/old", "/new"), "/new/x");
     }
 
     #[test]

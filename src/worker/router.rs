@@ -1,4 +1,4 @@
-//! Host and path prefix to upstream.
+//! Host and path prefix to route.
 //!
 //! Hosts are tried from the most to the least specific (exact name, then the longest
 //! `*.suffix` that matches, then `*`); within the first host that has a route whose prefix
@@ -36,17 +36,18 @@ pub struct Router {
 }
 
 impl Router {
+    /// The router for `routes`; [`Router::route`] answers with an index into them.
     pub fn new(routes: &[RouteConfig]) -> Self {
         let mut router = Router::default();
-        for r in routes {
+        for (index, r) in routes.iter().enumerate() {
             if r.host == "*" {
-                router.any.add(&r.path_prefix, r.upstream);
+                router.any.add(&r.path_prefix, index);
             } else if let Some(suffix) = r.host.strip_prefix('*') {
                 match router.wildcard.iter_mut().find(|(s, _)| s == suffix) {
-                    Some((_, table)) => table.add(&r.path_prefix, r.upstream),
+                    Some((_, table)) => table.add(&r.path_prefix, index),
                     None => {
                         let mut table = PrefixTable::default();
-                        table.add(&r.path_prefix, r.upstream);
+                        table.add(&r.path_prefix, index);
                         router.wildcard.push((suffix.to_string(), table));
                     }
                 }
@@ -55,7 +56,7 @@ impl Router {
                     .exact
                     .entry(r.host.clone())
                     .or_default()
-                    .add(&r.path_prefix, r.upstream);
+                    .add(&r.path_prefix, index);
             }
         }
         router
@@ -102,16 +103,26 @@ pub fn host_without_port(host: &str) -> &str {
 mod tests {
     use super::*;
 
-    fn router(routes: &[(&str, &str, usize)]) -> Router {
+    /// Routes as (host, prefix, upstream); `route` answers with the upstream.
+    struct Routes(Router, Vec<RouteConfig>);
+
+    impl Routes {
+        fn route(&self, host: &str, path: &str) -> Option<usize> {
+            self.0.route(host, path).and_then(|i| self.1[i].upstream)
+        }
+    }
+
+    fn router(routes: &[(&str, &str, usize)]) -> Routes {
         let routes: Vec<RouteConfig> = routes
             .iter()
             .map(|&(host, prefix, upstream)| RouteConfig {
                 host: host.into(),
                 path_prefix: prefix.into(),
-                upstream,
+                upstream: Some(upstream),
+                ..RouteConfig::default()
             })
             .collect();
-        Router::new(&routes)
+        Routes(Router::new(&routes), routes)
     }
 
     #[test]

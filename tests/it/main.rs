@@ -9,6 +9,7 @@ mod hardening;
 mod http1;
 mod lifecycle;
 mod proxy;
+mod routes;
 mod runtime_control;
 mod shared_state;
 mod smuggling;
