@@ -2,7 +2,9 @@
 CARGO ?= cargo
 BIN ?= target/release
 
-.PHONY: build run test bench bench-balance lint fmt clean
+.PHONY: build run test bench bench-balance lint fmt clean install
+
+PREFIX ?= /usr/local
 
 build:
 	$(CARGO) build --release --bins --examples
@@ -35,6 +37,14 @@ bench: build
 # stuck, backend of three: latency percentiles and the slow server's share.
 bench-balance: build
 	bash benches/balance.sh
+
+# gateway and gatewayctl on the PATH ($(PREFIX)/bin), the systemd unit and sysusers entry.
+install:
+	$(CARGO) build --release --bins
+	install -D -m 0755 target/release/gateway $(DESTDIR)$(PREFIX)/bin/gateway
+	install -D -m 0755 target/release/gatewayctl $(DESTDIR)$(PREFIX)/bin/gatewayctl
+	install -D -m 0644 docker/gateway.service $(DESTDIR)$(PREFIX)/lib/systemd/system/gateway.service
+	install -D -m 0644 docker/gateway.sysusers $(DESTDIR)$(PREFIX)/lib/sysusers.d/gateway.conf
 
 clean:
 	$(CARGO) clean

@@ -3,6 +3,12 @@
 use std::process::Command;
 
 fn main() {
+    println!("cargo:rerun-if-env-changed=GATEWAY_GIT_COMMIT");
+    // A build without .git (a container build) passes the commit in.
+    if let Ok(commit) = std::env::var("GATEWAY_GIT_COMMIT") {
+        println!("cargo:rustc-env=GATEWAY_GIT_COMMIT={commit}");
+        return;
+    }
     let commit = Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .output()
