@@ -34,6 +34,92 @@ pub struct TableMemory {
     /// `[worker][server]`: what each worker has in flight on each server, so that the
     /// share of a worker that crashed can be taken out of the servers' totals.
     in_flight_by_worker: [[AtomicU32; SERVER_RECORDS]; WORKER_RECORDS],
+    /// Requests by status and their duration, per upstream (at the record of its first
+    /// server), for /metrics.
+    upstream_requests: [RequestMetrics; SERVER_RECORDS],
+    /// The same for requests that reached no upstream (no route, redirects, refusals).
+    unrouted_requests: RequestMetrics,
+}
+
+/// Upper bounds (seconds) of the latency histograms' buckets; one more counts the rest.
+pub const LATENCY_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A latency histogram every worker adds to: counts per bucket (not cumulative) and the
+/// sum in microseconds.
+#[repr(C)]
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, took: std::time::Duration) {
+        let seconds = took.as_secs_f64();
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[bucket].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(took.as_micros() as u64, Relaxed);
+    }
+
+    /// Cumulative counts per bucket (the last is the total) and the sum in seconds, as
+    /// Prometheus wants them.
+    pub fn read(&self) -> ([u64; LATENCY_BUCKETS.len() + 1], f64) {
+        let mut cumulative = [0; LATENCY_BUCKETS.len() + 1];
+        let mut running = 0;
+        for (out, bucket) in cumulative.iter_mut().zip(&self.buckets) {
+            running += bucket.load(Relaxed);
+            *out = running;
+        }
+        (cumulative, self.sum_us.load(Relaxed) as f64 / 1e6)
+    }
+
+    fn reset(&self) {
+        for bucket in &self.buckets {
+            bucket.store(0, Relaxed);
+        }
+        self.sum_us.store(0, Relaxed);
+    }
+}
+
+/// Requests of an upstream: how many per status code, and how long they took in all.
+#[repr(C)]
+pub struct RequestMetrics {
+    /// Index `status - 100`, for 100 to 599.
+    codes: [AtomicU64; 500],
+    pub duration: Histogram,
+}
+
+impl RequestMetrics {
+    pub fn observe(&self, status: u16, took: std::time::Duration) {
+        if let Some(count) = status
+            .checked_sub(100)
+            .and_then(|i| self.codes.get(usize::from(i)))
+        {
+            count.fetch_add(1, Relaxed);
+        }
+        self.duration.observe(took);
+    }
+
+    /// `(status, count)` for every status seen.
+    pub fn codes(&self) -> Vec<(u16, u64)> {
+        (100u16..)
+            .zip(&self.codes)
+            .map(|(code, count)| (code, count.load(Relaxed)))
+            .filter(|&(_, count)| count > 0)
+            .collect()
+    }
+
+    fn reset(&self) {
+        for count in &self.codes {
+            count.store(0, Relaxed);
+        }
+        self.duration.reset();
+    }
 }
 
 /// One upstream server as every process sees it. Aligned to a cache line so that
@@ -66,6 +152,8 @@ pub struct ServerRecord {
     busy_since: AtomicU64,
     /// The retry budget of the upstream whose first server this is.
     pub budget: RetryBudget,
+    /// Time to the response head, for /metrics.
+    pub response_time: Histogram,
     /// 1 while `gatewayctl drain` has the server out of rotation.
     draining: AtomicU32,
     /// A weight set by `gatewayctl weight` (0: none)…
@@ -380,6 +468,7 @@ impl ServerRecord {
         for flag in [&self.draining, &self.weight_set, &self.weight_set_over] {
             flag.store(0, Relaxed);
         }
+        self.response_time.reset();
         for bucket in &self.budget.buckets {
             bucket.period.store(0, Relaxed);
         }
@@ -439,6 +528,16 @@ impl Table {
     /// A fresh record for a server new to the table.
     pub fn reset_server(&self, record: usize) {
         self.server(record).reset();
+        self.memory.upstream_requests[record].reset();
+    }
+
+    /// The request metrics of the upstream whose first server has `record`.
+    pub fn upstream_requests(&self, record: usize) -> &'static RequestMetrics {
+        &self.memory.upstream_requests[record]
+    }
+
+    pub fn unrouted_requests(&self) -> &'static RequestMetrics {
+        &self.memory.unrouted_requests
     }
 
     /// Worker `record` is gone: takes whatever it still had in flight out of the servers'
@@ -474,6 +573,14 @@ pub struct WorkerShare {
 impl WorkerShare {
     pub fn counters(&self) -> &'static WorkerRecord {
         &self.memory.workers[self.worker]
+    }
+
+    pub fn upstream_requests(&self, record: usize) -> &'static RequestMetrics {
+        &self.memory.upstream_requests[record]
+    }
+
+    pub fn unrouted_requests(&self) -> &'static RequestMetrics {
+        &self.memory.unrouted_requests
     }
 
     pub fn server(&self, record: usize) -> SharedServer {
@@ -791,6 +898,25 @@ mod tests {
             "a reload with the same file weight keeps it"
         );
         assert_eq!(s.weight(5), 5, "a new weight in the file wins");
+    }
+
+    #[test]
+    fn histograms_and_status_counts_add_up_as_prometheus_reads_them() {
+        let t = table();
+        let m = t.upstream_requests(3);
+        m.observe(200, std::time::Duration::from_micros(800));
+        m.observe(200, std::time::Duration::from_millis(30));
+        m.observe(503, std::time::Duration::from_secs(20));
+        m.observe(0, std::time::Duration::ZERO); // no status: only the duration
+        assert_eq!(m.codes(), [(200, 2), (503, 1)]);
+        let (buckets, sum) = m.duration.read();
+        assert_eq!(buckets[0], 2, "0 and 0.8 ms are under 1 ms");
+        assert_eq!(buckets[5], 3, "30 ms under 50 ms");
+        assert_eq!(buckets[LATENCY_BUCKETS.len() - 1], 3, "20 s is over 10 s");
+        assert_eq!(buckets[LATENCY_BUCKETS.len()], 4, "the total");
+        assert!((sum - 20.0308).abs() < 1e-9, "{sum}");
+        t.reset_server(3);
+        assert!(m.codes().is_empty());
     }
 
     #[test]

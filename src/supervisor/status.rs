@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::protocol::{
     HealthCheckCounts, Reply, ServerChange, ServerStatus, Status, UpstreamStatus, WorkerStatus,
 };
-use crate::table::Table;
+use crate::table::{Histogram, Table, LATENCY_BUCKETS};
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -330,7 +330,64 @@ impl StatusSource {
                 }
             }
         }
+        self.request_metrics(&mut out);
         out.text
+    }
+
+    /// Requests by upstream and status, and the latency histograms, from the table.
+    fn request_metrics(&self, out: &mut Metrics) {
+        let view = self.view.borrow().clone();
+        let table = self.table;
+        // Each upstream's figures live at the record of its first server.
+        let mut upstreams = Vec::new();
+        let mut records = view.server_records.iter();
+        for u in &view.config.upstreams {
+            let mine: Vec<usize> = records.by_ref().take(u.servers.len()).copied().collect();
+            if let Some(&first) = mine.first() {
+                upstreams.push((u, first, mine));
+            }
+        }
+        let requests = "gateway_http_requests_total";
+        out.family(
+            requests,
+            "counter",
+            "Requests answered, by upstream (\"\" for none: no route, redirects, refusals) and status.",
+        );
+        let unrouted = table.unrouted_requests();
+        let all = upstreams
+            .iter()
+            .map(|(u, first, _)| (u.name.as_str(), table.upstream_requests(*first)))
+            .chain(std::iter::once(("", unrouted)));
+        for (name, metrics) in all.clone() {
+            for (code, count) in metrics.codes() {
+                out.sample(
+                    requests,
+                    &[("upstream", name), ("code", &code.to_string())],
+                    count,
+                );
+            }
+        }
+        let duration = "gateway_request_duration_seconds";
+        out.family(
+            duration,
+            "histogram",
+            "Time from the request head to the end of the response.",
+        );
+        for (name, metrics) in all {
+            out.histogram(duration, &[("upstream", name)], &metrics.duration);
+        }
+        let response = "gateway_upstream_response_seconds";
+        out.family(
+            response,
+            "histogram",
+            "Time from sending a request to the upstream's response head.",
+        );
+        for (u, _, records) in &upstreams {
+            for (s, &record) in u.servers.iter().zip(records) {
+                let labels = [("upstream", u.name.as_str()), ("server", s.name.as_str())];
+                out.histogram(response, &labels, &table.server(record).response_time);
+            }
+        }
     }
 }
 
@@ -347,7 +404,28 @@ impl Metrics {
         let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+    /// `_bucket` series for every bound and `+Inf`, then `_sum` and `_count`.
+    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], histogram: &Histogram) {
+        let (buckets, sum) = histogram.read();
+        let bucket = format!("{name}_bucket");
+        let bounds = LATENCY_BUCKETS
+            .iter()
+            .map(|b| b.to_string())
+            .chain(["+Inf".to_string()]);
+        for (bound, count) in bounds.zip(buckets) {
+            let mut with_le = labels.to_vec();
+            with_le.push(("le", &bound));
+            self.sample(&bucket, &with_le, count);
+        }
+        self.sample(&format!("{name}_sum"), labels, sum);
+        self.sample(
+            &format!("{name}_count"),
+            labels,
+            buckets[LATENCY_BUCKETS.len()],
+        );
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
         self.text.push_str(name);
         if !labels.is_empty() {
             let labels: Vec<String> = labels

@@ -6,7 +6,7 @@ pub mod balancer;
 pub mod pool;
 
 use crate::config::{Policy, ServerConfig, UpstreamConfig};
-use crate::table::{RetryBudget, SharedServer, WorkerShare};
+use crate::table::{RequestMetrics, RetryBudget, SharedServer, WorkerShare};
 use balancer::{affinity_hash, Balancer, Candidate, Select};
 use http::{HeaderMap, HeaderValue, Uri};
 use std::net::IpAddr;
@@ -62,9 +62,9 @@ impl Server {
 
     /// The time the server took to its response head (least_time's sample).
     pub fn note_latency(&self, took: Duration) {
-        self.shared
-            .record
-            .record_latency(took.as_secs_f64() * 1e6, now_ms());
+        let record = self.shared.record;
+        record.record_latency(took.as_secs_f64() * 1e6, now_ms());
+        record.response_time.observe(took);
     }
 }
 
@@ -94,6 +94,8 @@ pub struct Upstream {
     sticky: Option<Vec<(String, HeaderValue)>>,
     /// Shared by all workers (it lives in the record of the upstream's first server).
     budget: &'static RetryBudget,
+    /// Its requests by status and duration, for /metrics (shared the same way).
+    pub requests: &'static RequestMetrics,
 }
 
 /// What a request brings to the choice of its server, read from it once.
@@ -151,6 +153,7 @@ impl Upstream {
             servers,
             sticky,
             budget: &first.budget,
+            requests: share.upstream_requests(records[0]),
         }
     }
 

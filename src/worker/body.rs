@@ -6,6 +6,7 @@
 //! and a cleanly finished upstream connection returned to its pool.
 
 use crate::access_log::{AccessLog, Entry};
+use crate::table::RequestMetrics;
 use crate::upstream::{pool::Sender, Server};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -372,6 +373,8 @@ pub struct Exchange {
     /// The status the (last) upstream answered with.
     pub upstream_status: Option<u16>,
     pub request_id: Option<http::HeaderValue>,
+    /// Where the request is counted for /metrics: its upstream's, or the unrouted ones.
+    pub metrics: Option<&'static RequestMetrics>,
     pub error: Option<String>,
     /// Servers tried and left before the one that answered, each with why it was left.
     tries: Vec<(String, String)>,
@@ -403,6 +406,7 @@ impl Exchange {
             upstream_time: None,
             upstream_status: None,
             request_id: None,
+            metrics: None,
             error: None,
             tries: Vec::new(),
             complete: false,
@@ -442,6 +446,9 @@ impl Drop for Exchange {
     fn drop(&mut self) {
         if !self.complete && self.error.is_none() {
             self.error = Some("client closed the connection before the response was sent".into());
+        }
+        if let Some(metrics) = self.metrics {
+            metrics.observe(self.status, self.started.elapsed());
         }
         if !self.log.enabled() {
             return;

@@ -8,7 +8,7 @@ use super::request_check::{self, Rejection};
 use super::router::{host_without_port, Router};
 use crate::access_log::AccessLog;
 use crate::config::{ClientLimits, Config, Redirect, RetryOn, RouteConfig};
-use crate::table::{WorkerRecord, WorkerShare};
+use crate::table::{RequestMetrics, WorkerRecord, WorkerShare};
 use crate::upstream::pool::{self, ConnectError, Sender};
 use crate::upstream::{Server, Upstream};
 use bytes::{Bytes, BytesMut};
@@ -197,6 +197,8 @@ pub struct Proxy {
     routes: Vec<RouteConfig>,
     upstreams: Vec<Upstream>,
     max_body_size: Option<u64>,
+    /// Where requests that reach no upstream are counted.
+    unrouted: &'static RequestMetrics,
     limits: ClientLimits,
     response_buffer: usize,
     log: Arc<AccessLog>,
@@ -227,6 +229,7 @@ impl Proxy {
             router: Router::new(&config.routes),
             routes: config.routes.clone(),
             max_body_size: config.gateway.max_body_size,
+            unrouted: share.unrouted_requests(),
             upstreams,
             limits: config.gateway.limits.clone(),
             response_buffer: config.gateway.response_buffer,
@@ -266,6 +269,7 @@ impl Proxy {
         let (mut head, body) = req.into_parts();
         let mut exchange = Exchange::new(self.log.clone(), conn.client, &head);
         exchange.request_id = Some(request_id.clone());
+        exchange.metrics = Some(self.unrouted);
 
         if let Err(Rejection { status, reason }) = request_check::check(
             &head.method,
@@ -318,6 +322,7 @@ impl Proxy {
             );
         }
         let upstream = &self.upstreams[route.upstream.expect("a route without redirect has one")];
+        exchange.metrics = Some(upstream.requests);
 
         let mut body = body;
         if let Some(limit) = route.max_body_size.or(self.max_body_size) {

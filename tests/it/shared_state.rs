@@ -367,7 +367,7 @@ fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').unwrap();
             assert!(name_ok(name), "{line}");
-            assert!(["counter", "gauge"].contains(&kind), "{line}");
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
             if kind == "counter" {
                 assert!(name.ends_with("_total"), "{line}");
             }
@@ -387,7 +387,14 @@ fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
         let (series, value) = line.rsplit_once(' ').unwrap();
         let value: f64 = value.parse().unwrap_or_else(|_| panic!("value in {line}"));
         let name = series.split('{').next().unwrap();
-        assert!(types.contains_key(name), "no # TYPE before {line}");
+        let histogram = ["_bucket", "_sum", "_count"]
+            .iter()
+            .filter_map(|suffix| name.strip_suffix(suffix))
+            .any(|family| types.get(family) == Some(&"histogram"));
+        assert!(
+            types.contains_key(name) || histogram,
+            "no # TYPE before {line}"
+        );
         if let Some(labels) = series.strip_prefix(name).filter(|l| !l.is_empty()) {
             let labels = labels
                 .strip_prefix('{')
@@ -421,9 +428,24 @@ async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
     ));
     wait_for_state(&gw, dead, "down").await;
     bodies(&gw, 5).await;
-    let (code, text) = gw.admin_get("/metrics").await;
-    assert_eq!(code, 200);
-    let metrics = parse_metrics(&text);
+    // A request is counted, and its server's in-flight count released, once its response
+    // is done: just after the client has it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let metrics = loop {
+        let (code, text) = gw.admin_get("/metrics").await;
+        assert_eq!(code, 200);
+        let metrics = parse_metrics(&text);
+        let settled = metrics.get("gateway_http_requests_total{upstream=\"app\",code=\"200\"}")
+            == Some(&5.0)
+            && metrics[&format!(
+                "gateway_upstream_server_active_connections{{upstream=\"app\",server=\"{}\"}}",
+                a.addr
+            )] == 0.0;
+        if settled || std::time::Instant::now() > deadline {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let series = |name: &str, server: SocketAddr| {
         metrics[&format!("{name}{{upstream=\"app\",server=\"{server}\"}}")]
     };
@@ -457,6 +479,29 @@ async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
             .count(),
         2
     );
+    // Requests by status and the latency histograms, summed over both workers.
+    assert_eq!(
+        metrics["gateway_http_requests_total{upstream=\"app\",code=\"200\"}"],
+        5.0
+    );
+    assert_eq!(
+        metrics["gateway_request_duration_seconds_count{upstream=\"app\"}"],
+        5.0
+    );
+    assert_eq!(
+        metrics["gateway_request_duration_seconds_bucket{upstream=\"app\",le=\"+Inf\"}"],
+        5.0
+    );
+    let a_responses = format!(
+        "gateway_upstream_response_seconds_count{{upstream=\"app\",server=\"{}\"}}",
+        a.addr
+    );
+    assert_eq!(metrics[&a_responses], 5.0);
+    let fast = format!(
+        "gateway_upstream_response_seconds_bucket{{upstream=\"app\",server=\"{}\",le=\"10\"}}",
+        a.addr
+    );
+    assert_eq!(metrics[&fast], 5.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
