@@ -323,6 +323,11 @@ pub struct ServerStatus {
     /// 0 before the first answer.
     #[serde(default)]
     pub latency_ms: f64,
+    /// The upper bound of the histogram bucket that holds the 99th percentile of the time
+    /// to the response head, in ms (`None` before any answer; 10000 means slower than
+    /// that).
+    #[serde(default)]
+    pub p99_ms: Option<f64>,
     pub weight: u32,
     pub backup: bool,
     /// Active health check results, when the upstream has a health check.

@@ -78,6 +78,18 @@ impl Histogram {
         (cumulative, self.sum_us.load(Relaxed) as f64 / 1e6)
     }
 
+    /// The upper bound (seconds) of the bucket that holds quantile `q`, `None` when empty.
+    pub fn quantile_bound(&self, q: f64) -> Option<f64> {
+        let (cumulative, _) = self.read();
+        let total = cumulative[LATENCY_BUCKETS.len()];
+        if total == 0 {
+            return None;
+        }
+        let wanted = (q * total as f64).ceil() as u64;
+        let bucket = cumulative.iter().position(|&c| c >= wanted)?;
+        Some(LATENCY_BUCKETS[bucket.min(LATENCY_BUCKETS.len() - 1)])
+    }
+
     fn reset(&self) {
         for bucket in &self.buckets {
             bucket.store(0, Relaxed);
@@ -915,6 +927,14 @@ mod tests {
         assert_eq!(buckets[LATENCY_BUCKETS.len() - 1], 3, "20 s is over 10 s");
         assert_eq!(buckets[LATENCY_BUCKETS.len()], 4, "the total");
         assert!((sum - 20.0308).abs() < 1e-9, "{sum}");
+        assert_eq!(m.duration.quantile_bound(0.5), Some(0.001));
+        assert_eq!(m.duration.quantile_bound(0.75), Some(0.05));
+        assert_eq!(
+            m.duration.quantile_bound(0.99),
+            Some(10.0),
+            "past the last bound"
+        );
+        assert_eq!(t.server(9).response_time.quantile_bound(0.99), None);
         t.reset_server(3);
         assert!(m.codes().is_empty());
     }

@@ -1,5 +1,6 @@
 //! The admin listener (`[admin] listen`), served by the supervisor for curl and
-//! Prometheus: `/healthz`, `/readyz`, `/status` (JSON), `/metrics`.
+//! Prometheus: `/healthz`, `/readyz`, `/status` (JSON), `/metrics`, and `/`, a live page
+//! for people that reads `/status` every two seconds (one self-contained file).
 
 use super::status::StatusSource;
 use bytes::Bytes;
@@ -66,6 +67,11 @@ fn answer(req: &Request<Incoming>, source: &StatusSource) -> Response<Full<Bytes
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n".into());
     }
     match req.uri().path() {
+        "/" => with_type(
+            StatusCode::OK,
+            STATUS_PAGE.into(),
+            "text/html; charset=utf-8",
+        ),
         "/healthz" => match source.liveness() {
             Ok(()) => text(StatusCode::OK, "ok\n".into()),
             Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
@@ -86,10 +92,13 @@ fn answer(req: &Request<Incoming>, source: &StatusSource) -> Response<Full<Bytes
         ),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /healthz /readyz /status /metrics\n".into(),
+            "not found; try / /healthz /readyz /status /metrics\n".into(),
         ),
     }
 }
+
+/// The live status page: HTML, CSS and script in one file, nothing from another site.
+const STATUS_PAGE: &str = include_str!("status_page.html");
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     with_type(status, body, "text/plain; charset=utf-8")

@@ -151,6 +151,10 @@ impl StatusSource {
                             requests_total: shared.requests.load(Relaxed),
                             failures_total: shared.failures.load(Relaxed),
                             latency_ms: (shared.latency_average_us() / 10.0).round() / 100.0,
+                            p99_ms: shared
+                                .response_time
+                                .quantile_bound(0.99)
+                                .map(|s| s * 1000.0),
                             weight: shared.weight(s.weight),
                             backup: s.backup,
                             health_checks: u.health_check.as_ref().map(|_| HealthCheckCounts {

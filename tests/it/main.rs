@@ -13,5 +13,6 @@ mod routes;
 mod runtime_control;
 mod shared_state;
 mod smuggling;
+mod status_page;
 mod streaming;
 mod tls;

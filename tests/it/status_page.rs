@@ -1,0 +1,74 @@
+//! The live status page at the admin listener's `/`, rendered by a real headless browser
+//! (Debian's chromium; `.ci/run` installs it).
+
+use crate::common::*;
+use std::process::Command;
+use std::time::Duration;
+
+/// Chromium's rendered DOM of `url` after its scripts ran for a few seconds.
+fn rendered_dom(url: &str) -> String {
+    let chromium = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|c| Command::new(c).arg("--version").output().is_ok())
+        .expect("chromium is needed for this test: apt-get install chromium (.ci/run does)");
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(url)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_workers_and_servers_with_their_states_in_a_browser() {
+    let (a, b) = (Backend::named("a").await, Backend::named("b").await);
+    let dead = closed_port();
+    let gw = Gateway::start(&format!(
+        "[gateway]\nworkers = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n{}[upstream.app.health_check]\ninterval = \"100ms\"\nfall = 1\n",
+        upstream_config("app", &[a.addr, b.addr, dead], "")
+    ));
+    for _ in 0..6 {
+        get_fresh(gw.url("/")).await;
+    }
+    assert_eq!(gw.ctl(&["drain", "app", &b.addr.to_string()]).0, 0);
+    wait_until("the dead server down", Duration::from_secs(5), || {
+        status_json(&gw)["upstreams"]["app"]["servers"][2]["state"] == "down"
+    })
+    .await;
+    let admin = gw.admin.unwrap();
+    let (code, page) = gw.admin_get("/").await;
+    assert_eq!(code, 200);
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "self-contained"
+    );
+
+    let url = format!("http://{admin}/");
+    let dom = tokio::task::spawn_blocking(move || rendered_dom(&url))
+        .await
+        .unwrap();
+    for (server, state) in [(a.addr, "up"), (b.addr, "draining"), (dead, "down")] {
+        let row = format!("data-server=\"{server}\" data-state=\"{state}\"");
+        assert!(dom.contains(&row), "no {row} in the rendered page:\n{dom}");
+    }
+    assert!(dom.contains("upstream app (round_robin)"), "{dom}");
+    assert_eq!(
+        dom.matches("class=\"state state-serving\"").count(),
+        2,
+        "two serving workers:\n{dom}"
+    );
+    assert!(dom.contains("generation 1"), "{dom}");
+}
