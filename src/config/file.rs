@@ -44,6 +44,9 @@ pub struct GatewaySection {
     pub response_buffer: Option<Spanned<String>>,
     /// Larger request bodies get 413 ("10m"); routes may set their own.
     pub max_body_size: Option<Spanned<String>>,
+    /// Reload by itself when the file or a certificate it names changes.
+    #[serde(default)]
+    pub watch: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -34,6 +34,20 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
 }
 
+impl Config {
+    /// The files a reload reads: the config file and the certificates and keys it names.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.path.clone()];
+        for listener in &self.listeners {
+            for tls in &listener.tls {
+                files.push(tls.cert.clone());
+                files.push(tls.key.clone());
+            }
+        }
+        files
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct GatewaySettings {
     pub workers: usize,
@@ -49,6 +63,8 @@ pub struct GatewaySettings {
     pub response_buffer: usize,
     /// Larger request bodies get 413; `None` is no limit.
     pub max_body_size: Option<u64>,
+    /// Reload when the file or a certificate changes.
+    pub watch: bool,
 }
 
 /// What the gateway tolerates from a client before it answers with an error or hangs up.
@@ -751,6 +767,7 @@ impl Validator<'_> {
                 },
             },
             max_body_size: self.size(&g.max_body_size, "gateway.max_body_size"),
+            watch: g.watch,
             access_log,
             access_log_format,
             limits: ClientLimits {

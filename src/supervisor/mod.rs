@@ -11,6 +11,7 @@
 
 mod admin;
 mod control;
+mod file_watch;
 mod health;
 mod listeners;
 mod reload;
@@ -181,6 +182,7 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
         };
         tokio::spawn(control::serve(control, tx.clone(), source));
         tokio::spawn(forward_signals(tx.clone()));
+        tokio::spawn(file_watch::run(view.subscribe(), tx.clone()));
         tokio::spawn(every(crate::tls::tickets::ROTATION, tx.clone(), || {
             Event::RotateTicketKeys
         }));

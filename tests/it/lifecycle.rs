@@ -308,3 +308,56 @@ fn which(program: &str) -> Option<std::path::PathBuf> {
         .map(|dir| std::path::Path::new(dir).join(program))
         .find(|p| p.is_file())
 }
+
+/// `watch = true`: an edit of the file (written in place or renamed over it) reloads by
+/// itself; a broken edit is logged and changes nothing; touching the file is no change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_config_reloads_itself_when_it_changes() {
+    let (a, b) = (Backend::named("a").await, Backend::named("b").await);
+    let gw = Gateway::start(&format!(
+        "[gateway]\nwatch = true\n{}",
+        upstream_config("app", &[a.addr], "")
+    ));
+    assert_eq!(get_text(gw.url("/")).await, "a");
+    let path = gw.config_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let generation = |gw: &Gateway| status_json(gw)["generation"].as_u64().unwrap();
+
+    // An editor's save: a new file renamed over the old one.
+    let edited = text.replace(&a.addr.to_string(), &b.addr.to_string());
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, &edited).unwrap();
+    std::fs::rename(&temporary, &path).unwrap();
+    wait_until("the edit to be loaded", Duration::from_secs(10), || {
+        generation(&gw) == 2
+    })
+    .await;
+    assert_eq!(get_text(gw.url("/")).await, "b");
+
+    // A broken edit, written in place: logged, the running generation keeps serving.
+    std::fs::write(&path, edited.replace("[upstream.app]", "[upstream.app")).unwrap();
+    wait_until(
+        "the failed reload in the log",
+        Duration::from_secs(10),
+        || gw.stderr().contains("reload failed"),
+    )
+    .await;
+    assert_eq!(generation(&gw), 2);
+    assert_eq!(get_text(gw.url("/")).await, "b");
+
+    // Fixed again: loaded. Then touched without a change: nothing.
+    std::fs::write(&path, &text).unwrap();
+    wait_until("the fix to be loaded", Duration::from_secs(10), || {
+        generation(&gw) == 3
+    })
+    .await;
+    assert_eq!(get_text(gw.url("/")).await, "a");
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    file.set_modified(std::time::SystemTime::now()).unwrap();
+    drop(file);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(generation(&gw), 3, "a touch is not a change");
+}
