@@ -337,39 +337,13 @@ async fn killing_a_backend_under_load_fails_no_get() {
         upstream_config("app", &addrs, "")
     ));
     let url = gw.url("/");
-    let stop = Arc::new(AtomicBool::new(false));
-    let loaders: Vec<_> = (0..8)
-        .map(|_| {
-            let (url, stop) = (url.clone(), stop.clone());
-            tokio::spawn(async move {
-                let client = client();
-                let (mut ok, mut failed) = (0, Vec::new());
-                for _ in 0..20_000 {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    match client.get(&url).send().await {
-                        Ok(res) if res.status() == 200 => ok += 1,
-                        Ok(res) => failed.push(res.status().to_string()),
-                        Err(e) => failed.push(e.to_string()),
-                    }
-                }
-                (ok, failed)
-            })
-        })
-        .collect();
+    let load = Load::start(url.clone(), 8, 20_000);
     tokio::time::sleep(Duration::from_millis(700)).await;
     let (mut victim, _) = backends.remove(1);
     victim.kill().unwrap();
     let _ = victim.wait();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.store(true, Ordering::SeqCst);
-    let (mut ok, mut failed) = (0, Vec::new());
-    for loader in loaders {
-        let (o, f) = loader.await.unwrap();
-        ok += o;
-        failed.extend(f);
-    }
+    let (ok, failed) = load.stop().await;
     for (mut child, _) in backends {
         let _ = child.kill();
         let _ = child.wait();

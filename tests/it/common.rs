@@ -471,3 +471,48 @@ pub fn demo_backend(name: &str) -> (Child, std::net::SocketAddr) {
     }
     (child, addr)
 }
+
+/// Clients sending GETs in a loop until stopped (at most `max` each): how many got a 200,
+/// and what every other answer or error was.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    clients: Vec<tokio::task::JoinHandle<(usize, Vec<String>)>>,
+}
+
+impl Load {
+    pub fn start(url: String, clients: usize, max: usize) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let clients = (0..clients)
+            .map(|_| {
+                let (url, stop) = (url.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let client = client();
+                    let (mut ok, mut failed) = (0, Vec::new());
+                    for _ in 0..max {
+                        if stop.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        match client.get(&url).send().await {
+                            Ok(res) if res.status() == 200 => ok += 1,
+                            Ok(res) => failed.push(res.status().to_string()),
+                            Err(e) => failed.push(e.to_string()),
+                        }
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+        Load { stop, clients }
+    }
+
+    pub async fn stop(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        let (mut ok, mut failed) = (0, Vec::new());
+        for client in self.clients {
+            let (o, f) = client.await.unwrap();
+            ok += o;
+            failed.extend(f);
+        }
+        (ok, failed)
+    }
+}

@@ -3,8 +3,6 @@
 
 use crate::common::*;
 use hyper::Response;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A backend that answers `name`, after a second for `/slow`.
@@ -193,27 +191,7 @@ async fn a_rolling_restart_under_load_fails_no_request() {
         upstream_config("app", &addrs, "slow_start = \"1s\"")
     ));
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let loaders: Vec<_> = (0..4)
-        .map(|_| {
-            let (url, stop) = (gw.url("/"), stop.clone());
-            tokio::spawn(async move {
-                let client = client();
-                let (mut ok, mut failed) = (0, Vec::new());
-                for _ in 0..100_000 {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    match client.get(&url).send().await {
-                        Ok(res) if res.status() == 200 => ok += 1,
-                        Ok(res) => failed.push(res.status().to_string()),
-                        Err(e) => failed.push(e.to_string()),
-                    }
-                }
-                (ok, failed)
-            })
-        })
-        .collect();
+    let load = Load::start(gw.url("/"), 4, 100_000);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/rolling-restart.sh");
@@ -234,13 +212,7 @@ async fn a_rolling_restart_under_load_fails_no_request() {
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::SeqCst);
-    let (mut ok, mut failed) = (0, Vec::new());
-    for loader in loaders {
-        let (o, f) = loader.await.unwrap();
-        ok += o;
-        failed.extend(f);
-    }
+    let (ok, failed) = load.stop().await;
     for addr in &addrs {
         if let Ok(pid) = std::fs::read_to_string(dir.path().join(format!("{addr}.pid"))) {
             let _ = std::process::Command::new("kill").arg(pid.trim()).status();
