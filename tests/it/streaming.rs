@@ -274,3 +274,50 @@ async fn head_204_and_304_carry_no_body() {
     // The upstream connection went back to the pool after each bodiless response.
     assert_eq!(backend.connections.load(Ordering::SeqCst), 1);
 }
+
+/// The 101 head of a WebSocket upgrade sent with `cookie` (if any).
+fn upgrade_head(gw: &Gateway, cookie: Option<&str>) -> String {
+    let mut stream = TcpStream::connect(gw.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let cookie = cookie.map_or(String::new(), |c| format!("Cookie: {c}\r\n"));
+    let request = format!("GET /chat HTTP/1.1\r\nHost: a\r\n{cookie}Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).to_ascii_lowercase()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrades_honour_the_sticky_cookie() {
+    let (one, two) = (websocket_echo().await, websocket_echo().await);
+    let gw = Gateway::start(&upstream_config(
+        "app",
+        &[one.addr, two.addr],
+        "sticky_cookie = \"gw\"",
+    ));
+    let first = upgrade_head(&gw, None);
+    assert!(first.starts_with("http/1.1 101"), "{first}");
+    let token = first
+        .split("\r\nset-cookie: gw=")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or_else(|| panic!("no sticky cookie on the 101: {first}"))
+        .to_string();
+    let home = if one.requests() == 1 { &one } else { &two };
+    for _ in 0..4 {
+        let head = upgrade_head(&gw, Some(&format!("gw={token}")));
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        assert!(!head.contains("set-cookie"), "{head}");
+    }
+    assert_eq!(
+        home.requests(),
+        5,
+        "every upgrade with the cookie went to its server"
+    );
+}
