@@ -309,6 +309,9 @@ pub struct UpstreamStatus {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServerStatus {
     pub address: String,
+    /// For a server found by name: the entry as the file writes it (`app:3000`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// `up`, `down`, `backup` (a backup that is up) or `draining` (taken out of
     /// rotation by `gatewayctl drain`).
     pub state: String,

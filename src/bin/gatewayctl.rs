@@ -187,7 +187,7 @@ fn wait_idle(socket: &Path, upstream: &str, server: &str, timeout: Duration) -> 
             .get(upstream)
             .into_iter()
             .flat_map(|u| &u.servers)
-            .filter(|s| s.address == server)
+            .filter(|s| s.address == server || s.name.as_deref() == Some(server))
             .map(|s| s.active_connections)
             .sum();
         if in_flight == 0 {

@@ -214,8 +214,11 @@ impl RetryOn {
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// As the user wrote it, for logs and status.
+    /// The address as the user wrote it, or for a server found by name its address
+    /// (`10.0.0.5:3000`), for logs and status.
     pub name: String,
+    /// For a server found by name, the entry as written (`app:3000`).
+    pub entry: Option<String>,
     pub addr: SocketAddr,
     pub weight: u32,
     pub backup: bool,
@@ -819,7 +822,18 @@ impl Validator<'_> {
         }
         for (i, s) in u.servers.get_ref().iter().enumerate() {
             let s = s.get_ref();
-            let addr = self.socket_addr(&s.address, &key(&format!("servers[{i}].address")));
+            let written = s.address.get_ref();
+            let addrs = match resolve_all(written) {
+                Ok(addrs) => addrs,
+                Err(msg) => {
+                    self.error(
+                        s.address.span(),
+                        &key(&format!("servers[{i}].address")),
+                        msg,
+                    );
+                    Vec::new()
+                }
+            };
             let weight = match &s.weight {
                 None => 1,
                 Some(w) => match u32::try_from(*w.get_ref()) {
@@ -834,9 +848,16 @@ impl Validator<'_> {
                     }
                 },
             };
-            if let Some(addr) = addr {
+            // A name is every address it resolves to, each a server of its own.
+            let literal = written.parse::<SocketAddr>().is_ok();
+            for addr in addrs {
                 servers.push(ServerConfig {
-                    name: s.address.get_ref().clone(),
+                    name: if literal {
+                        written.clone()
+                    } else {
+                        addr.to_string()
+                    },
+                    entry: (!literal).then(|| written.clone()),
                     addr,
                     weight,
                     backup: s.backup,
@@ -1060,6 +1081,22 @@ fn resolve(s: &str) -> Result<SocketAddr, String> {
             .ok_or_else(|| format!("{host:?} resolves to no address")),
         Err(e) => Err(format!("cannot resolve {host:?}: {e}")),
     }
+}
+
+/// Every address `s` (`host:port`) stands for, in a stable order (sorted: the resolver may
+/// answer in any order, and every process must list the servers alike).
+fn resolve_all(s: &str) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(vec![addr]);
+    }
+    resolve(s)?;
+    let mut addrs: Vec<SocketAddr> = s
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {s:?}: {e}"))?
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    Ok(addrs)
 }
 
 fn valid_route_host(host: &str) -> bool {
@@ -1336,6 +1373,25 @@ read_timeout = "5 parsecs"
     }
 
     #[test]
+    fn a_name_is_every_address_it_resolves_to() {
+        let c = check(&MINIMAL.replace("127.0.0.1:3001", "localhost:3001")).unwrap();
+        let servers = &c.upstreams[0].servers;
+        let expected: std::collections::BTreeSet<SocketAddr> =
+            "localhost:3001".to_socket_addrs().unwrap().collect();
+        assert_eq!(servers.len(), expected.len());
+        for s in servers {
+            assert!(expected.contains(&s.addr));
+            assert_eq!(s.name, s.addr.to_string());
+            assert_eq!(s.entry.as_deref(), Some("localhost:3001"));
+        }
+        let literal = &check(MINIMAL).unwrap().upstreams[0].servers[0];
+        assert_eq!(
+            (literal.name.as_str(), literal.entry.as_deref()),
+            ("127.0.0.1:3001", None)
+        );
+    }
+
+    #[test]
     fn unknown_keys_and_wrong_types_are_all_reported_at_once() {
         let text = "[gateway]\nbogus = 1\n[[listener]]\nlisten = \"127.0.0.1:8080\"\n[[route]]\nupstream = \"app\"\nextra = true\n[upstream.app]\nservers = [ { address = \"127.0.0.1:3001\" } ]\nkeepalive = \"lots\"\n";
         let errs = check(text).unwrap_err();
@@ -1475,6 +1531,7 @@ read_timeout = "5 parsecs"
         let s = &c.upstreams[0].servers;
         assert_eq!((s[0].weight, s[0].backup), (3, false));
         assert_eq!((s[1].weight, s[1].backup), (1, true));
-        assert_eq!(s[1].name, "localhost:3002");
+        assert_eq!(s[1].entry.as_deref(), Some("localhost:3002"));
+        assert_eq!(s[1].name, s[1].addr.to_string());
     }
 }

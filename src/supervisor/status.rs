@@ -66,7 +66,8 @@ impl StatusSource {
                     continue;
                 }
                 upstream_found = true;
-                if s.name != server && s.addr.to_string() != server {
+                let named = s.entry.as_deref() == Some(server);
+                if s.name != server && s.addr.to_string() != server && !named {
                     continue;
                 }
                 let shared = self.table.server(record);
@@ -145,6 +146,7 @@ impl StatusSource {
                         };
                         ServerStatus {
                             address: s.name.clone(),
+                            name: s.entry.clone(),
                             state: state.into(),
                             down_reason: down_reason.map(String::from),
                             active_connections: shared.in_flight(),

@@ -361,3 +361,39 @@ async fn request_ids_are_kept_or_made_and_seen_by_upstream_client_and_log() {
     assert!(log.contains(&format!("request_id={made}")), "{log}");
     assert!(log.contains("upstream_status=200"), "{log}");
 }
+
+/// A server entry by name is every address the name resolves to (here `localhost`: the
+/// backend listens on 127.0.0.1 only, so an IPv6 address of localhost is refused and left
+/// for the IPv4 one): no request fails, /status lists each address with the name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_by_name_is_each_of_its_addresses() {
+    let backend = Backend::named("a").await;
+    let entry = format!("localhost:{}", backend.addr.port());
+    let gw = Gateway::start(&format!(
+        "[[route]]\nupstream = \"app\"\n[upstream.app]\nservers = [ {{ address = \"{entry}\" }} ]\n"
+    ));
+    for _ in 0..10 {
+        assert_eq!(get_fresh(gw.url("/")).await, (200, "a".to_string()));
+    }
+    let status = status_json(&gw);
+    let servers = status["upstreams"]["app"]["servers"].as_array().unwrap();
+    let expected: Vec<String> = {
+        use std::net::ToSocketAddrs;
+        let mut all: Vec<SocketAddr> = entry.to_socket_addrs().unwrap().collect();
+        all.sort();
+        all.dedup();
+        all.iter().map(ToString::to_string).collect()
+    };
+    let listed: Vec<&str> = servers
+        .iter()
+        .map(|s| s["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, expected);
+    assert!(
+        servers.iter().all(|s| s["name"] == entry.as_str()),
+        "{status}"
+    );
+    // Drained by the name as written: every address it stands for.
+    assert_eq!(gw.ctl(&["drain", "app", &entry]).0, 0);
+    assert_eq!(get_fresh(gw.url("/")).await.0, 503);
+}
