@@ -17,16 +17,18 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
-/// Events closer together than this are one change.
+/// Events closer together than this are one change…
 const SETTLE: Duration = Duration::from_millis(300);
+/// … but a stream of them is looked at after this.
+const MAX_SETTLE: Duration = Duration::from_secs(2);
 
 /// Watches the current generation's files while its config says `watch = true`.
 pub async fn run(mut view: watch::Receiver<Arc<Snapshot>>, events: mpsc::UnboundedSender<Event>) {
-    let (changed_tx, mut changed) = mpsc::unbounded_channel::<()>();
+    let (changed_tx, mut changed) = mpsc::unbounded_channel::<Vec<PathBuf>>();
     let mut watcher =
         match notify::recommended_watcher(move |result: notify::Result<notify::Event>| {
-            if result.is_ok() {
-                let _ = changed_tx.send(());
+            if let Ok(event) = result {
+                let _ = changed_tx.send(event.paths);
             }
         }) {
             Ok(w) => w,
@@ -79,11 +81,20 @@ pub async fn run(mut view: watch::Receiver<Arc<Snapshot>>, events: mpsc::Unbound
                     return;
                 }
             }
-            Some(()) = changed.recv() => {
-                // Let a burst (write, rename, chmod…) settle.
+            Some(paths) = changed.recv() => {
+                // Other files in the same directories (an access log, the control socket)
+                // are no change.
+                if !paths.iter().any(|p| concerns(p, &files)) {
+                    continue;
+                }
+                // Let a burst (write, rename, chmod…) settle, for at most MAX_SETTLE.
+                let deadline = tokio::time::Instant::now() + MAX_SETTLE;
                 while let Ok(next) = tokio::time::timeout(SETTLE, changed.recv()).await {
                     if next.is_none() {
                         return;
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        break;
                     }
                 }
                 let now = fingerprint(&files);
@@ -99,6 +110,16 @@ pub async fn run(mut view: watch::Receiver<Arc<Snapshot>>, events: mpsc::Unbound
             }
         }
     }
+}
+
+/// Whether an event on `path` may change one of `files`: the file itself, or one of the
+/// `..`-named entries through which a Kubernetes ConfigMap swaps its files at once.
+fn concerns(path: &Path, files: &[PathBuf]) -> bool {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    name.starts_with("..") || files.iter().any(|f| f.file_name() == path.file_name())
 }
 
 /// The contents of `files` (a missing file reads as empty).
