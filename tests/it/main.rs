@@ -3,6 +3,7 @@
 mod balancing;
 mod cli;
 mod common;
+mod deploy;
 mod differential;
 mod failures;
 mod hardening;
