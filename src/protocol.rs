@@ -81,6 +81,9 @@ impl WorkerArgs {
 pub enum ToWorker {
     /// TLS session ticket keys: sent before the config, and again when they rotate.
     Tickets(TicketKeys),
+    /// What the supervisor's lookups of the config's server names found: a worker lists
+    /// the same servers, without asking DNS itself. Sent just before the config.
+    Dns(crate::config::Answers),
     /// The configuration to run with (the text the supervisor validated, so an edit of
     /// the file meanwhile changes nothing). Sent once, after the first ticket keys.
     Config(String),
@@ -105,6 +108,14 @@ impl ToWorker {
                 None => format!("tickets {}\n", keys.current.to_hex()),
             }
             .into_bytes(),
+            ToWorker::Dns(answers) => {
+                let mut out = format!("dns {}\n", answers.len());
+                for (name, addrs) in answers {
+                    let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+                    out.push_str(&format!("{name} {}\n", addrs.join(",")));
+                }
+                out.into_bytes()
+            }
             ToWorker::Config(text) => {
                 let mut out = format!("config {}\n", text.len()).into_bytes();
                 out.extend_from_slice(text.as_bytes());
@@ -151,6 +162,21 @@ impl ToWorker {
                 let mut text = vec![0; len];
                 reader.read_exact(&mut text).await?;
                 ToWorker::Config(String::from_utf8(text).map_err(|_| bad())?)
+            }
+            (Some("dns"), Some(count), None) => {
+                let count: usize = count.parse().map_err(|_| bad())?;
+                let mut answers = crate::config::Answers::new();
+                for _ in 0..count {
+                    let mut entry = String::new();
+                    reader.read_line(&mut entry).await?;
+                    let (name, addrs) = entry.trim_end().split_once(' ').ok_or_else(bad)?;
+                    let addrs = addrs
+                        .split(',')
+                        .map(|a| a.parse().map_err(|_| bad()))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    answers.insert(name.to_string(), addrs);
+                }
+                ToWorker::Dns(answers)
             }
             (Some("drain"), None, None) => ToWorker::Drain,
             (Some("reopen"), None, None) => ToWorker::Reopen,
@@ -381,6 +407,17 @@ mod tests {
         rotated.rotate().unwrap();
         let sent = [
             ToWorker::Tickets(keys),
+            ToWorker::Dns(
+                [(
+                    "app:3000".to_string(),
+                    vec![
+                        "10.0.0.1:3000".parse().unwrap(),
+                        "[::1]:3000".parse().unwrap(),
+                    ],
+                )]
+                .into(),
+            ),
+            ToWorker::Dns(Default::default()),
             ToWorker::Config("[gateway]\nworkers = 1\n".into()),
             ToWorker::Tickets(rotated),
             ToWorker::Cover(3),

@@ -47,6 +47,10 @@ pub struct GatewaySection {
     /// Reload by itself when the file or a certificate it names changes.
     #[serde(default)]
     pub watch: bool,
+    /// "system", or the IP:PORT of a DNS server for server names.
+    pub resolver: Option<Spanned<String>>,
+    /// How often server names are looked up again ("10s").
+    pub resolve_interval: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

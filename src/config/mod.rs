@@ -4,6 +4,7 @@
 //! Everything is checked here, before anything binds: a config that loads is one the
 //! gateway can run.
 
+mod dns;
 mod env;
 mod file;
 
@@ -32,6 +33,8 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub routes: Vec<RouteConfig>,
     pub upstreams: Vec<UpstreamConfig>,
+    /// What the server names resolved to when the file was read.
+    pub answers: Answers,
 }
 
 impl Config {
@@ -65,6 +68,9 @@ pub struct GatewaySettings {
     pub max_body_size: Option<u64>,
     /// Reload when the file or a certificate changes.
     pub watch: bool,
+    pub resolver: Resolver,
+    /// How often the supervisor looks server names up again.
+    pub resolve_interval: Duration,
 }
 
 /// What the gateway tolerates from a client before it answers with an error or hangs up.
@@ -312,10 +318,18 @@ pub fn load_with_text(path: &Path) -> Result<(Config, String), ConfigErrors> {
 /// Parses and validates `text` as the contents of `path` (relative paths in it are taken
 /// from the directory of `path`).
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    parse_with(path, text, Lookup::Live)
+}
+
+/// Like [`parse`], with server names looked up as `lookup` says.
+pub fn parse_with(path: &Path, text: &str, lookup: Lookup<'_>) -> Result<Config, ConfigErrors> {
     let mut v = Validator {
         file: path.to_path_buf(),
         text,
         errors: Vec::new(),
+        lookup,
+        resolver: Resolver::System,
+        answers: Answers::new(),
     };
     let raw: file::FileConfig = match deserialize(text) {
         Ok(raw) => raw,
@@ -343,6 +357,33 @@ struct Validator<'a> {
     file: PathBuf,
     text: &'a str,
     errors: Vec<ConfigError>,
+    lookup: Lookup<'a>,
+    /// The resolver `[gateway] resolver` names, for [`Lookup::Live`].
+    resolver: Resolver,
+    answers: Answers,
+}
+
+/// What each server entry by name resolved to (`"app:3000"` -> its addresses).
+pub type Answers = std::collections::BTreeMap<String, Vec<SocketAddr>>;
+
+/// How server names are turned into addresses while a file is read.
+#[derive(Clone, Copy)]
+pub enum Lookup<'a> {
+    /// Ask the resolver the file configures (the supervisor).
+    Live,
+    /// Take what the supervisor found (a worker: every process lists the same servers,
+    /// and names are looked up once per gateway).
+    Answers(&'a Answers),
+}
+
+/// `[gateway] resolver`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Resolver {
+    /// The system's (getaddrinfo: /etc/hosts, /etc/resolv.conf).
+    #[default]
+    System,
+    /// A DNS server at this address, asked directly.
+    Server(SocketAddr),
 }
 
 impl Validator<'_> {
@@ -443,6 +484,22 @@ impl Validator<'_> {
         }
     }
 
+    /// The addresses of server entry `written`, recorded in the answers when it is a name.
+    fn addresses(&mut self, written: &str) -> Result<Vec<SocketAddr>, String> {
+        if let Ok(addr) = written.parse::<SocketAddr>() {
+            return Ok(vec![addr]);
+        }
+        let addrs = match self.lookup {
+            Lookup::Answers(answers) => answers
+                .get(written)
+                .cloned()
+                .ok_or_else(|| format!("{written:?} was not resolved by the supervisor")),
+            Lookup::Live => lookup(self.resolver, written),
+        }?;
+        self.answers.insert(written.to_string(), addrs.clone());
+        Ok(addrs)
+    }
+
     fn socket_addr(&mut self, value: &Spanned<String>, key: &str) -> Option<SocketAddr> {
         match resolve(value.get_ref()) {
             Ok(addr) => Some(addr),
@@ -455,6 +512,7 @@ impl Validator<'_> {
 
     fn build(&mut self, raw: file::FileConfig, base: &Path) -> Config {
         let gateway = self.gateway(&raw.gateway, base);
+        self.resolver = gateway.resolver;
         let admin = raw.admin.as_ref().and_then(|a| match &a.listen {
             Some(listen) => self.socket_addr(listen, "admin.listen"),
             None => Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_ADMIN_PORT))),
@@ -650,6 +708,7 @@ impl Validator<'_> {
             listeners,
             routes,
             upstreams,
+            answers: std::mem::take(&mut self.answers),
         }
     }
 
@@ -772,6 +831,26 @@ impl Validator<'_> {
             },
             max_body_size: self.size(&g.max_body_size, "gateway.max_body_size"),
             watch: g.watch,
+            resolver: match &g.resolver {
+                None => Resolver::System,
+                Some(r) if r.get_ref() == "system" => Resolver::System,
+                Some(r) => match r.get_ref().parse::<SocketAddr>() {
+                    Ok(addr) => Resolver::Server(addr),
+                    Err(_) => {
+                        self.error(
+                            r.span(),
+                            "gateway.resolver",
+                            "must be \"system\" or the IP:PORT of a DNS server",
+                        );
+                        Resolver::System
+                    }
+                },
+            },
+            resolve_interval: self.duration(
+                &g.resolve_interval,
+                "gateway.resolve_interval",
+                Duration::from_secs(10),
+            ),
             access_log,
             access_log_format,
             limits: ClientLimits {
@@ -823,7 +902,7 @@ impl Validator<'_> {
         for (i, s) in u.servers.get_ref().iter().enumerate() {
             let s = s.get_ref();
             let written = s.address.get_ref();
-            let addrs = match resolve_all(written) {
+            let addrs = match self.addresses(written) {
                 Ok(addrs) => addrs,
                 Err(msg) => {
                     self.error(
@@ -1080,6 +1159,14 @@ fn resolve(s: &str) -> Result<SocketAddr, String> {
             .next()
             .ok_or_else(|| format!("{host:?} resolves to no address")),
         Err(e) => Err(format!("cannot resolve {host:?}: {e}")),
+    }
+}
+
+/// Every address of server entry `written` (`host:port`) according to `resolver`.
+pub fn lookup(resolver: Resolver, written: &str) -> Result<Vec<SocketAddr>, String> {
+    match resolver {
+        Resolver::System => resolve_all(written),
+        Resolver::Server(server) => dns::resolve(server, written),
     }
 }
 

@@ -58,6 +58,8 @@ pub enum Event {
     RotateTicketKeys,
     /// Time to check that every worker makes progress.
     WatchdogTick,
+    /// The server names resolve to other addresses now.
+    Dns(crate::config::Answers),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -183,6 +185,7 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
         tokio::spawn(control::serve(control, tx.clone(), source));
         tokio::spawn(forward_signals(tx.clone()));
         tokio::spawn(file_watch::run(view.subscribe(), tx.clone()));
+        tokio::spawn(resolve_again(view.subscribe(), tx.clone()));
         tokio::spawn(every(crate::tls::tickets::ROTATION, tx.clone(), || {
             Event::RotateTicketKeys
         }));
@@ -281,6 +284,21 @@ impl Supervisor {
                 Err(e) => tracing::error!("TLS ticket key not rotated: {e}"),
             },
             Event::WatchdogTick => self.check_progress(),
+            Event::Dns(answers) if answers != self.config.answers && !self.stopping => {
+                for (name, addrs) in &answers {
+                    if self.config.answers.get(name) != Some(addrs) {
+                        let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+                        tracing::info!(
+                            "{name} resolves to {} now: new generation",
+                            addrs.join(", ")
+                        );
+                    }
+                }
+                if let Err(e) = self.follow_dns(answers, rx).await {
+                    tracing::error!("the new DNS answers are not used: {e}");
+                }
+            }
+            Event::Dns(_) => {}
         }
     }
 
@@ -392,6 +410,50 @@ async fn every(period: Duration, events: mpsc::UnboundedSender<Event>, event: fn
     loop {
         ticks.tick().await;
         if events.send(event()).is_err() {
+            return;
+        }
+    }
+}
+
+/// Looks the running config's server names up again every `resolve_interval` (once for
+/// the gateway, in the supervisor), and says so when an answer changed. A name that does
+/// not resolve now keeps its last known addresses.
+async fn resolve_again(view: watch::Receiver<Arc<Snapshot>>, events: mpsc::UnboundedSender<Event>) {
+    let mut failing = std::collections::BTreeSet::new();
+    loop {
+        let config = view.borrow().config.clone();
+        tokio::time::sleep(config.gateway.resolve_interval).await;
+        if config.answers.is_empty() {
+            continue;
+        }
+        let resolver = config.gateway.resolver;
+        let names: Vec<String> = config.answers.keys().cloned().collect();
+        let looked_up = tokio::task::spawn_blocking(move || {
+            names
+                .into_iter()
+                .map(|name| {
+                    let found = crate::config::lookup(resolver, &name);
+                    (name, found)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let Ok(looked_up) = looked_up else { continue };
+        let mut answers = config.answers.clone();
+        for (name, found) in looked_up {
+            match found {
+                Ok(addrs) => {
+                    failing.remove(&name);
+                    answers.insert(name, addrs);
+                }
+                Err(e) => {
+                    if failing.insert(name.clone()) {
+                        tracing::warn!("{e}; {name} keeps its last known addresses");
+                    }
+                }
+            }
+        }
+        if answers != config.answers && events.send(Event::Dns(answers)).is_err() {
             return;
         }
     }

@@ -26,6 +26,29 @@ impl Supervisor {
         tracing::info!("reloading {}", self.config_path.display());
         let (config, text) =
             config::load_with_text(&self.config_path).map_err(|e| e.to_string())?;
+        self.switch_to(config, text, rx).await
+    }
+
+    /// The running config again with new DNS answers for its server names: the same
+    /// transaction as a reload, the file is not read again.
+    pub(super) async fn follow_dns(
+        &mut self,
+        answers: config::Answers,
+        rx: &mut mpsc::UnboundedReceiver<Event>,
+    ) -> Result<u64, String> {
+        let text = self.config_text.clone();
+        let config =
+            config::parse_with(&self.config_path, &text, config::Lookup::Answers(&answers))
+                .map_err(|e| e.to_string())?;
+        self.switch_to(config, text, rx).await
+    }
+
+    async fn switch_to(
+        &mut self,
+        config: config::Config,
+        text: String,
+        rx: &mut mpsc::UnboundedReceiver<Event>,
+    ) -> Result<u64, String> {
         if config.gateway.control_socket != self.config.gateway.control_socket {
             tracing::warn!("gateway.control_socket changes only with a restart");
         }

@@ -59,9 +59,11 @@ async fn run(config_path: &Path, args: &WorkerArgs) -> std::io::Result<()> {
     let (read_half, mut write_half) = tokio::net::UnixStream::from_std(channel)?.into_split();
     let mut commands = BufReader::new(read_half);
     let ticketer = Arc::new(SharedTicketer::default());
+    let mut answers = crate::config::Answers::new();
     let text = loop {
         match ToWorker::read(&mut commands).await? {
             Some(ToWorker::Tickets(keys)) => ticketer.set(&keys),
+            Some(ToWorker::Dns(found)) => answers = found,
             Some(ToWorker::Config(text)) => break text,
             other => {
                 return Err(std::io::Error::other(format!(
@@ -70,7 +72,9 @@ async fn run(config_path: &Path, args: &WorkerArgs) -> std::io::Result<()> {
             }
         }
     };
-    let config = crate::config::parse(config_path, &text).map_err(std::io::Error::other)?;
+    let lookup = crate::config::Lookup::Answers(&answers);
+    let config =
+        crate::config::parse_with(config_path, &text, lookup).map_err(std::io::Error::other)?;
     let servers: usize = config.upstreams.iter().map(|u| u.servers.len()).sum();
     let listeners = config.listeners.len();
     if args.server_records.len() != servers
@@ -189,7 +193,7 @@ async fn follow_commands(
             Ok(Some(ToWorker::Uncover(seat))) => {
                 let _ = cover.send(Cover::Stop(seat));
             }
-            Ok(Some(ToWorker::Config(_))) => {
+            Ok(Some(ToWorker::Config(_) | ToWorker::Dns(_))) => {
                 tracing::warn!("a second config from the supervisor is ignored")
             }
             Ok(None) => {

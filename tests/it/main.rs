@@ -5,6 +5,7 @@ mod cli;
 mod common;
 mod deploy;
 mod differential;
+mod dns;
 mod failures;
 mod hardening;
 mod http1;
