@@ -66,7 +66,10 @@ fn main() -> ExitCode {
             gateway::worker::process::main(&cli.config, &args)
         }
         Command::Check => match config::load(&cli.config) {
-            Ok(_) => {
+            Ok(config) => {
+                for warning in &config.warnings {
+                    eprintln!("warning: {warning}");
+                }
                 println!("configuration ok");
                 ExitCode::SUCCESS
             }

@@ -111,8 +111,14 @@ impl ToWorker {
             ToWorker::Dns(answers) => {
                 let mut out = format!("dns {}\n", answers.len());
                 for (name, addrs) in answers {
+                    // `-`: the name resolved to nothing.
                     let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
-                    out.push_str(&format!("{name} {}\n", addrs.join(",")));
+                    let addrs = if addrs.is_empty() {
+                        "-".to_string()
+                    } else {
+                        addrs.join(",")
+                    };
+                    out.push_str(&format!("{name} {addrs}\n"));
                 }
                 out.into_bytes()
             }
@@ -172,6 +178,7 @@ impl ToWorker {
                     let (name, addrs) = entry.trim_end().split_once(' ').ok_or_else(bad)?;
                     let addrs = addrs
                         .split(',')
+                        .filter(|a| *a != "-")
                         .map(|a| a.parse().map_err(|_| bad()))
                         .collect::<Result<Vec<_>, _>>()?;
                     answers.insert(name.to_string(), addrs);

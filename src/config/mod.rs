@@ -33,8 +33,11 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub routes: Vec<RouteConfig>,
     pub upstreams: Vec<UpstreamConfig>,
-    /// What the server names resolved to when the file was read.
+    /// What the server names resolved to when the file was read (an empty list for a
+    /// name that did not resolve).
     pub answers: Answers,
+    /// What is not wrong but worth saying (a name that does not resolve yet).
+    pub warnings: Vec<String>,
 }
 
 impl Config {
@@ -225,6 +228,8 @@ pub struct ServerConfig {
     pub name: String,
     /// For a server found by name, the entry as written (`app:3000`).
     pub entry: Option<String>,
+    /// A name that resolves to nothing (yet): never up, `addr` is a placeholder.
+    pub unresolved: bool,
     pub addr: SocketAddr,
     pub weight: u32,
     pub backup: bool,
@@ -330,6 +335,7 @@ pub fn parse_with(path: &Path, text: &str, lookup: Lookup<'_>) -> Result<Config,
         lookup,
         resolver: Resolver::System,
         answers: Answers::new(),
+        warnings: Vec::new(),
     };
     let raw: file::FileConfig = match deserialize(text) {
         Ok(raw) => raw,
@@ -361,6 +367,7 @@ struct Validator<'a> {
     /// The resolver `[gateway] resolver` names, for [`Lookup::Live`].
     resolver: Resolver,
     answers: Answers,
+    warnings: Vec<String>,
 }
 
 /// What each server entry by name resolved to (`"app:3000"` -> its addresses).
@@ -485,17 +492,25 @@ impl Validator<'_> {
     }
 
     /// The addresses of server entry `written`, recorded in the answers when it is a name.
+    /// A name that does not resolve is no error (the app may not be up yet): it gives no
+    /// address, a warning, and an empty answer, which later lookups fill in.
     fn addresses(&mut self, written: &str) -> Result<Vec<SocketAddr>, String> {
         if let Ok(addr) = written.parse::<SocketAddr>() {
             return Ok(vec![addr]);
         }
+        host_port(written)?;
         let addrs = match self.lookup {
             Lookup::Answers(answers) => answers
                 .get(written)
                 .cloned()
-                .ok_or_else(|| format!("{written:?} was not resolved by the supervisor")),
-            Lookup::Live => lookup(self.resolver, written),
-        }?;
+                .ok_or_else(|| format!("{written:?} was not resolved by the supervisor"))?,
+            Lookup::Live => lookup(self.resolver, written).unwrap_or_else(|e| {
+                self.warnings.push(format!(
+                    "{e}: its upstream gets no server from it until it resolves"
+                ));
+                Vec::new()
+            }),
+        };
         self.answers.insert(written.to_string(), addrs.clone());
         Ok(addrs)
     }
@@ -709,6 +724,7 @@ impl Validator<'_> {
             routes,
             upstreams,
             answers: std::mem::take(&mut self.answers),
+            warnings: std::mem::take(&mut self.warnings),
         }
     }
 
@@ -927,8 +943,21 @@ impl Validator<'_> {
                     }
                 },
             };
-            // A name is every address it resolves to, each a server of its own.
+            // A name is every address it resolves to, each a server of its own; while it
+            // resolves to none, one server that is never up stands for it.
             let literal = written.parse::<SocketAddr>().is_ok();
+            if addrs.is_empty() && !literal {
+                if let Ok((_, port)) = host_port(written) {
+                    servers.push(ServerConfig {
+                        name: written.clone(),
+                        entry: Some(written.clone()),
+                        addr: SocketAddr::from(([0, 0, 0, 0], port)),
+                        weight,
+                        backup: s.backup,
+                        unresolved: true,
+                    });
+                }
+            }
             for addr in addrs {
                 servers.push(ServerConfig {
                     name: if literal {
@@ -940,6 +969,7 @@ impl Validator<'_> {
                     addr,
                     weight,
                     backup: s.backup,
+                    unresolved: false,
                 });
             }
         }
@@ -1144,16 +1174,22 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
 }
 
 /// `host:port`, resolved now so a name that does not resolve is a config error.
+/// `host:port` split, or why it is not that.
+fn host_port(s: &str) -> Result<(&str, u16), String> {
+    let bad = || format!("{s:?} is not an address of the form host:port");
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let port = port.parse::<u16>().map_err(|_| bad())?;
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok((host, port))
+}
+
 fn resolve(s: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = s.parse::<SocketAddr>() {
         return Ok(addr);
     }
-    let Some((host, port)) = s.rsplit_once(':') else {
-        return Err(format!("{s:?} is not an address of the form host:port"));
-    };
-    if host.is_empty() || port.parse::<u16>().is_err() {
-        return Err(format!("{s:?} is not an address of the form host:port"));
-    }
+    let (host, _) = host_port(s)?;
     match s.to_socket_addrs() {
         Ok(mut addrs) => addrs
             .next()

@@ -37,6 +37,8 @@ impl HealthChecks {
                 let shared = table.server(record);
                 match &upstream.health_check {
                     None => shared.clear_checks(),
+                    // A name that resolves to nothing has no address to check.
+                    Some(_) if server.unresolved => shared.clear_checks(),
                     Some(check) => {
                         tasks.spawn(check_forever(
                             upstream.name.clone(),

@@ -106,6 +106,9 @@ struct Supervisor {
 
 /// `gateway -c FILE`: runs until stopped.
 pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCode {
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => tracing::debug!("open file limit: {n}"),
         Err(e) => tracing::warn!("cannot raise the open file limit: {e}"),

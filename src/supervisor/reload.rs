@@ -49,6 +49,9 @@ impl Supervisor {
         text: String,
         rx: &mut mpsc::UnboundedReceiver<Event>,
     ) -> Result<u64, String> {
+        for warning in &config.warnings {
+            tracing::warn!("{warning}");
+        }
         if config.gateway.control_socket != self.config.gateway.control_socket {
             tracing::warn!("gateway.control_socket changes only with a restart");
         }

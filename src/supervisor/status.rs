@@ -131,7 +131,9 @@ impl StatusSource {
                     .zip(records.by_ref())
                     .map(|(s, &record)| {
                         let shared = table.server(record);
-                        let down_reason = if shared.checked_down() {
+                        let down_reason = if s.unresolved {
+                            Some("unresolved")
+                        } else if shared.checked_down() {
                             Some("health_check")
                         } else if shared.passive_down(now) {
                             Some("max_fails")
@@ -213,6 +215,12 @@ impl StatusSource {
         for (name, upstream) in &status.upstreams {
             if upstream.servers.iter().all(|s| s.state == "down") {
                 problems.push(format!("upstream {name}: no server is up"));
+            }
+            for s in &upstream.servers {
+                if s.down_reason.as_deref() == Some("unresolved") {
+                    let entry = s.name.as_deref().unwrap_or(&s.address);
+                    problems.push(format!("upstream {name}: {entry} does not resolve"));
+                }
             }
         }
         if problems.is_empty() {

@@ -31,8 +31,9 @@ pub struct Server {
 }
 
 impl Server {
+    /// Up for traffic: health checks and passive failures allow it, and it has an address.
     pub fn is_up(&self, now: u64) -> bool {
-        self.shared.record.is_up(now)
+        !self.config.unresolved && self.shared.record.is_up(now)
     }
 
     /// Counts a request sent to the server (each try counts).

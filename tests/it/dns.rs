@@ -181,3 +181,46 @@ async fn servers_follow_their_name_in_dns_without_a_reload() {
     );
     drop(two);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_does_not_resolve_yet_is_no_error_and_gets_traffic_once_it_does() {
+    let dns = DnsServer::start().await;
+    let port = closed_port().port();
+    let app = backend_at([127, 0, 0, 1], port, "app").await;
+    let config = format!(
+        "[gateway]\nresolver = \"{}\"\nresolve_interval = \"200ms\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[[route]]\nupstream = \"app\"\n[upstream.app]\nservers = [ {{ address = \"later.test:{port}\" }} ]\n",
+        dns.addr
+    );
+    // `gateway check` warns and passes.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.toml");
+    std::fs::write(
+        &path,
+        format!("[[listener]]\nlisten = \"127.0.0.1:0\"\n{config}"),
+    )
+    .unwrap();
+    let (code, err) = gateway_with_config(&["check"], &path);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("warning: ") && err.contains("later.test"),
+        "{err}"
+    );
+
+    let gw = Gateway::start(&config);
+    assert_eq!(get_fresh(gw.url("/")).await.0, 503);
+    let (code, why) = gw.admin_get("/readyz").await;
+    assert_eq!(code, 503);
+    assert!(
+        why.contains(&format!("later.test:{port} does not resolve")),
+        "{why}"
+    );
+
+    dns.set("later.test", &[Ipv4Addr::new(127, 0, 0, 1)]);
+    wait_until("the name to resolve", Duration::from_secs(10), || {
+        addresses(&gw) == [format!("127.0.0.1:{port}")]
+    })
+    .await;
+    assert_eq!(get_fresh(gw.url("/")).await, (200, "app".to_string()));
+    assert_eq!(gw.admin_get("/readyz").await.0, 200);
+    assert!(app.requests() >= 1);
+}
