@@ -130,7 +130,9 @@ pub struct UpstreamSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerEntry {
-    pub address: Spanned<String>,
+    /// `host:port`; or `srv`, an SRV name whose records give targets, ports and weights.
+    pub address: Option<Spanned<String>>,
+    pub srv: Option<Spanned<String>>,
     pub weight: Option<Spanned<i64>>,
     #[serde(default)]
     pub backup: bool,

@@ -370,8 +370,53 @@ struct Validator<'a> {
     warnings: Vec<String>,
 }
 
-/// What each server entry by name resolved to (`"app:3000"` -> its addresses).
-pub type Answers = std::collections::BTreeMap<String, Vec<SocketAddr>>;
+/// What each server entry by name resolved to: `"app:3000"` -> its addresses, and
+/// `"srv:_http._tcp.app"` -> its targets' addresses with the records' ports and weights.
+pub type Answers = std::collections::BTreeMap<String, Vec<Found>>;
+
+/// One address a name resolved to; an SRV record also gives its weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Found {
+    pub addr: SocketAddr,
+    pub weight: Option<u32>,
+}
+
+impl Found {
+    pub fn addr(addr: SocketAddr) -> Found {
+        Found { addr, weight: None }
+    }
+}
+
+/// `10.0.0.5:3000`, or with an SRV weight `10.0.0.5:3000/5` (the supervisor-worker
+/// encoding, and the log's).
+impl fmt::Display for Found {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.weight {
+            Some(w) => write!(f, "{}/{w}", self.addr),
+            None => write!(f, "{}", self.addr),
+        }
+    }
+}
+
+impl std::str::FromStr for Found {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Found, String> {
+        let (addr, weight) = match s.rsplit_once('/') {
+            Some((addr, w)) => (
+                addr,
+                Some(w.parse().map_err(|_| format!("bad weight in {s:?}"))?),
+            ),
+            None => (s, None),
+        };
+        let addr = addr.parse().map_err(|_| format!("bad address in {s:?}"))?;
+        Ok(Found { addr, weight })
+    }
+}
+
+/// The answers key of an SRV entry.
+pub fn srv_key(name: &str) -> String {
+    format!("srv:{name}")
+}
 
 /// How server names are turned into addresses while a file is read.
 #[derive(Clone, Copy)]
@@ -494,11 +539,13 @@ impl Validator<'_> {
     /// The addresses of server entry `written`, recorded in the answers when it is a name.
     /// A name that does not resolve is no error (the app may not be up yet): it gives no
     /// address, a warning, and an empty answer, which later lookups fill in.
-    fn addresses(&mut self, written: &str) -> Result<Vec<SocketAddr>, String> {
+    fn addresses(&mut self, written: &str) -> Result<Vec<Found>, String> {
         if let Ok(addr) = written.parse::<SocketAddr>() {
-            return Ok(vec![addr]);
+            return Ok(vec![Found::addr(addr)]);
         }
-        host_port(written)?;
+        if written.strip_prefix("srv:").is_none() {
+            host_port(written)?;
+        }
         let addrs = match self.lookup {
             Lookup::Answers(answers) => answers
                 .get(written)
@@ -917,15 +964,32 @@ impl Validator<'_> {
         }
         for (i, s) in u.servers.get_ref().iter().enumerate() {
             let s = s.get_ref();
-            let written = s.address.get_ref();
+            let (written, span) = match (&s.address, &s.srv) {
+                (Some(address), None) => (address.get_ref().clone(), address.span()),
+                (None, Some(srv)) => (srv_key(srv.get_ref()), srv.span()),
+                (Some(address), Some(_)) => {
+                    self.error(
+                        address.span(),
+                        &key(&format!("servers[{i}]")),
+                        "a server has an address or an srv name, not both",
+                    );
+                    continue;
+                }
+                (None, None) => {
+                    self.error(
+                        u.servers.span(),
+                        &key(&format!("servers[{i}].address")),
+                        "required (or srv)",
+                    );
+                    continue;
+                }
+            };
+            let written = &written;
+            let shown = written.strip_prefix("srv:").unwrap_or(written).to_string();
             let addrs = match self.addresses(written) {
                 Ok(addrs) => addrs,
                 Err(msg) => {
-                    self.error(
-                        s.address.span(),
-                        &key(&format!("servers[{i}].address")),
-                        msg,
-                    );
+                    self.error(span, &key(&format!("servers[{i}].address")), msg);
                     Vec::new()
                 }
             };
@@ -947,27 +1011,27 @@ impl Validator<'_> {
             // resolves to none, one server that is never up stands for it.
             let literal = written.parse::<SocketAddr>().is_ok();
             if addrs.is_empty() && !literal {
-                if let Ok((_, port)) = host_port(written) {
-                    servers.push(ServerConfig {
-                        name: written.clone(),
-                        entry: Some(written.clone()),
-                        addr: SocketAddr::from(([0, 0, 0, 0], port)),
-                        weight,
-                        backup: s.backup,
-                        unresolved: true,
-                    });
-                }
+                let port = host_port(written).map_or(0, |(_, port)| port);
+                servers.push(ServerConfig {
+                    name: shown.clone(),
+                    entry: Some(shown.clone()),
+                    addr: SocketAddr::from(([0, 0, 0, 0], port)),
+                    weight,
+                    backup: s.backup,
+                    unresolved: true,
+                });
             }
-            for addr in addrs {
+            for found in addrs {
                 servers.push(ServerConfig {
                     name: if literal {
                         written.clone()
                     } else {
-                        addr.to_string()
+                        found.addr.to_string()
                     },
-                    entry: (!literal).then(|| written.clone()),
-                    addr,
-                    weight,
+                    entry: (!literal).then(|| shown.clone()),
+                    addr: found.addr,
+                    // An SRV record's weight (0 is the lightest it can say).
+                    weight: found.weight.map_or(weight, |w| w.clamp(1, 1000)),
                     backup: s.backup,
                     unresolved: false,
                 });
@@ -1198,12 +1262,17 @@ fn resolve(s: &str) -> Result<SocketAddr, String> {
     }
 }
 
-/// Every address of server entry `written` (`host:port`) according to `resolver`.
-pub fn lookup(resolver: Resolver, written: &str) -> Result<Vec<SocketAddr>, String> {
-    match resolver {
+/// Every address of answers key `written` (`host:port`, or `srv:NAME`) according to
+/// `resolver`.
+pub fn lookup(resolver: Resolver, written: &str) -> Result<Vec<Found>, String> {
+    if let Some(name) = written.strip_prefix("srv:") {
+        return dns::resolve_srv(resolver, name);
+    }
+    let addrs = match resolver {
         Resolver::System => resolve_all(written),
         Resolver::Server(server) => dns::resolve(server, written),
-    }
+    }?;
+    Ok(addrs.into_iter().map(Found::addr).collect())
 }
 
 /// Every address `s` (`host:port`) stands for, in a stable order (sorted: the resolver may

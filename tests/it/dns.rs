@@ -3,7 +3,8 @@
 
 use crate::common::*;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::rdata::{A, SRV};
+use hickory_proto::rr::Name;
 use hickory_proto::rr::{RData, Record, RecordType};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -11,12 +12,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// SRV records by name: (target, port, weight).
+type SrvRecords = Arc<Mutex<HashMap<String, Vec<(String, u16, u16)>>>>;
+
 /// A-record answers by name; a name not in the map is NXDOMAIN.
 struct DnsServer {
     addr: SocketAddr,
     records: Arc<Mutex<HashMap<String, Vec<Ipv4Addr>>>>,
     /// A queries answered (AAAA queries are answered empty and not counted).
     queries: Arc<AtomicUsize>,
+    srv: SrvRecords,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -26,7 +31,8 @@ impl DnsServer {
         let addr = socket.local_addr().unwrap();
         let records: Arc<Mutex<HashMap<String, Vec<Ipv4Addr>>>> = Default::default();
         let queries = Arc::new(AtomicUsize::new(0));
-        let (records2, queries2) = (records.clone(), queries.clone());
+        let srv: SrvRecords = Default::default();
+        let (records2, queries2, srv2) = (records.clone(), queries.clone(), srv.clone());
         let task = tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             loop {
@@ -45,6 +51,15 @@ impl DnsServer {
                 for query in request.queries() {
                     reply.add_query(query.clone());
                     let name = query.name().to_ascii().trim_end_matches('.').to_lowercase();
+                    if query.query_type() == RecordType::SRV {
+                        let targets = srv2.lock().unwrap().get(&name).cloned().unwrap_or_default();
+                        for (target, port, weight) in targets {
+                            let target = Name::from_ascii(format!("{target}.")).unwrap();
+                            let rdata = RData::SRV(SRV::new(0, weight, port, target));
+                            reply.add_answer(Record::from_rdata(query.name().clone(), 1, rdata));
+                        }
+                        continue;
+                    }
                     let known = records2.lock().unwrap().get(&name).cloned();
                     match known {
                         None => {
@@ -70,6 +85,7 @@ impl DnsServer {
             addr,
             records,
             queries,
+            srv,
             task,
         }
     }
@@ -223,4 +239,53 @@ async fn a_name_that_does_not_resolve_yet_is_no_error_and_gets_traffic_once_it_d
     assert_eq!(get_fresh(gw.url("/")).await, (200, "app".to_string()));
     assert_eq!(gw.admin_get("/readyz").await.0, 200);
     assert!(app.requests() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_srv_name_gives_its_targets_with_their_ports_and_weights() {
+    let dns = DnsServer::start().await;
+    let (p1, p2) = (closed_port().port(), closed_port().port());
+    let heavy = backend_at([127, 0, 0, 1], p1, "heavy").await;
+    let light = backend_at([127, 0, 0, 2], p2, "light").await;
+    dns.set("a.test", &[Ipv4Addr::new(127, 0, 0, 1)]);
+    dns.set("b.test", &[Ipv4Addr::new(127, 0, 0, 2)]);
+    dns.srv.lock().unwrap().insert(
+        "_http._tcp.app.test".into(),
+        vec![("a.test".into(), p1, 3), ("b.test".into(), p2, 1)],
+    );
+    let gw = Gateway::start(&format!(
+        "[gateway]\nresolver = \"{}\"\n[[route]]\nupstream = \"app\"\n[upstream.app]\nservers = [ {{ srv = \"_http._tcp.app.test\" }} ]\n",
+        dns.addr
+    ));
+    let status = status_json(&gw);
+    let servers = status["upstreams"]["app"]["servers"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let listed: Vec<(String, u64)> = servers
+        .iter()
+        .map(|s| {
+            (
+                s["address"].as_str().unwrap().to_string(),
+                s["weight"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (format!("127.0.0.1:{p1}"), 3),
+            (format!("127.0.0.2:{p2}"), 1)
+        ]
+    );
+    assert!(
+        servers.iter().all(|s| s["name"] == "_http._tcp.app.test"),
+        "{status}"
+    );
+    let mut to_heavy = 0;
+    for _ in 0..40 {
+        to_heavy += usize::from(get_fresh(gw.url("/")).await.1 == "heavy");
+    }
+    assert_eq!(to_heavy, 30, "3:1 as the records weigh them");
+    assert_eq!(heavy.requests() + light.requests(), 40);
 }
