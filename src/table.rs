@@ -341,6 +341,11 @@ impl ServerRecord {
         }
     }
 
+    /// The server (re)joins now: slow start ramps from here.
+    pub fn mark_rejoined(&self, now_ms: u64) {
+        self.rejoined_at.store(now_ms, Relaxed);
+    }
+
     /// The weight to balance with: one set at run time, unless the file's weight for the
     /// server has changed since (a reload read a new one).
     pub fn weight(&self, file_weight: u32) -> u32 {

@@ -71,8 +71,12 @@ impl Supervisor {
         let assigned = self
             .assignments
             .assign(generation, table::server_keys(&config))?;
+        // A server new to a running gateway (a new DNS address, or one added to the file)
+        // joins through slow_start, like one that comes back.
+        let now = crate::sys::monotonic_ms();
         for &record in &assigned.fresh {
             self.table.reset_server(record);
+            self.table.server(record).mark_rejoined(now);
         }
         let old = (
             std::mem::replace(&mut self.config, Arc::new(config)),
