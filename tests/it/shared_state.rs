@@ -455,6 +455,8 @@ async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
     );
     assert_eq!(series("gateway_upstream_server_up", a.addr), 1.0);
     assert_eq!(series("gateway_upstream_server_up", dead), 0.0);
+    assert_eq!(series("gateway_upstream_server_weight", a.addr), 1.0);
+    assert_eq!(series("gateway_upstream_server_draining", a.addr), 0.0);
     assert_eq!(
         series("gateway_upstream_server_active_connections", a.addr),
         0.0
