@@ -416,3 +416,35 @@ async fn an_http2_ping_flood_is_cut_off() {
         gw.stderr()
     );
 }
+
+/// `watch = true` also follows the certificates the file names: a renewed certificate
+/// written over the old one (as certbot does) is served without a reload command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_gateway_serves_a_renewed_certificate_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = make_cert(dir.path(), "a", &["a.test"]);
+    let backend = Backend::named("app").await;
+    let gw = Gateway::start(&format!(
+        "[gateway]\nwatch = true\n{}{}",
+        tls_listener(&[&a]),
+        upstream_config("app", &[backend.addr], "")
+    ));
+    let tls = gw.addrs[1];
+    let renewed_dir = tempfile::tempdir().unwrap();
+    let renewed = make_cert(renewed_dir.path(), "a", &["a.test"]);
+    std::fs::copy(&renewed.key, &a.key).unwrap();
+    std::fs::copy(&renewed.cert, &a.cert).unwrap();
+    wait_until(
+        "the renewed certificate loaded",
+        Duration::from_secs(10),
+        || status_json(&gw)["generation"] == 2,
+    )
+    .await;
+    let client = tls_client(&[&renewed], &[("a.test", tls)]).build().unwrap();
+    let res = client
+        .get(format!("https://a.test:{}/", tls.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(peer_cert(&res), renewed.der);
+}
