@@ -284,7 +284,10 @@ fn table(status: &Status) -> String {
             let _ = writeln!(
                 out,
                 "  {:<28}  {:<24}  {:>6}  {:>6}  {:>12}  {:>9}  {:>10.2}  {}",
-                s.address,
+                match &s.name {
+                    Some(name) => format!("{} ({name})", s.address),
+                    None => s.address.clone(),
+                },
                 state,
                 s.weight,
                 s.active_connections,
