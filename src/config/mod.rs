@@ -909,11 +909,18 @@ impl Validator<'_> {
                     }
                 },
             },
-            resolve_interval: self.duration(
-                &g.resolve_interval,
-                "gateway.resolve_interval",
-                Duration::from_secs(10),
-            ),
+            resolve_interval: {
+                let interval = self.duration(
+                    &g.resolve_interval,
+                    "gateway.resolve_interval",
+                    Duration::from_secs(10),
+                );
+                if interval < Duration::from_millis(100) {
+                    let span = g.resolve_interval.as_ref().map_or(0..0, |v| v.span());
+                    self.error(span, "gateway.resolve_interval", "must be at least 100ms");
+                }
+                interval
+            },
             access_log,
             access_log_format,
             limits: ClientLimits {
