@@ -134,6 +134,12 @@ impl Failure {
         )
     }
 
+    /// Whether the client connection must close after the answer: a body that broke or
+    /// was cut off leaves unread bytes that must not be taken for the next request.
+    fn closes_client(&self) -> bool {
+        matches!(self, Failure::ClientBody { .. })
+    }
+
     /// Whether `retry_on` lets this failure send the request to another server.
     fn retried_by(&self, retry_on: RetryOn) -> bool {
         match self {
@@ -453,7 +459,7 @@ impl Proxy {
                 (response, tunnel)
             }
             Err(failure) => {
-                let close = matches!(failure, Failure::ClientBody { .. }) || websocket;
+                let close = failure.closes_client() || websocket;
                 let response = error_response(exchange, failure.status(), failure.reason(), close);
                 (response, None)
             }
