@@ -1246,7 +1246,7 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
 
 /// `host:port`, resolved now so a name that does not resolve is a config error.
 /// `host:port` split, or why it is not that.
-fn host_port(s: &str) -> Result<(&str, u16), String> {
+pub(crate) fn host_port(s: &str) -> Result<(&str, u16), String> {
     let bad = || format!("{s:?} is not an address of the form host:port");
     let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
     let port = port.parse::<u16>().map_err(|_| bad())?;
@@ -1288,7 +1288,7 @@ fn resolve_all(s: &str) -> Result<Vec<SocketAddr>, String> {
     if let Ok(addr) = s.parse::<SocketAddr>() {
         return Ok(vec![addr]);
     }
-    resolve(s)?;
+    host_port(s)?;
     let mut addrs: Vec<SocketAddr> = s
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {s:?}: {e}"))?

@@ -11,7 +11,7 @@
 
 use crate::config::Policy;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 /// What a balancer knows of one server.
 pub trait Candidate {
@@ -97,33 +97,18 @@ pub fn affinity_hash(key: &[u8]) -> u64 {
 /// pick); slow start takes a position of a ramping server only with the probability of its
 /// ramp, so it gets that part of its share.
 pub struct SmoothWeighted {
-    /// The weights the schedule is for, and the schedule.
-    schedule: Mutex<(Vec<u32>, Arc<[u32]>)>,
+    /// The weights the schedule was computed for, and the schedule. Locked only for the
+    /// length of a pick, in one worker thread: never contended.
+    schedule: Mutex<(Vec<u32>, Vec<u32>)>,
     rotation: &'static AtomicU64,
 }
 
 impl SmoothWeighted {
     pub fn new(weights: &[u32], rotation: &'static AtomicU64) -> Self {
         SmoothWeighted {
-            schedule: Mutex::new((weights.to_vec(), smooth_schedule(weights).into())),
+            schedule: Mutex::new((weights.to_vec(), smooth_schedule(weights))),
             rotation,
         }
-    }
-
-    /// The schedule for the servers' weights now.
-    fn schedule<C: Candidate>(&self, servers: &[C]) -> Arc<[u32]> {
-        let mut held = self.schedule.lock().unwrap_or_else(|p| p.into_inner());
-        let (weights, schedule) = &mut *held;
-        let changed = weights.len() != servers.len()
-            || servers
-                .iter()
-                .zip(weights.iter())
-                .any(|(s, &w)| s.weight() != w);
-        if changed {
-            *weights = servers.iter().map(Candidate::weight).collect();
-            *schedule = smooth_schedule(weights).into();
-        }
-        schedule.clone()
     }
 }
 
@@ -165,7 +150,17 @@ impl Select for SmoothWeighted {
         _affinity: Option<u64>,
         eligible: impl Fn(usize) -> bool,
     ) -> Option<usize> {
-        let schedule = self.schedule(servers);
+        let mut held = self.schedule.lock().unwrap_or_else(|p| p.into_inner());
+        let (weights, schedule) = &mut *held;
+        let changed = weights.len() != servers.len()
+            || servers
+                .iter()
+                .zip(weights.iter())
+                .any(|(s, &w)| s.weight() != w);
+        if changed {
+            *weights = servers.iter().map(Candidate::weight).collect();
+            *schedule = smooth_schedule(weights);
+        }
         let len = schedule.len();
         // Ramping servers pass up some of their positions: draw up to two cycles.
         for _ in 0..2 * len {

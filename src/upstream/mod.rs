@@ -31,9 +31,10 @@ pub struct Server {
 }
 
 impl Server {
-    /// Up for traffic: health checks and passive failures allow it, and it has an address.
-    pub fn is_up(&self, now: u64) -> bool {
-        !self.config.unresolved && self.shared.record.is_up(now)
+    /// May take a new request: it has an address, health checks and passive failures
+    /// allow it, and it is not drained.
+    pub fn takes_requests(&self, now: u64) -> bool {
+        !self.config.unresolved && self.shared.record.is_up(now) && !self.shared.record.draining()
     }
 
     /// Counts a request sent to the server (each try counts).
@@ -164,9 +165,7 @@ impl Upstream {
     pub fn pick(&self, affinity: &Affinity, tried: &[usize]) -> Option<(usize, bool)> {
         let now = now_ms();
         let servers = &self.servers;
-        let usable = |i: usize| {
-            !tried.contains(&i) && servers[i].is_up(now) && !servers[i].shared.record.draining()
-        };
+        let usable = |i: usize| !tried.contains(&i) && servers[i].takes_requests(now);
         if let Some(i) = affinity.sticky.filter(|&i| usable(i)) {
             return Some((i, false));
         }
@@ -180,13 +179,10 @@ impl Upstream {
         Some((chosen, self.sticky.is_some()))
     }
 
-    /// Whether a server not in `tried` is up (a retry has somewhere to go).
+    /// Whether a server not in `tried` may take the request (a retry has somewhere to go).
     pub fn any_untried(&self, tried: &[usize]) -> bool {
         let now = now_ms();
-        (0..self.servers.len()).any(|i| {
-            let server = &self.servers[i];
-            !tried.contains(&i) && server.is_up(now) && !server.shared.record.draining()
-        })
+        (0..self.servers.len()).any(|i| !tried.contains(&i) && self.servers[i].takes_requests(now))
     }
 
     /// The `Set-Cookie` that pins a client to server `index`.

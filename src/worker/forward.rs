@@ -33,10 +33,16 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
         let bytes = v.as_bytes();
         (1..=200).contains(&bytes.len()) && bytes.iter().all(|b| (0x21..=0x7e).contains(b))
     };
-    match headers.get(&X_REQUEST_ID).filter(usable) {
-        Some(id) => id.clone(),
-        None => HeaderValue::from_str(&format!("{:032x}", fastrand::u128(..))).expect("hex digits"),
+    if let Some(id) = headers.get(&X_REQUEST_ID).filter(usable) {
+        return id.clone();
     }
+    let mut hex = [0u8; 32];
+    let mut bits = fastrand::u128(..);
+    for digit in hex.iter_mut().rev() {
+        *digit = b"0123456789abcdef"[(bits & 0xf) as usize];
+        bits >>= 4;
+    }
+    HeaderValue::from_bytes(&hex).expect("hex digits")
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
