@@ -34,15 +34,19 @@ pub struct Entry<'a> {
 }
 
 impl Entry<'_> {
-    /// Every server tried, in order, comma-separated (nginx's `$upstream_addr`).
-    fn upstream_addr(&self) -> Option<String> {
+    /// Every server tried, in order, comma-separated (nginx's `$upstream_addr`); only a
+    /// request that was retried needs a new string for it.
+    fn upstream_addr(&self) -> Option<std::borrow::Cow<'_, str>> {
+        if self.tries.is_empty() {
+            return self.upstream.map(std::borrow::Cow::Borrowed);
+        }
         let mut names: Vec<&str> = self.tries.iter().map(|(name, _)| name.as_str()).collect();
         if let Some(last) = self.upstream {
             if names.last() != Some(&last) {
                 names.push(last);
             }
         }
-        (!names.is_empty()).then(|| names.join(","))
+        Some(names.join(",").into())
     }
 }
 
@@ -207,7 +211,7 @@ struct JsonLine<'a> {
     user_agent: Option<&'a str>,
     request_id: Option<&'a str>,
     upstream: Option<&'a str>,
-    upstream_addr: Option<String>,
+    upstream_addr: Option<std::borrow::Cow<'a, str>>,
     upstream_status: Option<u16>,
     upstream_time_ms: Option<f64>,
     total_time_ms: f64,
