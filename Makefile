@@ -2,11 +2,16 @@
 CARGO ?= cargo
 BIN ?= target/release
 
-.PHONY: build run test bench bench-balance lint fmt clean install
+.PHONY: build run test bench bench-balance lint fmt clean install toolchain
 
 PREFIX ?= /usr/local
 
-build:
+# rust-toolchain.toml pins the toolchain; on a machine that cannot download it, the
+# installed stable of the same version stands for it (tools/toolchain.sh).
+toolchain:
+	@bash tools/toolchain.sh
+
+build: toolchain
 	$(CARGO) build --release --bins --examples
 
 # Two demo backends on :3001 and :3002 and the gateway on :8080 (conf/gateway.toml).
@@ -21,11 +26,11 @@ run: build
 	wait $$g
 
 # The CLI tests run the demo backend, which `cargo test` builds only as a test binary.
-test:
+test: toolchain
 	$(CARGO) build --examples
 	$(CARGO) test --all-targets
 
-lint:
+lint: toolchain
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
@@ -39,7 +44,7 @@ bench-balance: build
 	bash benches/balance.sh
 
 # gateway and gatewayctl on the PATH ($(PREFIX)/bin), the systemd unit and sysusers entry.
-install:
+install: toolchain
 	$(CARGO) build --release --bins
 	install -D -m 0755 target/release/gateway $(DESTDIR)$(PREFIX)/bin/gateway
 	install -D -m 0755 target/release/gatewayctl $(DESTDIR)$(PREFIX)/bin/gatewayctl
