@@ -4,7 +4,8 @@
 # Prints req/s, p99 latency, proxy CPU microseconds per request and proxy RSS, with the
 # gateway's ratios against each. Then a memory table: RSS growth of each proxy's worker
 # per idle HTTP/1.1, TLS and HTTP/2 connection and per slow reader, and what it still
-# holds 10 s after a burst of idle clients left (examples/memprobe.rs is the client).
+# holds 10 s after a burst of idle clients left (examples/memprobe.rs is the client); each
+# memory row starts from a freshly started proxy.
 # Everything stays on 127.0.0.1.
 #
 # Knobs (environment): ROUNDS (3), DURATION (10s), CONNECTIONS (50), THREADS (1),
@@ -173,11 +174,44 @@ CONF
 CPU0=(); CPU1=()
 if command -v taskset >/dev/null 2>&1; then CPU0=(taskset -c 0); CPU1=(taskset -c 1); fi
 "${CPU1[@]}" nginx -c "$WORK/backend/nginx.conf" >/dev/null 2>&1 & PIDS+=($!)
-"${CPU0[@]}" target/release/gateway -c "$WORK/gateway.toml" >/dev/null 2>"$WORK/logs/gateway.err" & PIDS+=($!); GATEWAY_PID=$!
-"${CPU0[@]}" nginx -c "$WORK/nginx/nginx.conf" >/dev/null 2>&1 & PIDS+=($!)
-if [ $HAVE_HAPROXY = 1 ]; then "${CPU0[@]}" haproxy -f "$WORK/haproxy.cfg" -db >/dev/null 2>&1 & PIDS+=($!); HAPROXY_PID=$!; fi
-sleep 1
-NGINX_PID=$(pgrep -f "nginx: worker process" -P "$(cat "$WORK/nginx/nginx.pid")" | head -1)
+# Each proxy can be (re)started on its own: the memory rows each start from a fresh process,
+# since memory a process freed but kept (nginx and HAProxy keep theirs, the gateway gives
+# it back) would otherwise hide the next row's growth.
+declare -A PROXY_PID PROXY_TOP
+start_proxy() { # name: starts it and records its worker's pid in PROXY_PID
+  local top
+  case $1 in
+    gateway) "${CPU0[@]}" target/release/gateway -c "$WORK/gateway.toml" >/dev/null 2>>"$WORK/logs/gateway.err" & top=$! ;;
+    nginx) "${CPU0[@]}" nginx -c "$WORK/nginx/nginx.conf" >/dev/null 2>&1 & top=$! ;;
+    haproxy) "${CPU0[@]}" haproxy -f "$WORK/haproxy.cfg" -db >/dev/null 2>&1 & top=$! ;;
+  esac
+  PIDS+=("$top"); PROXY_TOP[$1]=$top
+  for _ in $(seq 1 50); do
+    sleep 0.1
+    # The gateway's and nginx's workers are children of the process started; HAProxy -db
+    # is one process.
+    case $1 in
+      haproxy) PROXY_PID[$1]=$top ;;
+      *) PROXY_PID[$1]=$(pgrep -P "$top" | head -1) ;;
+    esac
+    [ -n "${PROXY_PID[$1]}" ] && curl -sf -o /dev/null "http://127.0.0.1:${OPEN_PORT[$1]}/" && return 0
+  done
+  echo "$1 did not start" >&2; cat "$WORK"/logs/* >&2; exit 1
+}
+stop_proxy() { # name
+  local top=${PROXY_TOP[$1]}
+  # A second TERM: the gateway stops at once instead of draining.
+  kill -TERM "$top" 2>/dev/null || true; kill -TERM "$top" 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 "$top" 2>/dev/null || break; sleep 0.05; done
+  kill -KILL "$top" 2>/dev/null || true
+  wait "$top" 2>/dev/null || true
+}
+NAMES=(gateway nginx)
+[ $HAVE_HAPROXY = 1 ] && NAMES+=(haproxy)
+declare -A OPEN_PORT=([gateway]=$GATEWAY_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT)
+sleep 0.5
+for n in "${NAMES[@]}"; do start_proxy "$n"; done
+GATEWAY_WORKER_PID=${PROXY_PID[gateway]}; NGINX_PID=${PROXY_PID[nginx]}; HAPROXY_PID=${PROXY_PID[haproxy]:-}
 
 for port in $BACKEND_PORT $GATEWAY_PORT $NGINX_PORT; do
   curl -sf "http://127.0.0.1:$port/" >/dev/null || { echo "nothing answers on port $port" >&2; cat "$WORK"/logs/* >&2; exit 1; }
@@ -205,13 +239,8 @@ run_one() { # name url pid [wrk options]
   echo "  round $round $1: $rps req/s, p99 ${p99} ms" >&2
 }
 
-NAMES=(gateway nginx)
-[ $HAVE_HAPROXY = 1 ] && NAMES+=(haproxy)
-declare -A OPEN_PORT=([gateway]=$GATEWAY_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT)
 echo "warming up ..." >&2
 for port in $GATEWAY_PORT $NGINX_PORT; do wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$port/" >/dev/null; done
-# The gateway's supervisor only waits; its worker is the process that does the work.
-GATEWAY_WORKER_PID=$(pgrep -P "$GATEWAY_PID" | head -1)
 [ "${MEMORY_ONLY:-0}" = 1 ] && ROUNDS=0
 for round in $(seq 1 "$ROUNDS"); do
   run_one gateway "http://127.0.0.1:$GATEWAY_PORT/" "$GATEWAY_WORKER_PID"
@@ -271,45 +300,44 @@ fi
 
 # --- Memory --------------------------------------------------------------------------
 # Each row: RSS of the proxy's worker before and while COUNT clients hold their
-# connections (memprobe: one request each, then idle; or slow readers of a 16 MiB body).
-# Each starts after a pause so that memory freed by the previous row has gone back.
+# connections (memprobe: one request each, then idle; or slow readers of a 16 MiB body),
+# each on a freshly started proxy.
 declare -A MEM
-hold() { # name pid mode port count [ca]
-  local fifo="$WORK/hold-$1-$3" before after out="$WORK/probe-$1-$3.out"
+hold() { # name mode port count [ca]
+  local fifo="$WORK/hold-$1-$2" before after out="$WORK/probe-$1-$2.out" pid
+  stop_proxy "$1"; start_proxy "$1"; pid=${PROXY_PID[$1]}
   mkfifo "$fifo"
-  sleep 3
-  before=$(rss_kib "$2")
-  target/release/examples/memprobe "$3" "127.0.0.1:$4" "$5" ${6:+"$6"} <"$fifo" >"$out" 2>&1 &
+  sleep 2
+  before=$(rss_kib "$pid")
+  target/release/examples/memprobe "$2" "127.0.0.1:$3" "$4" ${5:+"$5"} <"$fifo" >"$out" 2>&1 &
   local probe=$!
   exec 9>"$fifo"
   for _ in $(seq 1 600); do grep -q ready "$out" 2>/dev/null && break; sleep 0.1; done
-  sleep 1
-  after=$(rss_kib "$2")
+  # Slow readers take a few seconds to fill every buffer on their way (the kernel's
+  # first): measured once that has settled.
+  if [ "$2" = slow ]; then sleep 10; else sleep 1; fi
+  after=$(rss_kib "$pid")
   exec 9>&-
   wait "$probe" || true
   grep -v ready "$out" >&2 || true
-  MEM[$1-$3]=$(awk -v a="$after" -v b="$before" -v n="$5" 'BEGIN {printf "%.2f", (a - b) * 1024 / n / 1024}')
-  echo "  memory $1 $3: ${MEM[$1-$3]} KiB per connection" >&2
+  MEM[$1-$2]=$(awk -v a="$after" -v b="$before" -v n="$4" 'BEGIN {printf "%.2f", (a - b) * 1024 / n / 1024}')
+  echo "  memory $1 $2: ${MEM[$1-$2]} KiB per connection" >&2
+  BEFORE=$before
 }
 
 echo "measuring memory ..." >&2
-declare -A PROXY_PID=([gateway]=$GATEWAY_WORKER_PID [nginx]=$NGINX_PID)
-declare -A PROXY_PORT=([gateway]=$GATEWAY_PORT [nginx]=$NGINX_PORT)
-declare -A PROXY_TLS_PORT=([gateway]=$GATEWAY_TLS_PORT [nginx]=$NGINX_TLS_PORT)
-if [ $HAVE_HAPROXY = 1 ]; then
-  PROXY_PID[haproxy]=$HAPROXY_PID; PROXY_PORT[haproxy]=$HAPROXY_PORT; PROXY_TLS_PORT[haproxy]=$HAPROXY_TLS_PORT
-fi
+declare -A PROXY_PORT=([gateway]=$GATEWAY_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT)
+declare -A PROXY_TLS_PORT=([gateway]=$GATEWAY_TLS_PORT [nginx]=$NGINX_TLS_PORT [haproxy]=$HAPROXY_TLS_PORT)
 declare -A BURST
 for n in "${NAMES[@]}"; do
-  pid=${PROXY_PID[$n]}
-  base=$(rss_kib "$pid")
-  hold "$n" "$pid" idle "${PROXY_PORT[$n]}" "$IDLE"
+  hold "$n" idle "${PROXY_PORT[$n]}" "$IDLE"
+  # What the burst of idle clients left behind, 10 s after they closed.
   sleep 10
-  BURST[$n]=$(awk -v a="$(rss_kib "$pid")" -v b="$base" 'BEGIN {printf "%.1f", (a - b) / 1024}')
-  hold "$n" "$pid" slow "${PROXY_PORT[$n]}" "$SLOW"
+  BURST[$n]=$(awk -v a="$(rss_kib "${PROXY_PID[$n]}")" -v b="$BEFORE" 'BEGIN {printf "%.1f", (a - b) / 1024}')
+  hold "$n" slow "${PROXY_PORT[$n]}" "$SLOW"
   if [ $HAVE_TLS = 1 ]; then
-    hold "$n" "$pid" idle-tls "${PROXY_TLS_PORT[$n]}" "$TLS_IDLE" "$WORK/site.crt"
-    hold "$n" "$pid" idle-h2 "${PROXY_TLS_PORT[$n]}" "$TLS_IDLE" "$WORK/site.crt"
+    hold "$n" idle-tls "${PROXY_TLS_PORT[$n]}" "$TLS_IDLE" "$WORK/site.crt"
+    hold "$n" idle-h2 "${PROXY_TLS_PORT[$n]}" "$TLS_IDLE" "$WORK/site.crt"
   fi
 done
 

@@ -20,17 +20,19 @@ pub fn now_ms() -> u64 {
     crate::sys::monotonic_ms()
 }
 
-pub struct Server {
+/// One server of an upstream, with this worker's idle connections to it; `B` is the body
+/// type of the requests sent on them (the worker's).
+pub struct Server<B> {
     pub config: ServerConfig,
     /// Health, counters and in-flight requests, shared with the other workers.
     pub shared: SharedServer,
     max_fails: u32,
     fail_timeout_ms: u64,
     slow_start_ms: u64,
-    pub pool: pool::Pool,
+    pub pool: pool::Pool<B>,
 }
 
-impl Server {
+impl<B> Server<B> {
     /// May take a new request: it has an address, health checks and passive failures
     /// allow it, and it is not drained.
     pub fn takes_requests(&self, now: u64) -> bool {
@@ -70,7 +72,7 @@ impl Server {
     }
 }
 
-impl Candidate for Arc<Server> {
+impl<B> Candidate for Arc<Server<B>> {
     fn weight(&self) -> u32 {
         self.shared.record.weight(self.config.weight)
     }
@@ -88,9 +90,9 @@ impl Candidate for Arc<Server> {
     }
 }
 
-pub struct Upstream {
+pub struct Upstream<B> {
     pub config: UpstreamConfig,
-    pub servers: Vec<Arc<Server>>,
+    pub servers: Vec<Arc<Server<B>>>,
     balancer: Balancer,
     /// With `sticky_cookie`: each server's token, and the `Set-Cookie` that hands it out.
     sticky: Option<Vec<(String, HeaderValue)>>,
@@ -108,7 +110,7 @@ pub struct Affinity {
     sticky: Option<usize>,
 }
 
-impl Upstream {
+impl<B> Upstream<B> {
     /// `records` are the table records of the upstream's servers, in config order.
     pub fn new(config: &UpstreamConfig, share: WorkerShare, records: &[usize]) -> Self {
         let servers = config
@@ -240,11 +242,11 @@ pub fn sticky_token(upstream: &str, server: &str) -> String {
 mod tests {
     use super::*;
 
-    fn upstream(servers: &str) -> Upstream {
+    fn upstream(servers: &str) -> Upstream<()> {
         upstream_with(servers, "")
     }
 
-    fn upstream_with(servers: &str, keys: &str) -> Upstream {
+    fn upstream_with(servers: &str, keys: &str) -> Upstream<()> {
         let text = format!(
             "[[listener]]\nlisten = \"127.0.0.1:1\"\n[[route]]\nupstream = \"u\"\n[upstream.u]\nmax_fails = 1\nservers = [{servers}]\n{keys}"
         );
@@ -293,7 +295,7 @@ mod tests {
         assert_eq!(u.pick(&pinned, &[]), Some((1, false)));
     }
 
-    fn affinity(u: &Upstream, cookies: &[&str]) -> Affinity {
+    fn affinity(u: &Upstream<()>, cookies: &[&str]) -> Affinity {
         let mut headers = HeaderMap::new();
         for c in cookies {
             headers.append(http::header::COOKIE, HeaderValue::from_str(c).unwrap());

@@ -2,7 +2,7 @@
 //! `client::conn::http1`: a stack of idle senders, newest first, so the warmest
 //! connection is reused and the oldest ones age out.
 
-use crate::worker::body::RequestBody;
+use hyper::body::Body;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
@@ -10,13 +10,14 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
-pub type Sender = http1::SendRequest<RequestBody>;
+/// A connection's sending half; `B` is the request body type.
+pub type Sender<B> = http1::SendRequest<B>;
 
 /// Idle connections, newest last. An idle connection is kept at most `idle_timeout`
 /// (`upstream.idle_timeout`, 4 s by default: below the 5 s keep-alive of Node.js servers,
 /// so we do not reuse a connection the server is closing at that very moment).
-pub struct Pool {
-    idle: Mutex<Vec<(Sender, Instant)>>,
+pub struct Pool<B> {
+    idle: Mutex<Vec<(Sender<B>, Instant)>>,
     max_idle: usize,
     idle_timeout: Duration,
 }
@@ -45,7 +46,7 @@ impl ConnectError {
     }
 }
 
-impl Pool {
+impl<B> Pool<B> {
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Self {
         Pool {
             idle: Mutex::new(Vec::with_capacity(max_idle)),
@@ -55,7 +56,7 @@ impl Pool {
     }
 
     /// The newest idle connection that is still open, if any.
-    pub fn take(&self) -> Option<Sender> {
+    pub fn take(&self) -> Option<Sender<B>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         while let Some((sender, since)) = idle.pop() {
@@ -72,7 +73,7 @@ impl Pool {
     }
 
     /// Keeps a connection whose last exchange completed, if there is room.
-    pub fn put(&self, sender: Sender) {
+    pub fn put(&self, sender: Sender<B>) {
         if sender.is_closed() || self.max_idle == 0 {
             return;
         }
@@ -86,13 +87,22 @@ impl Pool {
 
 /// Opens a new connection and starts its driver task on the current runtime.
 ///
-/// `read_ahead` bounds how much of a response is read from the server before the client
-/// takes it: hyper reads the body into a buffer that grows up to this.
-pub async fn connect(
+/// The server is read `read_size` bytes at a time, never more (hyper's exact read
+/// strategy), and a response head must fit in one read. hyper hands each read on as a
+/// body chunk and reads the next one as soon as the chunk has been taken, so a response
+/// going to a client that does not read holds at most three reads in memory: the one
+/// being written to the client, the one waiting to be taken, and the buffer the next
+/// read goes into.
+pub async fn connect<B>(
     addr: SocketAddr,
     timeout: Duration,
-    read_ahead: usize,
-) -> Result<Sender, ConnectError> {
+    read_size: usize,
+) -> Result<Sender<B>, ConnectError>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Err(_) => return Err(ConnectError::Timeout(addr)),
         Ok(Err(e)) => return Err(ConnectError::Io(addr, e)),
@@ -100,7 +110,7 @@ pub async fn connect(
     };
     let _ = stream.set_nodelay(true);
     let (sender, conn) = http1::Builder::new()
-        .max_buf_size(read_ahead.max(8192))
+        .read_buf_exact_size(Some(read_size))
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| ConnectError::Handshake(addr, e))?;

@@ -5,9 +5,9 @@
 //! over, so that is where the access-log line is written, the in-flight count released
 //! and a cleanly finished upstream connection returned to its pool.
 
+use super::{Server, UpstreamSender};
 use crate::access_log::{AccessLog, Entry};
 use crate::table::RequestMetrics;
-use crate::upstream::{pool::Sender, Server};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -86,7 +86,6 @@ pub enum BodyEvent {
 }
 
 enum ClientSource {
-    Empty,
     /// HTTP/2: hyper's stream.
     Hyper(Incoming),
     /// HTTP/1: frames the connection reads and decodes, one at a time.
@@ -99,8 +98,12 @@ enum ClientSource {
     },
 }
 
-/// The client's request body on its way to the upstream.
-pub struct RequestBody {
+/// The client's request body on its way to the upstream: nothing for most requests, and
+/// one pointer wide either way, since hyper's client keeps 32 requests' worth of room for
+/// it on every upstream connection.
+pub struct RequestBody(Option<Box<StreamedBody>>);
+
+struct StreamedBody {
     source: ClientSource,
     timer: FrameTimer,
     /// `max_body_size`, and how much has passed so far.
@@ -110,26 +113,31 @@ pub struct RequestBody {
 
 impl RequestBody {
     pub fn empty() -> Self {
-        Self::new(ClientSource::Empty, Duration::ZERO)
+        RequestBody(None)
     }
 
     pub fn hyper(inner: Incoming, timeout: Duration) -> Self {
-        Self::new(ClientSource::Hyper(inner), timeout)
+        if inner.is_end_stream() {
+            return Self::empty();
+        }
+        Self::streamed(ClientSource::Hyper(inner), timeout)
     }
 
-    fn new(source: ClientSource, timeout: Duration) -> Self {
-        RequestBody {
+    fn streamed(source: ClientSource, timeout: Duration) -> Self {
+        RequestBody(Some(Box::new(StreamedBody {
             source,
             timer: FrameTimer::new(timeout),
             limit: None,
             passed: 0,
-        }
+        })))
     }
 
     /// The body fails with [`ClientBodyError::TooLarge`] once more than `bytes` passed
     /// (a chunked body is cut off where it crosses the line).
     pub fn limit(&mut self, bytes: u64) {
-        self.limit = Some(bytes);
+        if let Some(body) = &mut self.0 {
+            body.limit = Some(bytes);
+        }
     }
 
     pub fn channel(
@@ -144,7 +152,7 @@ impl RequestBody {
             length,
             ended: false,
         };
-        Self::new(source, timeout)
+        Self::streamed(source, timeout)
     }
 }
 
@@ -156,9 +164,10 @@ impl Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = &mut *self;
+        let Some(this) = self.0.as_deref_mut() else {
+            return Poll::Ready(None);
+        };
         let polled = match &mut this.source {
-            ClientSource::Empty => return Poll::Ready(None),
             ClientSource::Hyper(inner) => match Pin::new(inner).poll_frame(cx) {
                 Poll::Ready(Some(Err(e))) => {
                     Poll::Ready(Some(Err(ClientBodyError::Broken(e.to_string()))))
@@ -212,21 +221,21 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.source {
-            ClientSource::Empty => true,
-            ClientSource::Hyper(inner) => inner.is_end_stream(),
-            ClientSource::Channel { ended, length, .. } => *ended || *length == Some(0),
+        match self.0.as_deref().map(|b| &b.source) {
+            None => true,
+            Some(ClientSource::Hyper(inner)) => inner.is_end_stream(),
+            Some(ClientSource::Channel { ended, length, .. }) => *ended || *length == Some(0),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.source {
-            ClientSource::Empty => SizeHint::with_exact(0),
-            ClientSource::Hyper(inner) => inner.size_hint(),
-            ClientSource::Channel {
+        match self.0.as_deref().map(|b| &b.source) {
+            None => SizeHint::with_exact(0),
+            Some(ClientSource::Hyper(inner)) => inner.size_hint(),
+            Some(ClientSource::Channel {
                 length: Some(n), ..
-            } => SizeHint::with_exact(*n),
-            ClientSource::Channel { .. } => SizeHint::default(),
+            }) => SizeHint::with_exact(*n),
+            Some(ClientSource::Channel { .. }) => SizeHint::default(),
         }
     }
 }
@@ -337,7 +346,7 @@ impl Body for ResponseBody {
 /// A server picked for one request: counts as in flight until dropped.
 pub struct Lease {
     pub server: Arc<Server>,
-    pub sender: Option<Sender>,
+    pub sender: Option<UpstreamSender>,
 }
 
 impl Lease {

@@ -6,11 +6,11 @@ use super::body::{ClientBodyError, Exchange, Lease, RequestBody, ResponseBody};
 use super::path;
 use super::request_check::{self, Rejection};
 use super::router::{host_without_port, Router};
+use super::{Server, Upstream, UpstreamSender};
 use crate::access_log::AccessLog;
 use crate::config::{ClientLimits, Config, Redirect, RetryOn, RouteConfig};
 use crate::table::{RequestMetrics, WorkerRecord, WorkerShare};
-use crate::upstream::pool::{self, ConnectError, Sender};
-use crate::upstream::{Server, Upstream};
+use crate::upstream::pool::{self, ConnectError};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -25,6 +25,10 @@ static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The least an upstream is read at a time, and so the largest response head it may
+/// send at least (hyper's smallest read buffer).
+const MIN_UPSTREAM_READ: usize = 8 * 1024;
 
 /// The client's `X-Request-ID` if it is 1 to 200 visible ASCII characters, else a new
 /// random one (128 bits, hex).
@@ -212,7 +216,9 @@ pub struct Proxy {
     /// Where requests that reach no upstream are counted.
     unrouted: &'static RequestMetrics,
     limits: ClientLimits,
-    response_buffer: usize,
+    /// How much of a response is read from an upstream at a time: a quarter of
+    /// `response_buffer`, since a slow client holds up to three reads (see `pool::connect`).
+    upstream_read_size: usize,
     log: Arc<AccessLog>,
     /// This worker's counters in the shared table.
     pub counters: &'static WorkerRecord,
@@ -244,7 +250,7 @@ impl Proxy {
             unrouted: share.unrouted_requests(),
             upstreams,
             limits: config.gateway.limits.clone(),
-            response_buffer: config.gateway.response_buffer,
+            upstream_read_size: (config.gateway.response_buffer / 4).max(MIN_UPSTREAM_READ),
             log,
             counters: share.counters(),
         }
@@ -483,7 +489,7 @@ impl Proxy {
         mut request: Request<RequestBody>,
         replay: Option<&Replay>,
         websocket: bool,
-    ) -> Result<(Response<Incoming>, Sender), TryError> {
+    ) -> Result<(Response<Incoming>, UpstreamSender), TryError> {
         let config = &upstream.config;
         let mut pooled = if websocket { None } else { server.pool.take() };
         loop {
@@ -493,7 +499,7 @@ impl Proxy {
                 None => match pool::connect(
                     server.config.addr,
                     config.connect_timeout,
-                    self.response_buffer,
+                    self.upstream_read_size,
                 )
                 .await
                 {
@@ -546,7 +552,7 @@ impl Proxy {
         mut exchange: Exchange,
         upstream: &Upstream,
         mut response: Response<Incoming>,
-        sender: Sender,
+        sender: UpstreamSender,
         websocket: bool,
     ) -> (Response<ResponseBody>, Option<Tunnel>) {
         let status = response.status();

@@ -219,32 +219,59 @@ async fn exchange<S: ClientIo>(
     proxy: &Proxy,
 ) -> Next {
     proxy.counters.requests.fetch_add(1, Ordering::Relaxed);
+    if head.framing != Framing::Empty {
+        // On the heap of its own: reading a body while the request is proxied and the
+        // response written makes a future twice the size of a bodiless exchange, and
+        // most requests have no body.
+        return Box::pin(exchange_with_body(io, head, buf, conn, proxy)).await;
+    }
+    let facts = facts_of(&head);
+    // Unless a pipelined request follows, the head buffer goes back to the pool while the
+    // request is proxied: a long response to a slow reader, a long poll or a WebSocket
+    // must not hold it.
+    if buf.is_empty() {
+        give_back(std::mem::take(&mut buf));
+    }
+    let request = Request::from_parts(head.parts, RequestBody::empty());
+    let (response, tunnel) = proxy.handle(request, conn).await;
+    let upgrade = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let written = response::write(io, response, &facts(false)).await;
+    match (written, tunnel) {
+        (Ok(_), Some(tunnel)) if upgrade => {
+            relay(io, buf, tunnel).await;
+            Next::Closed
+        }
+        (Ok(w), _) if !w.close => Next::KeepAlive(buf),
+        (Ok(_), _) => Next::Close,
+        (Err(_), _) => Next::Closed,
+    }
+}
+
+/// What the response's framing needs to know of the request, taken before the head is
+/// handed to the proxy: `facts(closing)` for a response that closes the connection or not.
+fn facts_of(head: &RequestHead) -> impl Fn(bool) -> RequestFacts {
     let (method, version, keep_alive) = (
         head.parts.method.clone(),
         head.parts.version,
         head.keep_alive,
     );
-    let facts = |closing: bool| RequestFacts {
+    move |closing| RequestFacts {
         method: method.clone(),
         version,
         close: closing || !keep_alive || DRAINING.load(Ordering::Relaxed),
-    };
-    if head.framing == Framing::Empty {
-        let request = Request::from_parts(head.parts, RequestBody::empty());
-        let (response, tunnel) = proxy.handle(request, conn).await;
-        let upgrade = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        let written = response::write(io, response, &facts(false)).await;
-        return match (written, tunnel) {
-            (Ok(_), Some(tunnel)) if upgrade => {
-                relay(io, buf, tunnel).await;
-                Next::Closed
-            }
-            (Ok(w), _) if !w.close => Next::KeepAlive(buf),
-            (Ok(_), _) => Next::Close,
-            (Err(_), _) => Next::Closed,
-        };
     }
+}
 
+/// A request with a body: the body is read as the upstream takes it, also while the
+/// response is written.
+async fn exchange_with_body<S: ClientIo>(
+    io: &mut S,
+    head: RequestHead,
+    mut buf: BytesMut,
+    conn: &ConnInfo,
+    proxy: &Proxy,
+) -> Next {
+    let facts = facts_of(&head);
     let limits = proxy.limits();
     let (frames, receiver) = mpsc::channel(1);
     let (wanted, wanted_rx) = oneshot::channel();
