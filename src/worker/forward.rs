@@ -67,21 +67,20 @@ static HOP_BY_HOP: [HeaderName; 7] = [
 /// What the gateway knows of the client connection a request came on.
 pub struct ConnInfo {
     pub client: SocketAddr,
-    /// The client's IP as a header value, made once per connection.
-    pub client_ip: HeaderValue,
-    /// `http` or `https`, for X-Forwarded-Proto.
-    pub proto: HeaderValue,
+    /// Over TLS: X-Forwarded-Proto is `https`.
+    pub tls: bool,
 }
 
 impl ConnInfo {
     pub fn new(client: SocketAddr, tls: bool) -> Self {
-        let ip = client.ip().to_string();
-        ConnInfo {
-            client,
-            client_ip: HeaderValue::from_str(&ip)
-                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
-            proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
-        }
+        ConnInfo { client, tls }
+    }
+
+    /// The client's IP as a header value: made per request rather than kept, as this is
+    /// part of every idle connection.
+    fn client_ip(&self) -> HeaderValue {
+        HeaderValue::from_str(&self.client.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
     }
 }
 
@@ -801,22 +800,23 @@ fn rewrite_request_head(
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
 
+    let client_ip = conn.client_ip();
     let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
-        None => conn.client_ip.clone(),
+        None => client_ip.clone(),
         Some(_) => {
             let mut joined = BytesMut::new();
             for value in headers.get_all(&X_FORWARDED_FOR) {
                 joined.extend_from_slice(value.as_bytes());
                 joined.extend_from_slice(b", ");
             }
-            joined.extend_from_slice(conn.client_ip.as_bytes());
-            HeaderValue::from_maybe_shared(joined.freeze())
-                .unwrap_or_else(|_| conn.client_ip.clone())
+            joined.extend_from_slice(client_ip.as_bytes());
+            HeaderValue::from_maybe_shared(joined.freeze()).unwrap_or_else(|_| client_ip.clone())
         }
     };
     headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
-    headers.insert(X_REAL_IP.clone(), conn.client_ip.clone());
-    headers.insert(X_FORWARDED_PROTO.clone(), conn.proto.clone());
+    headers.insert(X_REAL_IP.clone(), client_ip);
+    let proto = if conn.tls { "https" } else { "http" };
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     match host {
         Some(host) => {
             headers.insert(X_FORWARDED_HOST.clone(), host.clone());

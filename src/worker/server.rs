@@ -18,6 +18,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -70,20 +71,33 @@ pub async fn accept_loop(
                 let _ = stream.set_nodelay(true);
                 let conn = ConnInfo::new(peer, tls.is_some());
                 let open = OpenConnection::count(proxy.counters);
-                let (proxy, protocols, shutdown) =
-                    (proxy.clone(), protocols.clone(), shutdown.clone());
-                let tls = tls.clone();
-                tasks.spawn(async move {
-                    let _open = open;
-                    match tls {
-                        None => http1::serve(stream, conn, proxy, shutdown).await,
-                        // Boxed: a task is as large as its largest state, and the TLS and
-                        // HTTP/2 states must not make every plain connection that large.
-                        Some(tls) => {
-                            Box::pin(serve_tls(tls, stream, conn, proxy, protocols, shutdown)).await
-                        }
+                let (proxy, shutdown) = (proxy.clone(), shutdown.clone());
+                // The connection's future is spawned as it is, not awaited inside another
+                // async block (that would hold its arguments twice): a plain connection's
+                // task is what an idle client costs.
+                match &tls {
+                    None => {
+                        tasks.spawn(Counted {
+                            connection: http1::serve(stream, conn, proxy, shutdown),
+                            _open: open,
+                        });
                     }
-                });
+                    // Boxed: the TLS and HTTP/2 states are larger still.
+                    Some(tls) => {
+                        let serving = serve_tls(
+                            tls.clone(),
+                            stream,
+                            conn,
+                            proxy,
+                            protocols.clone(),
+                            shutdown,
+                        );
+                        tasks.spawn(Counted {
+                            connection: Box::pin(serving),
+                            _open: open,
+                        });
+                    }
+                }
             }
             Err(e) => {
                 // Out of file descriptors or similar: back off instead of spinning.
@@ -133,6 +147,25 @@ impl AcceptFailures {
 /// Counts a client connection in the worker's `connections` while it is open.
 struct OpenConnection(&'static WorkerRecord);
 
+pin_project_lite::pin_project! {
+    /// A client connection's future, counted while it lives.
+    struct Counted<F> {
+        #[pin]
+        connection: F,
+        _open: OpenConnection,
+    }
+}
+
+impl<F: std::future::Future<Output = ()>> std::future::Future for Counted<F> {
+    type Output = ();
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        self.project().connection.poll(cx)
+    }
+}
+
 impl OpenConnection {
     fn count(counters: &'static WorkerRecord) -> Self {
         counters.connections.fetch_add(1, Ordering::Relaxed);
@@ -174,6 +207,9 @@ fn h2_service(
     })
 }
 
+/// The TLS handshake, then HTTP/2 or HTTP/1.1 as ALPN chose. The HTTP/2 state is boxed
+/// on its own: it is four times the size of an HTTP/1.1 connection's, which must not
+/// carry its room while idle.
 async fn serve_tls(
     tls: TlsAcceptor,
     stream: TcpStream,
@@ -182,28 +218,55 @@ async fn serve_tls(
     protocols: Arc<Protocols>,
     shutdown: CancellationToken,
 ) {
-    // tokio-rustls has no handshake timeout of its own.
-    let stream = match tokio::time::timeout(protocols.handshake_timeout, tls.accept(stream)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            tracing::debug!(client = %conn.client, "TLS handshake failed: {e}");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(client = %conn.client, "TLS handshake timed out");
-            return;
-        }
+    let Some((stream, h2)) = handshake(&tls, stream, &conn, protocols.handshake_timeout).await
+    else {
+        return;
     };
-    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-        let metered = super::h2_flood::Metered::new(stream, conn.client);
-        let service = h2_service(proxy, conn, protocols.body_timeout);
-        let connection = protocols
-            .http2
-            .serve_connection(TokioIo::new(metered), service);
-        drive(connection, shutdown, |c| c.graceful_shutdown()).await;
+    if h2 {
+        Box::pin(serve_h2(stream, conn, proxy, &protocols, shutdown)).await;
     } else {
         http1::serve(stream, conn, proxy, shutdown).await;
     }
+}
+
+/// The handshake within `timeout` (tokio-rustls has no timeout of its own): the stream,
+/// and whether ALPN chose HTTP/2. (The stream is looked at here rather than in the
+/// caller, which would then keep a second copy of it in its state.)
+async fn handshake(
+    tls: &TlsAcceptor,
+    stream: TcpStream,
+    conn: &ConnInfo,
+    timeout: Duration,
+) -> Option<(TlsStream<TcpStream>, bool)> {
+    match tokio::time::timeout(timeout, tls.accept(stream)).await {
+        Ok(Ok(stream)) => {
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            Some((stream, h2))
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(client = %conn.client, "TLS handshake failed: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(client = %conn.client, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+async fn serve_h2(
+    stream: TlsStream<TcpStream>,
+    conn: ConnInfo,
+    proxy: Arc<Proxy>,
+    protocols: &Protocols,
+    shutdown: CancellationToken,
+) {
+    let metered = super::h2_flood::Metered::new(stream, conn.client);
+    let service = h2_service(proxy, conn, protocols.body_timeout);
+    let connection = protocols
+        .http2
+        .serve_connection(TokioIo::new(metered), service);
+    drive(connection, shutdown, |c| c.graceful_shutdown()).await;
 }
 
 /// Runs an HTTP/2 connection until it ends, or, once the worker drains, gives it

@@ -112,29 +112,53 @@ fn give_back(mut buf: BytesMut) {
 ///
 /// Every state of this future is part of every connection's task for as long as the
 /// connection lives, so only the idle wait is kept inline; a request's reading and
-/// handling live in one boxed future while they last.
-pub async fn serve<S: ClientIo>(
+/// handling (and the pipelined ones after it) live in one boxed future while they last. (A plain `fn` returning an `async
+/// move` block: an `async fn` would keep a second copy of its arguments in every state.)
+#[allow(clippy::manual_async_fn)] // on purpose, see above
+pub fn serve<S: ClientIo>(
     mut io: S,
     conn: ConnInfo,
     proxy: Arc<Proxy>,
     shutdown: CancellationToken,
-) {
-    // Bytes of the next request read together with the previous one (pipelining).
-    let mut carried: Option<BytesMut> = None;
-    loop {
-        let deadline = Instant::now() + proxy.limits().header_read_timeout;
-        if carried.is_none() && !wait_for_request(&mut io, deadline, &shutdown).await {
-            return;
-        }
-        let buf = carried.take().unwrap_or_else(take_buffer);
-        match Box::pin(next_request(&mut io, buf, deadline, &conn, &proxy)).await {
-            Next::KeepAlive(buf) if buf.is_empty() => give_back(buf),
-            Next::KeepAlive(buf) => carried = Some(buf),
-            Next::Close => {
-                Box::pin(linger(&mut io)).await;
+) -> impl Future<Output = ()> + Send {
+    async move {
+        loop {
+            let timeout = proxy.limits().header_read_timeout;
+            let Some(deadline) = wait_for_request(&mut io, timeout, &shutdown).await else {
+                return;
+            };
+            if !Box::pin(serve_requests(&mut io, deadline, &conn, &proxy)).await {
                 return;
             }
-            Next::Closed => return,
+        }
+    }
+}
+
+/// Serves the request whose first bytes have arrived, and those pipelined after it: true
+/// once the connection is idle again, false once it is closed.
+async fn serve_requests<S: ClientIo>(
+    io: &mut S,
+    mut deadline: Instant,
+    conn: &ConnInfo,
+    proxy: &Proxy,
+) -> bool {
+    let mut buf = take_buffer();
+    loop {
+        match next_request(io, buf, deadline, conn, proxy).await {
+            Next::KeepAlive(rest) if rest.is_empty() => {
+                give_back(rest);
+                return true;
+            }
+            // The next request was read together with this one.
+            Next::KeepAlive(rest) => {
+                buf = rest;
+                deadline = Instant::now() + proxy.limits().header_read_timeout;
+            }
+            Next::Close => {
+                linger(io).await;
+                return false;
+            }
+            Next::Closed => return false,
         }
     }
 }
@@ -177,28 +201,35 @@ async fn next_request<S: ClientIo>(
     exchange(io, head, buf, conn, proxy).await
 }
 
-/// Waits, holding no buffer, until the client sends something: false if it does not
-/// within the deadline, or closes. A draining worker gives an idle connection
+/// Waits, holding no buffer, until the client sends something, and gives the deadline of
+/// its request head (`timeout` from the start of the wait); `None` if nothing comes
+/// before then, or the client closes. A draining worker gives an idle connection
 /// DRAIN_GRACE for a request that may already be on its way.
-async fn wait_for_request<S: ClientIo>(
-    io: &mut S,
-    deadline: Instant,
-    shutdown: &CancellationToken,
-) -> bool {
-    let drained = tokio::select! {
-        ready = readable(io) => return ready.is_ok(),
-        _ = tokio::time::sleep_until(deadline) => return false,
-        _ = shutdown.cancelled() => true,
-    };
-    // Boxed, as every state of this future is part of every idle connection's task.
-    drained
-        && Box::pin(async {
-            matches!(
-                tokio::time::timeout(DRAIN_GRACE, readable(io)).await,
-                Ok(Ok(()))
-            )
-        })
-        .await
+/// (Not an `async fn`, which would keep its arguments twice in every idle connection.)
+#[allow(clippy::manual_async_fn)] // on purpose, see above
+fn wait_for_request<'a, S: ClientIo>(
+    io: &'a mut S,
+    timeout: Duration,
+    shutdown: &'a CancellationToken,
+) -> impl Future<Output = Option<Instant>> + Send + 'a {
+    async move {
+        let deadline = Instant::now() + timeout;
+        let drained = tokio::select! {
+            ready = readable(io) => return ready.ok().map(|()| deadline),
+            _ = tokio::time::sleep_until(deadline) => return None,
+            _ = shutdown.cancelled() => true,
+        };
+        // Boxed, as every state of this future is part of every idle connection's task.
+        let ready = drained
+            && Box::pin(async {
+                matches!(
+                    tokio::time::timeout(DRAIN_GRACE, readable(io)).await,
+                    Ok(Ok(()))
+                )
+            })
+            .await;
+        ready.then_some(deadline)
+    }
 }
 
 enum Next {
@@ -421,7 +452,7 @@ async fn linger<S: ClientIo>(io: &mut S) {
     if io.shutdown().await.is_err() {
         return;
     }
-    // On the heap: this future is part of every connection's task.
+    // On the heap rather than in this future (part of every request future).
     let mut sink = vec![0u8; 4096];
     let mut drained = 0;
     let _ = tokio::time::timeout(LINGER, async {
