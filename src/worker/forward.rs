@@ -76,10 +76,35 @@ impl ConnInfo {
         ConnInfo { client, tls }
     }
 
-    /// The client's IP as a header value: made per request rather than kept, as this is
-    /// part of every idle connection.
-    fn client_ip(&self) -> HeaderValue {
-        HeaderValue::from_str(&self.client.ip().to_string())
+    /// The client's IP as text, made per request rather than kept, as this is part of
+    /// every idle connection.
+    fn client_ip(&self) -> ClientIp {
+        use std::io::Write;
+        let mut ip = ClientIp {
+            text: [0; 48],
+            len: 0,
+        };
+        let mut cursor = std::io::Cursor::new(&mut ip.text[..]);
+        // The longest IPv6 address is 45 characters.
+        let _ = write!(cursor, "{}", self.client.ip());
+        ip.len = cursor.position() as usize;
+        ip
+    }
+}
+
+/// An IP address as text, on the stack.
+struct ClientIp {
+    text: [u8; 48],
+    len: usize,
+}
+
+impl ClientIp {
+    fn as_bytes(&self) -> &[u8] {
+        &self.text[..self.len]
+    }
+
+    fn header_value(&self) -> HeaderValue {
+        HeaderValue::from_bytes(self.as_bytes())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
     }
 }
@@ -757,18 +782,30 @@ fn is_websocket_response(headers: &HeaderMap) -> bool {
     has_token(headers, &header::UPGRADE, "websocket")
 }
 
+/// The headers a Connection header names beyond `close` and the hop-by-hop ones (most
+/// name only those: then nothing needs collecting).
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = HeaderName> + '_ {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| {
+            !t.eq_ignore_ascii_case("close")
+                && !HOP_BY_HOP
+                    .iter()
+                    .any(|h| t.eq_ignore_ascii_case(h.as_str()))
+        })
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .filter(|n| n != header::HOST)
+}
+
 /// Removes the headers named in Connection and the hop-by-hop ones. Host is never removed
 /// this way: the request must keep saying which site it is for.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .filter(|n| n != header::HOST)
-            .collect();
+    if connection_tokens(headers).next().is_some() {
+        let named: Vec<HeaderName> = connection_tokens(headers).collect();
         for name in named {
             headers.remove(&name);
         }
@@ -802,7 +839,7 @@ fn rewrite_request_head(
 
     let client_ip = conn.client_ip();
     let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
-        None => client_ip.clone(),
+        None => client_ip.header_value(),
         Some(_) => {
             let mut joined = BytesMut::new();
             for value in headers.get_all(&X_FORWARDED_FOR) {
@@ -810,11 +847,12 @@ fn rewrite_request_head(
                 joined.extend_from_slice(b", ");
             }
             joined.extend_from_slice(client_ip.as_bytes());
-            HeaderValue::from_maybe_shared(joined.freeze()).unwrap_or_else(|_| client_ip.clone())
+            HeaderValue::from_maybe_shared(joined.freeze())
+                .unwrap_or_else(|_| client_ip.header_value())
         }
     };
     headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
-    headers.insert(X_REAL_IP.clone(), client_ip);
+    headers.insert(X_REAL_IP.clone(), client_ip.header_value());
     let proto = if conn.tls { "https" } else { "http" };
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     match host {

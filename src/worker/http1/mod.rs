@@ -97,6 +97,9 @@ fn take_buffer() -> BytesMut {
 /// Returns an emptied buffer to the pool if it is still a plain head buffer.
 fn give_back(mut buf: BytesMut) {
     buf.clear();
+    // What was read and consumed is room again (no copy: the buffer is empty), unless a
+    // part of it is still shared.
+    buf.reserve(HEAD_BUFFER);
     if buf.capacity() < HEAD_BUFFER || buf.capacity() > 2 * HEAD_BUFFER {
         return;
     }

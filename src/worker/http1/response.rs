@@ -5,8 +5,7 @@
 //! client takes the bytes.
 
 use crate::worker::body::ResponseBody;
-use bytes::Bytes;
-use http::header::{HeaderMap, HeaderValue, CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::header::{HeaderMap, CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{Method, Response, StatusCode, Version};
 use http_body::Body;
 use std::io::IoSlice;
@@ -64,33 +63,41 @@ pub async fn write<W: AsyncWrite + Unpin>(
     };
     let close = request.close || framing == Framing::UntilClose || has_close(&parts.headers);
     let headers = &mut parts.headers;
-    match framing {
-        Framing::Bodyless => {}
-        Framing::Length(n) => {
-            headers.remove(TRANSFER_ENCODING);
-            headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
-        }
-        Framing::Chunked => {
-            headers.remove(CONTENT_LENGTH);
-            headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-        }
-        Framing::UntilClose => {
-            headers.remove(CONTENT_LENGTH);
-            headers.remove(TRANSFER_ENCODING);
-        }
+    // The framing and connection headers are the gateway's: what the upstream said of
+    // them goes, and ours are written straight into the head after the others.
+    if framing != Framing::Bodyless {
+        headers.remove(CONTENT_LENGTH);
+        headers.remove(TRANSFER_ENCODING);
     }
-    if status != StatusCode::SWITCHING_PROTOCOLS {
+    let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
+    if !upgrade && (close || request.version == Version::HTTP_10) {
+        headers.remove(CONNECTION);
+    }
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(&status_line(status));
+    encode_fields(&mut head, headers);
+    match framing {
+        Framing::Length(n) => {
+            head.extend_from_slice(b"content-length: ");
+            head.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Bodyless | Framing::UntilClose => {}
+    }
+    if !upgrade {
         if close {
-            headers.insert(CONNECTION, HeaderValue::from_static("close"));
+            head.extend_from_slice(b"connection: close\r\n");
         } else if request.version == Version::HTTP_10 {
-            headers.insert(CONNECTION, HeaderValue::from_static("keep-alive"));
+            head.extend_from_slice(b"connection: keep-alive\r\n");
         }
     }
     if !headers.contains_key(DATE) {
-        headers.insert(DATE, super::date::now());
+        head.extend_from_slice(b"date: ");
+        head.extend_from_slice(super::date::now().as_bytes());
+        head.extend_from_slice(b"\r\n");
     }
-    let mut head = Vec::with_capacity(256);
-    encode_head(&mut head, status, headers);
+    head.extend_from_slice(b"\r\n");
 
     if framing == Framing::Bodyless {
         out.write_all(&head).await?;
@@ -101,7 +108,7 @@ pub async fn write<W: AsyncWrite + Unpin>(
     // The first frame is usually ready (a small response read in one go): one write.
     let mut pending_head = Some(head);
     let mut trailers = None;
-    let mut chunk_line = Vec::with_capacity(20);
+    let mut chunk_line = ChunkLine::default();
     loop {
         let frame = match std::future::poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
             Poll::Pending if pending_head.is_some() => Poll::Ready(None),
@@ -123,9 +130,8 @@ pub async fn write<W: AsyncWrite + Unpin>(
         match frame {
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) if framing == Framing::Chunked && !data.is_empty() => {
-                    chunk_line.clear();
-                    chunk_line.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                    write_all(out, &[&head, &chunk_line, &data, b"\r\n"]).await?;
+                    let line = chunk_line.for_size(data.len());
+                    write_all(out, &[&head, line, &data, b"\r\n"]).await?;
                 }
                 Ok(data) => write_all(out, &[&head, &data]).await?,
                 Err(frame) => {
@@ -161,15 +167,55 @@ pub async fn write<W: AsyncWrite + Unpin>(
     Ok(Written { close })
 }
 
-/// A response of our own that needs no body from anywhere (an early error).
-pub fn status_line(status: StatusCode) -> Bytes {
-    let mut line = Vec::with_capacity(32);
-    line.extend_from_slice(b"HTTP/1.1 ");
-    line.extend_from_slice(status.as_str().as_bytes());
-    line.push(b' ');
-    line.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    line.extend_from_slice(b"\r\n");
-    line.into()
+/// The status line of `status`, without allocating.
+pub fn status_line(status: StatusCode) -> StatusLine {
+    let mut line = StatusLine {
+        bytes: [0; 64],
+        len: 0,
+    };
+    let reason = status.canonical_reason().unwrap_or("");
+    for part in [
+        b"HTTP/1.1 ".as_slice(),
+        status.as_str().as_bytes(),
+        b" ",
+        &reason.as_bytes()[..reason.len().min(40)],
+        b"\r\n",
+    ] {
+        line.bytes[line.len..line.len + part.len()].copy_from_slice(part);
+        line.len += part.len();
+    }
+    line
+}
+
+/// A status line on the stack (the longest canonical reason is 31 bytes).
+pub struct StatusLine {
+    bytes: [u8; 64],
+    len: usize,
+}
+
+impl std::ops::Deref for StatusLine {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// A chunk's size line (`1f40\r\n`), on the stack.
+#[derive(Default)]
+struct ChunkLine {
+    bytes: [u8; 20],
+    len: usize,
+}
+
+impl ChunkLine {
+    fn for_size(&mut self, size: usize) -> &[u8] {
+        use std::io::Write;
+        let mut cursor = std::io::Cursor::new(&mut self.bytes[..]);
+        // 16 hex digits and CRLF fit in 20 bytes.
+        let _ = write!(cursor, "{size:x}\r\n");
+        self.len = cursor.position() as usize;
+        &self.bytes[..self.len]
+    }
 }
 
 fn has_close(headers: &HeaderMap) -> bool {
@@ -181,6 +227,7 @@ fn has_close(headers: &HeaderMap) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case("close"))
 }
 
+#[cfg(test)]
 fn encode_head(out: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap) {
     out.extend_from_slice(&status_line(status));
     encode_fields(out, headers);
@@ -196,31 +243,35 @@ fn encode_fields(out: &mut Vec<u8>, headers: &HeaderMap) {
     }
 }
 
-/// Writes every slice, with as few system calls as the socket allows.
+/// Writes every slice (at most four), with as few system calls as the socket allows.
 async fn write_all<W: AsyncWrite + Unpin>(out: &mut W, parts: &[&[u8]]) -> std::io::Result<()> {
-    let mut parts: Vec<&[u8]> = parts.iter().copied().filter(|p| !p.is_empty()).collect();
-    while !parts.is_empty() {
-        let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
-        let mut n = out.write_vectored(&slices).await?;
+    let mut left: [&[u8]; 4] = [&[]; 4];
+    left[..parts.len()].copy_from_slice(parts);
+    let mut first = 0;
+    loop {
+        while first < left.len() && left[first].is_empty() {
+            first += 1;
+        }
+        if first == left.len() {
+            return Ok(());
+        }
+        let slices = left.map(IoSlice::new);
+        let mut n = out.write_vectored(&slices[first..]).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
-        while n > 0 {
-            if n >= parts[0].len() {
-                n -= parts[0].len();
-                parts.remove(0);
-            } else {
-                parts[0] = &parts[0][n..];
-                n = 0;
-            }
+        for part in &mut left[first..] {
+            let taken = n.min(part.len());
+            *part = &part[taken..];
+            n -= taken;
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::HeaderValue;
 
     #[test]
     fn heads_are_encoded_as_sent() {
