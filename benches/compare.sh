@@ -51,6 +51,9 @@ install_if_missing haproxy haproxy || { HAVE_HAPROXY=0; echo "haproxy not instal
   [ -x target/release/examples/loadgen ] ||
   cargo build --release --bin gateway --example memprobe --example loadgen
 WORK=$(mktemp -d)
+# nginx's workers run as an unprivileged user: the backend's files must be readable to it
+# (mktemp makes the directory 0700, and /big was then a 403).
+chmod 755 "$WORK"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$WORK"; }
 trap cleanup EXIT

@@ -110,8 +110,13 @@ async fn slow_reader(addr: SocketAddr) -> Option<Held> {
         .write_all(b"GET /big HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .ok()?;
+    // A slow reader of an error page would measure nothing: only a 200 counts.
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).await.ok()?;
+    if !buf[..n].starts_with(b"HTTP/1.1 200") {
+        return None;
+    }
     let task = tokio::spawn(async move {
-        let mut buf = vec![0u8; 4096];
         loop {
             match stream.read(&mut buf).await {
                 Ok(n) if n > 0 => tokio::time::sleep(Duration::from_secs(1)).await,
