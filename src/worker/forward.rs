@@ -240,8 +240,9 @@ pub struct Proxy {
     /// Where requests that reach no upstream are counted.
     unrouted: &'static RequestMetrics,
     limits: ClientLimits,
-    /// How much of a response is read from an upstream at a time: a quarter of
-    /// `response_buffer`, since a slow client holds up to three reads (see `pool::connect`).
+    /// How much of a response is read from an upstream at a time: an eighth of
+    /// `response_buffer` (8 KiB by default, nginx's buffer size), since a slow client
+    /// holds up to three reads (see `pool::connect`) besides the exchange's own state.
     upstream_read_size: usize,
     log: Arc<AccessLog>,
     /// This worker's counters in the shared table.
@@ -274,7 +275,7 @@ impl Proxy {
             unrouted: share.unrouted_requests(),
             upstreams,
             limits: config.gateway.limits.clone(),
-            upstream_read_size: (config.gateway.response_buffer / 4).max(MIN_UPSTREAM_READ),
+            upstream_read_size: (config.gateway.response_buffer / 8).max(MIN_UPSTREAM_READ),
             log,
             counters: share.counters(),
         }
@@ -708,7 +709,13 @@ fn classify(error: hyper::Error) -> Failure {
         }
         source = e.source();
     }
-    if error.is_parse() || error.is_parse_status() {
+    if error.is_parse_too_large() {
+        Failure::BadResponse(
+            "upstream response head too large: it must fit in one read, an eighth of \
+             gateway.response_buffer"
+                .to_string(),
+        )
+    } else if error.is_parse() || error.is_parse_status() {
         Failure::BadResponse(format!("upstream sent an invalid response: {error}"))
     } else if error.is_incomplete_message() || was_reset(&error) {
         Failure::Reset(format!(
