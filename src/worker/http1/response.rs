@@ -227,13 +227,6 @@ fn has_close(headers: &HeaderMap) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case("close"))
 }
 
-#[cfg(test)]
-fn encode_head(out: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap) {
-    out.extend_from_slice(&status_line(status));
-    encode_fields(out, headers);
-    out.extend_from_slice(b"\r\n");
-}
-
 fn encode_fields(out: &mut Vec<u8>, headers: &HeaderMap) {
     for (name, value) in headers {
         out.extend_from_slice(name.as_str().as_bytes());
@@ -278,8 +271,91 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-a", HeaderValue::from_static("1"));
         headers.append("x-a", HeaderValue::from_static("2"));
-        let mut out = Vec::new();
-        encode_head(&mut out, StatusCode::NOT_FOUND, &headers);
-        assert_eq!(out, b"HTTP/1.1 404 Not Found\r\nx-a: 1\r\nx-a: 2\r\n\r\n");
+        let mut out = status_line(StatusCode::NOT_FOUND).to_vec();
+        encode_fields(&mut out, &headers);
+        assert_eq!(out, b"HTTP/1.1 404 Not Found\r\nx-a: 1\r\nx-a: 2\r\n");
+    }
+
+    #[test]
+    fn every_status_line_is_whole() {
+        for code in 100..1000u16 {
+            let status = StatusCode::from_u16(code).unwrap();
+            let expected = format!(
+                "HTTP/1.1 {} {}\r\n",
+                status.as_str(),
+                status.canonical_reason().unwrap_or("")
+            );
+            assert_eq!(&*status_line(status), expected.as_bytes());
+        }
+    }
+
+    #[test]
+    fn chunk_size_lines_are_hex() {
+        let mut line = ChunkLine::default();
+        for size in [1usize, 9, 10, 255, 8192, 1 << 20, usize::MAX] {
+            assert_eq!(line.for_size(size), format!("{size:x}\r\n").as_bytes());
+        }
+    }
+
+    /// Takes at most `step` bytes per write, like a socket whose buffer is nearly full.
+    struct Trickle {
+        written: Vec<u8>,
+        step: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let n = buf.len().min(self.step);
+            self.written.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            let mut left = self.step;
+            for buf in bufs {
+                let n = buf.len().min(left);
+                self.written.extend_from_slice(&buf[..n]);
+                left -= n;
+            }
+            Poll::Ready(Ok(self.step - left))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the parts and however little the socket takes at a time, every byte
+        /// goes out once and in order.
+        #[test]
+        fn partial_writes_send_every_part_in_order(
+            parts in proptest::collection::vec(proptest::collection::vec(0u8..=255, 0..40), 0..=4),
+            step in 1usize..50,
+        ) {
+            let slices: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+            let mut out = Trickle { written: Vec::new(), step };
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            runtime.block_on(write_all(&mut out, &slices)).unwrap();
+            proptest::prop_assert_eq!(out.written, parts.concat());
+        }
     }
 }
