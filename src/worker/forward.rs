@@ -16,7 +16,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use std::borrow::Cow;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -79,15 +79,29 @@ impl ConnInfo {
     /// The client's IP as text, made per request rather than kept, as this is part of
     /// every idle connection.
     fn client_ip(&self) -> ClientIp {
-        use std::io::Write;
         let mut ip = ClientIp {
             text: [0; 48],
             len: 0,
         };
-        let mut cursor = std::io::Cursor::new(&mut ip.text[..]);
-        // The longest IPv6 address is 45 characters.
-        let _ = write!(cursor, "{}", self.client.ip());
-        ip.len = cursor.position() as usize;
+        match self.client.ip() {
+            // The common case without the formatting machinery.
+            IpAddr::V4(v4) => {
+                let mut digits = itoa::Buffer::new();
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        ip.push(b".");
+                    }
+                    ip.push(digits.format(octet).as_bytes());
+                }
+            }
+            IpAddr::V6(v6) => {
+                use std::io::Write;
+                // The longest IPv6 address is 45 characters.
+                let mut cursor = std::io::Cursor::new(&mut ip.text[..]);
+                let _ = write!(cursor, "{v6}");
+                ip.len = cursor.position() as usize;
+            }
+        }
         ip
     }
 }
@@ -99,6 +113,11 @@ struct ClientIp {
 }
 
 impl ClientIp {
+    fn push(&mut self, part: &[u8]) {
+        self.text[self.len..self.len + part.len()].copy_from_slice(part);
+        self.len += part.len();
+    }
+
     fn as_bytes(&self) -> &[u8] {
         &self.text[..self.len]
     }
@@ -811,6 +830,11 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = HeaderName> + 
 /// Removes the headers named in Connection and the hop-by-hop ones. Host is never removed
 /// this way: the request must keep saying which site it is for.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the names is cheaper than a lookup per hop-by-hop name, and most
+    // heads carry none or only Connection.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     if connection_tokens(headers).next().is_some() {
         let named: Vec<HeaderName> = connection_tokens(headers).collect();
         for name in named {
@@ -884,6 +908,24 @@ fn rewrite_request_head(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_ips_are_written_as_the_standard_library_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "::1",
+            "::ffff:1.2.3.4",
+            "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff",
+            "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255",
+        ] {
+            let addr: IpAddr = ip.parse().unwrap();
+            let conn = ConnInfo::new(SocketAddr::new(addr, 1), false);
+            assert_eq!(conn.client_ip().as_bytes(), addr.to_string().as_bytes());
+        }
+    }
 
     fn head(headers: &[(&str, &str)]) -> http::request::Parts {
         let mut b = Request::builder().uri("http://a.com/x?y");
