@@ -96,6 +96,11 @@ fn take_buffer() -> BytesMut {
 
 /// Returns an emptied buffer to the pool if it is still a plain head buffer.
 fn give_back(mut buf: BytesMut) {
+    if buf.capacity() == 0 {
+        // A placeholder (the buffer itself went back earlier): reserving below would
+        // allocate a new one.
+        return;
+    }
     buf.clear();
     // What was read and consumed is room again (no copy: the buffer is empty), unless a
     // part of it is still shared.
