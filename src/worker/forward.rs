@@ -244,7 +244,8 @@ pub struct Tunnel {
 
 /// Result of one try on one server.
 enum TryError {
-    /// The request did not leave: it may go to another server.
+    /// The request did not leave, or may leave again (a replayable request whose server
+    /// went away): it may go to another server.
     NotSent(Box<Request<RequestBody>>, ConnectError),
     /// The request went out (at least in part): it cannot be sent again.
     Failed(Failure),
@@ -525,7 +526,9 @@ impl Proxy {
     /// Sends the request on a pooled connection, or a new one; a pooled connection that
     /// turns out to be closing is replaced by a new one without counting as a failure,
     /// also when it was reset after the request went out, if the request can be sent
-    /// again (`replay`): the server closed an idle connection as we reused it.
+    /// again (`replay`): the server closed an idle connection as we reused it. If the new
+    /// connection is reset as well, the server is going away (killed, restarting): the
+    /// replayable request goes to another server as if this one had refused it.
     async fn try_server(
         &self,
         upstream: &Upstream,
@@ -536,6 +539,7 @@ impl Proxy {
     ) -> Result<(Response<Incoming>, UpstreamSender), TryError> {
         let config = &upstream.config;
         let mut pooled = if websocket { None } else { server.pool.take() };
+        let mut replayed = false;
         loop {
             let reused = pooled.is_some();
             let mut sender = match pooled.take() {
@@ -579,9 +583,20 @@ impl Proxy {
                     }
                     None => {
                         let failure = classify(e.into_error());
-                        match replay {
-                            Some(replay) if reused && matches!(failure, Failure::Reset(_)) => {
+                        match (replay, &failure) {
+                            (Some(replay), Failure::Reset(_)) if reused => {
                                 request = replay.request();
+                                replayed = true;
+                            }
+                            (Some(replay), Failure::Reset(why)) if replayed => {
+                                let reset = std::io::Error::new(
+                                    std::io::ErrorKind::ConnectionReset,
+                                    why.clone(),
+                                );
+                                return Err(TryError::NotSent(
+                                    Box::new(replay.request()),
+                                    ConnectError::Io(server.config.addr, reset),
+                                ));
                             }
                             _ => return Err(TryError::Failed(failure)),
                         }

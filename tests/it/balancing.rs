@@ -413,3 +413,60 @@ async fn a_pooled_connection_the_app_closes_as_it_is_reused_fails_no_get() {
     }
     assert!(failed.is_empty(), "{failed:?}");
 }
+
+/// A server going away (killed, restarting) resets the reused connection a GET went out
+/// on, and the new connection the GET is replayed on: the GET then goes to another
+/// server, as after a refused connection, instead of failing with a 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_reset_twice_by_a_dying_server_goes_to_another() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dying = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let going = listener.local_addr().unwrap();
+    let flag = dying.clone();
+    let _server = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let flag = flag.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    if flag.load(Ordering::SeqCst) {
+                        // Reset: what a killed process's sockets do.
+                        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                        return;
+                    }
+                    let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\ngoing";
+                    if stream.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let staying = Backend::named("staying").await;
+    // Once the going server has failed a try, it is left out.
+    let gw = Gateway::start(&upstream_config(
+        "app",
+        &[going, staying.addr],
+        "max_fails = 1",
+    ));
+    // Round robin: the first GET leaves a pooled connection to the going server.
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        answers.push(get_text(gw.url("/")).await);
+    }
+    assert!(answers.iter().any(|a| a == "going"), "{answers:?}");
+    dying.store(true, Ordering::SeqCst);
+    for _ in 0..4 {
+        let (status, body) = get_fresh(gw.url("/")).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "staying"),
+            "{}",
+            gw.access_log()
+        );
+    }
+}
