@@ -6,6 +6,7 @@ use super::body::{ClientBodyError, Exchange, Lease, RequestBody, ResponseBody};
 use super::path;
 use super::request_check::{self, Rejection};
 use super::router::{host_without_port, Router};
+use super::stack_text::StackText;
 use super::{Server, Upstream, UpstreamSender};
 use crate::access_log::AccessLog;
 use crate::config::{ClientLimits, Config, Redirect, RetryOn, RouteConfig};
@@ -77,12 +78,9 @@ impl ConnInfo {
     }
 
     /// The client's IP as text, made per request rather than kept, as this is part of
-    /// every idle connection.
-    fn client_ip(&self) -> ClientIp {
-        let mut ip = ClientIp {
-            text: [0; 48],
-            len: 0,
-        };
+    /// every idle connection (the longest IPv6 address is 45 characters).
+    fn client_ip(&self) -> StackText<48> {
+        let mut ip = StackText::new();
         match self.client.ip() {
             // The common case without the formatting machinery.
             IpAddr::V4(v4) => {
@@ -95,37 +93,16 @@ impl ConnInfo {
                 }
             }
             IpAddr::V6(v6) => {
-                use std::io::Write;
-                // The longest IPv6 address is 45 characters.
-                let mut cursor = std::io::Cursor::new(&mut ip.text[..]);
-                let _ = write!(cursor, "{v6}");
-                ip.len = cursor.position() as usize;
+                use std::fmt::Write;
+                let _ = write!(ip, "{v6}");
             }
         }
         ip
     }
 }
 
-/// An IP address as text, on the stack.
-struct ClientIp {
-    text: [u8; 48],
-    len: usize,
-}
-
-impl ClientIp {
-    fn push(&mut self, part: &[u8]) {
-        self.text[self.len..self.len + part.len()].copy_from_slice(part);
-        self.len += part.len();
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        &self.text[..self.len]
-    }
-
-    fn header_value(&self) -> HeaderValue {
-        HeaderValue::from_bytes(self.as_bytes())
-            .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
-    }
+fn ip_header(ip: &[u8]) -> HeaderValue {
+    HeaderValue::from_bytes(ip).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// Why a request got no upstream response; each maps to one status.
@@ -885,20 +862,20 @@ fn rewrite_request_head(
 
     let client_ip = conn.client_ip();
     let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
-        None => client_ip.header_value(),
+        None => ip_header(&client_ip),
         Some(_) => {
             let mut joined = BytesMut::new();
             for value in headers.get_all(&X_FORWARDED_FOR) {
                 joined.extend_from_slice(value.as_bytes());
                 joined.extend_from_slice(b", ");
             }
-            joined.extend_from_slice(client_ip.as_bytes());
+            joined.extend_from_slice(&client_ip);
             HeaderValue::from_maybe_shared(joined.freeze())
-                .unwrap_or_else(|_| client_ip.header_value())
+                .unwrap_or_else(|_| ip_header(&client_ip))
         }
     };
     headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
-    headers.insert(X_REAL_IP.clone(), client_ip.header_value());
+    headers.insert(X_REAL_IP.clone(), ip_header(&client_ip));
     let proto = if conn.tls { "https" } else { "http" };
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     match host {
@@ -938,7 +915,7 @@ mod tests {
         ] {
             let addr: IpAddr = ip.parse().unwrap();
             let conn = ConnInfo::new(SocketAddr::new(addr, 1), false);
-            assert_eq!(conn.client_ip().as_bytes(), addr.to_string().as_bytes());
+            assert_eq!(&conn.client_ip()[..], addr.to_string().as_bytes());
         }
     }
 

@@ -5,6 +5,7 @@
 //! client takes the bytes.
 
 use crate::worker::body::ResponseBody;
+use crate::worker::stack_text::StackText;
 use http::header::{HeaderMap, CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{Method, Response, StatusCode, Version};
 use http_body::Body;
@@ -108,7 +109,6 @@ pub async fn write<W: AsyncWrite + Unpin>(
     // The first frame is usually ready (a small response read in one go): one write.
     let mut pending_head = Some(head);
     let mut trailers = None;
-    let mut chunk_line = ChunkLine::default();
     loop {
         let frame = match std::future::poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
             Poll::Pending if pending_head.is_some() => Poll::Ready(None),
@@ -130,8 +130,8 @@ pub async fn write<W: AsyncWrite + Unpin>(
         match frame {
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) if framing == Framing::Chunked && !data.is_empty() => {
-                    let line = chunk_line.for_size(data.len());
-                    write_all(out, &[&head, line, &data, b"\r\n"]).await?;
+                    let line = chunk_line(data.len());
+                    write_all(out, &[&head, &line, &data, b"\r\n"]).await?;
                 }
                 Ok(data) => write_all(out, &[&head, &data]).await?,
                 Err(frame) => {
@@ -167,55 +167,24 @@ pub async fn write<W: AsyncWrite + Unpin>(
     Ok(Written { close })
 }
 
-/// The status line of `status`, without allocating.
-pub fn status_line(status: StatusCode) -> StatusLine {
-    let mut line = StatusLine {
-        bytes: [0; 64],
-        len: 0,
-    };
-    let reason = status.canonical_reason().unwrap_or("");
-    for part in [
-        b"HTTP/1.1 ".as_slice(),
-        status.as_str().as_bytes(),
-        b" ",
-        &reason.as_bytes()[..reason.len().min(40)],
-        b"\r\n",
-    ] {
-        line.bytes[line.len..line.len + part.len()].copy_from_slice(part);
-        line.len += part.len();
-    }
+/// The status line of `status`, without allocating (the longest canonical reason is 31
+/// bytes).
+pub fn status_line(status: StatusCode) -> StackText<64> {
+    let mut line = StackText::new();
+    line.push(b"HTTP/1.1 ");
+    line.push(status.as_str().as_bytes());
+    line.push(b" ");
+    line.push(status.canonical_reason().unwrap_or("").as_bytes());
+    line.push(b"\r\n");
     line
 }
 
-/// A status line on the stack (the longest canonical reason is 31 bytes).
-pub struct StatusLine {
-    bytes: [u8; 64],
-    len: usize,
-}
-
-impl std::ops::Deref for StatusLine {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
-}
-
-/// A chunk's size line (`1f40\r\n`), on the stack.
-#[derive(Default)]
-struct ChunkLine {
-    bytes: [u8; 20],
-    len: usize,
-}
-
-impl ChunkLine {
-    fn for_size(&mut self, size: usize) -> &[u8] {
-        use std::io::Write;
-        let mut cursor = std::io::Cursor::new(&mut self.bytes[..]);
-        // 16 hex digits and CRLF fit in 20 bytes.
-        let _ = write!(cursor, "{size:x}\r\n");
-        self.len = cursor.position() as usize;
-        &self.bytes[..self.len]
-    }
+/// A chunk's size line (`1f40\r\n`): 16 hex digits and CRLF at most.
+fn chunk_line(size: usize) -> StackText<20> {
+    use std::fmt::Write;
+    let mut line = StackText::new();
+    let _ = write!(line, "{size:x}\r\n");
+    line
 }
 
 fn has_close(headers: &HeaderMap) -> bool {
@@ -291,9 +260,8 @@ mod tests {
 
     #[test]
     fn chunk_size_lines_are_hex() {
-        let mut line = ChunkLine::default();
         for size in [1usize, 9, 10, 255, 8192, 1 << 20, usize::MAX] {
-            assert_eq!(line.for_size(size), format!("{size:x}\r\n").as_bytes());
+            assert_eq!(&chunk_line(size)[..], format!("{size:x}\r\n").as_bytes());
         }
     }
 
