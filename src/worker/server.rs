@@ -7,8 +7,9 @@ use super::forward::{ConnInfo, Proxy};
 use super::http1::{self, DRAIN_GRACE};
 use crate::config::ClientLimits;
 use crate::table::WorkerRecord;
+use bytes::Bytes;
 use http::header::CONNECTION;
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
@@ -82,7 +83,6 @@ pub async fn accept_loop(
                             _open: open,
                         });
                     }
-                    // Boxed: the TLS and HTTP/2 states are larger still.
                     Some(tls) => {
                         let serving = serve_tls(
                             tls.clone(),
@@ -91,9 +91,10 @@ pub async fn accept_loop(
                             proxy,
                             protocols.clone(),
                             shutdown,
+                            tasks.clone(),
                         );
                         tasks.spawn(Counted {
-                            connection: Box::pin(serving),
+                            connection: serving,
                             _open: open,
                         });
                     }
@@ -202,14 +203,29 @@ fn h2_service(
             let (mut response, _) = proxy.handle(req, &conn).await;
             // Connection-specific headers do not exist in HTTP/2.
             response.headers_mut().remove(CONNECTION);
+            own_header_values(response.headers_mut());
             Ok(response)
         }
     })
 }
 
-/// The TLS handshake, then HTTP/2 or HTTP/1.1 as ALPN chose. The HTTP/2 state is boxed
-/// on its own: it is four times the size of an HTTP/1.1 connection's, which must not
-/// carry its room while idle.
+/// Gives each header value its own copy of its bytes. The upstream client's header values
+/// are slices of its 8 KiB read buffer, and HPACK keeps the values it indexes for the life
+/// of the client connection: without the copy, every idle HTTP/2 client would hold on to
+/// a read buffer of the upstream connection its last response came through.
+fn own_header_values(headers: &mut http::HeaderMap) {
+    for value in headers.values_mut() {
+        let mut owned = HeaderValue::from_maybe_shared(Bytes::copy_from_slice(value.as_bytes()))
+            .expect("a valid header value stays valid");
+        owned.set_sensitive(value.is_sensitive());
+        *value = owned;
+    }
+}
+
+/// The TLS handshake, then HTTP/2 or HTTP/1.1 as ALPN chose. An HTTP/2 connection goes on
+/// in a task of its own: its state is four times the size of an HTTP/1.1 connection's,
+/// and this task's room, sized for the handshake, is given back instead of being kept
+/// beside it (the connection is counted twice for that moment).
 async fn serve_tls(
     tls: TlsAcceptor,
     stream: TcpStream,
@@ -217,13 +233,18 @@ async fn serve_tls(
     proxy: Arc<Proxy>,
     protocols: Arc<Protocols>,
     shutdown: CancellationToken,
+    tasks: TaskTracker,
 ) {
     let Some((stream, h2)) = handshake(&tls, stream, &conn, protocols.handshake_timeout).await
     else {
         return;
     };
     if h2 {
-        Box::pin(serve_h2(stream, conn, proxy, &protocols, shutdown)).await;
+        let open = OpenConnection::count(proxy.counters);
+        tasks.spawn(Counted {
+            connection: serve_h2(stream, conn, proxy, &protocols, shutdown),
+            _open: open,
+        });
     } else {
         http1::serve(stream, conn, proxy, shutdown).await;
     }
@@ -254,48 +275,55 @@ async fn handshake(
     }
 }
 
-async fn serve_h2(
+/// Builds the HTTP/2 connection before its future starts, so that the future holds it once
+/// (an async fn would keep the TLS stream it was given beside the connection made of it).
+fn serve_h2(
     stream: TlsStream<TcpStream>,
     conn: ConnInfo,
     proxy: Arc<Proxy>,
     protocols: &Protocols,
     shutdown: CancellationToken,
-) {
+) -> impl std::future::Future<Output = ()> + Send {
     let metered = super::h2_flood::Metered::new(stream, conn.client);
     let service = h2_service(proxy, conn, protocols.body_timeout);
     let connection = protocols
         .http2
         .serve_connection(TokioIo::new(metered), service);
-    drive(connection, shutdown, |c| c.graceful_shutdown()).await;
+    drive(connection, shutdown, |c| c.graceful_shutdown())
 }
 
 /// Runs an HTTP/2 connection until it ends, or, once the worker drains, gives it
 /// DRAIN_GRACE for a request that may be on its way, then sends GOAWAY: streams in flight
-/// are finished first.
-async fn drive<C, E>(
-    connection: C,
+/// are finished first. The connection is only ever borrowed, never moved, inside the
+/// returned future: an async fn, or a pin, or awaiting it by value, would each keep
+/// another copy of its 2.8 KB in the future.
+#[allow(clippy::manual_async_fn)]
+fn drive<C, E>(
+    mut connection: C,
     shutdown: CancellationToken,
-    graceful: impl FnOnce(std::pin::Pin<&mut C>),
-) where
-    C: std::future::Future<Output = Result<(), E>>,
+    graceful: impl FnOnce(std::pin::Pin<&mut C>) + Send,
+) -> impl std::future::Future<Output = ()> + Send
+where
+    C: std::future::Future<Output = Result<(), E>> + Unpin + Send,
     E: std::fmt::Display,
 {
-    tokio::pin!(connection);
-    tokio::select! {
-        result = connection.as_mut() => {
-            if let Err(e) = result {
-                tracing::debug!("client connection ended: {e}");
+    async move {
+        tokio::select! {
+            result = &mut connection => {
+                if let Err(e) = result {
+                    tracing::debug!("client connection ended: {e}");
+                }
+                return;
             }
-            return;
+            _ = shutdown.cancelled() => {}
         }
-        _ = shutdown.cancelled() => {}
+        let grace = tokio::time::sleep(DRAIN_GRACE);
+        tokio::pin!(grace);
+        tokio::select! {
+            _ = &mut connection => return,
+            _ = &mut grace => {}
+        }
+        graceful(std::pin::Pin::new(&mut connection));
+        let _ = (&mut connection).await;
     }
-    let grace = tokio::time::sleep(DRAIN_GRACE);
-    tokio::pin!(grace);
-    tokio::select! {
-        _ = connection.as_mut() => return,
-        _ = &mut grace => {}
-    }
-    graceful(connection.as_mut());
-    let _ = connection.await;
 }
