@@ -47,7 +47,7 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
         *digit = b"0123456789abcdef"[(bits & 0xf) as usize];
         bits >>= 4;
     }
-    HeaderValue::from_bytes(&hex).expect("hex digits")
+    HeaderValue::from_maybe_shared(Bytes::from_owner(hex)).expect("hex digits")
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
@@ -101,8 +101,11 @@ impl ConnInfo {
     }
 }
 
-fn ip_header(ip: &[u8]) -> HeaderValue {
-    HeaderValue::from_bytes(ip).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+/// The client's address as a header value, in a reference-counted buffer of its own (a
+/// value copied from a slice would allocate once more on its first clone).
+fn ip_header(ip: StackText<48>) -> HeaderValue {
+    HeaderValue::from_maybe_shared(Bytes::from_owner(ip))
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// Why a request got no upstream response; each maps to one status.
@@ -860,22 +863,22 @@ fn rewrite_request_head(
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
 
-    let client_ip = conn.client_ip();
+    // One value for both headers (and for the copy a replay keeps): it is cloned by count.
+    let ip_value = ip_header(conn.client_ip());
     let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
-        None => ip_header(&client_ip),
+        None => ip_value.clone(),
         Some(_) => {
             let mut joined = BytesMut::new();
             for value in headers.get_all(&X_FORWARDED_FOR) {
                 joined.extend_from_slice(value.as_bytes());
                 joined.extend_from_slice(b", ");
             }
-            joined.extend_from_slice(&client_ip);
-            HeaderValue::from_maybe_shared(joined.freeze())
-                .unwrap_or_else(|_| ip_header(&client_ip))
+            joined.extend_from_slice(ip_value.as_bytes());
+            HeaderValue::from_maybe_shared(joined.freeze()).unwrap_or_else(|_| ip_value.clone())
         }
     };
     headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
-    headers.insert(X_REAL_IP.clone(), ip_header(&client_ip));
+    headers.insert(X_REAL_IP.clone(), ip_value);
     let proto = if conn.tls { "https" } else { "http" };
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     match host {

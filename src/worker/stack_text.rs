@@ -37,6 +37,12 @@ impl<const N: usize> std::ops::Deref for StackText<N> {
     }
 }
 
+impl<const N: usize> AsRef<[u8]> for StackText<N> {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
 impl<const N: usize> fmt::Write for StackText<N> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         if s.len() > N - self.len {

@@ -8,6 +8,7 @@
 
 use crate::config::ClientLimits;
 use crate::worker::request_check::Rejection;
+use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
@@ -104,11 +105,18 @@ pub fn parse(buf: &[u8], limits: &ClientLimits) -> Result<Option<(RequestHead, u
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
+    // The values are slices of one copy of the head: one allocation instead of one per
+    // value, and a copy of the headers (kept to replay the request) counts references
+    // instead of allocating again. The copy is the request's own, not the read buffer,
+    // which goes back to the pool while the request is served.
+    let head_copy = Bytes::copy_from_slice(&buf[..len]);
     let mut headers = HeaderMap::with_capacity(request.headers.len());
     for h in request.headers.iter() {
         let name =
             HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad("invalid header name"))?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|_| bad("invalid header value"))?;
+        let offset = h.value.as_ptr() as usize - buf.as_ptr() as usize;
+        let value = HeaderValue::from_maybe_shared(head_copy.slice(offset..offset + h.value.len()))
+            .map_err(|_| bad("invalid header value"))?;
         headers.append(name, value);
     }
     let framing = framing(&headers, version)?;
@@ -222,6 +230,18 @@ mod tests {
         assert_eq!(head.parts.headers.get_all("x-a").iter().count(), 2);
         assert_eq!(head.framing, Framing::Empty);
         assert!(head.keep_alive && !head.expect_continue);
+    }
+
+    #[test]
+    fn header_values_are_the_bytes_the_client_sent() {
+        let raw = b"GET / HTTP/1.1\r\nHost: x\r\nX-Empty:\r\nX-A:  spaced \t\r\nX-A: 2\r\nX-Last: \xffz\r\n\r\n";
+        let (head, _) = parse(raw, &limits()).unwrap().unwrap();
+        let headers = &head.parts.headers;
+        assert_eq!(headers["host"], "x");
+        assert_eq!(headers["x-empty"], "");
+        let a: Vec<_> = headers.get_all("x-a").iter().collect();
+        assert_eq!(a, ["spaced", "2"]);
+        assert_eq!(headers["x-last"].as_bytes(), b"\xffz");
     }
 
     #[test]
