@@ -56,6 +56,7 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
 /// `Trailer` is not among them: it declares which trailer fields follow the body
 /// (RFC 9110 §6.6.2), end to end, and hyper sends only the trailers it names.
 static HOP_BY_HOP: [HeaderName; 7] = [
+    // First: strip_hop_by_hop looks for the names it lists only when it is there.
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -826,17 +827,20 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = HeaderName> + 
 /// this way: the request must keep saying which site it is for.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names is cheaper than a lookup per hop-by-hop name, and most
-    // heads carry none or only Connection.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
-        return;
+    // heads carry none or only Connection: only the names found are removed.
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
     }
-    if connection_tokens(headers).next().is_some() {
+    if present[0] && connection_tokens(headers).next().is_some() {
         let named: Vec<HeaderName> = connection_tokens(headers).collect();
         for name in named {
             headers.remove(&name);
         }
     }
-    for name in &HOP_BY_HOP {
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, found)| *found) {
         headers.remove(name);
     }
 }

@@ -45,6 +45,10 @@ fn bad(reason: &'static str) -> Rejection {
     reject(StatusCode::BAD_REQUEST, reason)
 }
 
+/// How many headers the proxy may add to a request (X-Forwarded-For, -Proto and -Host,
+/// X-Real-IP, X-Request-ID, Host).
+const ADDED_BY_PROXY: usize = 6;
+
 /// The largest head (request line and headers) a client may send.
 pub fn max_head_len(limits: &ClientLimits) -> usize {
     limits.max_request_line + limits.max_header_bytes + 4 * 1024
@@ -110,7 +114,9 @@ pub fn parse(buf: &[u8], limits: &ClientLimits) -> Result<Option<(RequestHead, u
     // instead of allocating again. The copy is the request's own, not the read buffer,
     // which goes back to the pool while the request is served.
     let head_copy = Bytes::copy_from_slice(&buf[..len]);
-    let mut headers = HeaderMap::with_capacity(request.headers.len());
+    // Room for the forwarding headers the proxy adds, so that adding them does not grow
+    // (and rehash) the map.
+    let mut headers = HeaderMap::with_capacity(request.headers.len() + ADDED_BY_PROXY);
     for h in request.headers.iter() {
         let name =
             HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad("invalid header name"))?;
