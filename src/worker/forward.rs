@@ -966,6 +966,18 @@ mod tests {
     }
 
     #[test]
+    fn each_hop_by_hop_header_goes_on_its_own_too() {
+        for name in &HOP_BY_HOP {
+            let mut headers = HeaderMap::new();
+            headers.insert(name.clone(), HeaderValue::from_static("x"));
+            headers.insert("x-kept", HeaderValue::from_static("yes"));
+            strip_hop_by_hop(&mut headers);
+            assert!(!headers.contains_key(name), "{name} was kept");
+            assert!(headers.contains_key("x-kept"));
+        }
+    }
+
+    #[test]
     fn hop_by_hop_and_connection_named_headers_go_but_ours_stay() {
         let mut h = head(&[
             ("host", "a.com"),
