@@ -316,7 +316,7 @@ fi
 # Each row: RSS of the proxy's worker before and while COUNT clients hold their
 # connections (memprobe: one request each, then idle; or slow readers of a 16 MiB body),
 # each on a freshly started proxy.
-declare -A MEM
+declare -A MEM TCP_PAGES
 hold() { # name mode port count [ca]
   local fifo="$WORK/hold-$1-$2" before after out="$WORK/probe-$1-$2.out" pid
   stop_proxy "$1"; start_proxy "$1"; pid=${PROXY_PID[$1]}
@@ -331,6 +331,8 @@ hold() { # name mode port count [ca]
   # first): measured once that has settled.
   if [ "$2" = slow ]; then sleep 10; else sleep 1; fi
   after=$(rss_kib "$pid")
+  # Kernel TCP memory (pages) while the slow readers hold on: see the note under the table.
+  [ "$2" = slow ] && TCP_PAGES[$1]=$(awk '/^TCP:/ {print $NF}' /proc/net/sockstat 2>/dev/null)
   exec 9>&-
   wait "$probe" || true
   grep -v ready "$out" >&2 || true
@@ -375,3 +377,10 @@ fi
 mem_row "slow reader of a 16 MiB response ($SLOW clients)" slow
 printf '%-52s' "MiB still held 10 s after the $IDLE idle clients left"
 for n in "${NAMES[@]}"; do printf '%10s' "${BURST[$n]}"; done; echo
+# A slow reader's body waits in kernel socket buffers first (autotuned up to tcp_wmem and
+# tcp_rmem's maxima); a proxy holds it in its own memory only once those are full or the
+# kernel is under TCP memory pressure. Below pressure the slow-reader row can read near 0
+# for every proxy: it compares proxies only when the kernel was past its pressure mark.
+pressure=$(awk '{print $2}' /proc/sys/net/ipv4/tcp_mem 2>/dev/null)
+printf 'kernel TCP memory during the slow-reader rows (pages; pressure at %s):' "${pressure:-?}"
+for n in "${NAMES[@]}"; do printf ' %s %s' "$n" "${TCP_PAGES[$n]:-?}"; done; echo
