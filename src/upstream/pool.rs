@@ -111,6 +111,7 @@ where
     let _ = stream.set_nodelay(true);
     let (sender, conn) = http1::Builder::new()
         .read_buf_exact_size(Some(read_size))
+        .writev(false)
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| ConnectError::Handshake(addr, e))?;
