@@ -111,7 +111,9 @@ where
     let _ = stream.set_nodelay(true);
     let (sender, conn) = http1::Builder::new()
         .read_buf_exact_size(Some(read_size))
-        .writev(false)
+        // Vectored writes stay on (hyper's default): flattened, hyper copies request body
+        // chunks into a buffer that keeps its largest size (up to ~400 KiB) for as long
+        // as the pooled connection lives.
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| ConnectError::Handshake(addr, e))?;
