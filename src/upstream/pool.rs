@@ -5,9 +5,13 @@
 use hyper::body::Body;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// A connection's sending half; `B` is the request body type.
@@ -111,10 +115,7 @@ where
     let _ = stream.set_nodelay(true);
     let (sender, conn) = http1::Builder::new()
         .read_buf_exact_size(Some(read_size))
-        // Vectored writes stay on (hyper's default): flattened, hyper copies request body
-        // chunks into a buffer that keeps its largest size (up to ~400 KiB) for as long
-        // as the pooled connection lives.
-        .handshake(TokioIo::new(stream))
+        .handshake(TokioIo::new(UpstreamIo(stream)))
         .await
         .map_err(|e| ConnectError::Handshake(addr, e))?;
     tokio::spawn(async move {
@@ -123,4 +124,55 @@ where
         }
     });
     Ok(sender)
+}
+
+/// The upstream socket as hyper sees it. A write of one buffer (a request head without a
+/// body: most requests) goes out with a plain `write`, which costs the kernel less than a
+/// one-element `writev`; a head and body chunks stay one vectored write. (hyper's own
+/// flattening would do the first, but copies body chunks into a buffer that keeps its
+/// largest size, up to ~400 KiB, for as long as the pooled connection lives.)
+struct UpstreamIo(TcpStream);
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let mut filled = bufs.iter().filter(|b| !b.is_empty());
+        match (filled.next(), filled.next()) {
+            (Some(only), None) => self.poll_write(cx, only),
+            _ => Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
 }
