@@ -126,9 +126,9 @@ where
     Ok(sender)
 }
 
-/// The upstream socket as hyper sees it. A write of one buffer (a request head without a
-/// body: most requests) goes out with a plain `write`, which costs the kernel less than a
-/// one-element `writev`; a head and body chunks stay one vectored write. (hyper's own
+/// The upstream socket as hyper sees it, written as the client side is
+/// ([`crate::net::poll_write_gathered`]): a request head without a body, most requests,
+/// goes out with a plain `write`; a head and body chunks stay one vectored write. (hyper's own
 /// flattening would do the first, but copies body chunks into a buffer that keeps its
 /// largest size, up to ~400 KiB, for as long as the pooled connection lives.)
 struct UpstreamIo(TcpStream);
@@ -157,11 +157,7 @@ impl AsyncWrite for UpstreamIo {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let mut filled = bufs.iter().filter(|b| !b.is_empty());
-        match (filled.next(), filled.next()) {
-            (Some(only), None) => self.poll_write(cx, only),
-            _ => Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs),
-        }
+        crate::net::poll_write_gathered(Pin::new(&mut self.get_mut().0), cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -227,11 +227,11 @@ async fn write_all<W: AsyncWrite + Unpin>(out: &mut W, parts: &[&[u8]]) -> std::
         if first == left.len() {
             return Ok(());
         }
-        let mut n = if left[first + 1..].iter().all(|part| part.is_empty()) {
-            out.write(left[first]).await?
-        } else {
-            out.write_vectored(&left.map(IoSlice::new)[first..]).await?
-        };
+        let slices = left.map(IoSlice::new);
+        let mut n = std::future::poll_fn(|cx| {
+            crate::net::poll_write_gathered(Pin::new(&mut *out), cx, &slices[first..])
+        })
+        .await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
