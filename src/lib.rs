@@ -30,4 +30,5 @@ pub mod sys;
 pub mod table;
 pub mod tls;
 pub mod upstream;
+pub mod wire;
 pub mod worker;

@@ -6,12 +6,13 @@ use super::body::{ClientBodyError, Exchange, Lease, RequestBody, ResponseBody};
 use super::path;
 use super::request_check::{self, Rejection};
 use super::router::{host_without_port, Router};
-use super::stack_text::StackText;
 use super::{Server, Upstream, UpstreamSender};
 use crate::access_log::AccessLog;
 use crate::config::{ClientLimits, Config, Redirect, RetryOn, RouteConfig};
 use crate::table::{RequestMetrics, WorkerRecord, WorkerShare};
 use crate::upstream::pool::{self, ConnectError};
+use crate::wire::has_token;
+use crate::wire::stack_text::StackText;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -782,15 +783,6 @@ fn error_response(
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
-}
-
-fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {

@@ -10,7 +10,6 @@ pub mod process;
 pub mod request_check;
 pub mod router;
 pub mod server;
-pub mod stack_text;
 
 use crate::config::Config;
 use crate::tls::tickets::SharedTicketer;

@@ -7,24 +7,14 @@
 //! other than the last, sizes) are `request_check`'s, shared with HTTP/2.
 
 use crate::config::ClientLimits;
+use crate::wire::{self, Framing, MAX_HEADERS};
 use crate::worker::request_check::Rejection;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
-/// Headers a request may have; more is 431, as in nginx and hyper.
-pub const MAX_HEADERS: usize = 128;
 /// Room for the method, the version and the line ends around a request target.
 const REQUEST_LINE_OVERHEAD: usize = 32;
-
-/// Where the request body ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
-    /// No body.
-    Empty,
-    Length(u64),
-    Chunked,
-}
 
 /// A parsed request head and what the connection needs to know about it.
 #[derive(Debug)]
@@ -162,45 +152,20 @@ pub fn parse(buf: &[u8], limits: &ClientLimits) -> Result<Option<(RequestHead, u
 /// as well, the request is refused (a proxy behind us might pick the other); every
 /// Content-Length must be the same plain number.
 fn framing(headers: &HeaderMap, version: Version) -> Result<Framing, Rejection> {
-    let te = headers.get_all(http::header::TRANSFER_ENCODING);
-    if te.iter().next().is_some() {
+    if headers.contains_key(http::header::TRANSFER_ENCODING) {
         if version == Version::HTTP_10 {
             return Err(bad("Transfer-Encoding on an HTTP/1.0 request"));
         }
         if headers.contains_key(http::header::CONTENT_LENGTH) {
             return Err(bad("both Content-Length and Transfer-Encoding"));
         }
-        let last = te
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .map(str::trim);
-        if !last.is_some_and(|c| c.eq_ignore_ascii_case("chunked")) {
+        if !wire::chunked_is_last(headers) {
             return Err(bad("chunked is not the final transfer coding"));
         }
         // Other codings before it are request_check's (501).
         return Ok(Framing::Chunked);
     }
-    let mut length = None;
-    for value in headers.get_all(http::header::CONTENT_LENGTH) {
-        for item in value
-            .to_str()
-            .map_err(|_| bad("invalid Content-Length"))?
-            .split(',')
-        {
-            let item = item.trim();
-            if item.is_empty() || item.len() > 19 || !item.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(bad("invalid Content-Length"));
-            }
-            let n: u64 = item.parse().map_err(|_| bad("invalid Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(bad("conflicting Content-Length values"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match length {
+    Ok(match wire::content_length(headers).map_err(bad)? {
         None | Some(0) => Framing::Empty,
         Some(n) => Framing::Length(n),
     })

@@ -17,16 +17,16 @@
 //! ```
 
 pub mod date;
-pub mod decode;
 pub mod head;
 pub mod response;
 
 use super::body::{BodyEvent, ClientBodyError, RequestBody};
 use super::forward::{ConnInfo, Proxy, Tunnel};
 use super::DRAINING;
+use crate::wire::decode::{BodyDecoder, Step};
+use crate::wire::Framing;
 use bytes::{Buf, BytesMut};
-use decode::{BodyDecoder, Step};
-use head::{Framing, RequestHead};
+use head::RequestHead;
 use http::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use response::RequestFacts;

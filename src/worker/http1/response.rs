@@ -4,9 +4,10 @@
 //! only once the previous one is written, so the upstream is read only as fast as the
 //! client takes the bytes.
 
+use crate::wire::stack_text::StackText;
+use crate::wire::{chunk_line, encode_fields, has_token};
 use crate::worker::body::ResponseBody;
-use crate::worker::stack_text::StackText;
-use http::header::{HeaderMap, CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{Method, Response, StatusCode, Version};
 use http_body::Body;
 use std::io::IoSlice;
@@ -62,7 +63,9 @@ pub async fn write<W: AsyncWrite + Unpin>(
     } else {
         Framing::UntilClose
     };
-    let close = request.close || framing == Framing::UntilClose || has_close(&parts.headers);
+    let close = request.close
+        || framing == Framing::UntilClose
+        || has_token(&parts.headers, &CONNECTION, "close");
     let headers = &mut parts.headers;
     // The framing and connection headers are the gateway's: what the upstream said of
     // them goes, and ours are written straight into the head after the others.
@@ -189,32 +192,6 @@ pub fn status_line(status: StatusCode) -> StackText<64> {
     line
 }
 
-/// A chunk's size line (`1f40\r\n`): 16 hex digits and CRLF at most.
-fn chunk_line(size: usize) -> StackText<20> {
-    use std::fmt::Write;
-    let mut line = StackText::new();
-    let _ = write!(line, "{size:x}\r\n");
-    line
-}
-
-fn has_close(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("close"))
-}
-
-fn encode_fields(out: &mut Vec<u8>, headers: &HeaderMap) {
-    for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-}
-
 /// Writes every slice (at most four), with as few system calls as the socket allows.
 async fn write_all<W: AsyncWrite + Unpin>(out: &mut W, parts: &[&[u8]]) -> std::io::Result<()> {
     let mut left: [&[u8]; 4] = [&[]; 4];
@@ -246,7 +223,7 @@ async fn write_all<W: AsyncWrite + Unpin>(out: &mut W, parts: &[&[u8]]) -> std::
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::header::HeaderValue;
+    use http::header::{HeaderMap, HeaderValue};
 
     #[test]
     fn heads_are_encoded_as_sent() {

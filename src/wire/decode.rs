@@ -1,9 +1,9 @@
-//! Request body framing: where a Content-Length or chunked body ends in the client's
-//! byte stream, and its data and trailers as frames. Pure (no I/O): the connection feeds
-//! it what it read and gets frames back, so the bytes after the body stay in the buffer
-//! for the next, pipelined, request.
+//! Body framing: where a Content-Length or chunked body ends in a byte stream, and its
+//! data and trailers as frames. Pure (no I/O): the connection feeds it what it read and
+//! gets frames back, so the bytes after the body stay in the buffer for the next message
+//! (a pipelined request, or the next response on a kept-alive upstream connection).
 
-use super::head::Framing;
+use super::{Framing, MAX_HEADERS};
 use bytes::{Buf, Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::Frame;
@@ -41,7 +41,7 @@ impl BodyDecoder {
     pub fn new(framing: Framing) -> Self {
         BodyDecoder {
             state: match framing {
-                Framing::Empty => State::Done,
+                Framing::Empty | Framing::Length(0) => State::Done,
                 Framing::Length(n) => State::Length(n),
                 Framing::Chunked => State::ChunkSize,
             },
@@ -63,7 +63,12 @@ impl BodyDecoder {
                 }
                 State::Length(left) => {
                     let n = left.min(buf.len() as u64);
-                    self.state = State::Length(left - n);
+                    // Done as soon as the last byte is out, so that the body is known to
+                    // be complete with its last frame.
+                    self.state = match left - n {
+                        0 => State::Done,
+                        rest => State::Length(rest),
+                    };
                     return Ok(Step::Frame(Frame::data(buf.split_to(n as usize).freeze())));
                 }
                 State::ChunkSize => {
@@ -156,7 +161,7 @@ fn chunk_size(line: &[u8]) -> Result<u64, &'static str> {
 }
 
 fn trailers(section: &[u8]) -> Result<HeaderMap, &'static str> {
-    let mut slots = [httparse::EMPTY_HEADER; super::head::MAX_HEADERS];
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let parsed = match httparse::parse_headers(section, &mut slots) {
         Ok(httparse::Status::Complete((_, parsed))) => parsed,
         _ => return Err("malformed trailers"),
