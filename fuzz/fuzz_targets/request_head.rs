@@ -3,7 +3,7 @@
 #![no_main]
 
 use gateway::config::ClientLimits;
-use gateway::worker::http1::decode::{BodyDecoder, Step};
+use gateway::wire::decode::{BodyDecoder, Step};
 use gateway::worker::http1::head::{self, Framing};
 use libfuzzer_sys::fuzz_target;
 use std::time::Duration;

@@ -3,6 +3,7 @@
 
 pub mod affinity;
 pub mod balancer;
+pub mod http1;
 pub mod pool;
 
 use crate::config::{Policy, ServerConfig, UpstreamConfig};
@@ -20,19 +21,18 @@ pub fn now_ms() -> u64 {
     crate::sys::monotonic_ms()
 }
 
-/// One server of an upstream, with this worker's idle connections to it; `B` is the body
-/// type of the requests sent on them (the worker's).
-pub struct Server<B> {
+/// One server of an upstream, with this worker's idle connections to it.
+pub struct Server {
     pub config: ServerConfig,
     /// Health, counters and in-flight requests, shared with the other workers.
     pub shared: SharedServer,
     max_fails: u32,
     fail_timeout_ms: u64,
     slow_start_ms: u64,
-    pub pool: pool::Pool<B>,
+    pub pool: pool::Pool,
 }
 
-impl<B> Server<B> {
+impl Server {
     /// May take a new request: it has an address, health checks and passive failures
     /// allow it, and it is not drained.
     pub fn takes_requests(&self, now: u64) -> bool {
@@ -72,7 +72,7 @@ impl<B> Server<B> {
     }
 }
 
-impl<B> Candidate for Arc<Server<B>> {
+impl Candidate for Arc<Server> {
     fn weight(&self) -> u32 {
         self.shared.record.weight(self.config.weight)
     }
@@ -90,9 +90,9 @@ impl<B> Candidate for Arc<Server<B>> {
     }
 }
 
-pub struct Upstream<B> {
+pub struct Upstream {
     pub config: UpstreamConfig,
-    pub servers: Vec<Arc<Server<B>>>,
+    pub servers: Vec<Arc<Server>>,
     balancer: Balancer,
     /// With `sticky_cookie`: each server's token, and the `Set-Cookie` that hands it out.
     sticky: Option<Vec<(String, HeaderValue)>>,
@@ -110,7 +110,7 @@ pub struct Affinity {
     sticky: Option<usize>,
 }
 
-impl<B> Upstream<B> {
+impl Upstream {
     /// `records` are the table records of the upstream's servers, in config order.
     pub fn new(config: &UpstreamConfig, share: WorkerShare, records: &[usize]) -> Self {
         let servers = config
@@ -242,11 +242,11 @@ pub fn sticky_token(upstream: &str, server: &str) -> String {
 mod tests {
     use super::*;
 
-    fn upstream(servers: &str) -> Upstream<()> {
+    fn upstream(servers: &str) -> Upstream {
         upstream_with(servers, "")
     }
 
-    fn upstream_with(servers: &str, keys: &str) -> Upstream<()> {
+    fn upstream_with(servers: &str, keys: &str) -> Upstream {
         let text = format!(
             "[[listener]]\nlisten = \"127.0.0.1:1\"\n[[route]]\nupstream = \"u\"\n[upstream.u]\nmax_fails = 1\nservers = [{servers}]\n{keys}"
         );
@@ -295,7 +295,7 @@ mod tests {
         assert_eq!(u.pick(&pinned, &[]), Some((1, false)));
     }
 
-    fn affinity(u: &Upstream<()>, cookies: &[&str]) -> Affinity {
+    fn affinity(u: &Upstream, cookies: &[&str]) -> Affinity {
         let mut headers = HeaderMap::new();
         for c in cookies {
             headers.append(http::header::COOKIE, HeaderValue::from_str(c).unwrap());

@@ -52,6 +52,15 @@ impl BodyDecoder {
         self.state == State::Done
     }
 
+    /// The body bytes still to come, when the framing says (a chunked body does not).
+    pub fn remaining(&self) -> Option<u64> {
+        match self.state {
+            State::Done => Some(0),
+            State::Length(n) => Some(n),
+            _ => None,
+        }
+    }
+
     /// The next frame from the front of `buf` (consumed from it).
     pub fn step(&mut self, buf: &mut BytesMut) -> Result<Step, &'static str> {
         loop {

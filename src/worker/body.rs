@@ -5,9 +5,10 @@
 //! over, so that is where the access-log line is written, the in-flight count released
 //! and a cleanly finished upstream connection returned to its pool.
 
-use super::{Server, UpstreamSender};
+use super::Server;
 use crate::access_log::{AccessLog, Entry};
 use crate::table::RequestMetrics;
+use crate::upstream::http1::{ResponseBodyError, UpstreamBody};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -246,11 +247,15 @@ pub enum UpstreamBodyError {
     #[error("upstream sent no body data for {0:?}")]
     Timeout(Duration),
     #[error("upstream response body broken: {0}")]
-    Broken(hyper::Error),
+    Broken(ResponseBodyError),
 }
 
+/// An upstream's response body; it carries the rest of the client's request body when
+/// the server answers before it has read all of it.
+pub type FromUpstream = UpstreamBody<RequestBody>;
+
 enum Source {
-    Upstream(Incoming),
+    Upstream(FromUpstream),
     Fixed(Option<Bytes>),
 }
 
@@ -262,7 +267,7 @@ pub struct ResponseBody {
 }
 
 impl ResponseBody {
-    pub fn upstream(inner: Incoming, read_timeout: Duration, exchange: Exchange) -> Self {
+    pub fn upstream(inner: FromUpstream, read_timeout: Duration, exchange: Exchange) -> Self {
         Self::new(Source::Upstream(inner), read_timeout, exchange)
     }
 
@@ -282,9 +287,19 @@ impl ResponseBody {
         };
         // An empty body (HEAD, 204, 304) may never be polled: it is complete already.
         if body.is_end_stream() {
-            body.exchange.finish();
+            body.finish();
         }
         body
+    }
+
+    /// The whole body went out: the request is complete, and the upstream connection
+    /// may serve another request.
+    fn finish(&mut self) {
+        let idle = match &mut self.source {
+            Source::Upstream(inner) => inner.take_idle(),
+            Source::Fixed(_) => None,
+        };
+        self.exchange.finish(idle);
     }
 }
 
@@ -313,14 +328,14 @@ impl Body for ResponseBody {
                 if let Some(data) = frame.data_ref() {
                     this.exchange.bytes_sent += data.len() as u64;
                 }
-                if self.is_end_stream() {
-                    self.exchange.finish();
+                if this.is_end_stream() {
+                    this.finish();
                 }
             }
             Poll::Ready(Some(Err(e))) => {
                 this.exchange.fail_body(e.to_string());
             }
-            Poll::Ready(None) => this.exchange.finish(),
+            Poll::Ready(None) => this.finish(),
             Poll::Pending => {}
         }
         polled
@@ -346,16 +361,12 @@ impl Body for ResponseBody {
 /// A server picked for one request: counts as in flight until dropped.
 pub struct Lease {
     pub server: Arc<Server>,
-    pub sender: Option<UpstreamSender>,
 }
 
 impl Lease {
     pub fn new(server: Arc<Server>) -> Self {
         server.shared.enter();
-        Lease {
-            server,
-            sender: None,
-        }
+        Lease { server }
     }
 }
 
@@ -430,16 +441,15 @@ impl Exchange {
         }
     }
 
-    /// The whole body went out: the upstream connection may serve another request.
-    fn finish(&mut self) {
+    /// The whole body went out; `idle` is the upstream connection if it may serve
+    /// another request.
+    fn finish(&mut self, idle: Option<crate::upstream::http1::Connection>) {
         if self.complete {
             return;
         }
         self.complete = true;
-        if let Some(lease) = &mut self.upstream {
-            if let Some(sender) = lease.sender.take() {
-                lease.server.pool.put(sender);
-            }
+        if let (Some(lease), Some(conn)) = (&self.upstream, idle) {
+            lease.server.pool.put(conn);
         }
     }
 

@@ -2,21 +2,20 @@
 //! server of the upstream (trying others while a server cannot be reached), and turn the
 //! answer, or the failure, into the client's response.
 
-use super::body::{ClientBodyError, Exchange, Lease, RequestBody, ResponseBody};
+use super::body::{ClientBodyError, Exchange, FromUpstream, Lease, RequestBody, ResponseBody};
 use super::path;
 use super::request_check::{self, Rejection};
 use super::router::{host_without_port, Router};
-use super::{Server, Upstream, UpstreamSender};
+use super::{Server, Upstream};
 use crate::access_log::AccessLog;
 use crate::config::{ClientLimits, Config, Redirect, RetryOn, RouteConfig};
 use crate::table::{RequestMetrics, WorkerRecord, WorkerShare};
-use crate::upstream::pool::{self, ConnectError};
+use crate::upstream::http1::{ConnectError, Connection, ExchangeError, SendError};
 use crate::wire::has_token;
 use crate::wire::stack_text::StackText;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -29,7 +28,7 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The least an upstream is read at a time, and so the largest response head it may
-/// send at least (hyper's smallest read buffer).
+/// send at least.
 const MIN_UPSTREAM_READ: usize = 8 * 1024;
 
 /// The client's `X-Request-ID` if it is 1 to 200 visible ASCII characters, else a new
@@ -55,7 +54,7 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
 /// ones that only make sense between a client and the gateway.
 ///
 /// `Trailer` is not among them: it declares which trailer fields follow the body
-/// (RFC 9110 §6.6.2), end to end, and hyper sends only the trailers it names.
+/// (RFC 9110 §6.6.2), end to end.
 static HOP_BY_HOP: [HeaderName; 7] = [
     // First: strip_hop_by_hop looks for the names it lists only when it is there.
     header::CONNECTION,
@@ -131,6 +130,27 @@ enum Failure {
 }
 
 impl Failure {
+    /// What an exchange that went out and got no response says.
+    fn of_exchange(error: ExchangeError<ClientBodyError>) -> Self {
+        match error {
+            ExchangeError::RequestBody(body) => Failure::ClientBody {
+                status: body.status(),
+                why: body.to_string(),
+            },
+            ExchangeError::HeadTooLarge => Failure::BadResponse(
+                "upstream response head too large: it must fit in one read, an eighth of \
+                 gateway.response_buffer"
+                    .to_string(),
+            ),
+            ExchangeError::Invalid(why) => {
+                Failure::BadResponse(format!("upstream sent an invalid response: {why}"))
+            }
+            ExchangeError::Closed(why) => Failure::Reset(format!(
+                "upstream closed the connection before answering: {why}"
+            )),
+        }
+    }
+
     fn status(&self) -> StatusCode {
         match self {
             Failure::NoRoute => StatusCode::NOT_FOUND,
@@ -219,7 +239,10 @@ impl Replay {
 /// The upstream side of an accepted WebSocket upgrade: the client connection relays
 /// both ways between itself and this once it has sent the `101`.
 pub struct Tunnel {
-    pub upstream: hyper::upgrade::OnUpgrade,
+    pub upstream: tokio::net::TcpStream,
+    /// What the server sent right after its `101` (its first frames): the client gets
+    /// it first.
+    pub early: BytesMut,
     /// Keeps the server's in-flight count for as long as the tunnel is open.
     pub lease: Lease,
 }
@@ -243,8 +266,8 @@ pub struct Proxy {
     unrouted: &'static RequestMetrics,
     limits: ClientLimits,
     /// How much of a response is read from an upstream at a time: an eighth of
-    /// `response_buffer` (8 KiB by default, nginx's buffer size), since a slow client
-    /// holds up to three reads (see `pool::connect`) besides the exchange's own state.
+    /// `response_buffer` (8 KiB by default, nginx's buffer size). A slow client holds one
+    /// read, or two while the last frame is still being written.
     upstream_read_size: usize,
     log: Arc<AccessLog>,
     /// This worker's counters in the shared table.
@@ -434,7 +457,7 @@ impl Proxy {
                 .try_server(upstream, server, request, replay.as_ref(), websocket)
                 .await
             {
-                Ok((response, sender)) => {
+                Ok(response) => {
                     let took = sent_at.elapsed();
                     exchange.upstream_time = Some(took);
                     server.note_latency(took);
@@ -449,7 +472,7 @@ impl Proxy {
                     let cookie = give_cookie
                         .then(|| upstream.sticky_cookie(index).cloned())
                         .flatten();
-                    break Ok((response, sender, cookie));
+                    break Ok((response, cookie));
                 }
                 Err(TryError::NotSent(_, why)) if why.is_local() => {
                     break Err(Failure::OutOfResources(why));
@@ -482,9 +505,8 @@ impl Proxy {
         };
 
         match outcome {
-            Ok((response, sender, cookie)) => {
-                let (mut response, tunnel) =
-                    self.respond(exchange, upstream, response, sender, websocket);
+            Ok((response, cookie)) => {
+                let (mut response, tunnel) = self.respond(exchange, upstream, response, websocket);
                 let headers = response.headers_mut();
                 if let Some(cookie) = cookie {
                     headers.append(header::SET_COOKIE, cookie);
@@ -518,72 +540,51 @@ impl Proxy {
         mut request: Request<RequestBody>,
         replay: Option<&Replay>,
         websocket: bool,
-    ) -> Result<(Response<Incoming>, UpstreamSender), TryError> {
+    ) -> Result<Response<FromUpstream>, TryError> {
         let config = &upstream.config;
+        let addr = server.config.addr;
         let mut pooled = if websocket { None } else { server.pool.take() };
         let mut replayed = false;
         loop {
             let reused = pooled.is_some();
-            let mut sender = match pooled.take() {
-                Some(sender) => sender,
-                None => match pool::connect(
-                    server.config.addr,
-                    config.connect_timeout,
-                    self.upstream_read_size,
-                )
-                .await
-                {
-                    Ok(sender) => sender,
-                    Err(e) => return Err(TryError::NotSent(Box::new(request), e)),
-                },
-            };
-            if sender.ready().await.is_err() {
-                if reused {
-                    continue;
+            let conn = match pooled.take() {
+                Some(conn) => conn,
+                None => {
+                    match Connection::open(addr, config.connect_timeout, self.upstream_read_size)
+                        .await
+                    {
+                        Ok(conn) => conn,
+                        Err(e) => return Err(TryError::NotSent(Box::new(request), e)),
+                    }
                 }
-                let closed = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
-                return Err(TryError::NotSent(
-                    Box::new(request),
-                    ConnectError::Io(server.config.addr, closed),
-                ));
-            }
-            match tokio::time::timeout(config.read_timeout, sender.try_send_request(request)).await
+            };
+            let failure = match tokio::time::timeout(config.read_timeout, conn.send(request)).await
             {
                 Err(_) => return Err(TryError::Failed(Failure::Timeout)),
-                Ok(Ok(response)) => return Ok((response, sender)),
-                Ok(Err(mut e)) => match e.take_message() {
-                    Some(back) if reused => request = back,
-                    Some(back) => {
-                        let closed = std::io::Error::new(
-                            std::io::ErrorKind::ConnectionReset,
-                            e.into_error(),
-                        );
-                        return Err(TryError::NotSent(
-                            Box::new(back),
-                            ConnectError::Io(server.config.addr, closed),
-                        ));
-                    }
-                    None => {
-                        let failure = classify(e.into_error());
-                        match (replay, &failure) {
-                            (Some(replay), Failure::Reset(_)) if reused => {
-                                request = replay.request();
-                                replayed = true;
-                            }
-                            (Some(replay), Failure::Reset(why)) if replayed => {
-                                let reset = std::io::Error::new(
-                                    std::io::ErrorKind::ConnectionReset,
-                                    why.clone(),
-                                );
-                                return Err(TryError::NotSent(
-                                    Box::new(replay.request()),
-                                    ConnectError::Io(server.config.addr, reset),
-                                ));
-                            }
-                            _ => return Err(TryError::Failed(failure)),
-                        }
-                    }
-                },
+                Ok(Ok(response)) => return Ok(response),
+                Ok(Err(SendError::NotSent(back, _))) if reused => {
+                    request = *back;
+                    continue;
+                }
+                Ok(Err(SendError::NotSent(back, e))) => {
+                    return Err(TryError::NotSent(back, ConnectError::Io(addr, e)))
+                }
+                Ok(Err(SendError::Failed(e))) => Failure::of_exchange(e),
+            };
+            match (replay, &failure) {
+                (Some(replay), Failure::Reset(_)) if reused => {
+                    request = replay.request();
+                    replayed = true;
+                }
+                (Some(replay), Failure::Reset(why)) if replayed => {
+                    let reset =
+                        std::io::Error::new(std::io::ErrorKind::ConnectionReset, why.clone());
+                    return Err(TryError::NotSent(
+                        Box::new(replay.request()),
+                        ConnectError::Io(addr, reset),
+                    ));
+                }
+                _ => return Err(TryError::Failed(failure)),
             }
         }
     }
@@ -592,45 +593,37 @@ impl Proxy {
         &self,
         mut exchange: Exchange,
         upstream: &Upstream,
-        mut response: Response<Incoming>,
-        sender: UpstreamSender,
+        response: Response<FromUpstream>,
         websocket: bool,
     ) -> (Response<ResponseBody>, Option<Tunnel>) {
         let status = response.status();
         exchange.upstream_status = Some(status.as_u16());
-        let headers = response.headers();
-        let lease = exchange
+        let server = exchange
             .upstream
             .as_ref()
-            .expect("a response comes from a server");
-        let server = lease.server.clone();
-
-        if headers.contains_key(header::CONTENT_LENGTH)
-            && headers.contains_key(header::TRANSFER_ENCODING)
-        {
-            let why = "upstream response has both Content-Length and Transfer-Encoding".to_string();
-            server.note_failure(&why);
-            return (
-                error_response(exchange, StatusCode::BAD_GATEWAY, why, false),
-                None,
-            );
-        }
+            .expect("a response comes from a server")
+            .server
+            .clone();
+        let (mut head, body) = response.into_parts();
 
         if status == StatusCode::SWITCHING_PROTOCOLS {
-            if !(websocket && is_websocket_response(headers)) {
+            let upgraded = (websocket && is_websocket_response(&head.headers))
+                .then(|| body.upgrade())
+                .flatten();
+            let Some((upstream, early)) = upgraded else {
                 let why = "upstream switched protocols without a WebSocket upgrade".to_string();
                 server.note_failure(&why);
                 return (
                     error_response(exchange, StatusCode::BAD_GATEWAY, why, true),
                     None,
                 );
-            }
+            };
             server.note_success();
             let tunnel = Tunnel {
-                upstream: hyper::upgrade::on(&mut response),
+                upstream,
+                early,
                 lease: Lease::new(server),
             };
-            let (mut head, _) = response.into_parts();
             strip_hop_by_hop(&mut head.headers);
             head.headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -642,7 +635,6 @@ impl Proxy {
         }
 
         server.note_success();
-        let (mut head, body) = response.into_parts();
         strip_hop_by_hop(&mut head.headers);
         if websocket {
             // The client may already be sending WebSocket frames; none of it may be read
@@ -651,9 +643,6 @@ impl Proxy {
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         exchange.status = status.as_u16();
-        if let Some(lease) = &mut exchange.upstream {
-            lease.sender = Some(sender);
-        }
         let body = ResponseBody::upstream(body, upstream.config.read_timeout, exchange);
         (Response::from_parts(head, body), None)
     }
@@ -711,51 +700,6 @@ fn redirect_response(
         Err(_) => *response.status_mut() = StatusCode::BAD_REQUEST,
     }
     response
-}
-
-/// Sorts a failed exchange by who is to blame.
-fn classify(error: hyper::Error) -> Failure {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
-    while let Some(e) = source {
-        if let Some(body) = e.downcast_ref::<ClientBodyError>() {
-            return Failure::ClientBody {
-                status: body.status(),
-                why: body.to_string(),
-            };
-        }
-        source = e.source();
-    }
-    if error.is_parse_too_large() {
-        Failure::BadResponse(
-            "upstream response head too large: it must fit in one read, an eighth of \
-             gateway.response_buffer"
-                .to_string(),
-        )
-    } else if error.is_parse() || error.is_parse_status() {
-        Failure::BadResponse(format!("upstream sent an invalid response: {error}"))
-    } else if error.is_incomplete_message() || was_reset(&error) {
-        Failure::Reset(format!(
-            "upstream closed the connection before answering: {error}"
-        ))
-    } else {
-        Failure::BadResponse(format!("upstream exchange failed: {error}"))
-    }
-}
-
-/// Whether the connection was reset or broken under the exchange.
-fn was_reset(error: &hyper::Error) -> bool {
-    let mut source = std::error::Error::source(error);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::*;
-            return matches!(
-                io.kind(),
-                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
-            );
-        }
-        source = e.source();
-    }
-    false
 }
 
 /// A 502/503/… of our own: short plain text, and a log line that says why.

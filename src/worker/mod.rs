@@ -13,7 +13,6 @@ pub mod server;
 
 use crate::config::Config;
 use crate::tls::tickets::SharedTicketer;
-use crate::upstream::pool;
 use forward::Proxy;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -22,11 +21,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// The upstreams as this worker uses them: its requests carry the client's body.
-pub type Upstream = crate::upstream::Upstream<body::RequestBody>;
-pub type Server = crate::upstream::Server<body::RequestBody>;
-/// The sending half of one of this worker's upstream connections.
-pub type UpstreamSender = pool::Sender<body::RequestBody>;
+pub use crate::upstream::{Server, Upstream};
 
 /// Set once this worker drains: every response from then on says `Connection: close`,
 /// so keep-alive clients move to the new workers after their next request instead of

@@ -36,7 +36,7 @@ async fn hyper_accepts(raw: &[u8]) -> bool {
         });
         let _ = http1::Builder::new()
             .max_buf_size(limits.max_request_line + limits.max_header_bytes + 4 * 1024)
-            .max_headers(head::MAX_HEADERS)
+            .max_headers(gateway::wire::MAX_HEADERS)
             .serve_connection(TokioIo::new(server), service)
             .await;
     });

@@ -28,7 +28,6 @@ use crate::wire::Framing;
 use bytes::{Buf, BytesMut};
 use head::RequestHead;
 use http::{Request, StatusCode};
-use hyper_util::rt::TokioIo;
 use response::RequestFacts;
 use std::cell::RefCell;
 use std::future::Future;
@@ -422,11 +421,14 @@ async fn pump_body<R: AsyncRead + Unpin>(
 /// Relays a WebSocket both ways once the upstream switched protocols. Bytes the client
 /// sent right after its request (the first frames) go first.
 async fn relay<S: ClientIo>(io: &mut S, early: BytesMut, tunnel: Tunnel) {
-    let Tunnel { upstream, lease } = tunnel;
-    let Ok(upgraded) = upstream.await else {
+    let Tunnel {
+        mut upstream,
+        early: from_upstream,
+        lease,
+    } = tunnel;
+    if !from_upstream.is_empty() && io.write_all(&from_upstream).await.is_err() {
         return;
-    };
-    let mut upstream = TokioIo::new(upgraded);
+    }
     if !early.is_empty() && upstream.write_all(&early).await.is_err() {
         return;
     }

@@ -1,0 +1,595 @@
+//! The upstream side of our HTTP/1 engine: a keep-alive connection to one server, a
+//! request written on it (its head in one write, its body streamed with its framing),
+//! and the response read back with httparse, its body decoded only as fast as the client
+//! takes it.
+//!
+//! Owned rather than left to hyper's client for CPU: an exchange runs inside the client
+//! connection's own future, where hyper's client runs a task per connection and passes
+//! every request and response between the two through channels; and an idle pooled
+//! connection is only its socket and read buffer, watched by the runtime without a task.
+//!
+//! ```text
+//! send: write head ─► [write body frames] ─► read head (skip 1xx) ─► Response
+//!       body: read ─► decode (Content-Length, chunked, until close) ─► frames
+//!       complete and kept alive ─► back to the pool        101 ─► Upgraded
+//! ```
+
+use crate::wire::decode::{BodyDecoder, Step};
+use crate::wire::{self, Framing, MAX_HEADERS};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll, Waker};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {0} timed out")]
+    Timeout(SocketAddr),
+    #[error("connect to {0} failed: {1}")]
+    Io(SocketAddr, io::Error),
+}
+
+impl ConnectError {
+    /// The gateway itself is out of a resource (file descriptors, memory, local ports):
+    /// says nothing about the server, so it must not count against it.
+    pub fn is_local(&self) -> bool {
+        let ConnectError::Io(_, e) = self else {
+            return false;
+        };
+        matches!(
+            e.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+        )
+    }
+}
+
+/// Why an exchange that went out got no response.
+#[derive(Debug)]
+pub enum ExchangeError<E> {
+    /// The server closed or reset the connection before a whole response head.
+    Closed(String),
+    /// What the server sent is not a response we can pass on.
+    Invalid(String),
+    /// The response head does not fit in one read.
+    HeadTooLarge,
+    /// The client's request body failed: its own error says how.
+    RequestBody(E),
+}
+
+/// What became of a request that got no response.
+pub enum SendError<B: Body> {
+    /// Not a byte of it went out (the connection was already closed): it may go on
+    /// another connection as it is.
+    NotSent(Box<Request<B>>, io::Error),
+    /// It went out, at least in part, and the exchange failed.
+    Failed(ExchangeError<B::Error>),
+}
+
+/// A connection to one server, idle between exchanges.
+pub struct Connection {
+    stream: TcpStream,
+    /// What the server sent and no exchange consumed yet; empty while idle.
+    buf: BytesMut,
+    /// The most read from the server at a time: a slow client holds at most this much
+    /// of its response in the gateway.
+    read_size: usize,
+}
+
+impl Connection {
+    /// Connects to `addr` within `timeout`. The server will be read `read_size` bytes at a
+    /// time, never more, and a response head must fit in one read.
+    pub async fn open(
+        addr: SocketAddr,
+        timeout: Duration,
+        read_size: usize,
+    ) -> Result<Self, ConnectError> {
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Err(_) => return Err(ConnectError::Timeout(addr)),
+            Ok(Err(e)) => return Err(ConnectError::Io(addr, e)),
+            Ok(Ok(s)) => s,
+        };
+        let _ = stream.set_nodelay(true);
+        Ok(Connection {
+            stream,
+            buf: BytesMut::new(),
+            read_size,
+        })
+    }
+
+    /// Whether an idle connection may carry a request: the server has neither closed it
+    /// nor sent anything since the last response. Costs a system call only when the
+    /// runtime saw the socket become readable (a close, or an event not yet cleared).
+    pub fn is_usable(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Sends `request` and reads the response head. The body, if any, is sent as the
+    /// server takes it, and goes on being sent while the response comes back when the
+    /// server answers early (it may echo what it reads).
+    pub async fn send<B>(
+        mut self,
+        request: Request<B>,
+    ) -> Result<Response<UpstreamBody<B>>, SendError<B>>
+    where
+        B: Body<Data = Bytes> + Unpin,
+    {
+        let (head, framing) = encode_head(&request);
+        // Until a byte is written, the request is whole and may go elsewhere.
+        let written = match self.stream.write(&head).await {
+            Ok(n) => n,
+            Err(e) => return Err(SendError::NotSent(Box::new(request), e)),
+        };
+        let head_only = request.method() == Method::HEAD;
+        // Most requests are a head alone, written whole: nothing more to send.
+        let mut sending = (framing != Framing::Empty || written < head.len()).then(|| {
+            let mut outgoing = Box::new(Outgoing::new(request.into_body(), framing));
+            outgoing.queue[0] = Bytes::from(head).slice(written..);
+            outgoing
+        });
+        let mut kept_alive = true;
+        let head = std::future::poll_fn(|cx| {
+            if let Some(out) = &mut sending {
+                match out.poll_send(cx, &mut self.stream) {
+                    Poll::Ready(Ok(())) => sending = None,
+                    Poll::Ready(Err(Sending::Body(e))) => {
+                        return Poll::Ready(Err(ExchangeError::RequestBody(e)))
+                    }
+                    // The server stopped reading; its answer may still come.
+                    Poll::Ready(Err(Sending::Io(e))) => {
+                        tracing::debug!("upstream stopped taking the request: {e}");
+                        sending = None;
+                        kept_alive = false;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            self.poll_head(cx)
+        })
+        .await
+        .map_err(SendError::Failed)?;
+
+        let reading = if head.status == StatusCode::SWITCHING_PROTOCOLS {
+            Reading::Upgrade
+        } else {
+            match response_framing(head_only, head.status, &head.headers) {
+                Ok(Some(framing)) => Reading::Decoder(BodyDecoder::new(framing)),
+                Ok(None) => Reading::UntilClose,
+                Err(why) => return Err(SendError::Failed(ExchangeError::Invalid(why.into()))),
+            }
+        };
+        let kept_alive = kept_alive
+            && matches!(reading, Reading::Decoder(_))
+            && match head.version {
+                Version::HTTP_10 => wire::has_token(&head.headers, &CONNECTION, "keep-alive"),
+                _ => !wire::has_token(&head.headers, &CONNECTION, "close"),
+            };
+        let mut response = Response::new(UpstreamBody {
+            conn: Some(self),
+            reading,
+            sending,
+            kept_alive,
+        });
+        *response.status_mut() = head.status;
+        *response.version_mut() = head.version;
+        *response.headers_mut() = head.headers;
+        Ok(response)
+    }
+
+    /// Reads until a final response head (1xx other than 101 are passed over) is at the
+    /// front of the buffer, and takes it from there.
+    fn poll_head<E>(&mut self, cx: &mut Context<'_>) -> Poll<Result<Head, ExchangeError<E>>> {
+        loop {
+            if !self.buf.is_empty() {
+                match parse_head(&self.buf) {
+                    Ok(Some(head)) => {
+                        self.buf.advance(head.len);
+                        if head.status.is_informational()
+                            && head.status != StatusCode::SWITCHING_PROTOCOLS
+                        {
+                            continue;
+                        }
+                        return Poll::Ready(Ok(head));
+                    }
+                    Ok(None) if self.buf.len() >= self.read_size => {
+                        return Poll::Ready(Err(ExchangeError::HeadTooLarge))
+                    }
+                    Ok(None) => {}
+                    Err(why) => return Poll::Ready(Err(ExchangeError::Invalid(why))),
+                }
+            }
+            let before = self.buf.len();
+            match ready!(self.poll_read(cx)) {
+                Ok(0) if before == 0 => {
+                    return Poll::Ready(Err(ExchangeError::Closed("connection closed".into())))
+                }
+                Ok(0) => {
+                    return Poll::Ready(Err(ExchangeError::Closed(
+                        "connection closed in the middle of the response head".into(),
+                    )))
+                }
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(ExchangeError::Closed(e.to_string()))),
+            }
+        }
+    }
+
+    /// One read of at most `read_size` bytes (less when part of a head is waiting).
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let room = self.read_size.saturating_sub(self.buf.len()).max(1);
+        // Reclaims the buffer in place once the frames cut from it are gone.
+        self.buf.reserve(room);
+        let mut limited = (&mut self.buf).limit(room);
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut limited)
+    }
+}
+
+/// A parsed response head.
+struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    /// Its length in bytes.
+    len: usize,
+}
+
+fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
+    let invalid = |why: &str| Err(why.to_string());
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut slots);
+    let len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let Some(status) = response.code.and_then(|c| StatusCode::from_u16(c).ok()) else {
+        return invalid("invalid status code");
+    };
+    let version = match response.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    // The values are slices of one copy of the head, not of the read buffer, which the
+    // body's frames and the next exchange reuse.
+    let copy = Bytes::copy_from_slice(&buf[..len]);
+    let mut headers = HeaderMap::with_capacity(response.headers.len());
+    for h in response.headers.iter() {
+        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
+            return invalid("invalid header name");
+        };
+        let offset = h.value.as_ptr() as usize - buf.as_ptr() as usize;
+        let Ok(value) = HeaderValue::from_maybe_shared(copy.slice(offset..offset + h.value.len()))
+        else {
+            return invalid("invalid header value");
+        };
+        headers.append(name, value);
+    }
+    Ok(Some(Head {
+        status,
+        version,
+        headers,
+        len,
+    }))
+}
+
+/// Where the response body ends (RFC 9112 §6.3): `None` when only the end of the
+/// connection ends it.
+fn response_framing(
+    head_request: bool,
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> Result<Option<Framing>, &'static str> {
+    if head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(Some(Framing::Empty));
+    }
+    if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        if headers.contains_key(CONTENT_LENGTH) {
+            return Err("both Content-Length and Transfer-Encoding");
+        }
+        return Ok(wire::chunked_is_last(headers).then_some(Framing::Chunked));
+    }
+    Ok(wire::content_length(headers)?.map(Framing::Length))
+}
+
+/// The request line and headers, and how the body goes: as it is when the request says
+/// its length, else chunked. The headers are the proxy's rewrite of the client's, the
+/// hop-by-hop ones gone.
+fn encode_head<B: Body>(request: &Request<B>) -> (Vec<u8>, Framing) {
+    let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let headers = request.headers();
+    let mut head = Vec::with_capacity(256 + 64 * headers.len());
+    head.extend_from_slice(request.method().as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    wire::encode_fields(&mut head, headers);
+    let body = request.body();
+    let framing = if body.is_end_stream() {
+        Framing::Empty
+    } else if let Ok(Some(n)) = wire::content_length(headers) {
+        Framing::Length(n)
+    } else if let Some(n) = body.size_hint().exact() {
+        head.extend_from_slice(b"content-length: ");
+        head.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        head.extend_from_slice(b"\r\n");
+        Framing::Length(n)
+    } else {
+        head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        Framing::Chunked
+    };
+    head.extend_from_slice(b"\r\n");
+    (head, framing)
+}
+
+/// Why a request body stopped going out.
+enum Sending<E> {
+    Body(E),
+    Io(io::Error),
+}
+
+/// The rest of a request on its way out: bytes queued for the socket, then the body's
+/// frames one at a time (the next is taken only once the last is written).
+struct Outgoing<B> {
+    /// Unwritten bytes in order: what is left of the head, or a chunk's size line, its
+    /// data and its CRLF.
+    queue: [Bytes; 3],
+    /// `None` once the body has ended.
+    body: Option<B>,
+    chunked: bool,
+    /// With a stated length, how much of it is still to come: a body that would send
+    /// more is cut off rather than let the extra bytes be read as another request.
+    left: Option<u64>,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Outgoing<B> {
+    fn new(body: B, framing: Framing) -> Self {
+        Outgoing {
+            queue: Default::default(),
+            body: (framing != Framing::Empty).then_some(body),
+            chunked: framing == Framing::Chunked,
+            left: match framing {
+                Framing::Length(n) => Some(n),
+                _ => None,
+            },
+        }
+    }
+
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        stream: &mut TcpStream,
+    ) -> Poll<Result<(), Sending<B::Error>>> {
+        loop {
+            while !self.queue.iter().all(Bytes::is_empty) {
+                let slices = [
+                    IoSlice::new(&self.queue[0]),
+                    IoSlice::new(&self.queue[1]),
+                    IoSlice::new(&self.queue[2]),
+                ];
+                let mut n = ready!(crate::net::poll_write_gathered(
+                    Pin::new(&mut *stream),
+                    cx,
+                    &slices
+                ))
+                .map_err(Sending::Io)?;
+                if n == 0 {
+                    return Poll::Ready(Err(Sending::Io(io::ErrorKind::WriteZero.into())));
+                }
+                for part in &mut self.queue {
+                    let taken = n.min(part.len());
+                    part.advance(taken);
+                    n -= taken;
+                }
+            }
+            let Some(body) = &mut self.body else {
+                return Poll::Ready(Ok(()));
+            };
+            match ready!(Pin::new(body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => {}
+                    Ok(data) if self.chunked => {
+                        let line = Bytes::copy_from_slice(&wire::chunk_line(data.len()));
+                        self.queue = [line, data, Bytes::from_static(b"\r\n")];
+                    }
+                    Ok(data) => {
+                        if let Some(left) = &mut self.left {
+                            if data.len() as u64 > *left {
+                                self.body = None;
+                                let longer = "request body longer than its Content-Length";
+                                return Poll::Ready(Err(Sending::Io(io::Error::other(longer))));
+                            }
+                            *left -= data.len() as u64;
+                        }
+                        self.queue[0] = data;
+                    }
+                    Err(frame) => {
+                        if let (Ok(trailers), true) = (frame.into_trailers(), self.chunked) {
+                            let mut end = b"0\r\n".to_vec();
+                            wire::encode_fields(&mut end, &trailers);
+                            end.extend_from_slice(b"\r\n");
+                            self.queue[0] = end.into();
+                            self.body = None;
+                        }
+                    }
+                },
+                Some(Err(e)) => {
+                    self.body = None;
+                    return Poll::Ready(Err(Sending::Body(e)));
+                }
+                None => {
+                    self.body = None;
+                    if self.chunked {
+                        self.queue[0] = Bytes::from_static(b"0\r\n\r\n");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How the response body is read.
+enum Reading {
+    Decoder(BodyDecoder),
+    /// Everything until the server closes.
+    UntilClose,
+    /// A `101`: no body; the connection becomes a tunnel.
+    Upgrade,
+    Done,
+}
+
+/// Why a response body was cut short.
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseBodyError {
+    #[error("upstream closed the connection in the middle of the body")]
+    Cut,
+    #[error("upstream body framing broken: {0}")]
+    Framing(&'static str),
+    #[error("upstream connection failed: {0}")]
+    Io(io::Error),
+    #[error("client request body failed while the response was sent: {0}")]
+    RequestBody(String),
+}
+
+/// A response body as it comes from the server. It owns the connection: once the body
+/// is complete, [`UpstreamBody::take_idle`] hands a reusable connection back for the pool.
+pub struct UpstreamBody<B> {
+    conn: Option<Connection>,
+    reading: Reading,
+    /// The rest of the request body, while the server answers before it has all of it.
+    sending: Option<Box<Outgoing<B>>>,
+    /// The server keeps the connection open after this response.
+    kept_alive: bool,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> UpstreamBody<B> {
+    /// The connection, once the exchange is complete and it may carry another one.
+    pub fn take_idle(&mut self) -> Option<Connection> {
+        let complete = match &self.reading {
+            Reading::Decoder(decoder) => decoder.is_done(),
+            Reading::Done => true,
+            _ => false,
+        };
+        if !(complete && self.kept_alive && self.sending.is_none()) {
+            return None;
+        }
+        // Bytes after the response: the server does not speak HTTP/1 as we do.
+        self.conn.take().filter(|c| c.buf.is_empty())
+    }
+
+    /// After a `101`: the connection, and what the server sent after its head.
+    pub fn upgrade(mut self) -> Option<(TcpStream, BytesMut)> {
+        match self.reading {
+            Reading::Upgrade => self.conn.take().map(|c| (c.stream, c.buf)),
+            _ => None,
+        }
+    }
+
+    fn fail(
+        &mut self,
+        error: ResponseBodyError,
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
+        self.conn = None;
+        self.reading = Reading::Done;
+        self.kept_alive = false;
+        Poll::Ready(Some(Err(error)))
+    }
+}
+
+impl<B> Body for UpstreamBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    type Data = Bytes;
+    type Error = ResponseBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let Some(conn) = this.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Some(out) = &mut this.sending {
+            match out.poll_send(cx, &mut conn.stream) {
+                Poll::Ready(Ok(())) => this.sending = None,
+                Poll::Ready(Err(Sending::Body(e))) => {
+                    return this.fail(ResponseBodyError::RequestBody(e.to_string()))
+                }
+                Poll::Ready(Err(Sending::Io(e))) => {
+                    tracing::debug!("upstream stopped taking the request: {e}");
+                    this.sending = None;
+                    this.kept_alive = false;
+                }
+                Poll::Pending => {}
+            }
+        }
+        loop {
+            let step = match &mut this.reading {
+                Reading::Decoder(decoder) => decoder.step(&mut conn.buf),
+                Reading::UntilClose if conn.buf.is_empty() => Ok(Step::NeedMore),
+                Reading::UntilClose => Ok(Step::Frame(Frame::data(conn.buf.split().freeze()))),
+                Reading::Upgrade | Reading::Done => Ok(Step::End),
+            };
+            match step {
+                Ok(Step::Frame(frame)) => return Poll::Ready(Some(Ok(frame))),
+                Ok(Step::End) => {
+                    if !matches!(this.reading, Reading::Upgrade) {
+                        this.reading = Reading::Done;
+                    }
+                    return Poll::Ready(None);
+                }
+                Err(why) => return this.fail(ResponseBodyError::Framing(why)),
+                Ok(Step::NeedMore) => match ready!(conn.poll_read(cx)) {
+                    Ok(0) if matches!(this.reading, Reading::UntilClose) => {
+                        this.reading = Reading::Done;
+                        this.conn = None;
+                        return Poll::Ready(None);
+                    }
+                    Ok(0) => return this.fail(ResponseBodyError::Cut),
+                    Ok(_) => {}
+                    Err(e) => return this.fail(ResponseBodyError::Io(e)),
+                },
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.reading {
+            Reading::Decoder(decoder) => decoder.is_done(),
+            Reading::UntilClose => false,
+            Reading::Upgrade | Reading::Done => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.reading {
+            Reading::Decoder(decoder) => match decoder.remaining() {
+                Some(n) => SizeHint::with_exact(n),
+                None => SizeHint::default(),
+            },
+            Reading::UntilClose => SizeHint::default(),
+            Reading::Upgrade | Reading::Done => SizeHint::with_exact(0),
+        }
+    }
+}
