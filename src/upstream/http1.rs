@@ -593,3 +593,143 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Empty, Full, StreamBody};
+    use proptest::prelude::*;
+
+    fn header<'a>(head: &'a Head, name: &str) -> Vec<&'a [u8]> {
+        head.headers
+            .get_all(name)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect()
+    }
+
+    #[test]
+    fn a_head_is_parsed_with_its_values_as_sent() {
+        let raw = b"HTTP/1.0 404 Whatever\r\nA: 1\r\nb:\t two words \r\nA: 3\r\nEmpty:\r\n\r\nbody";
+        let head = parse_head(raw).unwrap().unwrap();
+        assert_eq!(head.status, StatusCode::NOT_FOUND);
+        assert_eq!(head.version, Version::HTTP_10);
+        assert_eq!(head.len, raw.len() - 4);
+        assert_eq!(header(&head, "a"), [&b"1"[..], b"3"]);
+        assert_eq!(header(&head, "b"), [b"two words"]);
+        assert_eq!(header(&head, "empty"), [b""]);
+    }
+
+    #[test]
+    fn an_incomplete_head_waits_and_a_broken_one_is_refused() {
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\nA: 1\r\n")
+            .unwrap()
+            .is_none());
+        for bad in [
+            &b"SSH-2.0-OpenSSH_9.2\r\n\r\n"[..],
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+            b"HTTP/2 200 OK\r\n\r\n",
+        ] {
+            assert!(parse_head(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn the_response_body_ends_where_rfc_9112_says() {
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut headers = HeaderMap::new();
+            for (n, v) in pairs {
+                headers.append(*n, HeaderValue::from_static(v));
+            }
+            headers
+        };
+        let ok = StatusCode::OK;
+        let framing = |head, status, pairs: &[(&'static str, &'static str)]| {
+            response_framing(head, status, &h(pairs))
+        };
+        let length = [("content-length", "5")];
+        assert_eq!(framing(false, ok, &length), Ok(Some(Framing::Length(5))));
+        assert_eq!(framing(true, ok, &length), Ok(Some(Framing::Empty)));
+        for status in [204, 304, 103] {
+            let status = StatusCode::from_u16(status).unwrap();
+            assert_eq!(framing(false, status, &length), Ok(Some(Framing::Empty)));
+        }
+        let chunked = [("transfer-encoding", "gzip, chunked")];
+        assert_eq!(framing(false, ok, &chunked), Ok(Some(Framing::Chunked)));
+        let gzip = [("transfer-encoding", "gzip")];
+        assert_eq!(framing(false, ok, &gzip), Ok(None));
+        assert_eq!(framing(false, ok, &[]), Ok(None));
+        let both = [("transfer-encoding", "chunked"), ("content-length", "5")];
+        assert!(framing(false, ok, &both).is_err());
+        let conflicting = [("content-length", "5"), ("content-length", "6")];
+        assert!(framing(false, ok, &conflicting).is_err());
+    }
+
+    fn request<B: Body>(body: B, headers: &[(&'static str, &'static str)]) -> Request<B> {
+        let mut request = Request::new(body);
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = "/up?x=1".parse().unwrap();
+        for (n, v) in headers {
+            request
+                .headers_mut()
+                .append(*n, HeaderValue::from_static(v));
+        }
+        request
+    }
+
+    #[test]
+    fn a_request_says_its_length_or_is_chunked() {
+        let (head, framing) = encode_head(&request(Empty::<Bytes>::new(), &[("host", "a")]));
+        assert_eq!(head, b"POST /up?x=1 HTTP/1.1\r\nhost: a\r\n\r\n");
+        assert_eq!(framing, Framing::Empty);
+
+        let body = Full::new(Bytes::from_static(b"abc"));
+        let (head, framing) = encode_head(&request(body.clone(), &[("content-length", "3")]));
+        assert_eq!(head, b"POST /up?x=1 HTTP/1.1\r\ncontent-length: 3\r\n\r\n");
+        assert_eq!(framing, Framing::Length(3));
+        let (head, framing) = encode_head(&request(body, &[]));
+        assert_eq!(head, b"POST /up?x=1 HTTP/1.1\r\ncontent-length: 3\r\n\r\n");
+        assert_eq!(framing, Framing::Length(3));
+
+        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =
+            vec![Ok(Frame::data(Bytes::from_static(b"abc")))];
+        let stream = StreamBody::new(futures_util::stream::iter(frames));
+        let (head, framing) = encode_head(&request(stream.boxed(), &[]));
+        assert_eq!(
+            head,
+            b"POST /up?x=1 HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        assert_eq!(framing, Framing::Chunked);
+    }
+
+    proptest! {
+        /// However the head arrives, it is incomplete until its last byte and then the
+        /// same head; and arbitrary bytes get an answer, never a panic.
+        #[test]
+        fn a_head_is_the_same_however_it_arrives(
+            status in 100u16..600,
+            fields in prop::collection::vec(("[a-z][a-z0-9-]{0,10}", "[ -~]{0,20}"), 0..8),
+            cut in 0usize..400,
+            noise in prop::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let mut raw = format!("HTTP/1.1 {status} X\r\n");
+            for (name, value) in &fields {
+                raw.push_str(&format!("{name}: {value}\r\n"));
+            }
+            raw.push_str("\r\n");
+            let raw = raw.into_bytes();
+            let cut = cut.min(raw.len() - 1);
+            prop_assert!(parse_head(&raw[..cut]).unwrap().is_none());
+            let head = parse_head(&raw).unwrap().unwrap();
+            prop_assert_eq!(head.status.as_u16(), status);
+            prop_assert_eq!(head.len, raw.len());
+            prop_assert_eq!(head.headers.len(), fields.len());
+            for (name, value) in &fields {
+                let found = head.headers.get_all(name.as_str()).iter().any(|v| v.as_bytes() == value.trim().as_bytes());
+                prop_assert!(found, "{name}: {value}");
+            }
+            let _ = parse_head(&noise);
+        }
+    }
+}

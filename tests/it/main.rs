@@ -18,3 +18,4 @@ mod smuggling;
 mod status_page;
 mod streaming;
 mod tls;
+mod upstream_http1;
