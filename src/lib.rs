@@ -4,7 +4,8 @@
 //! data path     client ─► listener (SO_REUSEPORT, TLS) ─► worker: our HTTP/1 engine
 //!               (httparse, no buffer while idle) or hyper's HTTP/2 server
 //!               ─► request_check ─► router (host, path prefix) ─► upstream: balancer
-//!               ─► pooled keep-alive connection (hyper client, fixed-size reads) ─► backend
+//!               ─► pooled keep-alive connection (our HTTP/1 client, fixed-size reads)
+//!               ─► backend
 //!               ◄─ response streamed back, hop-by-hop headers stripped, access log
 //! control path  gatewayctl ─► control socket (Unix, 0600) ─► supervisor
 //!               curl ─► admin listener (/healthz /readyz /status /metrics) ─► supervisor

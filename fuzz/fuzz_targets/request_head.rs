@@ -4,7 +4,8 @@
 
 use gateway::config::ClientLimits;
 use gateway::wire::decode::{BodyDecoder, Step};
-use gateway::worker::http1::head::{self, Framing};
+use gateway::wire::Framing;
+use gateway::worker::http1::head;
 use libfuzzer_sys::fuzz_target;
 use std::time::Duration;
 

@@ -18,7 +18,7 @@ use crate::wire::decode::{BodyDecoder, Step};
 use crate::wire::{self, Framing, MAX_HEADERS};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
@@ -67,8 +67,8 @@ pub enum ExchangeError<E> {
 /// What became of a request that got no response.
 pub enum SendError<B: Body> {
     /// Not a byte of it went out (the connection was already closed): it may go on
-    /// another connection as it is.
-    NotSent(Box<Request<B>>, io::Error),
+    /// another connection, with this, its body.
+    NotSent(B, io::Error),
     /// It went out, at least in part, and the exchange failed.
     Failed(ExchangeError<B::Error>),
 }
@@ -119,26 +119,28 @@ impl Connection {
         }
     }
 
-    /// Sends `request` and reads the response head. The body, if any, is sent as the
+    /// Sends a request and reads the response head. The body, if any, is sent as the
     /// server takes it, and goes on being sent while the response comes back when the
-    /// server answers early (it may echo what it reads).
+    /// server answers early (it may echo what it reads). The head is only borrowed: a
+    /// request that can be sent again keeps it for the next try.
     pub async fn send<B>(
         mut self,
-        request: Request<B>,
+        request: &http::request::Parts,
+        body: B,
     ) -> Result<Response<UpstreamBody<B>>, SendError<B>>
     where
         B: Body<Data = Bytes> + Unpin,
     {
-        let (head, framing) = encode_head(&request);
+        let (head, framing) = encode_head(request, &body);
         // Until a byte is written, the request is whole and may go elsewhere.
         let written = match self.stream.write(&head).await {
             Ok(n) => n,
-            Err(e) => return Err(SendError::NotSent(Box::new(request), e)),
+            Err(e) => return Err(SendError::NotSent(body, e)),
         };
-        let head_only = request.method() == Method::HEAD;
+        let head_only = request.method == Method::HEAD;
         // Most requests are a head alone, written whole: nothing more to send.
         let mut sending = (framing != Framing::Empty || written < head.len()).then(|| {
-            let mut outgoing = Box::new(Outgoing::new(request.into_body(), framing));
+            let mut outgoing = Box::new(Outgoing::new(body, framing));
             outgoing.queue[0] = Bytes::from(head).slice(written..);
             outgoing
         });
@@ -240,15 +242,16 @@ impl Connection {
 }
 
 /// A parsed response head.
-struct Head {
-    status: StatusCode,
-    version: Version,
-    headers: HeaderMap,
+pub struct Head {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
     /// Its length in bytes.
-    len: usize,
+    pub len: usize,
 }
 
-fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
+/// The response head at the start of `buf`: `Ok(None)` while it is incomplete.
+pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
     let invalid = |why: &str| Err(why.to_string());
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut slots);
@@ -289,7 +292,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
 
 /// Where the response body ends (RFC 9112 §6.3): `None` when only the end of the
 /// connection ends it.
-fn response_framing(
+pub fn response_framing(
     head_request: bool,
     status: StatusCode,
     headers: &HeaderMap,
@@ -313,16 +316,15 @@ fn response_framing(
 /// The request line and headers, and how the body goes: as it is when the request says
 /// its length, else chunked. The headers are the proxy's rewrite of the client's, the
 /// hop-by-hop ones gone.
-fn encode_head<B: Body>(request: &Request<B>) -> (Vec<u8>, Framing) {
-    let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
-    let headers = request.headers();
+fn encode_head<B: Body>(request: &http::request::Parts, body: &B) -> (Vec<u8>, Framing) {
+    let target = request.uri.path_and_query().map_or("/", |p| p.as_str());
+    let headers = &request.headers;
     let mut head = Vec::with_capacity(256 + 64 * headers.len());
-    head.extend_from_slice(request.method().as_str().as_bytes());
+    head.extend_from_slice(request.method.as_str().as_bytes());
     head.push(b' ');
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
     wire::encode_fields(&mut head, headers);
-    let body = request.body();
     let framing = if body.is_end_stream() {
         Framing::Empty
     } else if let Ok(Some(n)) = wire::content_length(headers) {
@@ -666,8 +668,8 @@ mod tests {
         assert!(framing(false, ok, &conflicting).is_err());
     }
 
-    fn request<B: Body>(body: B, headers: &[(&'static str, &'static str)]) -> Request<B> {
-        let mut request = Request::new(body);
+    fn encode<B: Body>(body: B, headers: &[(&'static str, &'static str)]) -> (Vec<u8>, Framing) {
+        let mut request = http::Request::new(());
         *request.method_mut() = Method::POST;
         *request.uri_mut() = "/up?x=1".parse().unwrap();
         for (n, v) in headers {
@@ -675,27 +677,27 @@ mod tests {
                 .headers_mut()
                 .append(*n, HeaderValue::from_static(v));
         }
-        request
+        encode_head(&request.into_parts().0, &body)
     }
 
     #[test]
     fn a_request_says_its_length_or_is_chunked() {
-        let (head, framing) = encode_head(&request(Empty::<Bytes>::new(), &[("host", "a")]));
+        let (head, framing) = encode(Empty::<Bytes>::new(), &[("host", "a")]);
         assert_eq!(head, b"POST /up?x=1 HTTP/1.1\r\nhost: a\r\n\r\n");
         assert_eq!(framing, Framing::Empty);
 
         let body = Full::new(Bytes::from_static(b"abc"));
-        let (head, framing) = encode_head(&request(body.clone(), &[("content-length", "3")]));
+        let (head, framing) = encode(body.clone(), &[("content-length", "3")]);
         assert_eq!(head, b"POST /up?x=1 HTTP/1.1\r\ncontent-length: 3\r\n\r\n");
         assert_eq!(framing, Framing::Length(3));
-        let (head, framing) = encode_head(&request(body, &[]));
+        let (head, framing) = encode(body, &[]);
         assert_eq!(head, b"POST /up?x=1 HTTP/1.1\r\ncontent-length: 3\r\n\r\n");
         assert_eq!(framing, Framing::Length(3));
 
         let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =
             vec![Ok(Frame::data(Bytes::from_static(b"abc")))];
         let stream = StreamBody::new(futures_util::stream::iter(frames));
-        let (head, framing) = encode_head(&request(stream.boxed(), &[]));
+        let (head, framing) = encode(stream.boxed(), &[]);
         assert_eq!(
             head,
             b"POST /up?x=1 HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"

@@ -16,6 +16,7 @@ use crate::wire::stack_text::StackText;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -205,35 +206,13 @@ impl Failure {
     }
 }
 
-/// A copy of a request head that can be sent again after it went out: only idempotent
-/// requests without a body have one (a body, once streamed, is gone).
-struct Replay {
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-}
-
-impl Replay {
-    fn of(request: &Request<RequestBody>) -> Option<Replay> {
-        use http_body::Body as _;
-        let idempotent = matches!(
-            *request.method(),
-            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
-        );
-        (idempotent && request.body().is_end_stream()).then(|| Replay {
-            method: request.method().clone(),
-            uri: request.uri().clone(),
-            headers: request.headers().clone(),
-        })
-    }
-
-    fn request(&self) -> Request<RequestBody> {
-        let mut request = Request::new(RequestBody::empty());
-        *request.method_mut() = self.method.clone();
-        *request.uri_mut() = self.uri.clone();
-        *request.headers_mut() = self.headers.clone();
-        request
-    }
+/// Whether a request may be sent again after it went out (RFC 9110 §9.2.2), if it has
+/// no body (a body, once streamed, is gone).
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    )
 }
 
 /// The upstream side of an accepted WebSocket upgrade: the client connection relays
@@ -251,7 +230,7 @@ pub struct Tunnel {
 enum TryError {
     /// The request did not leave, or may leave again (a replayable request whose server
     /// went away): it may go to another server.
-    NotSent(Box<Request<RequestBody>>, ConnectError),
+    NotSent(RequestBody, ConnectError),
     /// The request went out (at least in part): it cannot be sent again.
     Failed(Failure),
 }
@@ -419,12 +398,10 @@ impl Proxy {
             head.headers.insert(name, value.clone());
         }
         head.headers.insert(&X_REQUEST_ID, request_id.clone());
-        let mut request = Request::from_parts(head, body);
-        let replay = if websocket {
-            None
-        } else {
-            Replay::of(&request)
-        };
+        // The head stays here and every try writes it anew: a request without a body can
+        // be sent again after it went out, if that is safe.
+        let replayable = !websocket && is_idempotent(&head.method) && body.is_end_stream();
+        let mut body = body;
         upstream.note_request();
 
         let retry_on = upstream.config.retry_on;
@@ -440,21 +417,21 @@ impl Proxy {
             exchange.upstream = Some(Lease::new(server.clone()));
             if host.is_none() {
                 if let Ok(v) = HeaderValue::from_str(&server.config.name) {
-                    request.headers_mut().insert(header::HOST, v);
+                    head.headers.insert(header::HOST, v);
                 }
             }
             tried.push(index);
             // Another try for a request that went out: within `retries`, to a server not
             // tried yet, from the budget.
-            let may_retry = |replay: &Option<Replay>| {
-                replay.is_some()
+            let may_retry = || {
+                replayable
                     && tried.len() <= retries
                     && upstream.any_untried(&tried)
                     && upstream.try_retry()
             };
             let sent_at = Instant::now();
             match self
-                .try_server(upstream, server, request, replay.as_ref(), websocket)
+                .try_server(upstream, server, &head, body, replayable, websocket)
                 .await
             {
                 Ok(response) => {
@@ -462,11 +439,11 @@ impl Proxy {
                     exchange.upstream_time = Some(took);
                     server.note_latency(took);
                     let status = response.status();
-                    if retry_on.status(status.as_u16()) && may_retry(&replay) {
+                    if retry_on.status(status.as_u16()) && may_retry() {
                         let why = format!("answered {}", status.as_u16());
                         server.note_failure(&why);
                         exchange.note_try(server, why);
-                        request = replay.as_ref().expect("checked").request();
+                        body = RequestBody::empty();
                         continue;
                     }
                     let cookie = give_cookie
@@ -480,7 +457,7 @@ impl Proxy {
                 Err(TryError::NotSent(back, why)) => {
                     server.note_failure(&why.to_string());
                     exchange.note_try(server, why.to_string());
-                    request = *back;
+                    body = back;
                     last_failure = Some(Failure::Unreachable(why));
                     if tried.len() > retries {
                         break Err(last_failure.take().expect("just set"));
@@ -493,9 +470,9 @@ impl Proxy {
                         server.note_failure(&failure.reason());
                         server.note_latency(took);
                     }
-                    if failure.retried_by(retry_on) && may_retry(&replay) {
+                    if failure.retried_by(retry_on) && may_retry() {
                         exchange.note_try(server, failure.reason());
-                        request = replay.as_ref().expect("checked").request();
+                        body = RequestBody::empty();
                         last_failure = Some(failure);
                         continue;
                     }
@@ -530,15 +507,16 @@ impl Proxy {
     /// Sends the request on a pooled connection, or a new one; a pooled connection that
     /// turns out to be closing is replaced by a new one without counting as a failure,
     /// also when it was reset after the request went out, if the request can be sent
-    /// again (`replay`): the server closed an idle connection as we reused it. If the new
+    /// again (`replayable`): the server closed an idle connection as we reused it. If the new
     /// connection is reset as well, the server is going away (killed, restarting): the
     /// replayable request goes to another server as if this one had refused it.
     async fn try_server(
         &self,
         upstream: &Upstream,
         server: &Server,
-        mut request: Request<RequestBody>,
-        replay: Option<&Replay>,
+        head: &http::request::Parts,
+        mut body: RequestBody,
+        replayable: bool,
         websocket: bool,
     ) -> Result<Response<FromUpstream>, TryError> {
         let config = &upstream.config;
@@ -554,33 +532,33 @@ impl Proxy {
                         .await
                     {
                         Ok(conn) => conn,
-                        Err(e) => return Err(TryError::NotSent(Box::new(request), e)),
+                        Err(e) => return Err(TryError::NotSent(body, e)),
                     }
                 }
             };
-            let failure = match tokio::time::timeout(config.read_timeout, conn.send(request)).await
-            {
-                Err(_) => return Err(TryError::Failed(Failure::Timeout)),
-                Ok(Ok(response)) => return Ok(response),
-                Ok(Err(SendError::NotSent(back, _))) if reused => {
-                    request = *back;
-                    continue;
-                }
-                Ok(Err(SendError::NotSent(back, e))) => {
-                    return Err(TryError::NotSent(back, ConnectError::Io(addr, e)))
-                }
-                Ok(Err(SendError::Failed(e))) => Failure::of_exchange(e),
-            };
-            match (replay, &failure) {
-                (Some(replay), Failure::Reset(_)) if reused => {
-                    request = replay.request();
+            let failure =
+                match tokio::time::timeout(config.read_timeout, conn.send(head, body)).await {
+                    Err(_) => return Err(TryError::Failed(Failure::Timeout)),
+                    Ok(Ok(response)) => return Ok(response),
+                    Ok(Err(SendError::NotSent(back, _))) if reused => {
+                        body = back;
+                        continue;
+                    }
+                    Ok(Err(SendError::NotSent(back, e))) => {
+                        return Err(TryError::NotSent(back, ConnectError::Io(addr, e)))
+                    }
+                    Ok(Err(SendError::Failed(e))) => Failure::of_exchange(e),
+                };
+            match &failure {
+                Failure::Reset(_) if replayable && reused => {
+                    body = RequestBody::empty();
                     replayed = true;
                 }
-                (Some(replay), Failure::Reset(why)) if replayed => {
+                Failure::Reset(why) if replayable && replayed => {
                     let reset =
                         std::io::Error::new(std::io::ErrorKind::ConnectionReset, why.clone());
                     return Err(TryError::NotSent(
-                        Box::new(replay.request()),
+                        RequestBody::empty(),
                         ConnectError::Io(addr, reset),
                     ));
                 }
