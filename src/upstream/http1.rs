@@ -131,12 +131,16 @@ impl Connection {
     where
         B: Body<Data = Bytes> + Unpin,
     {
-        let (head, framing) = encode_head(request, &body);
+        let mut head = HEAD_BUFFER.take();
+        let framing = encode_head(&mut head, request, &body);
         // Until a byte is written, the request is whole and may go elsewhere.
         let written = match self.stream.write(&head).await {
             Ok(n) => n,
             Err(e) => return Err(SendError::NotSent(body, e)),
         };
+        if written == head.len() && head.capacity() <= MAX_KEPT_HEAD_BUFFER {
+            HEAD_BUFFER.set(std::mem::take(&mut head));
+        }
         let head_only = request.method == Method::HEAD;
         // Most requests are a head alone, written whole: nothing more to send.
         let mut sending = (framing != Framing::Empty || written < head.len()).then(|| {
@@ -313,18 +317,28 @@ pub fn response_framing(
     Ok(wire::content_length(headers)?.map(Framing::Length))
 }
 
-/// The request line and headers, and how the body goes: as it is when the request says
-/// its length, else chunked. The headers are the proxy's rewrite of the client's, the
-/// hop-by-hop ones gone.
-fn encode_head<B: Body>(request: &http::request::Parts, body: &B) -> (Vec<u8>, Framing) {
+thread_local! {
+    /// The buffer request heads are encoded into, kept by the worker's thread between
+    /// requests (a head written whole, nearly every one, gives it back).
+    static HEAD_BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// A head buffer that grew past this is not kept.
+const MAX_KEPT_HEAD_BUFFER: usize = 16 * 1024;
+
+/// Writes the request line and headers into `head` (emptied first), and says how the
+/// body goes: as it is when the request says its length, else chunked. The headers are
+/// the proxy's rewrite of the client's, the hop-by-hop ones gone.
+fn encode_head<B: Body>(head: &mut Vec<u8>, request: &http::request::Parts, body: &B) -> Framing {
     let target = request.uri.path_and_query().map_or("/", |p| p.as_str());
     let headers = &request.headers;
-    let mut head = Vec::with_capacity(256 + 64 * headers.len());
+    head.clear();
+    head.reserve(256 + 64 * headers.len());
     head.extend_from_slice(request.method.as_str().as_bytes());
     head.push(b' ');
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    wire::encode_fields(&mut head, headers);
+    wire::encode_fields(head, headers);
     let framing = if body.is_end_stream() {
         Framing::Empty
     } else if let Ok(Some(n)) = wire::content_length(headers) {
@@ -339,7 +353,7 @@ fn encode_head<B: Body>(request: &http::request::Parts, body: &B) -> (Vec<u8>, F
         Framing::Chunked
     };
     head.extend_from_slice(b"\r\n");
-    (head, framing)
+    framing
 }
 
 /// Why a request body stopped going out.
@@ -677,7 +691,9 @@ mod tests {
                 .headers_mut()
                 .append(*n, HeaderValue::from_static(v));
         }
-        encode_head(&request.into_parts().0, &body)
+        let mut head = Vec::new();
+        let framing = encode_head(&mut head, &request.into_parts().0, &body);
+        (head, framing)
     }
 
     #[test]

@@ -41,14 +41,15 @@ pub fn chunk_line(size: usize) -> StackText<20> {
     line
 }
 
-/// Whether a comma-separated list header holds `token` (case-insensitive).
+/// Whether a comma-separated list header holds `token` (case-insensitive). On the bytes:
+/// this runs several times for every request and response.
 pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+    headers.get_all(name).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .any(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
 }
 
 /// The length every Content-Length field states, `None` without one. Each must be the
@@ -56,13 +57,15 @@ pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
 pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, &'static str> {
     let mut length = None;
     for value in headers.get_all(CONTENT_LENGTH) {
-        let text = value.to_str().map_err(|_| "invalid Content-Length")?;
-        for item in text.split(',') {
-            let item = item.trim();
-            if item.is_empty() || item.len() > 19 || !item.bytes().all(|b| b.is_ascii_digit()) {
+        for item in value.as_bytes().split(|&b| b == b',') {
+            let item = item.trim_ascii();
+            // 19 digits cannot overflow a u64.
+            if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
                 return Err("invalid Content-Length");
             }
-            let n: u64 = item.parse().map_err(|_| "invalid Content-Length")?;
+            let n = item
+                .iter()
+                .fold(0u64, |n, digit| n * 10 + u64::from(digit - b'0'));
             if length.is_some_and(|l| l != n) {
                 return Err("conflicting Content-Length values");
             }
@@ -141,6 +144,25 @@ mod tests {
             &["chunked", "gzip"]
         )));
         assert!(!chunked_is_last(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn tokens_are_whole_list_items() {
+        let connection = |v| with("connection", &[v]);
+        let upgrade = |h: &HeaderMap| has_token(h, &http::header::CONNECTION, "upgrade");
+        assert!(upgrade(&connection("Keep-Alive , Upgrade")));
+        assert!(upgrade(&connection("\tUPGRADE")));
+        assert!(!upgrade(&connection("keep-alive, upgraded")));
+        assert!(!upgrade(&connection("")));
+    }
+
+    #[test]
+    fn the_largest_length_with_19_digits_is_read() {
+        let largest = "9999999999999999999";
+        assert_eq!(
+            content_length(&with("content-length", &[largest])),
+            Ok(Some(9_999_999_999_999_999_999))
+        );
     }
 
     #[test]
