@@ -138,14 +138,19 @@ impl Connection {
             Ok(n) => n,
             Err(e) => return Err(SendError::NotSent(body, e)),
         };
-        if written == head.len() && head.capacity() <= MAX_KEPT_HEAD_BUFFER {
-            HEAD_BUFFER.set(std::mem::take(&mut head));
-        }
+        let unwritten = if written == head.len() {
+            if head.capacity() <= MAX_KEPT_HEAD_BUFFER {
+                HEAD_BUFFER.set(head);
+            }
+            Bytes::new()
+        } else {
+            Bytes::from(head).slice(written..)
+        };
         let head_only = request.method == Method::HEAD;
         // Most requests are a head alone, written whole: nothing more to send.
-        let mut sending = (framing != Framing::Empty || written < head.len()).then(|| {
+        let mut sending = (framing != Framing::Empty || !unwritten.is_empty()).then(|| {
             let mut outgoing = Box::new(Outgoing::new(body, framing));
-            outgoing.queue[0] = Bytes::from(head).slice(written..);
+            outgoing.queue[0] = unwritten;
             outgoing
         });
         let mut kept_alive = true;

@@ -100,8 +100,7 @@ enum ClientSource {
 }
 
 /// The client's request body on its way to the upstream: nothing for most requests, and
-/// one pointer wide either way, since hyper's client keeps 32 requests' worth of room for
-/// it on every upstream connection.
+/// one pointer wide either way, as it is part of every request's future.
 pub struct RequestBody(Option<Box<StreamedBody>>);
 
 struct StreamedBody {
@@ -333,7 +332,13 @@ impl Body for ResponseBody {
                 }
             }
             Poll::Ready(Some(Err(e))) => {
-                this.exchange.fail_body(e.to_string());
+                // The client's request body failing under a response that was already
+                // streaming says nothing about the server.
+                let blames_server = !matches!(
+                    e,
+                    UpstreamBodyError::Broken(ResponseBodyError::RequestBody(_))
+                );
+                this.exchange.fail_body(e.to_string(), blames_server);
             }
             Poll::Ready(None) => this.finish(),
             Poll::Pending => {}
@@ -453,8 +458,8 @@ impl Exchange {
         }
     }
 
-    fn fail_body(&mut self, why: String) {
-        if let Some(lease) = &self.upstream {
+    fn fail_body(&mut self, why: String, blames_server: bool) {
+        if let (Some(lease), true) = (&self.upstream, blames_server) {
             lease.server.note_failure(&why);
         }
         self.error.get_or_insert(why);

@@ -1,10 +1,11 @@
 //! What a request must satisfy before any byte of it goes to an upstream, beyond what
-//! hyper's parser already refuses.
+//! the wire parsers already refuse.
 //!
-//! hyper rejects broken request lines, bad header bytes, conflicting Content-Lengths and
-//! Transfer-Encoding on HTTP/1.0, and it drops Content-Length when Transfer-Encoding is
-//! present (and closes the connection after, RFC 9112 §6.3). It does not check Host,
-//! transfer codings other than the last, or the request target form: that is done here.
+//! Our HTTP/1 head parser (`worker/http1/head.rs`) and hyper's HTTP/2 server reject
+//! broken request lines, bad header bytes and ambiguous framing (conflicting
+//! Content-Lengths, Content-Length with Transfer-Encoding, Transfer-Encoding on HTTP/1.0).
+//! Neither checks Host, transfer codings other than the last, or the request target
+//! form: that is done here, for both.
 
 use crate::config::ClientLimits;
 use http::header::{HeaderMap, HOST, TRANSFER_ENCODING};
