@@ -726,6 +726,66 @@ mod tests {
         assert_eq!(framing, Framing::Chunked);
     }
 
+    /// A server on loopback that answers each request with `reply` and hands back what
+    /// it read, once it has read `expect` bytes.
+    async fn loopback(
+        reply: &'static [u8],
+        expect: usize,
+    ) -> (SocketAddr, tokio::sync::oneshot::Receiver<Vec<u8>>) {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (seen, seen_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while got.len() < expect {
+                let n = stream.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "client closed early: {got:?}");
+                got.extend_from_slice(&chunk[..n]);
+            }
+            stream.write_all(reply).await.unwrap();
+            let _ = seen.send(got);
+            // Keeps the connection open until the client is done with it.
+            let _ = stream.read(&mut chunk).await;
+        });
+        (addr, seen_rx)
+    }
+
+    #[tokio::test]
+    async fn a_request_with_a_body_goes_whole_and_the_connection_can_go_back_to_the_pool() {
+        let sent = "POST /up HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\n\r\nhello";
+        let (addr, seen) = loopback(
+            b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+            sent.len(),
+        )
+        .await;
+        let conn = Connection::open(addr, Duration::from_secs(5), 8192)
+            .await
+            .unwrap();
+        let mut request = http::Request::new(());
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = "/up".parse().unwrap();
+        request
+            .headers_mut()
+            .insert("host", HeaderValue::from_static("a"));
+        let (parts, ()) = request.into_parts();
+        let body = Full::new(Bytes::from_static(b"hello"));
+        let Ok(response) = conn.send(&parts, body).await else {
+            panic!("no response");
+        };
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let mut body = response.into_body();
+        assert_eq!(body.size_hint().exact(), Some(2));
+        let data = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&data[..], b"ok");
+        assert!(body.is_end_stream());
+        assert_eq!(seen.await.unwrap(), sent.as_bytes());
+        let mut idle = body.take_idle().expect("kept alive");
+        assert!(idle.is_usable());
+    }
+
     proptest! {
         /// However the head arrives, it is incomplete until its last byte and then the
         /// same head; and arbitrary bytes get an answer, never a panic.
