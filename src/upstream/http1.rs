@@ -11,7 +11,7 @@
 //! ```text
 //! send: write head ─► [write body frames] ─► read head (skip 1xx) ─► Response
 //!       body: read ─► decode (Content-Length, chunked, until close) ─► frames
-//!       complete and kept alive ─► back to the pool        101 ─► Upgraded
+//!       complete and kept alive ─► back to the pool     101 ─► the socket, as a tunnel
 //! ```
 
 use crate::wire::decode::{BodyDecoder, Step};
