@@ -17,7 +17,7 @@
 use crate::wire::decode::{BodyDecoder, Step};
 use crate::wire::{self, Framing, MAX_HEADERS};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH};
+use http::header::{HeaderMap, CONTENT_LENGTH};
 use http::{Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use std::io::{self, IoSlice};
@@ -155,20 +155,8 @@ impl Connection {
         });
         let mut kept_alive = true;
         let head = std::future::poll_fn(|cx| {
-            if let Some(out) = &mut sending {
-                match out.poll_send(cx, &mut self.stream) {
-                    Poll::Ready(Ok(())) => sending = None,
-                    Poll::Ready(Err(Sending::Body(e))) => {
-                        return Poll::Ready(Err(ExchangeError::RequestBody(e)))
-                    }
-                    // The server stopped reading; its answer may still come.
-                    Poll::Ready(Err(Sending::Io(e))) => {
-                        tracing::debug!("upstream stopped taking the request: {e}");
-                        sending = None;
-                        kept_alive = false;
-                    }
-                    Poll::Pending => {}
-                }
+            if let Err(e) = poll_sending(&mut sending, &mut kept_alive, cx, &mut self.stream) {
+                return Poll::Ready(Err(ExchangeError::RequestBody(e)));
             }
             self.poll_head(cx)
         })
@@ -186,10 +174,7 @@ impl Connection {
         };
         let kept_alive = kept_alive
             && matches!(reading, Reading::Decoder(_))
-            && match head.version {
-                Version::HTTP_10 => wire::has_token(&head.headers, &CONNECTION, "keep-alive"),
-                _ => !wire::has_token(&head.headers, &CONNECTION, "close"),
-            };
+            && wire::keeps_alive(head.version, &head.headers);
         let mut response = Response::new(UpstreamBody {
             conn: Some(self),
             reading,
@@ -261,7 +246,6 @@ pub struct Head {
 
 /// The response head at the start of `buf`: `Ok(None)` while it is incomplete.
 pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
-    let invalid = |why: &str| Err(why.to_string());
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut slots);
     let len = match response.parse(buf) {
@@ -270,27 +254,13 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
         Err(e) => return Err(e.to_string()),
     };
     let Some(status) = response.code.and_then(|c| StatusCode::from_u16(c).ok()) else {
-        return invalid("invalid status code");
+        return Err("invalid status code".into());
     };
     let version = match response.version {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    // The values are slices of one copy of the head, not of the read buffer, which the
-    // body's frames and the next exchange reuse.
-    let copy = Bytes::copy_from_slice(&buf[..len]);
-    let mut headers = HeaderMap::with_capacity(response.headers.len());
-    for h in response.headers.iter() {
-        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
-            return invalid("invalid header name");
-        };
-        let offset = h.value.as_ptr() as usize - buf.as_ptr() as usize;
-        let Ok(value) = HeaderValue::from_maybe_shared(copy.slice(offset..offset + h.value.len()))
-        else {
-            return invalid("invalid header value");
-        };
-        headers.append(name, value);
-    }
+    let headers = wire::field_map(buf, len, response.headers, 0)?;
     Ok(Some(Head {
         status,
         version,
@@ -361,6 +331,31 @@ fn encode_head<B: Body>(head: &mut Vec<u8>, request: &http::request::Parts, body
     framing
 }
 
+/// Drives the rest of the request, if some is still going out; `Err` with the client
+/// body's error if it failed. A server that stops reading ends the sending, and the
+/// connection's reuse: its answer may still come.
+fn poll_sending<B: Body<Data = Bytes> + Unpin>(
+    sending: &mut Option<Box<Outgoing<B>>>,
+    kept_alive: &mut bool,
+    cx: &mut Context<'_>,
+    stream: &mut TcpStream,
+) -> Result<(), B::Error> {
+    let Some(out) = sending else {
+        return Ok(());
+    };
+    match out.poll_send(cx, stream) {
+        Poll::Pending => {}
+        Poll::Ready(Ok(())) => *sending = None,
+        Poll::Ready(Err(Sending::Body(e))) => return Err(e),
+        Poll::Ready(Err(Sending::Io(e))) => {
+            tracing::debug!("upstream stopped taking the request: {e}");
+            *sending = None;
+            *kept_alive = false;
+        }
+    }
+    Ok(())
+}
+
 /// Why a request body stopped going out.
 enum Sending<E> {
     Body(E),
@@ -375,10 +370,9 @@ struct Outgoing<B> {
     queue: [Bytes; 3],
     /// `None` once the body has ended.
     body: Option<B>,
-    chunked: bool,
     /// With a stated length, how much of it is still to come: a body that would send
     /// more is cut off rather than let the extra bytes be read as another request.
-    left: Option<u64>,
+    framing: Framing,
 }
 
 impl<B: Body<Data = Bytes> + Unpin> Outgoing<B> {
@@ -386,11 +380,7 @@ impl<B: Body<Data = Bytes> + Unpin> Outgoing<B> {
         Outgoing {
             queue: Default::default(),
             body: (framing != Framing::Empty).then_some(body),
-            chunked: framing == Framing::Chunked,
-            left: match framing {
-                Framing::Length(n) => Some(n),
-                _ => None,
-            },
+            framing,
         }
     }
 
@@ -406,7 +396,7 @@ impl<B: Body<Data = Bytes> + Unpin> Outgoing<B> {
                     IoSlice::new(&self.queue[1]),
                     IoSlice::new(&self.queue[2]),
                 ];
-                let mut n = ready!(crate::net::poll_write_gathered(
+                let n = ready!(crate::net::poll_write_gathered(
                     Pin::new(&mut *stream),
                     cx,
                     &slices
@@ -415,24 +405,21 @@ impl<B: Body<Data = Bytes> + Unpin> Outgoing<B> {
                 if n == 0 {
                     return Poll::Ready(Err(Sending::Io(io::ErrorKind::WriteZero.into())));
                 }
-                for part in &mut self.queue {
-                    let taken = n.min(part.len());
-                    part.advance(taken);
-                    n -= taken;
-                }
+                wire::consume(&mut self.queue, n);
             }
             let Some(body) = &mut self.body else {
                 return Poll::Ready(Ok(()));
             };
+            let chunked = self.framing == Framing::Chunked;
             match ready!(Pin::new(body).poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) if data.is_empty() => {}
-                    Ok(data) if self.chunked => {
+                    Ok(data) if chunked => {
                         let line = Bytes::copy_from_slice(&wire::chunk_line(data.len()));
                         self.queue = [line, data, Bytes::from_static(b"\r\n")];
                     }
                     Ok(data) => {
-                        if let Some(left) = &mut self.left {
+                        if let Framing::Length(left) = &mut self.framing {
                             if data.len() as u64 > *left {
                                 self.body = None;
                                 let longer = "request body longer than its Content-Length";
@@ -443,7 +430,7 @@ impl<B: Body<Data = Bytes> + Unpin> Outgoing<B> {
                         self.queue[0] = data;
                     }
                     Err(frame) => {
-                        if let (Ok(trailers), true) = (frame.into_trailers(), self.chunked) {
+                        if let (Ok(trailers), true) = (frame.into_trailers(), chunked) {
                             let mut end = b"0\r\n".to_vec();
                             wire::encode_fields(&mut end, &trailers);
                             end.extend_from_slice(b"\r\n");
@@ -458,7 +445,7 @@ impl<B: Body<Data = Bytes> + Unpin> Outgoing<B> {
                 }
                 None => {
                     self.body = None;
-                    if self.chunked {
+                    if chunked {
                         self.queue[0] = Bytes::from_static(b"0\r\n\r\n");
                     }
                 }
@@ -551,19 +538,14 @@ where
         let Some(conn) = this.conn.as_mut() else {
             return Poll::Ready(None);
         };
-        if let Some(out) = &mut this.sending {
-            match out.poll_send(cx, &mut conn.stream) {
-                Poll::Ready(Ok(())) => this.sending = None,
-                Poll::Ready(Err(Sending::Body(e))) => {
-                    return this.fail(ResponseBodyError::RequestBody(e.to_string()))
-                }
-                Poll::Ready(Err(Sending::Io(e))) => {
-                    tracing::debug!("upstream stopped taking the request: {e}");
-                    this.sending = None;
-                    this.kept_alive = false;
-                }
-                Poll::Pending => {}
-            }
+        let sent = poll_sending(
+            &mut this.sending,
+            &mut this.kept_alive,
+            cx,
+            &mut conn.stream,
+        );
+        if let Err(e) = sent {
+            return this.fail(ResponseBodyError::RequestBody(e.to_string()));
         }
         loop {
             let step = match &mut this.reading {
@@ -618,6 +600,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
     use http_body_util::{BodyExt, Empty, Full, StreamBody};
     use proptest::prelude::*;
 

@@ -66,19 +66,18 @@ impl BodyDecoder {
         loop {
             match self.state {
                 State::Done => return Ok(Step::End),
-                State::Length(0) => self.state = State::Done,
                 State::Length(_) | State::ChunkData(_) if buf.is_empty() => {
                     return Ok(Step::NeedMore)
                 }
                 State::Length(left) => {
-                    let n = left.min(buf.len() as u64);
+                    let (data, rest) = take_data(buf, left);
                     // Done as soon as the last byte is out, so that the body is known to
                     // be complete with its last frame.
-                    self.state = match left - n {
+                    self.state = match rest {
                         0 => State::Done,
                         rest => State::Length(rest),
                     };
-                    return Ok(Step::Frame(Frame::data(buf.split_to(n as usize).freeze())));
+                    return Ok(data);
                 }
                 State::ChunkSize => {
                     let Some(line_end) = find_crlf(buf, MAX_CHUNK_LINE)? else {
@@ -93,12 +92,12 @@ impl BodyDecoder {
                     };
                 }
                 State::ChunkData(left) => {
-                    let n = left.min(buf.len() as u64);
-                    self.state = match left - n {
+                    let (data, rest) = take_data(buf, left);
+                    self.state = match rest {
                         0 => State::ChunkEnd,
                         rest => State::ChunkData(rest),
                     };
-                    return Ok(Step::Frame(Frame::data(buf.split_to(n as usize).freeze())));
+                    return Ok(data);
                 }
                 State::ChunkEnd => {
                     if buf.len() < 2 {
@@ -126,6 +125,14 @@ impl BodyDecoder {
             }
         }
     }
+}
+
+/// Up to `left` body bytes from the front of `buf` (not empty) as a data frame, and how
+/// many the body still has after them.
+fn take_data(buf: &mut BytesMut, left: u64) -> (Step, u64) {
+    let n = left.min(buf.len() as u64);
+    let data = buf.split_to(n as usize).freeze();
+    (Step::Frame(Frame::data(data)), left - n)
 }
 
 fn find(buf: &[u8], needle: &[u8], limit: usize) -> Result<Option<usize>, &'static str> {

@@ -7,7 +7,11 @@
 pub mod decode;
 pub mod stack_text;
 
-use http::header::{HeaderMap, HeaderName, CONTENT_LENGTH, TRANSFER_ENCODING};
+use bytes::{Buf, Bytes};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING,
+};
+use http::Version;
 use stack_text::StackText;
 
 /// Header fields a message may have; more is refused (431 for a request, 502 for a
@@ -21,6 +25,47 @@ pub enum Framing {
     Empty,
     Length(u64),
     Chunked,
+}
+
+/// The fields httparse found in the head `buf[..len]`, as a map whose values are slices
+/// of one copy of the head: one allocation instead of one per value, and a copy of the
+/// map counts references instead of allocating again. The copy is the message's own, not
+/// the read buffer, which is reused. `room` more fields fit without growing the map.
+pub fn field_map(
+    buf: &[u8],
+    len: usize,
+    fields: &[httparse::Header<'_>],
+    room: usize,
+) -> Result<HeaderMap, &'static str> {
+    let copy = Bytes::copy_from_slice(&buf[..len]);
+    let mut headers = HeaderMap::with_capacity(fields.len() + room);
+    for field in fields {
+        let name =
+            HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| "invalid header name")?;
+        let offset = field.value.as_ptr() as usize - buf.as_ptr() as usize;
+        let value = HeaderValue::from_maybe_shared(copy.slice(offset..offset + field.value.len()))
+            .map_err(|_| "invalid header value")?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+/// Whether the sender of a message keeps the connection open after it (RFC 9112 §9.3):
+/// HTTP/1.0 only when it says `keep-alive`, HTTP/1.1 unless it says `close`.
+pub fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+    match version {
+        Version::HTTP_10 => has_token(headers, &CONNECTION, "keep-alive"),
+        _ => !has_token(headers, &CONNECTION, "close"),
+    }
+}
+
+/// Takes `n` written bytes off the front of `parts`, in order.
+pub fn consume<B: Buf>(parts: &mut [B], mut n: usize) {
+    for part in parts {
+        let taken = n.min(part.remaining());
+        part.advance(taken);
+        n -= taken;
+    }
 }
 
 /// Writes each field as `name: value\r\n`.

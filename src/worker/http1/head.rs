@@ -9,8 +9,7 @@
 use crate::config::ClientLimits;
 use crate::wire::{self, Framing, MAX_HEADERS};
 use crate::worker::request_check::Rejection;
-use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::HeaderMap;
 use http::{Method, StatusCode, Uri, Version};
 
 /// Room for the method, the version and the line ends around a request target.
@@ -99,35 +98,11 @@ pub fn parse(buf: &[u8], limits: &ClientLimits) -> Result<Option<(RequestHead, u
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    // The values are slices of one copy of the head: one allocation instead of one per
-    // value, and a copy of the headers (kept to replay the request) counts references
-    // instead of allocating again. The copy is the request's own, not the read buffer,
-    // which goes back to the pool while the request is served.
-    let head_copy = Bytes::copy_from_slice(&buf[..len]);
     // Room for the forwarding headers the proxy adds, so that adding them does not grow
     // (and rehash) the map.
-    let mut headers = HeaderMap::with_capacity(request.headers.len() + ADDED_BY_PROXY);
-    for h in request.headers.iter() {
-        let name =
-            HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad("invalid header name"))?;
-        let offset = h.value.as_ptr() as usize - buf.as_ptr() as usize;
-        let value = HeaderValue::from_maybe_shared(head_copy.slice(offset..offset + h.value.len()))
-            .map_err(|_| bad("invalid header value"))?;
-        headers.append(name, value);
-    }
+    let headers = wire::field_map(buf, len, request.headers, ADDED_BY_PROXY).map_err(bad)?;
     let framing = framing(&headers, version)?;
-    let connection = |token: &str| {
-        headers
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
-    let keep_alive = match version {
-        Version::HTTP_10 => connection("keep-alive"),
-        _ => !connection("close"),
-    };
+    let keep_alive = wire::keeps_alive(version, &headers);
     let expect_continue = version == Version::HTTP_11
         && headers
             .get(http::header::EXPECT)

@@ -5,7 +5,7 @@
 //! client takes the bytes.
 
 use crate::wire::stack_text::StackText;
-use crate::wire::{chunk_line, encode_fields, has_token};
+use crate::wire::{chunk_line, consume, encode_fields, has_token};
 use crate::worker::body::ResponseBody;
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{Method, Response, StatusCode, Version};
@@ -205,18 +205,14 @@ async fn write_all<W: AsyncWrite + Unpin>(out: &mut W, parts: &[&[u8]]) -> std::
             return Ok(());
         }
         let slices = left.map(IoSlice::new);
-        let mut n = std::future::poll_fn(|cx| {
+        let n = std::future::poll_fn(|cx| {
             crate::net::poll_write_gathered(Pin::new(&mut *out), cx, &slices[first..])
         })
         .await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
-        for part in &mut left[first..] {
-            let taken = n.min(part.len());
-            *part = &part[taken..];
-            n -= taken;
-        }
+        consume(&mut left[first..], n);
     }
 }
 
