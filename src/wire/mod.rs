@@ -71,11 +71,16 @@ pub fn consume<B: Buf>(parts: &mut [B], mut n: usize) {
 /// Writes each field as `name: value\r\n`.
 pub fn encode_fields(out: &mut Vec<u8>, headers: &HeaderMap) {
     for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        encode_field(out, name, value);
     }
+}
+
+/// Writes one field as `name: value\r\n`.
+pub fn encode_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A chunk's size line (`1f40\r\n`): 16 hex digits and CRLF at most.

@@ -724,31 +724,43 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = HeaderName> + 
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| {
-            !t.eq_ignore_ascii_case("close")
-                && !HOP_BY_HOP
-                    .iter()
-                    .any(|h| t.eq_ignore_ascii_case(h.as_str()))
-        })
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| names_a_field(t))
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
         .filter(|n| n != header::HOST)
+}
+
+/// Whether a Connection token names a field to remove beyond the hop-by-hop ones
+/// (`close` names none).
+fn names_a_field(token: &[u8]) -> bool {
+    !token.is_empty()
+        && !token.eq_ignore_ascii_case(b"close")
+        && !HOP_BY_HOP
+            .iter()
+            .any(|h| token.eq_ignore_ascii_case(h.as_str().as_bytes()))
 }
 
 /// Removes the headers named in Connection and the hop-by-hop ones. Host is never removed
 /// this way: the request must keep saying which site it is for.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names is cheaper than a lookup per hop-by-hop name, and most
-    // heads carry none or only Connection: only the names found are removed.
+    // One pass over the fields is cheaper than a lookup per hop-by-hop name, and most
+    // heads carry none or only `Connection: keep-alive`: only the names found are
+    // removed, and the Connection list is read in the same pass.
     let mut present = [false; HOP_BY_HOP.len()];
-    for name in headers.keys() {
+    let mut names_fields = false;
+    for (name, value) in headers.iter() {
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
             present[i] = true;
+            if i == 0 {
+                names_fields |= value
+                    .as_bytes()
+                    .split(|&b| b == b',')
+                    .any(|t| names_a_field(t.trim_ascii()));
+            }
         }
     }
-    if present[0] && connection_tokens(headers).next().is_some() {
+    if names_fields {
         let named: Vec<HeaderName> = connection_tokens(headers).collect();
         for name in named {
             headers.remove(&name);
@@ -927,6 +939,55 @@ mod tests {
         assert_eq!(values(&h.headers, "x-forwarded-for"), ["10.0.0.9"]);
         assert_eq!(values(&h.headers, "host"), ["a.com"]);
         assert_eq!(values(&h.headers, "x-kept"), ["yes"]);
+    }
+
+    proptest::proptest! {
+        /// Whatever a head carries and its Connection lists (any case, spacing, empty
+        /// items), the hop-by-hop fields and the ones Connection names go, Host stays,
+        /// and every other field stays with all its values.
+        #[test]
+        fn only_hop_by_hop_and_named_fields_go(
+            fields in proptest::collection::vec((0usize..10, 0u8..3), 0..12),
+            lists in proptest::collection::vec(
+                proptest::collection::vec((0usize..11, proptest::bool::ANY, 0usize..3), 0..5),
+                0..3,
+            ),
+        ) {
+            const NAMES: [&str; 10] = [
+                "connection", "keep-alive", "te", "upgrade", "proxy-connection",
+                "host", "x-a", "x-b", "x-c", "content-type",
+            ];
+            let mut headers = HeaderMap::new();
+            for (name, value) in &fields {
+                headers.append(NAMES[*name], HeaderValue::from(u16::from(*value)));
+            }
+            let mut named = Vec::new();
+            for list in &lists {
+                let mut value = String::new();
+                for (token, upper, spaces) in list {
+                    let token = NAMES.get(*token).copied().unwrap_or("close");
+                    named.push(token);
+                    let token = if *upper { token.to_uppercase() } else { token.to_string() };
+                    value.push_str(&" ".repeat(*spaces));
+                    value.push_str(&token);
+                    value.push(',');
+                }
+                headers.append(header::CONNECTION, HeaderValue::from_str(&value).unwrap());
+            }
+            let before = headers.clone();
+            strip_hop_by_hop(&mut headers);
+            for name in NAMES {
+                let hop = HOP_BY_HOP.iter().any(|h| h == name);
+                let gone = hop || (named.contains(&name) && name != "host");
+                if gone {
+                    proptest::prop_assert!(!headers.contains_key(name), "{} kept", name);
+                } else {
+                    let kept: Vec<_> = headers.get_all(name).iter().collect();
+                    let had: Vec<_> = before.get_all(name).iter().collect();
+                    proptest::prop_assert_eq!(kept, had, "{}", name);
+                }
+            }
+        }
     }
 
     #[test]

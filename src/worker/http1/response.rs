@@ -5,7 +5,7 @@
 //! client takes the bytes.
 
 use crate::wire::stack_text::StackText;
-use crate::wire::{chunk_line, consume, encode_fields, has_token};
+use crate::wire::{chunk_line, consume, encode_field, encode_fields, has_token};
 use crate::worker::body::ResponseBody;
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{Method, Response, StatusCode, Version};
@@ -48,7 +48,7 @@ pub async fn write<W: AsyncWrite + Unpin>(
     response: Response<ResponseBody>,
     request: &RequestFacts,
 ) -> std::io::Result<Written> {
-    let (mut parts, mut body) = response.into_parts();
+    let (parts, mut body) = response.into_parts();
     let status = parts.status;
     let framing = if request.method == Method::HEAD
         || status.is_informational()
@@ -66,20 +66,24 @@ pub async fn write<W: AsyncWrite + Unpin>(
     let close = request.close
         || framing == Framing::UntilClose
         || has_token(&parts.headers, &CONNECTION, "close");
-    let headers = &mut parts.headers;
-    // The framing and connection headers are the gateway's: what the upstream said of
-    // them goes, and ours are written straight into the head after the others.
-    if framing != Framing::Bodyless {
-        headers.remove(CONTENT_LENGTH);
-        headers.remove(TRANSFER_ENCODING);
-    }
     let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
-    if !upgrade && (close || request.version == Version::HTTP_10) {
-        headers.remove(CONNECTION);
-    }
+    // The framing and connection headers are the gateway's: what the upstream said of
+    // them is left out, and ours are written after the others. One pass over the fields
+    // (a removal each would hash and probe the map for every response).
+    let drop_framing = framing != Framing::Bodyless;
+    let drop_connection = !upgrade && (close || request.version == Version::HTTP_10);
     let mut head = Vec::with_capacity(256);
     head.extend_from_slice(&status_line(status));
-    encode_fields(&mut head, headers);
+    let mut dated = false;
+    for (name, value) in &parts.headers {
+        if (drop_framing && (name == CONTENT_LENGTH || name == TRANSFER_ENCODING))
+            || (drop_connection && name == CONNECTION)
+        {
+            continue;
+        }
+        dated |= name == DATE;
+        encode_field(&mut head, name, value);
+    }
     match framing {
         Framing::Length(n) => {
             head.extend_from_slice(b"content-length: ");
@@ -96,7 +100,7 @@ pub async fn write<W: AsyncWrite + Unpin>(
             head.extend_from_slice(b"connection: keep-alive\r\n");
         }
     }
-    if !headers.contains_key(DATE) {
+    if !dated {
         head.extend_from_slice(b"date: ");
         head.extend_from_slice(super::date::now().as_bytes());
         head.extend_from_slice(b"\r\n");
@@ -219,7 +223,10 @@ async fn write_all<W: AsyncWrite + Unpin>(out: &mut W, parts: &[&[u8]]) -> std::
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::worker::body::Exchange;
+    use bytes::Bytes;
     use http::header::{HeaderMap, HeaderValue};
+    use http::Request;
 
     #[test]
     fn heads_are_encoded_as_sent() {
@@ -229,6 +236,69 @@ mod tests {
         let mut out = status_line(StatusCode::NOT_FOUND).to_vec();
         encode_fields(&mut out, &headers);
         assert_eq!(out, b"HTTP/1.1 404 Not Found\r\nx-a: 1\r\nx-a: 2\r\n");
+    }
+
+    /// The upstream's framing and connection fields never reach the client: the gateway
+    /// frames the body itself, and writes a Date only when the upstream gave none.
+    #[test]
+    fn the_upstreams_framing_fields_are_replaced_by_the_gateways() {
+        use crate::access_log::AccessLog;
+        use crate::config::{AccessLogFormat, AccessLogTarget};
+        let written = |version: Version, headers: &[(&'static str, &'static str)]| {
+            let request = Request::get("/").body(()).unwrap().into_parts().0;
+            let log = AccessLog::open(&AccessLogTarget::Off, AccessLogFormat::Combined).unwrap();
+            let exchange = Exchange::new(
+                std::sync::Arc::new(log),
+                "127.0.0.1:1".parse().unwrap(),
+                &request,
+            );
+            let mut response =
+                Response::new(ResponseBody::fixed(Bytes::from_static(b"hi"), exchange));
+            for (name, value) in headers {
+                response
+                    .headers_mut()
+                    .append(*name, HeaderValue::from_static(value));
+            }
+            let facts = RequestFacts {
+                method: Method::GET,
+                version,
+                close: false,
+            };
+            let mut out = Trickle {
+                written: Vec::new(),
+                step: 7,
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            runtime.block_on(write(&mut out, response, &facts)).unwrap();
+            String::from_utf8(out.written).unwrap()
+        };
+        let upstream = [
+            ("content-length", "999"),
+            ("transfer-encoding", "chunked"),
+            ("date", "Tue, 01 Dec 2026 00:00:00 GMT"),
+            ("x-app", "1"),
+        ];
+        assert_eq!(
+            written(Version::HTTP_11, &upstream),
+            "HTTP/1.1 200 OK\r\ndate: Tue, 01 Dec 2026 00:00:00 GMT\r\nx-app: 1\r\n\
+             content-length: 2\r\n\r\nhi"
+        );
+        let closing = written(Version::HTTP_11, &[("connection", "close"), ("x-app", "1")]);
+        assert!(
+            closing.starts_with(
+                "HTTP/1.1 200 OK\r\nx-app: 1\r\ncontent-length: 2\r\nconnection: close\r\ndate: "
+            ),
+            "{closing}"
+        );
+        assert_eq!(closing.matches("connection").count(), 1, "{closing}");
+        let old = written(Version::HTTP_10, &[("connection", "keep-alive")]);
+        assert!(
+            old.contains("\r\nconnection: keep-alive\r\ndate: "),
+            "{old}"
+        );
+        assert_eq!(old.matches("connection").count(), 1, "{old}");
     }
 
     #[test]
