@@ -131,7 +131,7 @@ impl Connection {
     where
         B: Body<Data = Bytes> + Unpin,
     {
-        let mut head = HEAD_BUFFER.take();
+        let mut head = wire::take_head_buffer();
         let framing = encode_head(&mut head, request, &body);
         // Until a byte is written, the request is whole and may go elsewhere.
         let written = match self.stream.write(&head).await {
@@ -139,9 +139,7 @@ impl Connection {
             Err(e) => return Err(SendError::NotSent(body, e)),
         };
         let unwritten = if written == head.len() {
-            if head.capacity() <= MAX_KEPT_HEAD_BUFFER {
-                HEAD_BUFFER.set(head);
-            }
+            wire::give_back_head_buffer(head);
             Bytes::new()
         } else {
             Bytes::from(head).slice(written..)
@@ -291,15 +289,6 @@ pub fn response_framing(
     }
     Ok(wire::content_length(headers)?.map(Framing::Length))
 }
-
-thread_local! {
-    /// The buffer request heads are encoded into, kept by the worker's thread between
-    /// requests (a head written whole, nearly every one, gives it back).
-    static HEAD_BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
-}
-
-/// A head buffer that grew past this is not kept.
-const MAX_KEPT_HEAD_BUFFER: usize = 16 * 1024;
 
 /// Writes the request line and headers into `head` (emptied first), and says how the
 /// body goes: as it is when the request says its length, else chunked. The headers are

@@ -50,6 +50,29 @@ pub fn field_map(
     Ok(headers)
 }
 
+thread_local! {
+    /// The buffer message heads are written into, kept by the worker's thread between
+    /// messages: a head written whole, nearly every one, gives it back.
+    static HEAD_BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// A head buffer that grew past this is not kept.
+const MAX_KEPT_HEAD_BUFFER: usize = 16 * 1024;
+
+/// An empty buffer to write a head into: the thread's kept one if it is free.
+pub fn take_head_buffer() -> Vec<u8> {
+    let mut head = HEAD_BUFFER.take();
+    head.clear();
+    head
+}
+
+/// Keeps `head`, once written, for the next head.
+pub fn give_back_head_buffer(head: Vec<u8>) {
+    if head.capacity() <= MAX_KEPT_HEAD_BUFFER {
+        HEAD_BUFFER.set(head);
+    }
+}
+
 /// Whether the sender of a message keeps the connection open after it (RFC 9112 §9.3):
 /// HTTP/1.0 only when it says `keep-alive`, HTTP/1.1 unless it says `close`.
 pub fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {

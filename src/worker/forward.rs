@@ -17,6 +17,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
+use smallvec::SmallVec;
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -406,7 +407,8 @@ impl Proxy {
 
         let retry_on = upstream.config.retry_on;
         let retries = upstream.config.retries as usize;
-        let mut tried: Vec<usize> = Vec::new();
+        // Servers tried, on the stack for the first few (one allocation less per request).
+        let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
         let mut last_failure = None;
         let outcome = loop {
             let Some((index, give_cookie)) = upstream.pick(&affinity, &tried) else {

@@ -79,7 +79,7 @@ async fn run(config_path: &Path, args: &WorkerArgs) -> std::io::Result<()> {
     let listeners = config.listeners.len();
     if args.server_records.len() != servers
         || listeners == 0
-        || args.fds.len() % listeners != 0
+        || !args.fds.len().is_multiple_of(listeners)
         || args.seat_fds(args.seat, listeners).is_empty()
     {
         return Err(std::io::Error::other(format!(

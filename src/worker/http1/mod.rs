@@ -134,7 +134,13 @@ pub fn serve<S: ClientIo>(
             let Some(deadline) = wait_for_request(&mut io, timeout, &shutdown).await else {
                 return;
             };
-            if !Box::pin(serve_requests(&mut io, deadline, &conn, &proxy)).await {
+            // Written straight into its box: `Box::pin` built the 4 KB future on the
+            // stack and copied it, once per request on a keep-alive connection.
+            let requests = Box::write(
+                Box::new_uninit(),
+                serve_requests(&mut io, deadline, &conn, &proxy),
+            );
+            if !Box::into_pin(requests).await {
                 return;
             }
         }

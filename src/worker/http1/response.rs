@@ -5,7 +5,10 @@
 //! client takes the bytes.
 
 use crate::wire::stack_text::StackText;
-use crate::wire::{chunk_line, consume, encode_field, encode_fields, has_token};
+use crate::wire::{
+    chunk_line, consume, encode_field, encode_fields, give_back_head_buffer, has_token,
+    take_head_buffer,
+};
 use crate::worker::body::ResponseBody;
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{Method, Response, StatusCode, Version};
@@ -72,7 +75,7 @@ pub async fn write<W: AsyncWrite + Unpin>(
     // (a removal each would hash and probe the map for every response).
     let drop_framing = framing != Framing::Bodyless;
     let drop_connection = !upgrade && (close || request.version == Version::HTTP_10);
-    let mut head = Vec::with_capacity(256);
+    let mut head = take_head_buffer();
     head.extend_from_slice(&status_line(status));
     let mut dated = false;
     for (name, value) in &parts.headers {
@@ -109,6 +112,7 @@ pub async fn write<W: AsyncWrite + Unpin>(
 
     if framing == Framing::Bodyless {
         out.write_all(&head).await?;
+        give_back_head_buffer(head);
         out.flush().await?;
         return Ok(Written { close });
     }
@@ -127,13 +131,14 @@ pub async fn write<W: AsyncWrite + Unpin>(
             None => {
                 if let Some(head) = pending_head.take() {
                     out.write_all(&head).await?;
+                    give_back_head_buffer(head);
                     out.flush().await?;
                 }
                 continue;
             }
             Some(frame) => frame,
         };
-        let head = pending_head.take().unwrap_or_default();
+        let mut head = pending_head.take().unwrap_or_default();
         match frame {
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) if framing == Framing::Chunked && !data.is_empty() => {
@@ -142,7 +147,6 @@ pub async fn write<W: AsyncWrite + Unpin>(
                 }
                 // A small body goes in the head's buffer: one plain write.
                 Ok(data) if !head.is_empty() && data.len() <= SMALL_BODY => {
-                    let mut head = head;
                     head.extend_from_slice(&data);
                     write_all(out, &[&head]).await?
                 }
@@ -159,8 +163,12 @@ pub async fn write<W: AsyncWrite + Unpin>(
             }
             None => {
                 write_all(out, &[&head]).await?;
+                give_back_head_buffer(head);
                 break;
             }
+        }
+        if head.capacity() > 0 {
+            give_back_head_buffer(head);
         }
         if body.is_end_stream() {
             break;
