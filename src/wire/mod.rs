@@ -38,7 +38,7 @@ pub fn field_map(
     room: usize,
 ) -> Result<HeaderMap, &'static str> {
     let copy = Bytes::copy_from_slice(&buf[..len]);
-    let mut headers = HeaderMap::with_capacity(fields.len() + room);
+    let mut headers = take_map(fields.len() + room);
     for field in fields {
         let name =
             HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| "invalid header name")?;
@@ -71,6 +71,43 @@ pub fn give_back_head_buffer(head: Vec<u8>) {
     if head.capacity() <= MAX_KEPT_HEAD_BUFFER {
         HEAD_BUFFER.set(head);
     }
+}
+
+thread_local! {
+    /// Emptied header maps, kept for the next heads: a new map costs two allocations,
+    /// and every request and response has one.
+    static MAPS: std::cell::RefCell<Vec<HeaderMap>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Maps kept per thread, and the largest kept (`HeaderMap::capacity`): at most a few
+/// hundred KB.
+const KEPT_MAPS: usize = 64;
+const KEPT_MAP_CAPACITY: usize = 48;
+
+/// An empty map with room for `capacity` fields, a kept one if there is.
+fn take_map(capacity: usize) -> HeaderMap {
+    match MAPS.with(|maps| maps.borrow_mut().pop()) {
+        Some(mut map) => {
+            map.reserve(capacity);
+            map
+        }
+        None => HeaderMap::with_capacity(capacity),
+    }
+}
+
+/// Empties `map` and keeps it for a later head, if it is not one of the rare large ones.
+/// For the maps of messages whose head has gone out.
+pub fn recycle_map(mut map: HeaderMap) {
+    if map.capacity() > KEPT_MAP_CAPACITY {
+        return;
+    }
+    map.clear();
+    MAPS.with(|maps| {
+        let mut maps = maps.borrow_mut();
+        if maps.len() < KEPT_MAPS {
+            maps.push(map);
+        }
+    });
 }
 
 /// Whether the sender of a message keeps the connection open after it (RFC 9112 §9.3):
@@ -236,6 +273,27 @@ mod tests {
             content_length(&with("content-length", &[largest])),
             Ok(Some(9_999_999_999_999_999_999))
         );
+    }
+
+    #[test]
+    fn a_kept_map_comes_back_empty_with_room() {
+        let mut map = with("x-a", &["1", "2"]);
+        map.insert("x-b", HeaderValue::from_static("3"));
+        recycle_map(map);
+        let head = b"x-c: 4";
+        let fields = [httparse::Header {
+            name: "x-c",
+            value: &head[5..6],
+        }];
+        let map = field_map(head, head.len(), &fields, 20).unwrap();
+        assert_eq!(map.len(), 1);
+        assert_eq!(map["x-c"], "4");
+        assert!(map.capacity() >= 21);
+        // A large map is not kept.
+        let mut large = HeaderMap::with_capacity(KEPT_MAP_CAPACITY + 1);
+        large.insert("x-a", HeaderValue::from_static("1"));
+        recycle_map(large);
+        assert!(take_map(0).is_empty());
     }
 
     #[test]
