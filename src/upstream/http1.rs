@@ -258,7 +258,8 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    let headers = wire::field_map(buf, len, response.headers, 0)?;
+    let map = wire::response_map(response.headers.len());
+    let headers = wire::field_map(buf, len, response.headers, map)?;
     Ok(Some(Head {
         status,
         version,

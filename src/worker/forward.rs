@@ -483,8 +483,6 @@ impl Proxy {
             }
         };
 
-        // The request has gone out (or will not): its map can serve another head.
-        crate::wire::recycle_map(std::mem::take(&mut head.headers));
         match outcome {
             Ok((response, cookie)) => {
                 let (mut response, tunnel) = self.respond(exchange, upstream, response, websocket);

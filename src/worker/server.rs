@@ -209,10 +209,11 @@ fn h2_service(
     })
 }
 
-/// Gives each header value its own copy of its bytes. The upstream client's header values
-/// are slices of its 8 KiB read buffer, and HPACK keeps the values it indexes for the life
-/// of the client connection: without the copy, every idle HTTP/2 client would hold on to
-/// a read buffer of the upstream connection its last response came through.
+/// Gives the header values one copy of their bytes alone. The upstream client's header
+/// values are slices of one copy of the whole response head (`wire::field_map`), and HPACK
+/// keeps the values it indexes for the life of the client connection: without this copy,
+/// every idle HTTP/2 client would hold on to the whole head of its last response, names
+/// and the gateway's own fields included.
 fn own_header_values(headers: &mut http::HeaderMap) {
     // One copy for all the values (split, not reallocated: it is sized for them all).
     let mut copy = BytesMut::with_capacity(headers.values().map(HeaderValue::len).sum());

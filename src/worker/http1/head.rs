@@ -100,7 +100,13 @@ pub fn parse(buf: &[u8], limits: &ClientLimits) -> Result<Option<(RequestHead, u
     };
     // Room for the forwarding headers the proxy adds, so that adding them does not grow
     // (and rehash) the map.
-    let headers = wire::field_map(buf, len, request.headers, ADDED_BY_PROXY).map_err(bad)?;
+    let headers = wire::field_map(
+        buf,
+        len,
+        request.headers,
+        HeaderMap::with_capacity(request.headers.len() + ADDED_BY_PROXY),
+    )
+    .map_err(bad)?;
     let framing = framing(&headers, version)?;
     let keep_alive = wire::keeps_alive(version, &headers);
     let expect_continue = version == Version::HTTP_11

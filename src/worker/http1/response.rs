@@ -7,7 +7,7 @@
 use crate::wire::stack_text::StackText;
 use crate::wire::{
     chunk_line, consume, encode_field, encode_fields, give_back_head_buffer, has_token,
-    recycle_map, take_head_buffer,
+    recycle_response_map, take_head_buffer,
 };
 use crate::worker::body::ResponseBody;
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
@@ -87,7 +87,7 @@ pub async fn write<W: AsyncWrite + Unpin>(
         dated |= name == DATE;
         encode_field(&mut head, name, value);
     }
-    recycle_map(parts.headers);
+    recycle_response_map(parts.headers);
     match framing {
         Framing::Length(n) => {
             head.extend_from_slice(b"content-length: ");
