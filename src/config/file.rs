@@ -109,6 +109,8 @@ pub struct UpstreamSection {
     pub keepalive: Option<usize>,
     pub connect_timeout: Option<Spanned<String>>,
     pub read_timeout: Option<Spanned<String>>,
+    /// Each write of a request to the server must be taken within this.
+    pub send_timeout: Option<Spanned<String>>,
     pub retries: Option<u32>,
     pub max_fails: Option<u32>,
     pub fail_timeout: Option<Spanned<String>>,

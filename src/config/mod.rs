@@ -168,7 +168,10 @@ pub struct UpstreamConfig {
     pub servers: Vec<ServerConfig>,
     pub keepalive: usize,
     pub connect_timeout: Duration,
+    /// From the end of the request to the response head, and between response reads.
     pub read_timeout: Duration,
+    /// Each write of the request to the server (a slow upload is the client's pace).
+    pub send_timeout: Duration,
     pub retries: u32,
     pub max_fails: u32,
     pub fail_timeout: Duration,
@@ -1132,6 +1135,11 @@ impl Validator<'_> {
             read_timeout: self.duration(
                 &u.read_timeout,
                 &key("read_timeout"),
+                Duration::from_secs(60),
+            ),
+            send_timeout: self.duration(
+                &u.send_timeout,
+                &key("send_timeout"),
                 Duration::from_secs(60),
             ),
             retries: u.retries.unwrap_or(1),

@@ -18,6 +18,16 @@ const STABLE_AFTER: Duration = Duration::from_secs(10);
 const FIRST_RESTART_DELAY: Duration = Duration::from_millis(100);
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(10);
 
+/// The running program's image, whatever is at its path on disk now.
+const OWN_PROGRAM: &str = "/proc/self/exe";
+
+/// The name workers show in `ps`: the supervisor's own argv[0].
+fn program_name() -> std::ffi::OsString {
+    std::env::args_os()
+        .next()
+        .unwrap_or_else(|| "gateway".into())
+}
+
 pub(super) struct WorkerProc {
     pub pid: u32,
     /// Its place in the generation, which decides the listening sockets it accepts on.
@@ -91,7 +101,11 @@ impl Supervisor {
             record,
             server_records: self.assignments.records(self.generation),
         };
-        let spawned = tokio::process::Command::new(std::env::current_exe()?)
+        // The supervisor's own program, even after a package upgrade renamed another file
+        // over its path: /proc/self/exe names the running image, deleted or not (the
+        // binary now on disk is started by `upgrade` alone).
+        let spawned = tokio::process::Command::new(OWN_PROGRAM)
+            .arg0(program_name())
             .arg("worker")
             .arg("-c")
             .arg(&self.config_path)

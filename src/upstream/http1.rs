@@ -20,6 +20,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{HeaderMap, CONTENT_LENGTH};
 use http::{Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -62,6 +63,31 @@ pub enum ExchangeError<E> {
     HeadTooLarge,
     /// The client's request body failed: its own error says how.
     RequestBody(E),
+    /// The server took no byte of the request for `send_timeout`.
+    SendTimeout,
+    /// The server sent no response head within `read_timeout` of the request's end.
+    ReadTimeout,
+}
+
+/// How long an exchange waits on the server: a slow upload is the client's pace, not
+/// the server's, so no limit runs while the gateway waits for the client's body.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Each write of the request: the server must take some of it within this.
+    pub send: Duration,
+    /// From the request's last byte to the response head.
+    pub read: Duration,
+}
+
+/// What an exchange is waiting for, which decides the limit that runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    /// The server to take more of the request, after this many bytes of it.
+    Server(u64),
+    /// The client to send more of its body: its own `client_body_timeout` runs.
+    Client,
+    /// The response head, the request being out.
+    Answer,
 }
 
 /// What became of a request that got no response.
@@ -127,6 +153,7 @@ impl Connection {
         mut self,
         request: &http::request::Parts,
         body: B,
+        timeouts: Timeouts,
     ) -> Result<Response<UpstreamBody<B>>, SendError<B>>
     where
         B: Body<Data = Bytes> + Unpin,
@@ -152,14 +179,46 @@ impl Connection {
             outgoing
         });
         let mut kept_alive = true;
+        let mut waiting = Waiting::Answer;
+        let mut last_write = tokio::time::Instant::now();
+        let mut limit = std::pin::pin!(tokio::time::sleep_until(last_write + timeouts.read));
         let head = std::future::poll_fn(|cx| {
             if let Err(e) = poll_sending(&mut sending, &mut kept_alive, cx, &mut self.stream) {
                 return Poll::Ready(Err(ExchangeError::RequestBody(e)));
             }
-            self.poll_head(cx)
+            if let Poll::Ready(head) = self.poll_head(cx) {
+                return Poll::Ready(head);
+            }
+            let now_waiting = match &sending {
+                None => Waiting::Answer,
+                Some(out) if out.blocked_on_socket => Waiting::Server(out.written),
+                Some(_) => Waiting::Client,
+            };
+            if now_waiting != waiting {
+                // A change is progress: the server took bytes, or the client sent some.
+                waiting = now_waiting;
+                last_write = tokio::time::Instant::now();
+                match waiting {
+                    Waiting::Server(_) => limit.as_mut().reset(last_write + timeouts.send),
+                    Waiting::Answer => limit.as_mut().reset(last_write + timeouts.read),
+                    Waiting::Client => {}
+                }
+            }
+            match waiting {
+                Waiting::Client => Poll::Pending,
+                Waiting::Server(_) => limit
+                    .as_mut()
+                    .poll(cx)
+                    .map(|()| Err(ExchangeError::SendTimeout)),
+                Waiting::Answer => limit
+                    .as_mut()
+                    .poll(cx)
+                    .map(|()| Err(ExchangeError::ReadTimeout)),
+            }
         })
         .await
         .map_err(SendError::Failed)?;
+        let waited = last_write.elapsed();
 
         let reading = if head.status == StatusCode::SWITCHING_PROTOCOLS {
             Reading::Upgrade
@@ -178,6 +237,7 @@ impl Connection {
             reading,
             sending,
             kept_alive,
+            waited,
         });
         *response.status_mut() = head.status;
         *response.version_mut() = head.version;
@@ -363,6 +423,10 @@ struct Outgoing<B> {
     /// With a stated length, how much of it is still to come: a body that would send
     /// more is cut off rather than let the extra bytes be read as another request.
     framing: Framing,
+    /// Bytes the server has taken so far.
+    written: u64,
+    /// Waiting for the server to take bytes (rather than for the client to send some).
+    blocked_on_socket: bool,
 }
 
 impl<B: Body<Data = Bytes> + Unpin> Outgoing<B> {
@@ -371,6 +435,8 @@ impl<B: Body<Data = Bytes> + Unpin> Outgoing<B> {
             queue: Default::default(),
             body: (framing != Framing::Empty).then_some(body),
             framing,
+            written: 0,
+            blocked_on_socket: false,
         }
     }
 
@@ -386,12 +452,15 @@ impl<B: Body<Data = Bytes> + Unpin> Outgoing<B> {
                     IoSlice::new(&self.queue[1]),
                     IoSlice::new(&self.queue[2]),
                 ];
+                self.blocked_on_socket = true;
                 let n = ready!(crate::net::poll_write_gathered(
                     Pin::new(&mut *stream),
                     cx,
                     &slices
                 ))
                 .map_err(Sending::Io)?;
+                self.blocked_on_socket = false;
+                self.written += n as u64;
                 if n == 0 {
                     return Poll::Ready(Err(Sending::Io(io::ErrorKind::WriteZero.into())));
                 }
@@ -476,6 +545,10 @@ pub struct UpstreamBody<B> {
     sending: Option<Box<Outgoing<B>>>,
     /// The server keeps the connection open after this response.
     kept_alive: bool,
+    /// How long the server took to answer after the request's last write (or the
+    /// client's last bytes while a body went out): its latency, neither the connect nor
+    /// the upload.
+    pub waited: Duration,
 }
 
 impl<B: Body<Data = Bytes> + Unpin> UpstreamBody<B> {
@@ -593,6 +666,11 @@ mod tests {
     use http::HeaderValue;
     use http_body_util::{BodyExt, Empty, Full, StreamBody};
     use proptest::prelude::*;
+
+    const TIMEOUTS: Timeouts = Timeouts {
+        send: Duration::from_secs(10),
+        read: Duration::from_secs(10),
+    };
 
     fn header<'a>(head: &'a Head, name: &str) -> Vec<&'a [u8]> {
         head.headers
@@ -745,7 +823,7 @@ mod tests {
             .insert("host", HeaderValue::from_static("a"));
         let (parts, ()) = request.into_parts();
         let body = Full::new(Bytes::from_static(b"hello"));
-        let Ok(response) = conn.send(&parts, body).await else {
+        let Ok(response) = conn.send(&parts, body, TIMEOUTS).await else {
             panic!("no response");
         };
         assert_eq!(response.status(), StatusCode::CREATED);
@@ -757,6 +835,105 @@ mod tests {
         assert_eq!(seen.await.unwrap(), sent.as_bytes());
         let mut idle = body.take_idle().expect("kept alive");
         assert!(idle.is_usable());
+    }
+
+    fn post() -> http::request::Parts {
+        let mut request = http::Request::new(());
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = "/up".parse().unwrap();
+        request.into_parts().0
+    }
+
+    /// What `send` says of a request to a server that accepts and then does `serve`.
+    async fn outcome<B, F, Fut>(body: B, timeouts: Timeouts, serve: F) -> Result<Duration, String>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        F: FnOnce(TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            serve(stream).await;
+        });
+        let conn = Connection::open(addr, Duration::from_secs(5), 8192)
+            .await
+            .unwrap();
+        match conn.send(&post(), body, timeouts).await {
+            Ok(response) => Ok(response.body().waited),
+            Err(SendError::Failed(ExchangeError::SendTimeout)) => Err("send".into()),
+            Err(SendError::Failed(ExchangeError::ReadTimeout)) => Err("read".into()),
+            Err(_) => Err("other".into()),
+        }
+    }
+
+    /// A body that arrives 1 KiB per 100 ms from its client, for `pieces` pieces.
+    fn slow_body(pieces: usize) -> impl Body<Data = Bytes, Error = std::io::Error> + Unpin {
+        use futures_util::StreamExt;
+        let frames = futures_util::stream::iter(0..pieces).then(|_| async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok(Frame::data(Bytes::from(vec![b'x'; 1024])))
+        });
+        StreamBody::new(Box::pin(frames))
+    }
+
+    /// Reads everything the client sends, then answers after `delay`.
+    async fn answer_after(mut stream: TcpStream, delay: Duration, expect: usize) {
+        use tokio::io::AsyncReadExt;
+        let mut got = 0;
+        let mut buf = [0u8; 16384];
+        while got < expect {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got += n,
+            }
+        }
+        tokio::time::sleep(delay).await;
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            .await;
+        let _ = stream.read(&mut buf).await;
+    }
+
+    #[tokio::test]
+    async fn read_timeout_runs_from_the_end_of_the_body_not_through_a_slow_upload() {
+        let timeouts = Timeouts {
+            send: Duration::from_millis(300),
+            read: Duration::from_millis(300),
+        };
+        // 1 s of upload at the client's pace, then a prompt answer: no limit is hit, and
+        // the server's time is the wait after the body, not the upload.
+        let sent = outcome(slow_body(10), timeouts, |s| {
+            answer_after(s, Duration::from_millis(50), 10 * 1024 + 60)
+        })
+        .await
+        .unwrap();
+        assert!(sent < Duration::from_millis(250), "{sent:?}");
+        // The whole body, then no answer: a read timeout.
+        let silent = outcome(slow_body(3), timeouts, |s| {
+            answer_after(s, Duration::from_secs(5), 3 * 1024 + 60)
+        })
+        .await;
+        assert_eq!(silent, Err("read".to_string()));
+    }
+
+    #[tokio::test]
+    async fn a_server_that_takes_none_of_the_body_is_a_send_timeout() {
+        let timeouts = Timeouts {
+            send: Duration::from_millis(300),
+            read: Duration::from_secs(30),
+        };
+        // More than the socket buffers hold, to a server that never reads.
+        let body = Full::new(Bytes::from(vec![b'x'; 64 << 20]));
+        let started = std::time::Instant::now();
+        let stuck = outcome(body, timeouts, |s| async move {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            drop(s);
+        })
+        .await;
+        assert_eq!(stuck, Err("send".to_string()));
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     proptest! {

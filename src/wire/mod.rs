@@ -65,9 +65,10 @@ pub fn take_head_buffer() -> Vec<u8> {
     head
 }
 
-/// Keeps `head`, once written, for the next head.
+/// Keeps `head`, once written, for the next head. An empty placeholder is not kept: it
+/// would put out a buffer another message gave back meanwhile.
 pub fn give_back_head_buffer(head: Vec<u8>) {
-    if head.capacity() <= MAX_KEPT_HEAD_BUFFER {
+    if (1..=MAX_KEPT_HEAD_BUFFER).contains(&head.capacity()) {
         HEAD_BUFFER.set(head);
     }
 }

@@ -10,7 +10,7 @@ use super::{Server, Upstream};
 use crate::access_log::AccessLog;
 use crate::config::{ClientLimits, Config, Redirect, RetryOn, RouteConfig};
 use crate::table::{RequestMetrics, WorkerRecord, WorkerShare};
-use crate::upstream::http1::{ConnectError, Connection, ExchangeError, SendError};
+use crate::upstream::http1::{ConnectError, Connection, ExchangeError, SendError, Timeouts};
 use crate::wire::has_token;
 use crate::wire::stack_text::StackText;
 use bytes::{Bytes, BytesMut};
@@ -119,8 +119,9 @@ enum Failure {
     /// The gateway is out of file descriptors or the like: its own trouble, not the
     /// server's.
     OutOfResources(ConnectError),
-    /// The upstream did not answer within read_timeout.
-    Timeout,
+    /// The upstream did not take the request within send_timeout or answer within
+    /// read_timeout: which, and how, in words.
+    Timeout(&'static str),
     /// The connection closed or was reset before any response byte.
     Reset(String),
     BadResponse(String),
@@ -150,6 +151,12 @@ impl Failure {
             ExchangeError::Closed(why) => Failure::Reset(format!(
                 "upstream closed the connection before answering: {why}"
             )),
+            ExchangeError::SendTimeout => {
+                Failure::Timeout("upstream took no request bytes within send_timeout")
+            }
+            ExchangeError::ReadTimeout => Failure::Timeout(
+                "upstream did not answer within read_timeout of the end of the request",
+            ),
         }
     }
 
@@ -157,7 +164,7 @@ impl Failure {
         match self {
             Failure::NoRoute => StatusCode::NOT_FOUND,
             Failure::NoServerUp | Failure::OutOfResources(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Failure::Unreachable(ConnectError::Timeout(_)) | Failure::Timeout => {
+            Failure::Unreachable(ConnectError::Timeout(_)) | Failure::Timeout(_) => {
                 StatusCode::GATEWAY_TIMEOUT
             }
             Failure::Unreachable(_) | Failure::Reset(_) | Failure::BadResponse(_) => {
@@ -173,7 +180,7 @@ impl Failure {
             Failure::NoServerUp => "no server of the upstream is up".into(),
             Failure::Unreachable(e) => e.to_string(),
             Failure::OutOfResources(e) => format!("the gateway is out of resources: {e}"),
-            Failure::Timeout => "upstream did not answer within read_timeout".into(),
+            Failure::Timeout(why) => why.to_string(),
             Failure::Reset(why) | Failure::BadResponse(why) | Failure::ClientBody { why, .. } => {
                 why.clone()
             }
@@ -185,7 +192,7 @@ impl Failure {
         matches!(
             self,
             Failure::Unreachable(_)
-                | Failure::Timeout
+                | Failure::Timeout(_)
                 | Failure::Reset(_)
                 | Failure::BadResponse(_)
         )
@@ -201,7 +208,7 @@ impl Failure {
     fn retried_by(&self, retry_on: RetryOn) -> bool {
         match self {
             Failure::Reset(_) => retry_on.reset,
-            Failure::Timeout => retry_on.timeout,
+            Failure::Timeout(_) => retry_on.timeout,
             _ => false,
         }
     }
@@ -437,9 +444,9 @@ impl Proxy {
                 .await
             {
                 Ok(response) => {
-                    let took = sent_at.elapsed();
-                    exchange.upstream_time = Some(took);
-                    server.note_latency(took);
+                    exchange.upstream_time = Some(sent_at.elapsed());
+                    // The server's own time: neither the connect nor the upload.
+                    server.note_latency(response.body().waited);
                     let status = response.status();
                     if retry_on.status(status.as_u16()) && may_retry() {
                         let why = format!("answered {}", status.as_u16());
@@ -470,7 +477,11 @@ impl Proxy {
                     exchange.upstream_time = Some(took);
                     if failure.blames_server() {
                         server.note_failure(&failure.reason());
-                        server.note_latency(took);
+                        // A timeout waited its limit on the server; other failures are
+                        // quick and their time says little (it may be the upload's).
+                        if let Failure::Timeout(_) = failure {
+                            server.note_latency(upstream.config.read_timeout);
+                        }
                     }
                     if failure.retried_by(retry_on) && may_retry() {
                         exchange.note_try(server, failure.reason());
@@ -538,19 +549,21 @@ impl Proxy {
                     }
                 }
             };
-            let failure =
-                match tokio::time::timeout(config.read_timeout, conn.send(head, body)).await {
-                    Err(_) => return Err(TryError::Failed(Failure::Timeout)),
-                    Ok(Ok(response)) => return Ok(response),
-                    Ok(Err(SendError::NotSent(back, _))) if reused => {
-                        body = back;
-                        continue;
-                    }
-                    Ok(Err(SendError::NotSent(back, e))) => {
-                        return Err(TryError::NotSent(back, ConnectError::Io(addr, e)))
-                    }
-                    Ok(Err(SendError::Failed(e))) => Failure::of_exchange(e),
-                };
+            let timeouts = Timeouts {
+                send: config.send_timeout,
+                read: config.read_timeout,
+            };
+            let failure = match conn.send(head, body, timeouts).await {
+                Ok(response) => return Ok(response),
+                Err(SendError::NotSent(back, _)) if reused => {
+                    body = back;
+                    continue;
+                }
+                Err(SendError::NotSent(back, e)) => {
+                    return Err(TryError::NotSent(back, ConnectError::Io(addr, e)))
+                }
+                Err(SendError::Failed(e)) => Failure::of_exchange(e),
+            };
             match &failure {
                 Failure::Reset(_) if replayable && reused => {
                     body = RequestBody::empty();

@@ -201,7 +201,30 @@ impl Gateway {
 
     /// Like [`Gateway::start`], run by `wrapper` (e.g. `prlimit --nofile=…`).
     pub fn start_under(wrapper: &[&str], rest: &str) -> Gateway {
+        Gateway::start_program(wrapper, None, rest)
+    }
+
+    /// Like [`Gateway::start`], with the binary copied into the test's directory first
+    /// (as `gateway`), so that the test can replace it on disk as a package upgrade does.
+    pub fn start_copy(rest: &str) -> Gateway {
+        Gateway::start_program(&[], Some(std::path::Path::new("gateway")), rest)
+    }
+
+    /// The program path of a gateway started by [`Gateway::start_copy`].
+    pub fn program(&self) -> PathBuf {
+        self.dir.path().join("gateway")
+    }
+
+    fn start_program(wrapper: &[&str], copy: Option<&std::path::Path>, rest: &str) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
+        let gateway = match copy {
+            Some(name) => {
+                let gateway = dir.path().join(name);
+                std::fs::copy(gateway_bin(), &gateway).unwrap();
+                gateway
+            }
+            None => gateway_bin(),
+        };
         let path = dir.path().join("gateway.toml");
         // One worker unless the test says otherwise: it starts fastest.
         let mut defaults = String::from("control_socket = \"gateway.sock\"\n");
@@ -221,10 +244,10 @@ impl Gateway {
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
-                c.args(args).arg(gateway_bin());
+                c.args(args).arg(&gateway);
                 c
             }
-            None => Command::new(gateway_bin()),
+            None => Command::new(&gateway),
         };
         let mut child = command
             .arg("-c")

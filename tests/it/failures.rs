@@ -245,3 +245,49 @@ async fn response_heads_must_fit_in_one_upstream_read() {
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["set-cookie"].len(), 12 * 1024 + 2);
 }
+
+/// A client that uploads slowly (here 3 s, under `read_timeout = "500ms"`) gets its 200:
+/// `read_timeout` counts from the end of the body, the client's pace is not the server's
+/// fault, and six such uploads at once take no server out through `max_fails`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upload_is_not_a_timeout_nor_a_failure_of_the_server() {
+    use futures_util::StreamExt;
+    let backend = Backend::start(|req| async move {
+        use http_body_util::BodyExt;
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        hyper::Response::new(full(body.len().to_string()))
+    })
+    .await;
+    let gw = Gateway::start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n{}",
+        upstream_config(
+            "app",
+            &[backend.addr],
+            "read_timeout = \"500ms\"\nmax_fails = 2\nfail_timeout = \"30s\"",
+        )
+    ));
+    let uploads = (0..6).map(|_| {
+        let url = gw.url("/upload");
+        tokio::spawn(async move {
+            let pieces = futures_util::stream::iter(0..15).then(|_| async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'u'; 1024]))
+            });
+            let res = client()
+                .post(url)
+                .header("content-length", 15 * 1024)
+                .body(reqwest::Body::wrap_stream(pieces))
+                .send()
+                .await
+                .unwrap();
+            (res.status().as_u16(), res.text().await.unwrap())
+        })
+    });
+    for upload in uploads.collect::<Vec<_>>() {
+        assert_eq!(upload.await.unwrap(), (200, "15360".to_string()));
+    }
+    let status = gw.admin_status().await;
+    let server = &status["upstreams"]["app"]["servers"][0];
+    assert_eq!(server["failures_total"], 0, "{status}");
+    assert_eq!(server["state"], "up", "{status}");
+}

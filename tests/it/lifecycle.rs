@@ -378,3 +378,43 @@ async fn a_watched_config_reloads_itself_when_it_changes() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(generation(&gw), 3, "a touch is not a change");
 }
+
+/// A package upgrade renames a new file over the running binary's path: reloads and
+/// replacement workers still start (from the supervisor's own program), under load and
+/// with the file gone altogether.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_replaced_on_disk_still_reloads_and_respawns() {
+    let backend = Backend::named("a").await;
+    let gw = Gateway::start_copy(&two_workers(&[backend.addr]));
+    let load = Load::start(gw.url("/"), 4, 20_000);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let program = gw.program();
+    let staged = program.with_extension("new");
+    std::fs::copy(&program, &staged).unwrap();
+    std::fs::rename(&staged, &program).unwrap();
+    let (code, out, err) = gw.ctl(&["reload"]);
+    assert_eq!((code, out.trim()), (0, "reloaded: generation 2"), "{err}");
+    std::fs::remove_file(&program).unwrap();
+    let (code, out, err) = gw.ctl(&["reload"]);
+    assert_eq!((code, out.trim()), (0, "reloaded: generation 3"), "{err}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, failed) = load.stop().await;
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 100, "{ok} requests");
+
+    let before = worker_pids(&gw);
+    signal(before[0], "KILL");
+    wait_until("a replacement worker", Duration::from_secs(3), || {
+        let now = worker_pids(&gw);
+        now.len() == 2 && !now.contains(&before[0])
+    })
+    .await;
+    let log = gw.stderr();
+    assert!(!log.contains("cannot start a worker"), "{log}");
+    assert_eq!(get_fresh(gw.url("/")).await, (200, "a".to_string()));
+}

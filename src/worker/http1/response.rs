@@ -168,9 +168,7 @@ pub async fn write<W: AsyncWrite + Unpin>(
                 break;
             }
         }
-        if head.capacity() > 0 {
-            give_back_head_buffer(head);
-        }
+        give_back_head_buffer(head);
         if body.is_end_stream() {
             break;
         }
