@@ -426,6 +426,20 @@ impl ServerRecord {
         false
     }
 
+    /// Ends a `max_fails` period now (a health check just reached the server): a server
+    /// that came back in a moment is not kept out for the rest of `fail_timeout`. Slow
+    /// start runs from now.
+    /// Returns true when this call ended it (one caller of many at the same moment).
+    pub fn end_passive_down(&self) -> bool {
+        let now = crate::sys::monotonic_ms();
+        let until = self.down_until.load(Relaxed);
+        until > now
+            && self
+                .down_until
+                .compare_exchange(until, now, Relaxed, Relaxed)
+                .is_ok()
+    }
+
     pub fn record_success(&self) {
         if self.fails.load(Relaxed) != 0 {
             self.fails.store(0, Relaxed);
@@ -439,6 +453,7 @@ impl ServerRecord {
         let down = self.checked_down();
         if passed {
             self.checks_passed.fetch_add(1, Relaxed);
+            let _ = self.end_passive_down();
             self.failed_in_a_row.store(0, Relaxed);
             let streak = self.passed_in_a_row.fetch_add(1, Relaxed) + 1;
             if down && streak >= rise {

@@ -7,7 +7,7 @@ use crate::table::{ServerRecord, Table};
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use tokio::task::JoinSet;
 
@@ -127,5 +127,32 @@ async fn probe(server: &ServerConfig, check: &HealthCheckConfig) -> Result<(), S
         Ok(())
     } else {
         Err(format!("status {status}, expected {low}-{high}"))
+    }
+}
+
+/// Logs each server whose `max_fails` period ended since the last call (by its time, a
+/// passing health check, or a worker trying it when every server was out): workers only
+/// see a deadline in the table pass, so the supervisor, which looks every tick, says it.
+/// `down` carries the records that were out at the last call.
+pub fn log_passive_returns(
+    config: &Config,
+    records: &[usize],
+    table: &'static Table,
+    down: &mut BTreeSet<usize>,
+) {
+    let now = crate::sys::monotonic_ms();
+    let mut records = records.iter();
+    for upstream in &config.upstreams {
+        for (server, &record) in upstream.servers.iter().zip(records.by_ref()) {
+            if table.server(record).passive_down(now) {
+                down.insert(record);
+            } else if down.remove(&record) {
+                tracing::info!(
+                    upstream = %upstream.name,
+                    server = %server.name,
+                    "max_fails period over: the server is back in rotation"
+                );
+            }
+        }
     }
 }

@@ -97,6 +97,8 @@ struct Supervisor {
     health: HealthChecks,
     /// Why failing servers fail their checks, for `/status`.
     check_failures: LastFailures,
+    /// Table records of the servers a `max_fails` period had out at the last tick.
+    passive_down: std::collections::BTreeSet<usize>,
     admin: Option<AdminListener>,
     /// Where the control socket and the admin listener read the supervisor's state.
     view: watch::Sender<Arc<Snapshot>>,
@@ -197,6 +199,7 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
         let mut supervisor = Supervisor {
             backoff: vec![Backoff::default(); config.gateway.workers],
             covered: BTreeMap::new(),
+            passive_down: Default::default(),
             watching_since: now,
             last_watchdog_tick: now,
             health: HealthChecks::start(&config, &assignments.records(1), table, &check_failures),
@@ -286,7 +289,16 @@ impl Supervisor {
                 }
                 Err(e) => tracing::error!("TLS ticket key not rotated: {e}"),
             },
-            Event::WatchdogTick => self.check_progress(),
+            Event::WatchdogTick => {
+                self.check_progress();
+                let records = self.assignments.records(self.generation);
+                health::log_passive_returns(
+                    &self.config,
+                    &records,
+                    self.table,
+                    &mut self.passive_down,
+                );
+            }
             Event::Dns(answers) if answers != self.config.answers && !self.stopping => {
                 for (name, addrs) in &answers {
                     if self.config.answers.get(name) != Some(addrs) {

@@ -39,6 +39,16 @@ impl Server {
         !self.config.unresolved && self.shared.record.is_up(now) && !self.shared.record.draining()
     }
 
+    /// Out of rotation only because of its `max_fails` period: health checks, a drain
+    /// and DNS would all let it serve.
+    fn out_by_failures_only(&self, now: u64) -> bool {
+        let record = self.shared.record;
+        !self.config.unresolved
+            && !record.checked_down()
+            && !record.draining()
+            && record.passive_down(now)
+    }
+
     /// Counts a request sent to the server (each try counts).
     pub fn count_request(&self) {
         self.shared.record.requests.fetch_add(1, Ordering::Relaxed);
@@ -177,14 +187,39 @@ impl Upstream {
         let chosen = self
             .balancer
             .pick(servers, hash, primary)
-            .or_else(|| self.balancer.pick(servers, hash, backup))?;
+            .or_else(|| self.balancer.pick(servers, hash, backup))
+            .or_else(|| {
+                // Every server is out, and some only by passive failures: try those
+                // rather than answer 503 (nginx forgets the failures then, Envoy has its
+                // panic threshold). Servers restarted one after the other come back in
+                // a moment, and `max_fails` must not keep them all out for fail_timeout.
+                let passive_only =
+                    |i: usize| !tried.contains(&i) && servers[i].out_by_failures_only(now);
+                let primary = |i: usize| !servers[i].config.backup && passive_only(i);
+                let backup = |i: usize| servers[i].config.backup && passive_only(i);
+                let chosen = self
+                    .balancer
+                    .pick(servers, hash, primary)
+                    .or_else(|| self.balancer.pick(servers, hash, backup))?;
+                if servers[chosen].shared.record.end_passive_down() {
+                    tracing::warn!(
+                        upstream = %self.config.name,
+                        server = %servers[chosen].config.name,
+                        "every server is out after max_fails: this one serves again"
+                    );
+                }
+                Some(chosen)
+            })?;
         Some((chosen, self.sticky.is_some()))
     }
 
     /// Whether a server not in `tried` may take the request (a retry has somewhere to go).
     pub fn any_untried(&self, tried: &[usize]) -> bool {
         let now = now_ms();
-        (0..self.servers.len()).any(|i| !tried.contains(&i) && self.servers[i].takes_requests(now))
+        (0..self.servers.len()).any(|i| {
+            let server = &self.servers[i];
+            !tried.contains(&i) && (server.takes_requests(now) || server.out_by_failures_only(now))
+        })
     }
 
     /// The `Set-Cookie` that pins a client to server `index`.

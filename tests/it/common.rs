@@ -474,6 +474,24 @@ pub async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() ->
 /// The demo backend as its own process, so that killing it resets its connections.
 pub fn demo_backend(name: &str) -> (Child, std::net::SocketAddr) {
     let addr = closed_port();
+    (demo_backend_at(name, addr), addr)
+}
+
+/// Kills the processes it holds when dropped, so a failed assertion leaves none behind
+/// (they would hold the test's output pipes open).
+pub struct KillOnDrop(pub Vec<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The demo backend as its own process on `addr` (a server restarted on its port).
+pub fn demo_backend_at(name: &str, addr: SocketAddr) -> Child {
     let child = Command::new(
         gateway_bin()
             .parent()
@@ -492,7 +510,7 @@ pub fn demo_backend(name: &str) -> (Child, std::net::SocketAddr) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    (child, addr)
+    child
 }
 
 /// Clients sending GETs in a loop until stopped (at most `max` each): how many got a 200,

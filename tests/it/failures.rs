@@ -291,3 +291,82 @@ async fn a_slow_upload_is_not_a_timeout_nor_a_failure_of_the_server() {
     assert_eq!(server["failures_total"], 0, "{status}");
     assert_eq!(server["state"], "up", "{status}");
 }
+
+/// Servers restarted one after the other without a drain (as PM2 does) each fail a
+/// request and go out under `max_fails`; once every server is out by passive failures
+/// alone, they are tried anyway instead of answering 503 for `fail_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passive_failures_never_take_every_server_out() {
+    let names = ["a", "b", "c"];
+    let started: Vec<_> = names.into_iter().map(demo_backend).collect();
+    let addrs: Vec<_> = started.iter().map(|(_, addr)| *addr).collect();
+    let mut backends = KillOnDrop(started.into_iter().map(|(child, _)| child).collect());
+    let gw = Gateway::start(&upstream_config(
+        "app",
+        &addrs,
+        "max_fails = 1\nfail_timeout = \"60s\"\nretries = 0",
+    ));
+    drop(std::mem::replace(&mut backends, KillOnDrop(Vec::new())));
+    // Each request fails on a server and takes it out, until none is left.
+    for _ in 0..3 {
+        assert_eq!(get_fresh(gw.url("/")).await.0, 502);
+    }
+    backends.0 = names
+        .into_iter()
+        .zip(&addrs)
+        .map(|(name, addr)| demo_backend_at(name, *addr))
+        .collect();
+    for _ in 0..6 {
+        let (status, body) = get_fresh(gw.url("/")).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let log = gw.stderr();
+    assert!(log.contains("every server is out after max_fails"), "{log}");
+}
+
+/// A passing active health check ends a `max_fails` period at once: a server that was
+/// back in a moment is not kept out for the rest of `fail_timeout`, and the supervisor
+/// says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passing_health_check_ends_a_max_fails_period() {
+    let (a, a_addr) = demo_backend("a");
+    let (b, b_addr) = demo_backend("b");
+    let mut backends = KillOnDrop(vec![a, b]);
+    let gw = Gateway::start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n{}",
+        upstream_config(
+            "app",
+            &[a_addr, b_addr],
+            "max_fails = 1\nfail_timeout = \"60s\"\nretries = 0\n\
+             [upstream.app.health_check]\npath = \"/\"\ninterval = \"200ms\"\nfall = 5\nrise = 1",
+        )
+    ));
+    let _ = backends.0[0].kill();
+    let _ = backends.0[0].wait();
+    // Round robin: one of two requests goes to a and fails, taking it out.
+    let statuses = [
+        get_fresh(gw.url("/")).await.0,
+        get_fresh(gw.url("/")).await.0,
+    ];
+    assert!(statuses.contains(&502), "{statuses:?}");
+    let state =
+        |status: &serde_json::Value| status["upstreams"]["app"]["servers"][0]["state"].clone();
+    assert_eq!(state(&gw.admin_status().await), "down");
+    // The supervisor looks every 500 ms: let it see the server out.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    backends.0[0] = demo_backend_at("a", a_addr);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while state(&gw.admin_status().await) != "up" {
+        assert!(
+            Instant::now() < deadline,
+            "a is still out: {}",
+            gw.admin_status().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_until("the return in the log", Duration::from_secs(3), || {
+        gw.stderr()
+            .contains("max_fails period over: the server is back in rotation")
+    })
+    .await;
+}
