@@ -309,7 +309,10 @@ mod tests {
             Some(2),
             "all primaries down (passive, active): the backup"
         );
-        assert_eq!(pick(&[2]), None);
+        // Nothing else left: the primary out by passive failures alone (not the one the
+        // health check has down) is tried rather than a 503.
+        assert_eq!(pick(&[2]), Some(0));
+        assert_eq!(pick(&[0, 2]), None);
     }
 
     #[test]
@@ -368,6 +371,10 @@ mod tests {
         u.servers[1].note_failure("test");
         let (moved, renew) = u.pick(&pinned, &[]).unwrap();
         assert!(moved != 1 && renew);
+        // Nothing else left: the server out by passive failures alone serves again.
+        assert_eq!(u.pick(&pinned, &[0, 2]), Some((1, true)));
+        assert!(u.servers[1].takes_requests(now_ms()));
+        u.servers[1].shared.record.record_check(false, 1, 1);
         assert!(u.pick(&pinned, &[0, 2]).is_none());
     }
 }

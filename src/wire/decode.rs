@@ -127,6 +127,50 @@ impl BodyDecoder {
     }
 }
 
+/// Whether the first chunk-size line of a chunked body at the front of `buf` is whole
+/// (`Ok(false)`: read more) and valid: a body broken from its first line is refused
+/// before the request goes anywhere.
+pub fn first_chunk_line(buf: &[u8]) -> Result<bool, &'static str> {
+    match find_crlf(buf, MAX_CHUNK_LINE)? {
+        Some(end) => chunk_size(&buf[..end]).map(|_| true),
+        None => Ok(false),
+    }
+}
+
+/// Fields a trailer section must not carry (RFC 9110 §6.5.1): framing, routing, request
+/// modifiers, authentication, response control and content processing. A sender that
+/// puts them there is not heeded, and they are not passed on.
+const NOT_IN_TRAILERS: [&str; 28] = [
+    "age",
+    "authorization",
+    "cache-control",
+    "connection",
+    "content-encoding",
+    "content-length",
+    "content-range",
+    "content-type",
+    "date",
+    "expect",
+    "expires",
+    "host",
+    "if-match",
+    "if-modified-since",
+    "if-none-match",
+    "if-range",
+    "if-unmodified-since",
+    "keep-alive",
+    "location",
+    "max-forwards",
+    "proxy-authorization",
+    "range",
+    "retry-after",
+    "set-cookie",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
 /// Up to `left` body bytes from the front of `buf` (not empty) as a data frame, and how
 /// many the body still has after them.
 fn take_data(buf: &mut BytesMut, left: u64) -> (Step, u64) {
@@ -187,7 +231,9 @@ fn trailers(section: &[u8]) -> Result<HeaderMap, &'static str> {
         let name =
             http::HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| "malformed trailers")?;
         let value = http::HeaderValue::from_bytes(h.value).map_err(|_| "malformed trailers")?;
-        map.append(name, value);
+        if !NOT_IN_TRAILERS.contains(&name.as_str()) {
+            map.append(name, value);
+        }
     }
     Ok(map)
 }
@@ -196,6 +242,36 @@ fn trailers(section: &[u8]) -> Result<HeaderMap, &'static str> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_first_chunk_line_is_checked_whole() {
+        assert_eq!(first_chunk_line(b"5\r\nhel"), Ok(true));
+        assert_eq!(first_chunk_line(b"5;name=value\r\n"), Ok(true));
+        assert_eq!(first_chunk_line(b"5"), Ok(false));
+        assert_eq!(first_chunk_line(b""), Ok(false));
+        for bad in [
+            &b" 5\r\n"[..],
+            b"0x5\r\n",
+            b"5 \r\n",
+            b"5\nhello",
+            b"10000000000000000\r\n",
+            b"-5\r\n",
+            b"\r\n",
+        ] {
+            assert!(
+                first_chunk_line(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn framing_and_routing_fields_are_dropped_from_trailers() {
+        let map = trailers(b"Checksum: abc\r\nContent-Length: 5\r\nHost: evil\r\nTransfer-Encoding: chunked\r\nX-Ok: 1\r\n\r\n").unwrap();
+        let names: Vec<&str> = map.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["checksum", "x-ok"]);
+    }
 
     /// The data, the trailers, and what was left after the body.
     type Decoded = (Vec<u8>, Option<HeaderMap>, Vec<u8>);

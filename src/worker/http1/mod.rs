@@ -317,6 +317,12 @@ async fn exchange_with_body<S: ClientIo>(
 ) -> Next {
     let facts = facts_of(&head);
     let limits = proxy.limits();
+    // A client that waits for `100 Continue` sends no chunk before the upstream asks.
+    if head.framing == Framing::Chunked && !head.expect_continue {
+        if let Err(next) = check_first_chunk(io, &mut buf, limits.client_body_timeout).await {
+            return next;
+        }
+    }
     let (frames, receiver) = mpsc::channel(1);
     let (wanted, wanted_rx) = oneshot::channel();
     let length = match head.framing {
@@ -371,6 +377,36 @@ async fn exchange_with_body<S: ClientIo>(
         None => Next::Closed,
         Some(true) => Next::KeepAlive(buf),
         Some(false) => Next::Close,
+    }
+}
+
+/// Reads until the first chunk-size line of a chunked body is whole, and checks it: a
+/// body broken from its first line gets `400` before its head goes upstream (a client
+/// silent for `timeout` gets `408`). Errors further into the body abort the exchange.
+async fn check_first_chunk<S: ClientIo>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    timeout: Duration,
+) -> Result<(), Next> {
+    loop {
+        let refused = match crate::wire::decode::first_chunk_line(buf) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {
+                buf.reserve(BODY_READ);
+                match tokio::time::timeout(timeout, io.read_buf(buf)).await {
+                    Ok(Ok(n)) if n > 0 => continue,
+                    Ok(_) => return Err(Next::Closed),
+                    Err(_) => (StatusCode::REQUEST_TIMEOUT, "client sent no body data"),
+                }
+            }
+            Err(why) => (StatusCode::BAD_REQUEST, why),
+        };
+        tracing::debug!("request refused: {}", refused.1);
+        let answer = plain_response(refused.0, refused.1);
+        return Err(match io.write_all(&answer).await {
+            Ok(()) => Next::Close,
+            Err(_) => Next::Closed,
+        });
     }
 }
 
