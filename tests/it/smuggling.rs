@@ -222,3 +222,48 @@ async fn data_sent_before_a_refused_websocket_upgrade_is_not_read_as_a_request()
     assert_eq!(reply.matches("HTTP/1.1 ").count(), 1, "{reply:?}");
     assert!(backend.seen().iter().all(|s| s.uri == "/ws"));
 }
+
+/// A chunked body broken from its first chunk-size line is refused before a byte of the
+/// request leaves for the backend (a raw listener counts every byte it is sent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_first_chunk_line_sends_nothing_upstream() {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Arc::new(AtomicUsize::new(0));
+    let count = received.clone();
+    let _server = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    count.fetch_add(n, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    let gw = Gateway::start(&upstream_config("app", &[addr], "max_fails = 0"));
+    for first_line in [" 5", "0x5", "5 ", "zz", "fffffffffffffffffff1"] {
+        let request = format!(
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n{first_line}\r\nhello\r\n0\r\n\r\n"
+        );
+        let reply = raw_exchange(gw.addr, request.as_bytes(), Duration::from_secs(5));
+        assert_eq!(status_of(&reply), 400, "{first_line:?}: {reply:?}");
+    }
+    let reply = raw_exchange(
+        gw.addr,
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert_eq!(status_of(&reply), 400, "bare LF: {reply:?}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        received.load(Ordering::SeqCst),
+        0,
+        "bytes reached the backend"
+    );
+}
