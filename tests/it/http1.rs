@@ -188,3 +188,32 @@ async fn a_full_duplex_upstream_streams_both_ways_at_once() {
     }
     assert!(String::from_utf8_lossy(&got).contains("second"));
 }
+
+/// An answer given before the request body was read whole (here a 502: the upstream is
+/// unreachable, so none of the body was wanted) closes the connection and says so, so a
+/// client does not send its next request on a connection about to close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_before_the_body_was_read_says_connection_close() {
+    let gw = Gateway::start(&upstream_config("app", &[closed_port()], "max_fails = 0"));
+    let reply = raw_exchange(
+        gw.addr,
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\nhello",
+        Duration::from_secs(5),
+    );
+    assert_eq!(status_of(&reply), 502, "{reply}");
+    assert!(
+        reply
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{reply}"
+    );
+    // A body read whole keeps the connection open for the next request.
+    let backend = Backend::named("a").await;
+    let gw = Gateway::start(&upstream_config("app", &[backend.addr], ""));
+    let reply = raw_exchange(
+        gw.addr,
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloGET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert_eq!(reply.matches("HTTP/1.1 200").count(), 2, "{reply}");
+}

@@ -344,8 +344,11 @@ async fn exchange_with_body<S: ClientIo>(
         // `100 Continue` when it first asks for it.
         let (response, _tunnel) = loop {
             tokio::select! {
-                answer = &mut handling => break answer,
+                // The body's end first: a body read whole by the time the answer comes
+                // leaves the connection open.
+                biased;
                 complete = &mut pump, if pumped.is_none() => pumped = Some(complete),
+                answer = &mut handling => break answer,
                 asked = async { continue_wanted.as_mut().expect("guarded").await }, if continue_wanted.is_some() => {
                     continue_wanted = None;
                     if asked.is_ok() && write_half.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
@@ -355,8 +358,10 @@ async fn exchange_with_body<S: ClientIo>(
             }
         };
         // The response goes out while the rest of the body still comes in (an upstream
-        // may answer as it reads).
-        let closing = pumped == Some(false);
+        // may answer as it reads). A body not read whole by now may never be (a 503
+        // before any of it was wanted): the answer says `Connection: close`, so the
+        // client does not send its next request on a connection about to close.
+        let closing = pumped != Some(true);
         let facts = facts(closing);
         let writing = response::write(&mut write_half, response, &facts);
         tokio::pin!(writing);
