@@ -70,6 +70,18 @@ fn main() -> ExitCode {
                 for warning in &config.warnings {
                     eprintln!("warning: {warning}");
                 }
+                // Only start can bind; say now what it would find in the way.
+                let admin = config.admin.map(|addr| (addr, &config.admin_at));
+                let listeners = config.listeners.iter().map(|l| (l.addr, &l.at));
+                for (addr, at) in listeners.chain(admin) {
+                    if let Err(e) = gateway::net::ensure_free(addr) {
+                        eprintln!(
+                            "warning: {at}: {addr}: {e} (a running gateway with this \
+                             address keeps its socket on reload; any other process \
+                             stops the start)"
+                        );
+                    }
+                }
                 println!("configuration ok");
                 ExitCode::SUCCESS
             }

@@ -106,7 +106,7 @@ pub struct RouteSection {
 pub struct UpstreamSection {
     pub policy: Option<Spanned<String>>,
     pub servers: Spanned<Vec<Spanned<ServerEntry>>>,
-    pub keepalive: Option<usize>,
+    pub keepalive: Option<Spanned<i64>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub read_timeout: Option<Spanned<String>>,
     /// Each write of a request to the server must be taken within this.

@@ -30,6 +30,8 @@ pub struct Config {
     pub path: PathBuf,
     pub gateway: GatewaySettings,
     pub admin: Option<SocketAddr>,
+    /// Where the admin address is written (`FILE:LINE:COLUMN: admin.listen`).
+    pub admin_at: String,
     pub listeners: Vec<ListenerConfig>,
     pub routes: Vec<RouteConfig>,
     pub upstreams: Vec<UpstreamConfig>,
@@ -103,6 +105,9 @@ pub enum AccessLogFormat {
 pub struct ListenerConfig {
     pub addr: SocketAddr,
     pub tls: Vec<TlsFiles>,
+    /// Where the address is written, `FILE:LINE:COLUMN: listener[N].listen`, for a
+    /// failure to listen on it that only start can find.
+    pub at: String,
 }
 
 #[derive(Debug, Clone)]
@@ -442,6 +447,12 @@ pub enum Resolver {
 }
 
 impl Validator<'_> {
+    /// `FILE:LINE:COLUMN: KEY`, the way errors name a place.
+    fn place(&self, span: Range<usize>, key: &str) -> String {
+        let (line, column) = line_column(self.text, span.start);
+        format!("{}:{line}:{column}: {key}", self.file.display())
+    }
+
     fn error(&mut self, span: Range<usize>, key: &str, message: impl Into<String>) {
         let (line, column) = line_column(self.text, span.start);
         self.errors.push(ConfigError {
@@ -522,6 +533,23 @@ impl Validator<'_> {
                 default
             }
         }
+    }
+
+    /// A duration that must not be zero: a zero timeout would fail everything at once
+    /// (a head in two packets, every connect).
+    fn timeout(
+        &mut self,
+        value: &Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
+        let d = self.duration(value, key, default);
+        if d.is_zero() {
+            let span = value.as_ref().map_or(0..0, |v| v.span());
+            self.error(span, key, "must be more than 0 (e.g. \"10s\")");
+            return default;
+        }
+        d
     }
 
     fn positive(&mut self, value: &Option<Spanned<i64>>, key: &str, default: u32) -> u32 {
@@ -621,7 +649,8 @@ impl Validator<'_> {
                         format!("{addr} is already used by another listener"),
                     );
                 }
-                listeners.push(ListenerConfig { addr, tls });
+                let at = self.place(l.listen.span(), &key);
+                listeners.push(ListenerConfig { addr, tls, at });
             }
         }
 
@@ -635,7 +664,18 @@ impl Validator<'_> {
                     format!("{addr} is already used by a listener"),
                 );
             }
+            if !addr.ip().is_loopback() {
+                let at = self.place(listen.span(), "admin.listen");
+                self.warnings.push(format!(
+                    "{at}: {addr} is not a loopback address: /status, /metrics and the live \
+                     page are open to whoever reaches it"
+                ));
+            }
         }
+        let admin_at = match raw.admin.as_ref().and_then(|a| a.listen.as_ref()) {
+            Some(listen) => self.place(listen.span(), "admin.listen"),
+            None => format!("{}: admin.listen (default)", self.file.display()),
+        };
 
         let mut upstreams = Vec::new();
         for (name, section) in &raw.upstreams {
@@ -770,6 +810,7 @@ impl Validator<'_> {
             path: self.file.clone(),
             gateway,
             admin,
+            admin_at,
             listeners,
             routes,
             upstreams,
@@ -927,12 +968,12 @@ impl Validator<'_> {
             access_log,
             access_log_format,
             limits: ClientLimits {
-                header_read_timeout: self.duration(
+                header_read_timeout: self.timeout(
                     &g.header_read_timeout,
                     "gateway.header_read_timeout",
                     Duration::from_secs(10),
                 ),
-                client_body_timeout: self.duration(
+                client_body_timeout: self.timeout(
                     &g.client_body_timeout,
                     "gateway.client_body_timeout",
                     Duration::from_secs(60),
@@ -1126,18 +1167,31 @@ impl Validator<'_> {
             name: name.to_string(),
             policy,
             servers,
-            keepalive: u.keepalive.unwrap_or(32),
-            connect_timeout: self.duration(
+            keepalive: match &u.keepalive {
+                None => 32,
+                Some(k) if (0..=MAX_KEEPALIVE as i64).contains(k.get_ref()) => {
+                    *k.get_ref() as usize
+                }
+                Some(k) => {
+                    self.error(
+                        k.span(),
+                        &key("keepalive"),
+                        format!("must be from 0 to {MAX_KEEPALIVE}"),
+                    );
+                    32
+                }
+            },
+            connect_timeout: self.timeout(
                 &u.connect_timeout,
                 &key("connect_timeout"),
                 Duration::from_secs(3),
             ),
-            read_timeout: self.duration(
+            read_timeout: self.timeout(
                 &u.read_timeout,
                 &key("read_timeout"),
                 Duration::from_secs(60),
             ),
-            send_timeout: self.duration(
+            send_timeout: self.timeout(
                 &u.send_timeout,
                 &key("send_timeout"),
                 Duration::from_secs(60),
@@ -1194,8 +1248,8 @@ impl Validator<'_> {
         };
         HealthCheckConfig {
             path,
-            interval: self.duration(&h.interval, &key("interval"), Duration::from_secs(2)),
-            timeout: self.duration(&h.timeout, &key("timeout"), Duration::from_secs(1)),
+            interval: self.timeout(&h.interval, &key("interval"), Duration::from_secs(2)),
+            timeout: self.timeout(&h.timeout, &key("timeout"), Duration::from_secs(1)),
             fall: self.positive(&h.fall, &key("fall"), 2),
             rise: self.positive(&h.rise, &key("rise"), 2),
             expect_status,
@@ -1222,10 +1276,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "{s:?} is not a duration with a unit, like \"500ms\", \"10s\" or \"2m\""
         ));
     }
-    humantime::parse_duration(s).map_err(|e| {
+    let d = humantime::parse_duration(s).map_err(|e| {
         format!("{s:?} is not a duration ({e}); write e.g. \"500ms\", \"10s\" or \"2m\"")
-    })
+    })?;
+    if d > MAX_DURATION {
+        return Err(format!("{s:?} is longer than the longest allowed, 30 days"));
+    }
+    Ok(d)
 }
+
+/// The longest duration any key takes: deadlines are the clock plus a duration, which
+/// must not overflow (and nobody means a timeout of years).
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The most idle connections a worker keeps per server: each is a socket and its buffer.
+pub const MAX_KEEPALIVE: u64 = 10_000;
 
 /// A size: bytes, or with `k`, `m` or `g` (powers of 1024): `"512"`, `"64k"`, `"10m"`.
 pub fn parse_size(s: &str) -> Result<usize, String> {
@@ -1374,9 +1439,13 @@ fn deserialize(text: &str) -> Result<file::FileConfig, Vec<(Range<usize>, String
 fn key_at(text: &str, offset: usize) -> String {
     let offset = offset.min(text.len());
     let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    // On a table's own header line (an unknown table), the key is that table.
+    let on_header = text[line_start..line_end].trim_start().starts_with('[');
     let mut table = String::new();
     let mut arrays: std::collections::BTreeMap<String, usize> = Default::default();
-    for line in text[..line_start].lines() {
+    let upto = if on_header { line_end } else { line_start };
+    for line in text[..upto].lines() {
         let line = line.trim();
         if let Some(name) = line.strip_prefix("[[").and_then(|l| l.split("]]").next()) {
             let name = name.trim().to_string();
@@ -1389,8 +1458,10 @@ fn key_at(text: &str, offset: usize) -> String {
             table = name.trim().to_string();
         }
     }
-    let line = &text[line_start..];
-    let line = &line[..line.find('\n').unwrap_or(line.len())];
+    if on_header {
+        return table;
+    }
+    let line = &text[line_start..line_end];
     let word = |s: &str| -> String {
         s.chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
@@ -1442,6 +1513,99 @@ mod tests {
     fn check(text: &str) -> Result<Config, Vec<String>> {
         parse(Path::new("conf/test.toml"), text)
             .map_err(|e| e.0.iter().map(|e| e.to_string()).collect())
+    }
+
+    /// Every number and duration has bounds `check` enforces: what it accepts starts
+    /// (a huge keepalive made every worker panic; a zero head timeout dropped every head
+    /// in two packets; a huge duration overflows a deadline).
+    #[test]
+    fn numbers_and_durations_out_of_bounds_are_errors_that_name_their_key() {
+        let cases = [
+            (
+                "[gateway]\nheader_read_timeout = \"0s\"\n",
+                "gateway.header_read_timeout: must be more than 0",
+            ),
+            (
+                "[gateway]\nclient_body_timeout = \"0ms\"\n",
+                "gateway.client_body_timeout: must be more than 0",
+            ),
+            (
+                "[gateway]\nshutdown_timeout = \"999999999999999h\"\n",
+                "gateway.shutdown_timeout: \"999999999999999h\" is longer than",
+            ),
+            (
+                "[gateway]\nresolve_interval = \"31d\"\n",
+                "gateway.resolve_interval: \"31d\" is longer than",
+            ),
+        ];
+        for (extra, expected) in cases {
+            let errs = check(&format!("{extra}{MINIMAL}")).unwrap_err();
+            assert!(
+                errs.iter().any(|e| e.contains(expected)),
+                "{extra}: {errs:?}"
+            );
+        }
+        let upstream_cases = [
+            (
+                "keepalive = 9223372036854775807",
+                "upstream.app.keepalive: must be from 0 to 10000",
+            ),
+            (
+                "keepalive = -1",
+                "upstream.app.keepalive: must be from 0 to 10000",
+            ),
+            (
+                "connect_timeout = \"0s\"",
+                "upstream.app.connect_timeout: must be more than 0",
+            ),
+            (
+                "read_timeout = \"0s\"",
+                "upstream.app.read_timeout: must be more than 0",
+            ),
+            (
+                "send_timeout = \"0s\"",
+                "upstream.app.send_timeout: must be more than 0",
+            ),
+            (
+                "idle_timeout = \"100000d\"",
+                "upstream.app.idle_timeout: \"100000d\" is longer than",
+            ),
+        ];
+        for (extra, expected) in upstream_cases {
+            let errs = check(&format!("{MINIMAL}{extra}\n")).unwrap_err();
+            assert!(
+                errs.iter().any(|e| e.contains(expected)),
+                "{extra}: {errs:?}"
+            );
+        }
+        let c = check(&format!(
+            "{MINIMAL}keepalive = 10000\nread_timeout = \"30d\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.upstreams[0].keepalive, 10000);
+    }
+
+    #[test]
+    fn an_unknown_table_is_named_as_itself() {
+        let errs = check(&format!("{MINIMAL}[bogus]\nx = 1\n")).unwrap_err();
+        assert!(
+            errs[0].contains(": bogus: unknown field `bogus`"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn a_non_loopback_admin_listener_is_a_warning() {
+        let c = check(&format!("[admin]\nlisten = \"0.0.0.0:9901\"\n{MINIMAL}")).unwrap();
+        assert!(
+            c.warnings.iter().any(|w| w.contains(
+                "conf/test.toml:2:10: admin.listen: 0.0.0.0:9901 is not a loopback address"
+            )),
+            "{:?}",
+            c.warnings
+        );
+        let c = check(&format!("[admin]\nlisten = \"127.0.0.1:9901\"\n{MINIMAL}")).unwrap();
+        assert!(c.warnings.is_empty());
     }
 
     const MINIMAL: &str = r#"

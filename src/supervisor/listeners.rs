@@ -45,7 +45,10 @@ impl Sockets {
                 None => {
                     let first = crate::net::ensure_free(listener.addr)
                         .and_then(|()| crate::net::bind(listener.addr))
-                        .map_err(|e| with_addr(e, listener.addr))?;
+                        .map_err(|e| {
+                            let e = with_addr(e, listener.addr);
+                            std::io::Error::new(e.kind(), format!("{}: {e}", listener.at))
+                        })?;
                     let actual = first.local_addr()?;
                     tracing::info!("listening on {actual}");
                     (actual, vec![first])

@@ -182,7 +182,7 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
             Some(addr) => match AdminListener::bind(addr, source.clone()).await {
                 Ok(admin) => Some(admin),
                 Err(e) => {
-                    tracing::error!("admin listener {addr}: {e}");
+                    tracing::error!("{}: cannot listen on {addr}: {e}", config.admin_at);
                     return ExitCode::from(1);
                 }
             },

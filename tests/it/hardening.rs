@@ -319,10 +319,21 @@ async fn an_address_another_process_listens_on_is_refused() {
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains(&format!(
-            "cannot listen on {}: another process already listens on it",
+            "second.toml:5:10: listener[0].listen: cannot listen on {}: another process already listens on it",
             first.addr
         )),
         "{stderr}"
+    );
+    // `check` cannot bind, but says what start would find in the way.
+    let (code, err) = gateway_with_config(&["check"], &path);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains(&format!(
+            "warning: {}:5:10: listener[0].listen: {}: another process already listens on it",
+            path.display(),
+            first.addr
+        )),
+        "{err}"
     );
 
     // A running gateway reloading onto the first one's address is refused too.
