@@ -21,8 +21,22 @@ accepts() { # host:port
   (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null
 }
 
+# What this script changed and must undo if it stops early: the server it drained. A
+# drain that times out (a WebSocket still open) or a restart command that fails leaves the
+# old instance serving, so it is enabled again; only a server that did not come back
+# after its restart stays drained (enabling it would send requests to nothing).
+drained=
+restore() {
+  if [ -n "$drained" ]; then
+    echo "== $drained: stopped early: enabling it again" >&2
+    "$ctl" enable "$upstream" "$drained" || true
+  fi
+}
+trap restore EXIT
+
 for server in "$@"; do
   echo "== $server: draining"
+  drained=$server
   "$ctl" drain "$upstream" "$server" --wait --timeout "${DRAIN_TIMEOUT:-60s}"
   echo "== $server: restarting"
   $restart "$server"
@@ -30,8 +44,9 @@ for server in "$@"; do
     accepts "$server" && break
     sleep 0.1
   done
-  accepts "$server" || { echo "$server did not come back; it stays drained" >&2; exit 1; }
+  accepts "$server" || { drained=; echo "$server did not come back; it stays drained" >&2; exit 1; }
   echo "== $server: enabling"
   "$ctl" enable "$upstream" "$server"
+  drained=
 done
 echo "all $# servers restarted"

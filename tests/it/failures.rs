@@ -167,6 +167,9 @@ async fn slowloris_is_cut_off_after_header_read_timeout() {
         "{waited:?}"
     );
     assert_eq!(backend.requests(), 0);
+    // Told why, as HAProxy does.
+    let reply = String::from_utf8_lossy(&buf);
+    assert!(reply.starts_with("HTTP/1.1 408 "), "{reply:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

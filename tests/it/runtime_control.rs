@@ -232,3 +232,48 @@ async fn a_rolling_restart_under_load_fails_no_request() {
         failed.len()
     );
 }
+
+/// A drain that cannot finish (a long request still in flight) makes the rolling
+/// restart stop with exit 1, and the server it drained is enabled again: the script
+/// leaves nothing changed behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_that_stops_early_enables_what_it_drained() {
+    let backend = Backend::start(|req| async move {
+        if req.uri().path() == "/long" {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+        }
+        hyper::Response::new(full("a"))
+    })
+    .await;
+    let gw = Gateway::start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n{}",
+        upstream_config("app", &[backend.addr], "")
+    ));
+    let long = tokio::spawn(get_fresh(gw.url("/long")));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/rolling-restart.sh");
+    let socket = gw.socket();
+    let server = backend.addr.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("bash")
+            .arg(script)
+            .args(["app", "true", &server])
+            .env("GATEWAYCTL", env!("CARGO_BIN_EXE_gatewayctl"))
+            .env("GATEWAY_SOCKET", socket)
+            .env("DRAIN_TIMEOUT", "500ms")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("enabling it again"), "{stderr}");
+    let status = gw.admin_status().await;
+    assert_eq!(
+        status["upstreams"]["app"]["servers"][0]["state"], "up",
+        "{status}"
+    );
+    assert_eq!(long.await.unwrap().0, 200);
+}

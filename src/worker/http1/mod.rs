@@ -207,7 +207,16 @@ async fn next_request<S: ClientIo>(
         }
         match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => {}
-            // Closed, failed, or too slow (slowloris): nothing to answer.
+            // Too slow (slowloris) with part of a head sent: told so, as HAProxy does.
+            Err(_) if !buf.is_empty() => {
+                tracing::debug!(client = %conn.client, "request head not complete within header_read_timeout");
+                let answer = plain_response(StatusCode::REQUEST_TIMEOUT, "Request Timeout");
+                return match io.write_all(&answer).await {
+                    Ok(()) => Next::Close,
+                    Err(_) => Next::Closed,
+                };
+            }
+            // Closed or failed, or nothing sent: nothing to answer.
             _ => return Next::Closed,
         }
     };
