@@ -269,6 +269,12 @@ impl Select for LeastConn {
 /// from piling onto the same server between two updates of the shared figures.
 pub struct LeastTime;
 
+/// least_time counts two costs as equal when they differ by at most this many
+/// microseconds…
+const TIE_US: f64 = 500.0;
+/// … or by at most this share of the larger one.
+const TIE_SHARE: f64 = 0.25;
+
 impl LeastTime {
     fn cost<C: Candidate>(server: &C) -> f64 {
         server.latency_us() * (server.in_flight() as f64 + 1.0)
@@ -315,7 +321,13 @@ impl Select for LeastTime {
         let Some(second) = weighted_draw(servers, &eligible, Some(first)) else {
             return Some(first);
         };
-        if Self::cost(&servers[second]) < Self::cost(&servers[first]) {
+        let (cost_first, cost_second) = (Self::cost(&servers[first]), Self::cost(&servers[second]));
+        // Costs this close are a tie, which the first (random, weighted) draw breaks:
+        // sub-millisecond noise alone must not hand one of two equal servers every
+        // request of a sequential client for as long as the other's last sample fades.
+        let tie =
+            (cost_first - cost_second).abs() <= TIE_US.max(TIE_SHARE * cost_first.max(cost_second));
+        if !tie && cost_second < cost_first {
             Some(second)
         } else {
             Some(first)
@@ -536,14 +548,35 @@ mod tests {
         assert_eq!(b.pick(&s, ANY, |_| false), None);
     }
 
+    /// Costs within half a millisecond or a quarter of each other are a tie, broken by
+    /// the random draw: equal servers share even when their last samples differ a little.
+    #[test]
+    fn least_time_shares_between_servers_whose_costs_are_close() {
+        let s = servers(&[1, 1]);
+        s[0].latency_us.set(300.0);
+        s[1].latency_us.set(700.0);
+        let ones = (0..2000)
+            .filter(|_| LeastTime.pick(&s, ANY, |_| true) == Some(1))
+            .count();
+        assert!((800..1200).contains(&ones), "{ones} of 2000");
+        s[0].latency_us.set(40_000.0);
+        s[1].latency_us.set(52_000.0);
+        let ones = (0..2000)
+            .filter(|_| LeastTime.pick(&s, ANY, |_| true) == Some(1))
+            .count();
+        assert!((800..1200).contains(&ones), "{ones} of 2000");
+        s[1].latency_us.set(60_000.0); // half again as slow: no tie
+        assert!((0..200).all(|_| LeastTime.pick(&s, ANY, |_| true) == Some(0)));
+    }
+
     #[test]
     fn least_time_draws_in_proportion_to_weight() {
         let s = servers(&[3, 1]);
-        s[0].latency_us.set(1_000.0);
-        s[1].latency_us.set(1_000.0);
+        s[0].latency_us.set(10_000.0);
+        s[1].latency_us.set(10_000.0);
         // Two servers are always both drawn: the weight divides the cost.
         assert!((0..100).all(|_| LeastTime.pick(&s, ANY, |_| true) == Some(0)));
-        s[0].in_flight.set(3); // 1 ms x 4 / 3 > 1 ms x 1 / 1
+        s[0].in_flight.set(5); // 10 ms x 6 / 3 > 10 ms x 1 / 1
         assert_eq!(LeastTime.pick(&s, ANY, |_| true), Some(1));
         let three = servers(&[3, 1, 1]);
         let firsts = (0..4000)

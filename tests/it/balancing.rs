@@ -81,6 +81,37 @@ async fn least_time_gives_a_slow_server_a_small_share_and_it_wins_it_back_when_f
     }
 }
 
+/// A server slowed to 300 ms and then as fast as the other wins back its half under
+/// sequential requests too (one client, on a kept-alive connection), and under a few
+/// concurrent ones: equal servers end up sharing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn least_time_lets_a_server_that_was_slow_share_again_once_it_is_fast() {
+    let fast = Arc::new(AtomicBool::new(false));
+    let slow = Arc::new(AtomicBool::new(true));
+    let a = slowable("a", Duration::ZERO, fast.clone()).await;
+    let b = slowable("b", Duration::from_millis(300), slow.clone()).await;
+    let gw = Gateway::start(&format!(
+        "[gateway]\naccess_log = \"off\"\n{}",
+        upstream_config("app", &[a.addr, b.addr], "policy = \"least_time\"")
+    ));
+    let slow_phase = spread(gw.url("/"), 60, 1).await;
+    assert!(share(&slow_phase, "b") < 20, "{slow_phase:?}");
+    slow.store(false, Ordering::SeqCst);
+    for concurrency in [1, 4] {
+        // Time to recover, then what the next requests see.
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(4) {
+            spread(gw.url("/"), 20, concurrency).await;
+        }
+        let counts = spread(gw.url("/"), 400, concurrency).await;
+        eprintln!("{concurrency} at a time after recovery: {counts:?}");
+        assert!(
+            share(&counts, "b") >= 100,
+            "{concurrency} at a time, the recovered server gets {counts:?} of 400"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hash_keeps_a_key_on_one_server_and_spreads_requests_without_it() {
     let (a, b, c) = (
