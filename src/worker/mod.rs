@@ -10,6 +10,7 @@ pub mod process;
 pub mod request_check;
 pub mod router;
 pub mod server;
+pub mod websocket;
 
 use crate::config::Config;
 use crate::tls::tickets::SharedTicketer;
@@ -112,6 +113,12 @@ pub async fn run(
     accepting.wait().await;
     closed();
     tasks.close();
+    // WebSockets still open near the end are told to go away (1001) rather than cut.
+    let going_away = websocket::going_away_after(config.gateway.shutdown_timeout);
+    tokio::spawn(async move {
+        tokio::time::sleep(going_away).await;
+        websocket::GOING_AWAY.cancel();
+    });
     if tokio::time::timeout(config.gateway.shutdown_timeout, tasks.wait())
         .await
         .is_err()

@@ -321,3 +321,83 @@ async fn websocket_upgrades_honour_the_sticky_cookie() {
         "every upgrade with the cookie went to its server"
     );
 }
+
+/// A WebSocket still open when its worker drains (here a reload with
+/// `shutdown_timeout = "2s"`) is ended with a Close frame, status 1001 (going away), to
+/// each side before the time is up, rather than cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_worker_tells_both_sides_of_a_websocket_it_is_going_away() {
+    let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = received.clone();
+    let backend = Backend::start(move |mut req| {
+        let seen = seen.clone();
+        async move {
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let Ok(upgraded) = upgrade.await else { return };
+                let mut io = hyper_util::rt::TokioIo::new(upgraded);
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    seen.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+            let mut r = hyper::Response::new(full(""));
+            *r.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+            r.headers_mut()
+                .insert("upgrade", "websocket".parse().unwrap());
+            r.headers_mut()
+                .insert("connection", "Upgrade".parse().unwrap());
+            r
+        }
+    })
+    .await;
+    let gw = Gateway::start(&format!(
+        "[gateway]\nshutdown_timeout = \"2s\"\n{}",
+        upstream_config("app", &[backend.addr], "")
+    ));
+    let mut stream = TcpStream::connect(gw.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(b"GET /chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    // A masked text frame "hi", whole.
+    let hi = [0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2];
+    stream.write_all(&hi).unwrap();
+    let (code, out, err) = gw.ctl(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let asked = std::time::Instant::now();
+    let mut close = [0u8; 4];
+    stream.read_exact(&mut close).unwrap();
+    assert_eq!(close, [0x88, 0x02, 0x03, 0xE9], "a Close frame, 1001");
+    assert!(
+        asked.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        asked.elapsed()
+    );
+    // The client answers with its own Close; the connection then ends.
+    let _ = stream.write_all(&[0x88, 0x82, 1, 2, 3, 4, 0x03 ^ 1, 0xE9 ^ 2]);
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{rest:?}");
+    // The server got the text frame, then a masked Close saying 1001.
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), hi.len() + 8, "{got:?}");
+    assert_eq!(&got[..hi.len()], &hi);
+    let to_server = &got[hi.len()..];
+    assert_eq!(&to_server[..2], &[0x88, 0x82]);
+    let status = [to_server[6] ^ to_server[2], to_server[7] ^ to_server[3]];
+    assert_eq!(u16::from_be_bytes(status), 1001);
+}

@@ -22,6 +22,7 @@ pub mod response;
 
 use super::body::{BodyEvent, ClientBodyError, RequestBody};
 use super::forward::{ConnInfo, Proxy, Tunnel};
+use super::websocket::{self, Frames};
 use super::DRAINING;
 use crate::wire::decode::{BodyDecoder, Step};
 use crate::wire::Framing;
@@ -488,7 +489,10 @@ async fn relay<S: ClientIo>(io: &mut S, early: BytesMut, tunnel: Tunnel) {
     if !early.is_empty() && upstream.write_all(&early).await.is_err() {
         return;
     }
-    let _ = tokio::io::copy_bidirectional(io, &mut upstream).await;
+    let (mut to_client, mut to_server) = (Frames::default(), Frames::default());
+    to_client.pass(&from_upstream);
+    to_server.pass(&early);
+    websocket::relay(io, upstream, to_client, to_server).await;
     drop(lease);
 }
 
