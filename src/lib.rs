@@ -33,3 +33,11 @@ pub mod tls;
 pub mod upstream;
 pub mod wire;
 pub mod worker;
+
+/// The version and the git commit the binary was built from (see build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("GATEWAY_GIT_COMMIT"),
+    ")"
+);

@@ -5,13 +5,7 @@ use gateway::config;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// The version and the git commit the binary was built from (see build.rs).
-const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (commit ",
-    env!("GATEWAY_GIT_COMMIT"),
-    ")"
-);
+use gateway::VERSION;
 
 #[derive(Parser)]
 #[command(name = "gateway", version = VERSION, about = "A reverse-proxy gateway")]

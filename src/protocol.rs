@@ -227,6 +227,8 @@ impl FromWorker {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Reload,
+    /// Replace the running gateway by the binary on disk now.
+    Upgrade,
     Status,
     Stop {
         now: bool,
@@ -256,6 +258,7 @@ impl Request {
         };
         match words[..] {
             ["reload"] => Some(Request::Reload),
+            ["upgrade"] => Some(Request::Upgrade),
             ["status"] => Some(Request::Status),
             ["stop"] => Some(Request::Stop { now: false }),
             ["stop", "now"] => Some(Request::Stop { now: true }),
@@ -269,6 +272,7 @@ impl Request {
     pub fn as_line(&self) -> String {
         match self {
             Request::Reload => "reload\n".into(),
+            Request::Upgrade => "upgrade\n".into(),
             Request::Status => "status\n".into(),
             Request::Stop { now: false } => "stop\n".into(),
             Request::Stop { now: true } => "stop now\n".into(),
@@ -294,6 +298,9 @@ pub struct Reply {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
+    /// After an upgrade: the new gateway's version and its supervisor's pid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgraded_to: Option<String>,
 }
 
 impl Reply {

@@ -40,6 +40,70 @@ pub fn adopt_listener(fd: RawFd) -> std::io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// Adopts a Unix listening socket inherited under the number `fd` (the control socket,
+/// from the supervisor an upgrade replaces).
+pub fn adopt_unix_listener(fd: RawFd) -> std::io::Result<std::os::unix::net::UnixListener> {
+    if fd < 3 {
+        return Err(std::io::Error::other(format!(
+            "fd {fd} is a standard stream, not a listener"
+        )));
+    }
+    // SAFETY: as in `adopt_listener`: F_GETFD only reads flags and fails on a closed fd.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is open (checked above) and was handed to this process by the
+    // supervisor it replaces for this purpose alone; it is adopted once.
+    let socket = socket2::Socket::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    if socket.domain()? != socket2::Domain::UNIX || !socket.is_listener()? {
+        return Err(std::io::Error::other(format!(
+            "fd {fd} is not a listening Unix socket"
+        )));
+    }
+    socket.set_cloexec(true)?;
+    socket.set_nonblocking(true)?;
+    Ok(OwnedFd::from(socket).into())
+}
+
+/// Adopts the end of a socket pair inherited under the number `fd` (the channel to the
+/// supervisor an upgrade replaces).
+pub fn adopt_stream(fd: RawFd) -> std::io::Result<std::os::unix::net::UnixStream> {
+    if fd < 3 {
+        return Err(std::io::Error::other(format!(
+            "fd {fd} is a standard stream"
+        )));
+    }
+    // SAFETY: as in `adopt_listener`: F_GETFD only reads flags and fails on a closed fd.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is open (checked above) and was handed to this process by the
+    // supervisor it replaces for this purpose alone; it is adopted once.
+    let socket = socket2::Socket::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    socket.set_cloexec(true)?;
+    Ok(OwnedFd::from(socket).into())
+}
+
+/// Sets (`true`) or clears FD_CLOEXEC on `fd`, a descriptor this process holds open: a
+/// cleared one is inherited by the next program this process starts.
+pub fn set_cloexec(fd: RawFd, on: bool) -> std::io::Result<()> {
+    // SAFETY: F_GETFD only reads the descriptor's flags; it fails with EBADF on a closed fd.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let flags = if on {
+        flags | libc::FD_CLOEXEC
+    } else {
+        flags & !libc::FD_CLOEXEC
+    };
+    // SAFETY: F_SETFD only writes the flags of the same open descriptor.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, flags) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Milliseconds on CLOCK_MONOTONIC: one clock for every process on the machine, so a
 /// deadline one worker writes into the shared table means the same to the others.
 pub fn monotonic_ms() -> u64 {

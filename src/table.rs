@@ -653,7 +653,7 @@ impl SharedServer {
 
 /// A server as the record assignment knows it: the same upstream and address (the n-th
 /// time it appears there) in two configurations is the same server.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ServerKey {
     upstream: String,
     address: String,
@@ -738,6 +738,18 @@ impl Assignments {
     /// `generation` no longer runs: its records may go to other servers.
     pub fn retire(&mut self, generation: u64) {
         self.generations.remove(&generation);
+    }
+
+    /// Every server record in use by any running generation (handed to a new
+    /// supervisor, which must not give those records to other servers).
+    pub fn in_use(&self) -> Vec<(ServerKey, usize)> {
+        self.generations.values().flatten().cloned().collect()
+    }
+
+    /// Takes `entries` as what `generation` uses (the records of the supervisor this one
+    /// replaces, whose workers still run).
+    pub fn seed(&mut self, generation: u64, entries: Vec<(ServerKey, usize)>) {
+        self.generations.insert(generation, entries);
     }
 
     pub fn generations(&self) -> Vec<u64> {

@@ -30,6 +30,9 @@ struct Cli {
 enum Command {
     /// Load the config file again; waits until the new workers serve.
     Reload,
+    /// Replace the running gateway by the binary on disk now (after a package update):
+    /// the new one takes over the sockets and the shared state, the old one drains.
+    Upgrade,
     /// Show workers and upstream servers.
     Status {
         /// Print the JSON document instead of a table.
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
     };
     let request = match cli.command {
         Command::Reload => Request::Reload,
+        Command::Upgrade => Request::Upgrade,
         Command::Status { .. } => Request::Status,
         Command::Stop { now } => Request::Stop { now },
         Command::Drain {
@@ -132,6 +136,10 @@ fn main() -> ExitCode {
     }
     let text = match cli.command {
         Command::Reload => format!("reloaded: generation {}\n", reply.generation.unwrap_or(0)),
+        Command::Upgrade => format!(
+            "upgraded: {}\n",
+            reply.upgraded_to.as_deref().unwrap_or("unknown version")
+        ),
         Command::Stop { now: false } => "stopping: in-flight requests are finishing\n".into(),
         Command::Stop { now: true } => "stopping now\n".into(),
         Command::Status { json } => {

@@ -16,6 +16,8 @@ use std::time::Duration;
 pub struct AdminListener {
     /// The address as configured (a reload rebinds only when it changes).
     pub configured: SocketAddr,
+    /// The listening socket's descriptor, open while the accept loop runs.
+    pub fd: std::os::fd::RawFd,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -31,6 +33,16 @@ impl AdminListener {
         source: StatusSource,
     ) -> std::io::Result<AdminListener> {
         let listener = tokio::net::TcpListener::bind(configured).await?;
+        AdminListener::serve(configured, listener, source)
+    }
+
+    /// Serves on a listener already bound (the one a replaced supervisor handed over).
+    pub fn serve(
+        configured: SocketAddr,
+        listener: tokio::net::TcpListener,
+        source: StatusSource,
+    ) -> std::io::Result<AdminListener> {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
         let addr = listener.local_addr()?;
         if !addr.ip().is_loopback() {
             tracing::warn!(
@@ -58,7 +70,11 @@ impl AdminListener {
                 });
             }
         });
-        Ok(AdminListener { configured, task })
+        Ok(AdminListener {
+            configured,
+            fd,
+            task,
+        })
     }
 }
 

@@ -96,6 +96,13 @@ pub async fn serve(
 /// Removes the socket file when the supervisor exits.
 pub struct Cleanup(pub PathBuf);
 
+impl Cleanup {
+    /// Leaves the file in place: another supervisor serves it now.
+    pub fn disarm(self) {
+        std::mem::forget(self);
+    }
+}
+
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);

@@ -66,6 +66,33 @@ impl Sockets {
         Ok(next)
     }
 
+    /// What a new supervisor inherits (`upgrade`): each address with its seats' sockets.
+    pub fn handover(&self) -> Vec<(SocketAddr, SocketAddr, Vec<&TcpListener>)> {
+        self.bound
+            .iter()
+            .map(|b| (b.configured, b.actual, b.seats.iter().collect()))
+            .collect()
+    }
+
+    /// The set a replaced supervisor handed over, from the inherited descriptors.
+    pub fn adopt(
+        inherited: &[(SocketAddr, SocketAddr, Vec<std::os::fd::RawFd>)],
+    ) -> std::io::Result<Sockets> {
+        let mut bound = Vec::new();
+        for (configured, actual, fds) in inherited {
+            let seats = fds
+                .iter()
+                .map(|&fd| crate::sys::adopt_listener(fd))
+                .collect::<std::io::Result<Vec<_>>>()?;
+            bound.push(Bound {
+                configured: *configured,
+                actual: *actual,
+                seats,
+            });
+        }
+        Ok(Sockets { bound })
+    }
+
     /// Every seat's sockets, seat after seat, one per listener in config order: what
     /// each worker inherits (see `WorkerArgs::fds`).
     pub fn all(&self) -> Vec<&TcpListener> {

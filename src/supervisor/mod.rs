@@ -14,8 +14,10 @@ mod control;
 mod file_watch;
 mod health;
 mod listeners;
+mod notify;
 mod reload;
 pub mod status;
+mod upgrade;
 mod workers;
 
 use crate::config::Config;
@@ -60,6 +62,10 @@ pub enum Event {
     WatchdogTick,
     /// The server names resolve to other addresses now.
     Dns(crate::config::Answers),
+    /// The new supervisor of an upgrade serves (its version), or why it does not.
+    Upgraded(Result<String, String>),
+    /// The supervisor this one replaced has exited: its records are free.
+    PredecessorGone,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +73,7 @@ pub enum Signal {
     Reload,
     Stop,
     Reopen,
+    Upgrade,
 }
 
 struct Supervisor {
@@ -104,6 +111,19 @@ struct Supervisor {
     view: watch::Sender<Arc<Snapshot>>,
     /// TLS session ticket keys, the same for every worker and kept across reloads.
     tickets: TicketKeys,
+    /// This program's path as it was at start: what `upgrade` runs (the binary there now).
+    program: PathBuf,
+    /// The control socket's accept loop and descriptor, while this supervisor serves it.
+    control_task: Option<tokio::task::JoinHandle<()>>,
+    control_fd: Option<std::os::fd::RawFd>,
+    /// Removes the control socket file at exit, unless an upgrade handed it over.
+    cleanup: Option<control::Cleanup>,
+    /// An upgrade waiting for its new supervisor to serve.
+    upgrade: Option<upgrade::Pending>,
+    /// The upgrade that took over: kept open until this process exits.
+    handed_over: Option<upgrade::Pending>,
+    /// Worker records the replaced supervisor's workers still use.
+    foreign_workers: Vec<usize>,
 }
 
 /// `gateway -c FILE`: runs until stopped.
@@ -111,11 +131,30 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
+    let handover = match upgrade::inherited() {
+        None => None,
+        Some(Ok(handover)) => Some(handover),
+        Some(Err(e)) => {
+            tracing::error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let program = match std::env::current_exe() {
+        Ok(path) => path,
+        Err(e) => {
+            tracing::error!("cannot find this program's path: {e}");
+            return ExitCode::from(1);
+        }
+    };
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => tracing::debug!("open file limit: {n}"),
         Err(e) => tracing::warn!("cannot raise the open file limit: {e}"),
     }
-    let sockets = match Sockets::default().for_config(&config) {
+    let inherited = match &handover {
+        None => Ok(Sockets::default()),
+        Some(h) => Sockets::adopt(&h.listeners),
+    };
+    let sockets = match inherited.and_then(|old| old.for_config(&config)) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("{e}");
@@ -132,10 +171,15 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
             return ExitCode::from(1);
         }
     };
-    let table: &'static Table = match Table::create() {
+    let table = match &handover {
+        None => Table::create().map_err(|e| format!("cannot create the shared state table: {e}")),
+        Some(h) => Table::adopt(h.table_fd)
+            .map_err(|e| format!("cannot read the running gateway's state table: {e}")),
+    };
+    let table: &'static Table = match table {
         Ok(t) => Box::leak(Box::new(t)),
         Err(e) => {
-            tracing::error!("cannot create the shared state table: {e}");
+            tracing::error!("{e}");
             return ExitCode::from(1);
         }
     };
@@ -147,20 +191,41 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
         }
     };
     let mut assignments = Assignments::default();
-    if let Err(e) = assignments.assign(1, table::server_keys(&config)) {
-        tracing::error!("{e}");
-        return ExitCode::from(1);
+    if let Some(h) = &handover {
+        // Generation 0 stands for the replaced supervisor's workers while they drain.
+        assignments.seed(0, h.servers.clone());
+    }
+    match assignments.assign(1, table::server_keys(&config)) {
+        Ok(assigned) if handover.is_some() => {
+            for &record in &assigned.fresh {
+                table.reset_server(record);
+            }
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(1);
+        }
     }
     runtime.block_on(async move {
         let control_path = config.gateway.control_socket.clone();
-        let control = match control::bind(&control_path) {
+        let control = match &handover {
+            None => control::bind(&control_path),
+            Some(h) => crate::sys::adopt_unix_listener(h.control_fd)
+                .and_then(tokio::net::UnixListener::from_std),
+        };
+        let control = match control {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!("control socket {}: {e}", control_path.display());
                 return ExitCode::from(1);
             }
         };
-        let _cleanup = control::Cleanup(control_path);
+        let control_fd = std::os::fd::AsRawFd::as_raw_fd(&control);
+        // A new supervisor of an upgrade owns the file only once it serves.
+        let cleanup = handover
+            .is_none()
+            .then(|| control::Cleanup(control_path.clone()));
         let (tx, mut rx) = mpsc::unbounded_channel();
         let config = Arc::new(config);
         let (view, view_rx) = watch::channel(Arc::new(Snapshot {
@@ -177,9 +242,26 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
             table,
             check_failures: check_failures.clone(),
         };
-        let admin = match config.admin {
-            None => None,
-            Some(addr) => match AdminListener::bind(addr, source.clone()).await {
+        // The admin listener handed over serves on if the file still has its address
+        // (else it is closed here, and the new address bound).
+        let inherited_admin = handover
+            .as_ref()
+            .and_then(|h| h.admin)
+            .map(|(configured, fd)| (configured, crate::sys::adopt_listener(fd)))
+            .filter(|(configured, _)| Some(*configured) == config.admin)
+            .map(|(configured, adopted)| {
+                adopted
+                    .and_then(tokio::net::TcpListener::from_std)
+                    .and_then(|l| AdminListener::serve(configured, l, source.clone()))
+            });
+        let admin = match (config.admin, inherited_admin) {
+            (_, Some(Ok(admin))) => Some(admin),
+            (_, Some(Err(e))) => {
+                tracing::error!("the admin listener handed over: {e}");
+                return ExitCode::from(1);
+            }
+            (None, None) => None,
+            (Some(addr), None) => match AdminListener::bind(addr, source.clone()).await {
                 Ok(admin) => Some(admin),
                 Err(e) => {
                     tracing::error!("{}: cannot listen on {addr}: {e}", config.admin_at);
@@ -187,7 +269,7 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
                 }
             },
         };
-        tokio::spawn(control::serve(control, tx.clone(), source));
+        let control_task = tokio::spawn(control::serve(control, tx.clone(), source));
         tokio::spawn(forward_signals(tx.clone()));
         tokio::spawn(file_watch::run(view.subscribe(), tx.clone()));
         tokio::spawn(resolve_again(view.subscribe(), tx.clone()));
@@ -220,6 +302,16 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
             admin,
             view,
             tickets,
+            program,
+            control_task: Some(control_task),
+            control_fd: Some(control_fd),
+            cleanup,
+            upgrade: None,
+            handed_over: None,
+            foreign_workers: handover
+                .as_ref()
+                .map(|h| h.workers.clone())
+                .unwrap_or_default(),
         };
         if let Err(e) = supervisor.start_generation(&mut rx).await {
             tracing::error!("workers did not start: {e}");
@@ -234,6 +326,16 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
             "{} workers serving",
             supervisor.config.gateway.workers
         );
+        if let Some(h) = &handover {
+            if let Err(e) = supervisor.take_over(h.channel_fd, control_path) {
+                tracing::error!("upgrade: cannot tell the running gateway: {e}");
+                supervisor.kill_all();
+                return ExitCode::from(1);
+            }
+            notify::notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
+        } else {
+            notify::notify("READY=1");
+        }
         while let Some(event) = rx.recv().await {
             supervisor.handle(event, &mut rx).await;
             supervisor.redeliver_deferred();
@@ -266,6 +368,14 @@ impl Supervisor {
             } => {}
             Event::Exited { pid, status } => self.on_exit(pid, status),
             Event::Respawn { seat, generation } => self.respawn(seat, generation),
+            Event::Control(Request::Upgrade, reply) => self.start_upgrade(Some(reply)),
+            Event::Signal(Signal::Upgrade) => self.start_upgrade(None),
+            Event::Upgraded(outcome) => self.on_upgraded(outcome).await,
+            Event::PredecessorGone => {
+                tracing::info!("upgrade: the replaced gateway has exited");
+                self.foreign_workers.clear();
+                self.assignments.retire(0);
+            }
             Event::Control(request, reply) => {
                 let answer = self.control(request, rx).await;
                 let _ = reply.send(answer);
@@ -327,6 +437,7 @@ impl Supervisor {
             Request::Status | Request::Server { .. } => {
                 Reply::failed("answered by the control socket")
             }
+            Request::Upgrade => Reply::failed("answered by start_upgrade"),
             Request::Stop { now } => {
                 self.stop(now).await;
                 Reply {
@@ -476,11 +587,12 @@ async fn resolve_again(view: watch::Receiver<Arc<Snapshot>>, events: mpsc::Unbou
 
 async fn forward_signals(events: mpsc::UnboundedSender<Event>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr1)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr1), Ok(mut usr2)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
         signal(SignalKind::user_defined1()),
+        signal(SignalKind::user_defined2()),
     ) else {
         tracing::error!("cannot install signal handlers");
         return;
@@ -491,6 +603,7 @@ async fn forward_signals(events: mpsc::UnboundedSender<Event>) {
             _ = int.recv() => Signal::Stop,
             _ = hup.recv() => Signal::Reload,
             _ = usr1.recv() => Signal::Reopen,
+            _ = usr2.recv() => Signal::Upgrade,
         };
         if events.send(Event::Signal(signal)).is_err() {
             return;

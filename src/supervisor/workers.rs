@@ -78,7 +78,9 @@ impl Supervisor {
     /// Starts a worker of the current generation on `seat`.
     pub(super) fn spawn(&mut self, seat: usize) -> std::io::Result<WorkerProc> {
         let record = (0..table::WORKER_RECORDS)
-            .find(|&t| !self.workers.iter().any(|w| w.record == t))
+            .find(|&t| {
+                !self.workers.iter().any(|w| w.record == t) && !self.foreign_workers.contains(&t)
+            })
             .ok_or_else(|| {
                 std::io::Error::other(format!(
                     "more than {} worker processes at once",

@@ -154,6 +154,14 @@ pub async fn raw_backend(reply: &'static [u8]) -> (SocketAddr, tokio::task::Join
     (addr, task)
 }
 
+/// Copies a program to `to` in a child process: a file this process writes can be held
+/// open for writing by a child that another test thread forks at that moment, and then
+/// fails to run ("Text file busy") until that child has exec'd.
+pub fn copy_apart(from: &std::path::Path, to: &std::path::Path) {
+    let status = Command::new("cp").arg(from).arg(to).status().unwrap();
+    assert!(status.success(), "cp {} {}", from.display(), to.display());
+}
+
 /// A port on 127.0.0.1 where nothing listens.
 pub fn closed_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -220,7 +228,7 @@ impl Gateway {
         let gateway = match copy {
             Some(name) => {
                 let gateway = dir.path().join(name);
-                std::fs::copy(gateway_bin(), &gateway).unwrap();
+                copy_apart(&gateway_bin(), &gateway);
                 gateway
             }
             None => gateway_bin(),

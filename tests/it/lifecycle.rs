@@ -390,7 +390,7 @@ async fn a_binary_replaced_on_disk_still_reloads_and_respawns() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let program = gw.program();
     let staged = program.with_extension("new");
-    std::fs::copy(&program, &staged).unwrap();
+    copy_apart(&program, &staged);
     std::fs::rename(&staged, &program).unwrap();
     let (code, out, err) = gw.ctl(&["reload"]);
     assert_eq!((code, out.trim()), (0, "reloaded: generation 2"), "{err}");
@@ -417,4 +417,159 @@ async fn a_binary_replaced_on_disk_still_reloads_and_respawns() {
     let log = gw.stderr();
     assert!(!log.contains("cannot start a worker"), "{log}");
     assert_eq!(get_fresh(gw.url("/")).await, (200, "a".to_string()));
+}
+
+/// Stops whatever gateway answers on `socket` when dropped: the supervisor an upgrade
+/// started is not the test's child.
+struct StopOnDrop(std::path::PathBuf);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new(env!("CARGO_BIN_EXE_gatewayctl"))
+            .arg("-s")
+            .arg(&self.0)
+            .args(["stop", "--now"])
+            .output();
+    }
+}
+
+/// A package update renames a new binary over the running one; `gatewayctl upgrade`
+/// starts it as a new supervisor on the same sockets and state, the old one drains and
+/// exits, and clients under load see no failed request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_replaces_the_running_gateway_under_load_without_a_failed_request() {
+    let backend = Backend::named("a").await;
+    let mut gw = Gateway::start_copy(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n{}",
+        two_workers(&[backend.addr])
+    ));
+    let _stop = StopOnDrop(gw.socket());
+    let old_workers = worker_pids(&gw);
+    let program = gw.program();
+    let staged = program.with_extension("new");
+    copy_apart(&program, &staged);
+    std::fs::rename(&staged, &program).unwrap();
+
+    let load = Load::start(gw.url("/"), 4, 50_000);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (code, out, err) = gw.ctl(&["upgrade"]);
+    assert_eq!(code, 0, "{out}{err}\n{}", gw.stderr());
+    assert!(out.starts_with("upgraded: "), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(status) = gw.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the old supervisor did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "{exit}\n{}", gw.stderr());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, failed) = load.stop().await;
+    assert!(
+        failed.is_empty(),
+        "{} of {ok} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 100, "{ok} requests");
+
+    // The new supervisor answers on the same control socket and admin address, with new
+    // workers, and the counters of the shared table carried over.
+    let new_workers = worker_pids(&gw);
+    assert_eq!(new_workers.len(), 2);
+    assert!(new_workers.iter().all(|p| !old_workers.contains(p)));
+    let status = gw.admin_status().await;
+    let requests = status["upstreams"]["app"]["servers"][0]["requests_total"]
+        .as_u64()
+        .unwrap();
+    assert!(requests as usize >= ok, "{requests} < {ok}: {status}");
+    assert_eq!(get_fresh(gw.url("/")).await, (200, "a".to_string()));
+
+    // SIGUSR2 does the same, here to the supervisor the first upgrade started.
+    let pid: u64 = out
+        .rsplit("supervisor pid ")
+        .next()
+        .and_then(|rest| rest.trim().trim_end_matches(')').parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {out:?}"));
+    let load = Load::start(gw.url("/"), 4, 50_000);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(pid, "USR2");
+    wait_until(
+        "the second supervisor to hand over",
+        Duration::from_secs(10),
+        || !alive(pid),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, failed) = load.stop().await;
+    assert!(
+        failed.is_empty(),
+        "{} of {ok} failed: {failed:?}",
+        failed.len()
+    );
+    assert!(ok > 100, "{ok} requests");
+    let third = worker_pids(&gw);
+    assert!(third.iter().all(|p| !new_workers.contains(p)), "{third:?}");
+    eprintln!("two upgrades under load, no request failed");
+    let (code, _, err) = gw.ctl(&["stop"]);
+    assert_eq!(code, 0, "{err}");
+}
+
+/// A new binary that cannot start is refused: `upgrade` exits 1 with the reason, and
+/// the running gateway keeps serving with its workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_to_a_binary_that_cannot_start_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let backend = Backend::named("a").await;
+    let gw = Gateway::start_copy(&two_workers(&[backend.addr]));
+    let _stop = StopOnDrop(gw.socket());
+    let workers = worker_pids(&gw);
+    let program = gw.program();
+    let staged = program.with_extension("new");
+    let script = program.with_extension("sh");
+    std::fs::write(&script, "#!/bin/sh\necho 'broken build' >&2\nexit 3\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    copy_apart(&script, &staged);
+    std::fs::rename(&staged, &program).unwrap();
+    let (code, out, err) = gw.ctl(&["upgrade"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("exited"), "{err}");
+    assert_eq!(worker_pids(&gw), workers);
+    assert_eq!(get_fresh(gw.url("/")).await, (200, "a".to_string()));
+    assert!(gw.stderr().contains("broken build"), "{}", gw.stderr());
+}
+
+/// With systemd's `Type=notify`, the gateway says `READY=1` once its workers serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_is_told_when_the_gateway_serves() {
+    let backend = Backend::named("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\nworkers = 1\ncontrol_socket = \"gw.sock\"\n[[listener]]\nlisten = \"127.0.0.1:0\"\n{}",
+            upstream_config("app", &[backend.addr], "")
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(gateway_bin())
+        .arg("-c")
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &notify)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let got = socket.recv(&mut buf);
+    let _ = child.kill();
+    let _ = child.wait();
+    let n = got.expect("no message from the gateway");
+    assert_eq!(&buf[..n], b"READY=1");
 }
