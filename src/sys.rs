@@ -12,12 +12,13 @@ pub fn inheritable(listener: &TcpListener) -> std::io::Result<RawFd> {
     Ok(listener.as_raw_fd())
 }
 
-/// Adopts a listening socket inherited under the number `fd`, after checking that it is
-/// an open TCP socket in the listening state.
-pub fn adopt_listener(fd: RawFd) -> std::io::Result<TcpListener> {
+/// Takes ownership of the descriptor inherited under the number `fd`, handed to this
+/// process (on its command line, or in an upgrade's handover) to be `what`, after
+/// checking that it is open and not a standard stream.
+fn adopt_fd(fd: RawFd, what: &str) -> std::io::Result<OwnedFd> {
     if fd < 3 {
         return Err(std::io::Error::other(format!(
-            "fd {fd} is a standard stream, not a listener"
+            "fd {fd} is a standard stream, not {what}"
         )));
     }
     // SAFETY: `fcntl(F_GETFD)` only reads the descriptor flags; it is valid on any number
@@ -25,17 +26,28 @@ pub fn adopt_listener(fd: RawFd) -> std::io::Result<TcpListener> {
     if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    // SAFETY: `fd` is open (checked above) and was handed to this process by the
-    // supervisor on its command line for this purpose alone; nothing else in this process
-    // has taken ownership of it, and it is adopted once.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    let socket = socket2::Socket::from(owned);
+    // SAFETY: `fd` is open (checked above) and was handed to this process for this purpose
+    // alone; nothing else in this process has taken ownership of it, and each number is
+    // adopted once.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A socket adopted with [`adopt_fd`], kept from the programs this process starts.
+fn adopt_socket(fd: RawFd, what: &str) -> std::io::Result<socket2::Socket> {
+    let socket = socket2::Socket::from(adopt_fd(fd, what)?);
+    socket.set_cloexec(true)?;
+    Ok(socket)
+}
+
+/// Adopts a listening socket inherited under the number `fd`, after checking that it is
+/// an open TCP socket in the listening state.
+pub fn adopt_listener(fd: RawFd) -> std::io::Result<TcpListener> {
+    let socket = adopt_socket(fd, "a listener")?;
     if socket.r#type()? != socket2::Type::STREAM || !socket.is_listener()? {
         return Err(std::io::Error::other(format!(
             "fd {fd} is not a listening TCP socket"
         )));
     }
-    socket.set_cloexec(true)?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
 }
@@ -43,24 +55,12 @@ pub fn adopt_listener(fd: RawFd) -> std::io::Result<TcpListener> {
 /// Adopts a Unix listening socket inherited under the number `fd` (the control socket,
 /// from the supervisor an upgrade replaces).
 pub fn adopt_unix_listener(fd: RawFd) -> std::io::Result<std::os::unix::net::UnixListener> {
-    if fd < 3 {
-        return Err(std::io::Error::other(format!(
-            "fd {fd} is a standard stream, not a listener"
-        )));
-    }
-    // SAFETY: as in `adopt_listener`: F_GETFD only reads flags and fails on a closed fd.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is open (checked above) and was handed to this process by the
-    // supervisor it replaces for this purpose alone; it is adopted once.
-    let socket = socket2::Socket::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let socket = adopt_socket(fd, "the control socket")?;
     if socket.domain()? != socket2::Domain::UNIX || !socket.is_listener()? {
         return Err(std::io::Error::other(format!(
             "fd {fd} is not a listening Unix socket"
         )));
     }
-    socket.set_cloexec(true)?;
     socket.set_nonblocking(true)?;
     Ok(OwnedFd::from(socket).into())
 }
@@ -68,20 +68,7 @@ pub fn adopt_unix_listener(fd: RawFd) -> std::io::Result<std::os::unix::net::Uni
 /// Adopts the end of a socket pair inherited under the number `fd` (the channel to the
 /// supervisor an upgrade replaces).
 pub fn adopt_stream(fd: RawFd) -> std::io::Result<std::os::unix::net::UnixStream> {
-    if fd < 3 {
-        return Err(std::io::Error::other(format!(
-            "fd {fd} is a standard stream"
-        )));
-    }
-    // SAFETY: as in `adopt_listener`: F_GETFD only reads flags and fails on a closed fd.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is open (checked above) and was handed to this process by the
-    // supervisor it replaces for this purpose alone; it is adopted once.
-    let socket = socket2::Socket::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    socket.set_cloexec(true)?;
-    Ok(OwnedFd::from(socket).into())
+    Ok(OwnedFd::from(adopt_socket(fd, "a channel")?).into())
 }
 
 /// Sets (`true`) or clears FD_CLOEXEC on `fd`, a descriptor this process holds open: a
@@ -134,18 +121,7 @@ pub fn shared_memory_file(len: usize) -> std::io::Result<File> {
 
 /// Adopts the shared table's file inherited under the number `fd`.
 pub fn adopt_shared_memory_file(fd: RawFd) -> std::io::Result<File> {
-    if fd < 3 {
-        return Err(std::io::Error::other(format!(
-            "fd {fd} is a standard stream, not the shared table"
-        )));
-    }
-    // SAFETY: as in `adopt_listener`: F_GETFD only reads flags and fails on a closed fd.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is open (checked above) and was handed to this process by the
-    // supervisor for this purpose alone; it is adopted once.
-    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+    Ok(File::from(adopt_fd(fd, "the shared table")?))
 }
 
 /// Maps `file` read-write and shared, for the rest of the process's life, and views it as

@@ -132,11 +132,10 @@ async fn websocket_echo() -> Backend {
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_upgrade_is_relayed_both_ways() {
-    let backend = websocket_echo().await;
-    let gw = Gateway::start(&upstream_config("app", &[backend.addr], ""));
-    let mut stream = TcpStream::connect(gw.addr).unwrap();
+/// Asks the gateway at `addr` for a WebSocket upgrade: the connection, and the answer's
+/// head in lower case.
+fn open_websocket(addr: std::net::SocketAddr) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
@@ -149,7 +148,14 @@ async fn websocket_upgrade_is_relayed_both_ways() {
         stream.read_exact(&mut byte).unwrap();
         head.push(byte[0]);
     }
-    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    (stream, String::from_utf8_lossy(&head).to_ascii_lowercase())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_is_relayed_both_ways() {
+    let backend = websocket_echo().await;
+    let gw = Gateway::start(&upstream_config("app", &[backend.addr], ""));
+    let (mut stream, head) = open_websocket(gw.addr);
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(
         head.contains("upgrade: websocket")
@@ -359,20 +365,8 @@ async fn a_draining_worker_tells_both_sides_of_a_websocket_it_is_going_away() {
         "[gateway]\nshutdown_timeout = \"2s\"\n{}",
         upstream_config("app", &[backend.addr], "")
     ));
-    let mut stream = TcpStream::connect(gw.addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    stream
-        .write_all(b"GET /chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-        .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let (mut stream, head) = open_websocket(gw.addr);
+    assert!(head.starts_with("http/1.1 101"), "{head}");
     // A masked text frame "hi", whole.
     let hi = [0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2];
     stream.write_all(&hi).unwrap();
