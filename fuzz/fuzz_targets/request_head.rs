@@ -26,6 +26,17 @@ fuzz_target!(|data: &[u8]| {
         Framing::Length(n) => assert!(n > 0 && !headers.contains_key("transfer-encoding")),
         Framing::Empty => assert!(!headers.contains_key("transfer-encoding")),
     }
+    // The early check of a chunked body's first line reads it as the decoder does.
+    if head.framing == Framing::Chunked {
+        let first = gateway::wire::decode::first_chunk_line(&data[len..]);
+        let mut probe = bytes::BytesMut::from(&data[len..]);
+        let step = BodyDecoder::new(Framing::Chunked).step(&mut probe);
+        match first {
+            Err(_) => assert!(step.is_err()),
+            Ok(false) => assert!(matches!(step, Ok(Step::NeedMore))),
+            Ok(true) => {}
+        }
+    }
     // Whatever follows the head, decoding it as the body ends or asks for more.
     let mut buf = bytes::BytesMut::from(&data[len..]);
     let mut decoder = BodyDecoder::new(head.framing);

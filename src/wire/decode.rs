@@ -266,6 +266,26 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// The early check of the first chunk-size line and the decoder read it alike: a
+        /// line the check refuses, the decoder refuses; one it passes, the decoder takes.
+        #[test]
+        fn the_first_chunk_line_check_agrees_with_the_decoder(
+            line in prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..40),
+                "[0-9a-fA-F ;=x\t\n\r-]{0,24}".prop_map(String::into_bytes),
+            ],
+        ) {
+            let mut buf = BytesMut::from(&line[..]);
+            let step = BodyDecoder::new(Framing::Chunked).step(&mut buf);
+            match first_chunk_line(&line) {
+                Err(_) => prop_assert!(step.is_err()),
+                Ok(true) => prop_assert!(!matches!(step, Err("invalid chunk size" | "chunk size too large" | "bare LF in a chunk-size line" | "chunk framing line too long"))),
+                Ok(false) => prop_assert!(matches!(step, Ok(Step::NeedMore))),
+            }
+        }
+    }
+
     #[test]
     fn framing_and_routing_fields_are_dropped_from_trailers() {
         let map = trailers(b"Checksum: abc\r\nContent-Length: 5\r\nHost: evil\r\nTransfer-Encoding: chunked\r\nX-Ok: 1\r\n\r\n").unwrap();
