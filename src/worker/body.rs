@@ -111,6 +111,47 @@ struct StreamedBody {
     passed: u64,
 }
 
+/// How much of an HTTP/2 request body that is no longer wanted (the answer went out
+/// first: a 413, an error, an early response) is still read and dropped, and for how long.
+const DISCARD_BYTES: usize = 8 << 20;
+const DISCARD_TIME: Duration = Duration::from_secs(2);
+
+impl Drop for RequestBody {
+    /// An HTTP/2 body dropped before its end would reset the stream (RST_STREAM with
+    /// NO_ERROR, which RFC 9113 §8.1 allows, but which curl before 8.x and other clients
+    /// take for a failure, and lose the answer they were sent). So the rest is read and
+    /// dropped for a while, as nginx discards a body it does not want, and the stream ends
+    /// cleanly with the client's last frame.
+    fn drop(&mut self) {
+        let Some(body) = self.0.take() else {
+            return;
+        };
+        let ClientSource::Hyper(mut inner) = body.source else {
+            return;
+        };
+        if inner.is_end_stream() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let mut dropped = 0;
+            let _ = tokio::time::timeout(DISCARD_TIME, async {
+                while dropped < DISCARD_BYTES {
+                    match std::future::poll_fn(|cx| Pin::new(&mut inner).poll_frame(cx)).await {
+                        Some(Ok(frame)) => {
+                            dropped += frame.data_ref().map_or(0, Bytes::len);
+                        }
+                        _ => return,
+                    }
+                }
+            })
+            .await;
+        });
+    }
+}
+
 impl RequestBody {
     pub fn empty() -> Self {
         RequestBody(None)

@@ -449,3 +449,42 @@ async fn a_watched_gateway_serves_a_renewed_certificate_by_itself() {
         .unwrap();
     assert_eq!(peer_cert(&res), renewed.der);
 }
+
+/// Over HTTP/2, an answer given before the request body was read (here a 413 for a body
+/// over max_body_size) reaches curl whole: the rest of the upload is read and dropped so
+/// the stream ends without RST_STREAM, which curl 7.x reports as a failure (exit 92) in
+/// place of the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_413_over_http2_reaches_curl_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = make_cert(dir.path(), "site", &["localhost"]);
+    let backend = Backend::named("a").await;
+    let gw = Gateway::start(&format!(
+        "[gateway]\nmax_body_size = \"10\"\n{}{}",
+        tls_listener(&[&cert]),
+        upstream_config("app", &[backend.addr], "")
+    ));
+    let tls = gw.addrs[1];
+    let body = dir.path().join("body");
+    std::fs::write(&body, vec![b'x'; 3 << 20]).unwrap();
+    let out = Command::new("curl")
+        .args([
+            "-sk",
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+        ])
+        .arg("--resolve")
+        .arg(format!("localhost:{}:{}", tls.port(), tls.ip()))
+        .arg("--data-binary")
+        .arg(format!("@{}", body.display()))
+        .arg(format!("https://localhost:{}/", tls.port()))
+        .output()
+        .expect("curl is needed for this test");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "curl: {said}");
+    assert_eq!(said, "413 2");
+    assert_eq!(backend.requests(), 0);
+}
