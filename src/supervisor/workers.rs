@@ -18,8 +18,21 @@ const STABLE_AFTER: Duration = Duration::from_secs(10);
 const FIRST_RESTART_DELAY: Duration = Duration::from_millis(100);
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(10);
 
-/// The running program's image, whatever is at its path on disk now.
-const OWN_PROGRAM: &str = "/proc/self/exe";
+/// The running program's image, whatever is at its path on disk now: a descriptor opened
+/// on `/proc/self/exe` (the image, deleted or not) and kept for the process's life, named
+/// as `/proc/self/fd/N`. (Executing `/proc/self/exe` itself would do as well, but under
+/// valgrind that names valgrind; opening it gives the program's own file.)
+fn own_program() -> std::io::Result<&'static str> {
+    static PROGRAM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(path) = PROGRAM.get() {
+        return Ok(path);
+    }
+    let image = std::fs::File::open("/proc/self/exe")?;
+    let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&image));
+    // Open for as long as the process runs: every worker is started from it.
+    std::mem::forget(image);
+    Ok(PROGRAM.get_or_init(|| path))
+}
 
 /// The name workers show in `ps`: the supervisor's own argv[0].
 fn program_name() -> std::ffi::OsString {
@@ -104,9 +117,8 @@ impl Supervisor {
             server_records: self.assignments.records(self.generation),
         };
         // The supervisor's own program, even after a package upgrade renamed another file
-        // over its path: /proc/self/exe names the running image, deleted or not (the
-        // binary now on disk is started by `upgrade` alone).
-        let spawned = tokio::process::Command::new(OWN_PROGRAM)
+        // over its path (the binary now on disk is started by `upgrade` alone).
+        let spawned = tokio::process::Command::new(own_program()?)
             .arg0(program_name())
             .arg("worker")
             .arg("-c")

@@ -188,38 +188,36 @@ async fn next_request<S: ClientIo>(
 ) -> Next {
     let limits = proxy.limits();
     let head = loop {
-        match head::parse(&buf, limits) {
+        let refused = match head::parse(&buf, limits) {
             Ok(Some((head, len))) => {
                 buf.advance(len);
                 break head;
             }
-            Ok(None) => {}
-            Err(rejected) => {
-                tracing::debug!(client = %conn.client, "request refused: {}", rejected.reason);
-                let answer = plain_response(rejected.status, rejected.reason);
-                return match io.write_all(&answer).await {
-                    Ok(()) => Next::Close,
-                    Err(_) => Next::Closed,
-                };
+            Ok(None) => {
+                if buf.capacity() - buf.len() < 1024 {
+                    buf.reserve(HEAD_BUFFER);
+                }
+                match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => continue,
+                    // Too slow (slowloris) with part of a head sent: told so, as HAProxy
+                    // does.
+                    Err(_) if !buf.is_empty() => (
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request head not complete within header_read_timeout",
+                    ),
+                    // Closed or failed, or nothing sent: nothing to answer.
+                    _ => return Next::Closed,
+                }
             }
-        }
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(HEAD_BUFFER);
-        }
-        match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            // Too slow (slowloris) with part of a head sent: told so, as HAProxy does.
-            Err(_) if !buf.is_empty() => {
-                tracing::debug!(client = %conn.client, "request head not complete within header_read_timeout");
-                let answer = plain_response(StatusCode::REQUEST_TIMEOUT, "Request Timeout");
-                return match io.write_all(&answer).await {
-                    Ok(()) => Next::Close,
-                    Err(_) => Next::Closed,
-                };
-            }
-            // Closed or failed, or nothing sent: nothing to answer.
-            _ => return Next::Closed,
-        }
+            Err(rejected) => (rejected.status, rejected.reason),
+        };
+        // One write for every refusal (one await point in this future, not one each).
+        tracing::debug!(client = %conn.client, "request refused: {}", refused.1);
+        let answer = plain_response(refused.0, refused.1);
+        return match io.write_all(&answer).await {
+            Ok(()) => Next::Close,
+            Err(_) => Next::Closed,
+        };
     };
     exchange(io, head, buf, conn, proxy).await
 }
@@ -292,7 +290,9 @@ async fn exchange<S: ClientIo>(
     let written = response::write(io, response, &facts(false)).await;
     match (written, tunnel) {
         (Ok(_), Some(tunnel)) if upgrade => {
-            relay(io, buf, tunnel).await;
+            // On the heap of its own: a relay is rare, and its state would otherwise be
+            // part of every request's future.
+            Box::pin(relay(io, buf, tunnel)).await;
             Next::Closed
         }
         (Ok(w), _) if !w.close => Next::KeepAlive(buf),
