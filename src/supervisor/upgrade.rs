@@ -19,7 +19,7 @@ use crate::protocol::Reply;
 use crate::table::ServerKey;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::process::Stdio;
 use std::time::Duration;
@@ -99,15 +99,14 @@ impl Supervisor {
 
     fn spawn_successor(&mut self) -> std::io::Result<UnixStream> {
         let (ours, theirs) = UnixStream::pair()?;
-        let sockets = self.sockets.handover();
-        let mut passed: Vec<std::os::fd::BorrowedFd<'_>> = Vec::new();
-        let listeners = sockets
-            .iter()
+        let listeners: Vec<(SocketAddr, SocketAddr, Vec<RawFd>)> = self
+            .sockets
+            .handover()
+            .into_iter()
             .map(|(configured, actual, seats)| {
-                passed.extend(seats.iter().map(|s| s.as_fd()));
                 (
-                    *configured,
-                    *actual,
+                    configured,
+                    actual,
                     seats.iter().map(|s| s.as_raw_fd()).collect(),
                 )
             })
@@ -115,22 +114,26 @@ impl Supervisor {
         let control = self.control_fd.ok_or_else(|| {
             std::io::Error::other("the control socket is not served by this supervisor")
         })?;
+        let admin = self.admin.as_ref().map(|a| (a.configured, a.fd));
+        // Each is open and owned by this process while the handover lasts (sockets and
+        // table by self, control and admin by their tasks); the table's is inheritable.
+        let mut raw: Vec<RawFd> = listeners
+            .iter()
+            .flat_map(|(_, _, fds)| fds.clone())
+            .collect();
+        raw.push(control);
+        raw.extend(admin.map(|(_, fd)| fd));
+        raw.push(theirs.as_raw_fd());
         let handover = Handover {
             listeners,
             table_fd: self.table.fd(),
             control_fd: control,
-            admin: self.admin.as_ref().map(|a| (a.configured, a.fd)),
+            admin,
             channel_fd: theirs.as_raw_fd(),
             servers: self.assignments.in_use(),
             workers: self.workers.iter().map(|w| w.record).collect(),
         };
         let json = serde_json::to_string(&handover).map_err(std::io::Error::other)?;
-        // Each is open and owned by this process while the handover lasts (sockets and
-        // table by self, control and admin by their tasks).
-        let mut raw: Vec<RawFd> = passed.iter().map(|fd| fd.as_raw_fd()).collect();
-        raw.push(control);
-        raw.extend(handover.admin.map(|(_, fd)| fd));
-        raw.push(theirs.as_raw_fd());
         for &fd in &raw {
             crate::sys::set_cloexec(fd, false)?;
         }
