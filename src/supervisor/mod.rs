@@ -124,6 +124,8 @@ struct Supervisor {
     handed_over: Option<upgrade::Pending>,
     /// Worker records the replaced supervisor's workers still use.
     foreign_workers: Vec<usize>,
+    /// The supervisor this one replaced (`upgrade`) has not exited yet.
+    predecessor_running: bool,
 }
 
 /// `gateway -c FILE`: runs until stopped.
@@ -192,10 +194,13 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
     };
     let mut assignments = Assignments::default();
     if let Some(h) = &handover {
-        // Generation 0 stands for the replaced supervisor's workers while they drain.
-        assignments.seed(0, h.servers.clone());
+        assignments.seed(upgrade::PREDECESSOR, h.servers.clone());
     }
-    match assignments.assign(1, table::server_keys(&config)) {
+    // Counted on from the replaced supervisor's, so `/status` does not start over.
+    let (generation, reloads, restarts) = handover
+        .as_ref()
+        .map_or((1, 0, 0), |h| (h.generation + 1, h.reloads, h.restarts));
+    match assignments.assign(generation, table::server_keys(&config)) {
         Ok(assigned) if handover.is_some() => {
             for &record in &assigned.fresh {
                 table.reset_server(record);
@@ -229,11 +234,11 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
         let (tx, mut rx) = mpsc::unbounded_channel();
         let config = Arc::new(config);
         let (view, view_rx) = watch::channel(Arc::new(Snapshot {
-            generation: 1,
-            reloads: 0,
-            restarts: 0,
+            generation,
+            reloads,
+            restarts,
             config: config.clone(),
-            server_records: assignments.records(1),
+            server_records: assignments.records(generation),
             workers: Vec::new(),
         }));
         let check_failures = LastFailures::default();
@@ -284,14 +289,19 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
             passive_down: Default::default(),
             watching_since: now,
             last_watchdog_tick: now,
-            health: HealthChecks::start(&config, &assignments.records(1), table, &check_failures),
+            health: HealthChecks::start(
+                &config,
+                &assignments.records(generation),
+                table,
+                &check_failures,
+            ),
             check_failures,
             config_path,
             config,
             config_text,
-            generation: 1,
-            reloads: 0,
-            restarts: 0,
+            generation,
+            reloads,
+            restarts,
             sockets,
             workers: Vec::new(),
             events: tx,
@@ -312,6 +322,7 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
                 .as_ref()
                 .map(|h| h.workers.clone())
                 .unwrap_or_default(),
+            predecessor_running: handover.is_some(),
         };
         if let Err(e) = supervisor.start_generation(&mut rx).await {
             tracing::error!("workers did not start: {e}");
@@ -374,7 +385,8 @@ impl Supervisor {
             Event::PredecessorGone => {
                 tracing::info!("upgrade: the replaced gateway has exited");
                 self.foreign_workers.clear();
-                self.assignments.retire(0);
+                self.predecessor_running = false;
+                self.assignments.retire(upgrade::PREDECESSOR);
             }
             Event::Control(request, reply) => {
                 let answer = self.control(request, rx).await;

@@ -29,6 +29,10 @@ use tokio::sync::oneshot;
 /// The environment variable that carries the [`Handover`] to the new supervisor.
 pub const ENV: &str = "GATEWAY_UPGRADE";
 
+/// The generation that stands, in a new supervisor's record assignment, for the workers of
+/// the one it replaced (its own generations start after the old one's last).
+pub const PREDECESSOR: u64 = 0;
+
 /// How long the new supervisor has to serve before it is given up.
 pub const READY_WITHIN: Duration = Duration::from_secs(60);
 
@@ -49,6 +53,11 @@ pub struct Handover {
     pub servers: Vec<(ServerKey, usize)>,
     /// Worker records in use by the old supervisor's workers.
     pub workers: Vec<usize>,
+    /// The old supervisor's generation: the new one's first is the next.
+    pub generation: u64,
+    /// Reloads and worker restarts so far, for `/status` to go on counting.
+    pub reloads: u64,
+    pub restarts: u64,
 }
 
 /// The handover this process was started with, if it replaces a running gateway. Taken
@@ -132,6 +141,9 @@ impl Supervisor {
             channel_fd: theirs.as_raw_fd(),
             servers: self.assignments.in_use(),
             workers: self.workers.iter().map(|w| w.record).collect(),
+            generation: self.generation,
+            reloads: self.reloads,
+            restarts: self.restarts,
         };
         let json = serde_json::to_string(&handover).map_err(std::io::Error::other)?;
         for &fd in &raw {

@@ -274,7 +274,10 @@ impl Supervisor {
     /// stays).
     pub(super) fn retire_finished_generations(&mut self) {
         for generation in self.assignments.generations() {
+            // The replaced supervisor's records stay taken until it has exited.
+            let predecessor = generation == super::upgrade::PREDECESSOR && self.predecessor_running;
             if generation != self.generation
+                && !predecessor
                 && !self.workers.iter().any(|w| w.generation == generation)
             {
                 self.assignments.retire(generation);

@@ -480,6 +480,7 @@ async fn upgrade_replaces_the_running_gateway_under_load_without_a_failed_reques
     assert_eq!(new_workers.len(), 2);
     assert!(new_workers.iter().all(|p| !old_workers.contains(p)));
     let status = gw.admin_status().await;
+    assert_eq!(status["generation"], 2, "the generations go on: {status}");
     let requests = status["upstreams"]["app"]["servers"][0]["requests_total"]
         .as_u64()
         .unwrap();
@@ -511,6 +512,12 @@ async fn upgrade_replaces_the_running_gateway_under_load_without_a_failed_reques
     assert!(ok > 100, "{ok} requests");
     let third = worker_pids(&gw);
     assert!(third.iter().all(|p| !new_workers.contains(p)), "{third:?}");
+    assert_eq!(status_json(&gw)["generation"], 3);
+    // A reload after an upgrade starts the next generation, and the records the replaced
+    // supervisors used are free again.
+    let (code, out, err) = gw.ctl(&["reload"]);
+    assert_eq!((code, out.trim()), (0, "reloaded: generation 4"), "{err}");
+    assert_eq!(get_fresh(gw.url("/")).await, (200, "a".to_string()));
     eprintln!("two upgrades under load, no request failed");
     let (code, _, err) = gw.ctl(&["stop"]);
     assert_eq!(code, 0, "{err}");
