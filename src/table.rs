@@ -432,8 +432,8 @@ impl ServerRecord {
 
     /// Ends a `max_fails` period now (a health check just reached the server): a server
     /// that came back in a moment is not kept out for the rest of `fail_timeout`. Slow
-    /// start runs from now.
-    /// Returns true when this call ended it (one caller of many at the same moment).
+    /// start runs from now. True when this call ended it (one caller of many at the same
+    /// moment).
     pub fn end_passive_down(&self) -> bool {
         let now = crate::sys::monotonic_ms();
         let until = self.down_until.load(Relaxed);

@@ -15,6 +15,9 @@ struct Bound {
     seats: Vec<TcpListener>,
 }
 
+/// A listener address as configured and as bound, and its seats' descriptors.
+pub type Inherited = (SocketAddr, SocketAddr, Vec<std::os::fd::RawFd>);
+
 #[derive(Default)]
 pub struct Sockets {
     bound: Vec<Bound>,
@@ -66,18 +69,21 @@ impl Sockets {
         Ok(next)
     }
 
-    /// What a new supervisor inherits (`upgrade`): each address with its seats' sockets.
-    pub fn handover(&self) -> Vec<(SocketAddr, SocketAddr, Vec<&TcpListener>)> {
+    /// What a new supervisor inherits (`upgrade`): each address with its seats' sockets,
+    /// open while `self` lives.
+    pub fn handover(&self) -> Vec<Inherited> {
+        use std::os::fd::AsRawFd;
         self.bound
             .iter()
-            .map(|b| (b.configured, b.actual, b.seats.iter().collect()))
+            .map(|b| {
+                let fds = b.seats.iter().map(AsRawFd::as_raw_fd).collect();
+                (b.configured, b.actual, fds)
+            })
             .collect()
     }
 
     /// The set a replaced supervisor handed over, from the inherited descriptors.
-    pub fn adopt(
-        inherited: &[(SocketAddr, SocketAddr, Vec<std::os::fd::RawFd>)],
-    ) -> std::io::Result<Sockets> {
+    pub fn adopt(inherited: &[Inherited]) -> std::io::Result<Sockets> {
         let mut bound = Vec::new();
         for (configured, actual, fds) in inherited {
             let seats = fds

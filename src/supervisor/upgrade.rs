@@ -41,7 +41,7 @@ pub const READY_WITHIN: Duration = Duration::from_secs(60);
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Handover {
     /// Each listener address (as configured, as bound) and its seats' sockets.
-    pub listeners: Vec<(SocketAddr, SocketAddr, Vec<RawFd>)>,
+    pub listeners: Vec<super::listeners::Inherited>,
     pub table_fd: RawFd,
     pub control_fd: RawFd,
     /// The admin listener, by its configured address.
@@ -108,18 +108,7 @@ impl Supervisor {
 
     fn spawn_successor(&mut self) -> std::io::Result<UnixStream> {
         let (ours, theirs) = UnixStream::pair()?;
-        let listeners: Vec<(SocketAddr, SocketAddr, Vec<RawFd>)> = self
-            .sockets
-            .handover()
-            .into_iter()
-            .map(|(configured, actual, seats)| {
-                (
-                    configured,
-                    actual,
-                    seats.iter().map(|s| s.as_raw_fd()).collect(),
-                )
-            })
-            .collect();
+        let listeners = self.sockets.handover();
         let control = self.control_fd.ok_or_else(|| {
             std::io::Error::other("the control socket is not served by this supervisor")
         })?;

@@ -182,35 +182,39 @@ impl Upstream {
             return Some((i, false));
         }
         let hash = affinity.hash;
-        let primary = |i: usize| !servers[i].config.backup && usable(i);
-        let backup = |i: usize| servers[i].config.backup && usable(i);
-        let chosen = self
-            .balancer
+        let chosen = self.pick_primary_then_backup(hash, usable).or_else(|| {
+            // Every server is out, and some only by passive failures: try those
+            // rather than answer 503 (nginx forgets the failures then, Envoy has its
+            // panic threshold). Servers restarted one after the other come back in
+            // a moment, and `max_fails` must not keep them all out for fail_timeout.
+            let passive_only =
+                |i: usize| !tried.contains(&i) && servers[i].out_by_failures_only(now);
+            let chosen = self.pick_primary_then_backup(hash, passive_only)?;
+            if servers[chosen].shared.record.end_passive_down() {
+                tracing::warn!(
+                    upstream = %self.config.name,
+                    server = %servers[chosen].config.name,
+                    "every server is out after max_fails: this one serves again"
+                );
+            }
+            Some(chosen)
+        })?;
+        Some((chosen, self.sticky.is_some()))
+    }
+
+    /// What the policy chooses among the primaries `eligible` allows, else among its
+    /// backups.
+    fn pick_primary_then_backup(
+        &self,
+        hash: Option<u64>,
+        eligible: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let servers = &self.servers;
+        let primary = |i: usize| !servers[i].config.backup && eligible(i);
+        let backup = |i: usize| servers[i].config.backup && eligible(i);
+        self.balancer
             .pick(servers, hash, primary)
             .or_else(|| self.balancer.pick(servers, hash, backup))
-            .or_else(|| {
-                // Every server is out, and some only by passive failures: try those
-                // rather than answer 503 (nginx forgets the failures then, Envoy has its
-                // panic threshold). Servers restarted one after the other come back in
-                // a moment, and `max_fails` must not keep them all out for fail_timeout.
-                let passive_only =
-                    |i: usize| !tried.contains(&i) && servers[i].out_by_failures_only(now);
-                let primary = |i: usize| !servers[i].config.backup && passive_only(i);
-                let backup = |i: usize| servers[i].config.backup && passive_only(i);
-                let chosen = self
-                    .balancer
-                    .pick(servers, hash, primary)
-                    .or_else(|| self.balancer.pick(servers, hash, backup))?;
-                if servers[chosen].shared.record.end_passive_down() {
-                    tracing::warn!(
-                        upstream = %self.config.name,
-                        server = %servers[chosen].config.name,
-                        "every server is out after max_fails: this one serves again"
-                    );
-                }
-                Some(chosen)
-            })?;
-        Some((chosen, self.sticky.is_some()))
     }
 
     /// Whether a server not in `tried` may take the request (a retry has somewhere to go).

@@ -139,7 +139,7 @@ impl Drop for RequestBody {
             let mut dropped = 0;
             let _ = tokio::time::timeout(DISCARD_TIME, async {
                 while dropped < DISCARD_BYTES {
-                    match std::future::poll_fn(|cx| Pin::new(&mut inner).poll_frame(cx)).await {
+                    match http_body_util::BodyExt::frame(&mut inner).await {
                         Some(Ok(frame)) => {
                             dropped += frame.data_ref().map_or(0, Bytes::len);
                         }

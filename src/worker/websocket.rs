@@ -43,7 +43,7 @@ fn close_to_server() -> [u8; 8] {
 
 /// Where a direction's byte stream is among its frames.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Frames {
+struct Frames {
     /// The start of the frame head being read (at most its 14 bytes).
     head: [u8; 14],
     head_len: usize,
@@ -53,7 +53,7 @@ pub struct Frames {
 
 impl Frames {
     /// Follows `bytes` as they pass.
-    pub fn pass(&mut self, mut bytes: &[u8]) {
+    fn pass(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             if self.payload_left > 0 {
                 let n = self.payload_left.min(bytes.len() as u64);
@@ -72,7 +72,7 @@ impl Frames {
     }
 
     /// Between two frames: a frame of our own may go in here.
-    pub fn at_boundary(&self) -> bool {
+    fn at_boundary(&self) -> bool {
         self.head_len == 0 && self.payload_left == 0
     }
 
@@ -141,13 +141,27 @@ where
     let _ = to.shutdown().await;
 }
 
-/// Relays both ways until both sides are done. `to_client` and `to_server` are where each
-/// direction's frames already stand (the bytes that went before the relay).
-pub async fn relay<C, S>(client: C, server: S, to_client: Frames, to_server: Frames)
-where
+/// Relays both ways until both sides are done. `to_client_first` and `to_server_first`
+/// are what each side sent before the relay (the server right after its `101`, the client
+/// right after its request): they go first.
+pub async fn relay<C, S>(
+    mut client: C,
+    mut server: S,
+    to_client_first: &[u8],
+    to_server_first: &[u8],
+) where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    if !to_client_first.is_empty() && client.write_all(to_client_first).await.is_err() {
+        return;
+    }
+    if !to_server_first.is_empty() && server.write_all(to_server_first).await.is_err() {
+        return;
+    }
+    let (mut to_client, mut to_server) = (Frames::default(), Frames::default());
+    to_client.pass(to_client_first);
+    to_server.pass(to_server_first);
     let (client_read, client_write) = tokio::io::split(client);
     let (server_read, server_write) = tokio::io::split(server);
     let close = close_to_server();

@@ -223,6 +223,14 @@ impl Gateway {
         self.dir.path().join("gateway")
     }
 
+    /// A package update: a copy of `new` renamed over [`Gateway::program`].
+    pub fn replace_program(&self, new: &std::path::Path) {
+        let program = self.program();
+        let staged = program.with_extension("new");
+        copy_apart(new, &staged);
+        std::fs::rename(&staged, &program).unwrap();
+    }
+
     fn start_program(wrapper: &[&str], copy: Option<&std::path::Path>, rest: &str) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let gateway = match copy {
@@ -552,6 +560,20 @@ impl Load {
             })
             .collect();
         Load { stop, clients }
+    }
+
+    /// Stops the clients and asserts that none failed and that more than `at_least` got
+    /// a 200; returns how many did.
+    pub async fn stop_without_failures(self, at_least: usize) -> usize {
+        let (ok, failed) = self.stop().await;
+        assert!(
+            failed.is_empty(),
+            "{} of {ok} failed: {:?}",
+            failed.len(),
+            &failed[..failed.len().min(5)]
+        );
+        assert!(ok > at_least, "{ok} requests");
+        ok
     }
 
     pub async fn stop(self) -> (usize, Vec<String>) {

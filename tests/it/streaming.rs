@@ -102,32 +102,47 @@ async fn one_gib_download_streams_with_bounded_memory() {
     );
 }
 
+/// A backend that accepts every WebSocket upgrade and hands the connection to `serve`.
+async fn websocket_backend<F, Fut>(serve: F) -> Backend
+where
+    F: Fn(hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    Backend::start(move |mut req| {
+        let serve = serve.clone();
+        async move {
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(upgraded) = upgrade.await {
+                    serve(hyper_util::rt::TokioIo::new(upgraded)).await;
+                }
+            });
+            let mut r = hyper::Response::new(full(""));
+            *r.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+            r.headers_mut()
+                .insert("upgrade", "websocket".parse().unwrap());
+            r.headers_mut()
+                .insert("connection", "Upgrade".parse().unwrap());
+            r.headers_mut().insert(
+                "sec-websocket-accept",
+                "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".parse().unwrap(),
+            );
+            r
+        }
+    })
+    .await
+}
+
 /// A backend that accepts WebSocket upgrades and then echoes every byte.
 async fn websocket_echo() -> Backend {
-    Backend::start(|mut req| async move {
-        let upgrade = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let Ok(upgraded) = upgrade.await else { return };
-            let mut io = hyper_util::rt::TokioIo::new(upgraded);
-            let mut buf = [0u8; 1024];
-            while let Ok(n) = io.read(&mut buf).await {
-                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
-                    return;
-                }
+    websocket_backend(|mut io| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = io.read(&mut buf).await {
+            if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                return;
             }
-        });
-        let mut r = hyper::Response::new(full(""));
-        *r.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
-        r.headers_mut()
-            .insert("upgrade", "websocket".parse().unwrap());
-        r.headers_mut()
-            .insert("connection", "Upgrade".parse().unwrap());
-        r.headers_mut().insert(
-            "sec-websocket-accept",
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".parse().unwrap(),
-        );
-        r
+        }
     })
     .await
 }
@@ -335,29 +350,17 @@ async fn websocket_upgrades_honour_the_sticky_cookie() {
 async fn a_draining_worker_tells_both_sides_of_a_websocket_it_is_going_away() {
     let received = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = received.clone();
-    let backend = Backend::start(move |mut req| {
+    let backend = websocket_backend(move |mut io| {
         let seen = seen.clone();
         async move {
-            let upgrade = hyper::upgrade::on(&mut req);
-            tokio::spawn(async move {
-                use tokio::io::AsyncReadExt;
-                let Ok(upgraded) = upgrade.await else { return };
-                let mut io = hyper_util::rt::TokioIo::new(upgraded);
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = io.read(&mut buf).await {
-                    if n == 0 {
-                        return;
-                    }
-                    seen.lock().unwrap().extend_from_slice(&buf[..n]);
+            use tokio::io::AsyncReadExt;
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 {
+                    return;
                 }
-            });
-            let mut r = hyper::Response::new(full(""));
-            *r.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
-            r.headers_mut()
-                .insert("upgrade", "websocket".parse().unwrap());
-            r.headers_mut()
-                .insert("connection", "Upgrade".parse().unwrap());
-            r
+                seen.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
         }
     })
     .await;

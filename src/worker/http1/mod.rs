@@ -22,7 +22,7 @@ pub mod response;
 
 use super::body::{BodyEvent, ClientBodyError, RequestBody};
 use super::forward::{ConnInfo, Proxy, Tunnel};
-use super::websocket::{self, Frames};
+use super::websocket;
 use super::DRAINING;
 use crate::wire::decode::{BodyDecoder, Step};
 use crate::wire::Framing;
@@ -213,11 +213,7 @@ async fn next_request<S: ClientIo>(
         };
         // One write for every refusal (one await point in this future, not one each).
         tracing::debug!(client = %conn.client, "request refused: {}", refused.1);
-        let answer = plain_response(refused.0, refused.1);
-        return match io.write_all(&answer).await {
-            Ok(()) => Next::Close,
-            Err(_) => Next::Closed,
-        };
+        return refuse(io, refused.0, refused.1).await;
     };
     exchange(io, head, buf, conn, proxy).await
 }
@@ -417,11 +413,7 @@ async fn check_first_chunk<S: ClientIo>(
             Err(why) => (StatusCode::BAD_REQUEST, why),
         };
         tracing::debug!("request refused: {}", refused.1);
-        let answer = plain_response(refused.0, refused.1);
-        return Err(match io.write_all(&answer).await {
-            Ok(()) => Next::Close,
-            Err(_) => Next::Closed,
-        });
+        return Err(refuse(io, refused.0, refused.1).await);
     }
 }
 
@@ -479,21 +471,21 @@ async fn pump_body<R: AsyncRead + Unpin>(
 /// sent right after its request (the first frames) go first.
 async fn relay<S: ClientIo>(io: &mut S, early: BytesMut, tunnel: Tunnel) {
     let Tunnel {
-        mut upstream,
+        upstream,
         early: from_upstream,
         lease,
     } = tunnel;
-    if !from_upstream.is_empty() && io.write_all(&from_upstream).await.is_err() {
-        return;
-    }
-    if !early.is_empty() && upstream.write_all(&early).await.is_err() {
-        return;
-    }
-    let (mut to_client, mut to_server) = (Frames::default(), Frames::default());
-    to_client.pass(&from_upstream);
-    to_server.pass(&early);
-    websocket::relay(io, upstream, to_client, to_server).await;
+    websocket::relay(io, upstream, &from_upstream, &early).await;
     drop(lease);
+}
+
+/// Answers a request that never became one with [`plain_response`]; the connection
+/// closes after it.
+async fn refuse<S: ClientIo>(io: &mut S, status: StatusCode, reason: &str) -> Next {
+    match io.write_all(&plain_response(status, reason)).await {
+        Ok(()) => Next::Close,
+        Err(_) => Next::Closed,
+    }
 }
 
 /// A short answer of the engine's own, for a request that never became one.
