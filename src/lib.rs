@@ -25,6 +25,7 @@ pub mod access_log;
 pub mod config;
 pub mod net;
 pub mod protocol;
+pub mod proxy;
 pub mod supervisor;
 #[allow(unsafe_code)]
 pub mod sys;

@@ -116,14 +116,12 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RouteConfig {
     /// Lowercase; `*`, `*.suffix` or an exact name.
     pub host: String,
     pub path_prefix: String,
-    /// Index into [`Config::upstreams`]; `None` for a redirect.
-    pub upstream: Option<usize>,
-    pub redirect: Option<Redirect>,
+    pub action: RouteAction,
     /// Replaces `path_prefix` in the forwarded path.
     pub rewrite_prefix: Option<String>,
     /// Set on the request to the upstream (after the removals).
@@ -134,6 +132,15 @@ pub struct RouteConfig {
     pub remove_response_headers: Vec<http::HeaderName>,
     /// Overrides `gateway.max_body_size` for this route.
     pub max_body_size: Option<u64>,
+}
+
+/// What a route does with the requests it matches.
+#[derive(Debug, Clone)]
+pub enum RouteAction {
+    /// Sends them to the upstream at this index of [`Config::upstreams`].
+    Forward(usize),
+    /// Answers them itself with a redirect.
+    Redirect(Redirect),
 }
 
 /// A route answered by the gateway itself.
@@ -799,8 +806,11 @@ impl Validator<'_> {
                 max_body_size: self.size(&r.max_body_size, &key("max_body_size")),
                 host,
                 path_prefix,
-                upstream,
-                redirect,
+                // Without either, an error is reported above and the config not used.
+                action: match redirect {
+                    Some(redirect) => RouteAction::Redirect(redirect),
+                    None => RouteAction::Forward(upstream.unwrap_or_default()),
+                },
                 rewrite_prefix,
             };
             routes.push(route);
@@ -1700,11 +1710,10 @@ read_timeout = "5 parsecs"
         ))
         .unwrap();
         assert_eq!(c.gateway.max_body_size, Some(10 << 20));
-        let redirect = c.routes[0].redirect.as_ref().unwrap();
-        assert_eq!(
-            (redirect.status.as_u16(), c.routes[0].upstream),
-            (301, None)
-        );
+        let RouteAction::Redirect(redirect) = &c.routes[0].action else {
+            panic!("a redirect");
+        };
+        assert_eq!(redirect.status.as_u16(), 301);
         assert_eq!(c.routes[1].rewrite_prefix.as_deref(), Some("/"));
         assert_eq!(c.routes[1].request_headers[0].0, "x-env");
         assert_eq!(c.routes[1].max_body_size, Some(1024));

@@ -3,6 +3,7 @@
 
 pub mod affinity;
 pub mod balancer;
+pub mod connector;
 pub mod http1;
 pub mod pool;
 
@@ -29,7 +30,7 @@ pub struct Server {
     max_fails: u32,
     fail_timeout_ms: u64,
     slow_start_ms: u64,
-    pub pool: pool::Pool,
+    pool: pool::Pool,
 }
 
 impl Server {
@@ -79,6 +80,24 @@ impl Server {
         let record = self.shared.record;
         record.record_latency(took.as_secs_f64() * 1e6, now_ms());
         record.response_time.observe(took);
+    }
+}
+
+/// A server picked for one request: counts as in flight until dropped.
+pub struct Lease {
+    pub server: Arc<Server>,
+}
+
+impl Lease {
+    pub fn new(server: Arc<Server>) -> Self {
+        server.shared.enter();
+        Lease { server }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.server.shared.leave();
     }
 }
 

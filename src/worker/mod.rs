@@ -1,28 +1,21 @@
 //! A worker: serves the data path on the listeners it is given, with one single-threaded
 //! tokio runtime, until told to stop.
 
-pub mod body;
-pub mod forward;
 pub mod h2_flood;
 pub mod http1;
-pub mod path;
 pub mod process;
-pub mod request_check;
-pub mod router;
 pub mod server;
 pub mod websocket;
 
 use crate::config::Config;
+use crate::proxy::Proxy;
 use crate::tls::tickets::SharedTicketer;
-use forward::Proxy;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-pub use crate::upstream::{Server, Upstream};
 
 /// Set once this worker drains: every response from then on says `Connection: close`,
 /// so keep-alive clients move to the new workers after their next request instead of

@@ -2,10 +2,10 @@
 //! says `ready`, proves it makes progress, and drains when told to (or when the
 //! supervisor is gone).
 
-use super::forward::Proxy;
 use super::{Cover, DRAINING};
 use crate::access_log::AccessLog;
 use crate::protocol::{FromWorker, ToWorker, WorkerArgs};
+use crate::proxy::Proxy;
 use crate::table::{Table, WorkerRecord, SERVER_RECORDS, WORKER_RECORDS};
 use crate::tls::tickets::SharedTicketer;
 use std::os::fd::AsFd;

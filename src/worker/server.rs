@@ -2,10 +2,10 @@
 //! (our own engine, `http1`); on TLS listeners the handshake, then HTTP/2 (hyper) or
 //! HTTP/1.1 as ALPN chose.
 
-use super::body::{RequestBody, ResponseBody};
-use super::forward::{ConnInfo, Proxy};
 use super::http1::{self, DRAIN_GRACE};
 use crate::config::ClientLimits;
+use crate::proxy::body::{RequestBody, ResponseBody};
+use crate::proxy::{ConnInfo, Proxy};
 use crate::table::WorkerRecord;
 use bytes::BytesMut;
 use http::header::CONNECTION;

@@ -4,8 +4,8 @@
 //! chunked twice, …) but must never accept what hyper refuses.
 
 use gateway::config::ClientLimits;
+use gateway::proxy::check;
 use gateway::worker::http1::head;
-use gateway::worker::request_check;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -53,7 +53,7 @@ fn we_accept(raw: &[u8]) -> bool {
     match head::parse(raw, &limits()) {
         Ok(Some((head, _))) => {
             let p = &head.parts;
-            request_check::check(&p.method, &p.uri, p.version, &p.headers, &limits()).is_ok()
+            check::check(&p.method, &p.uri, p.version, &p.headers, &limits()).is_ok()
         }
         _ => false,
     }

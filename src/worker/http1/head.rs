@@ -7,8 +7,8 @@
 //! other than the last, sizes) are `request_check`'s, shared with HTTP/2.
 
 use crate::config::ClientLimits;
+use crate::proxy::check::Rejection;
 use crate::wire::{self, Framing, MAX_HEADERS};
-use crate::worker::request_check::Rejection;
 use http::header::HeaderMap;
 use http::{Method, StatusCode, Uri, Version};
 

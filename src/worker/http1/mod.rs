@@ -20,10 +20,10 @@ pub mod date;
 pub mod head;
 pub mod response;
 
-use super::body::{BodyEvent, ClientBodyError, RequestBody};
-use super::forward::{ConnInfo, Proxy, Tunnel};
 use super::websocket;
 use super::DRAINING;
+use crate::proxy::body::{BodyEvent, ClientBodyError, RequestBody};
+use crate::proxy::{ConnInfo, Proxy, Tunnel};
 use crate::wire::decode::{BodyDecoder, Step};
 use crate::wire::Framing;
 use bytes::{Buf, BytesMut};
@@ -213,7 +213,7 @@ async fn next_request<S: ClientIo>(
         };
         // One write for every refusal (one await point in this future, not one each).
         tracing::debug!(client = %conn.client, "request refused: {}", refused.1);
-        return refuse(io, refused.0, refused.1).await;
+        return refuse(io, refused.0).await;
     };
     exchange(io, head, buf, conn, proxy).await
 }
@@ -413,7 +413,7 @@ async fn check_first_chunk<S: ClientIo>(
             Err(why) => (StatusCode::BAD_REQUEST, why),
         };
         tracing::debug!("request refused: {}", refused.1);
-        return Err(refuse(io, refused.0, refused.1).await);
+        return Err(refuse(io, refused.0).await);
     }
 }
 
@@ -481,20 +481,17 @@ async fn relay<S: ClientIo>(io: &mut S, early: BytesMut, tunnel: Tunnel) {
 
 /// Answers a request that never became one with [`plain_response`]; the connection
 /// closes after it.
-async fn refuse<S: ClientIo>(io: &mut S, status: StatusCode, reason: &str) -> Next {
-    match io.write_all(&plain_response(status, reason)).await {
+async fn refuse<S: ClientIo>(io: &mut S, status: StatusCode) -> Next {
+    match io.write_all(&plain_response(status)).await {
         Ok(()) => Next::Close,
         Err(_) => Next::Closed,
     }
 }
 
-/// A short answer of the engine's own, for a request that never became one.
-fn plain_response(status: StatusCode, reason: &str) -> Vec<u8> {
-    let body = format!(
-        "{} {}\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or(reason)
-    );
+/// A short answer of the engine's own, for a request that never became one: the body
+/// every answer of the gateway's own has, on the wire by hand.
+fn plain_response(status: StatusCode) -> Vec<u8> {
+    let body = crate::proxy::answer::status_text(status);
     let mut out = response::status_line(status).to_vec();
     out.extend_from_slice(
         format!(

@@ -4,12 +4,12 @@
 //! only once the previous one is written, so the upstream is read only as fast as the
 //! client takes the bytes.
 
+use crate::proxy::body::ResponseBody;
 use crate::wire::stack_text::StackText;
 use crate::wire::{
     chunk_line, consume, encode_field, encode_fields, give_back_head_buffer, has_token,
     recycle_response_map, take_head_buffer,
 };
-use crate::worker::body::ResponseBody;
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{Method, Response, StatusCode, Version};
 use http_body::Body;
@@ -230,7 +230,7 @@ async fn write_all<W: AsyncWrite + Unpin>(out: &mut W, parts: &[&[u8]]) -> std::
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::worker::body::Exchange;
+    use crate::proxy::request_log::RequestLog;
     use bytes::Bytes;
     use http::header::{HeaderMap, HeaderValue};
     use http::Request;
@@ -254,7 +254,7 @@ mod tests {
         let written = |version: Version, headers: &[(&'static str, &'static str)]| {
             let request = Request::get("/").body(()).unwrap().into_parts().0;
             let log = AccessLog::open(&AccessLogTarget::Off, AccessLogFormat::Combined).unwrap();
-            let exchange = Exchange::new(
+            let exchange = RequestLog::new(
                 std::sync::Arc::new(log),
                 "127.0.0.1:1".parse().unwrap(),
                 &request,

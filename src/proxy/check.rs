@@ -1,5 +1,5 @@
-//! What a request must satisfy before any byte of it goes to an upstream, beyond what
-//! the wire parsers already refuse.
+//! The first stage: what a request must satisfy before it is routed, beyond what the
+//! wire parsers already refuse, and its path normalized (`path`).
 //!
 //! Our HTTP/1 head parser (`worker/http1/head.rs`) and hyper's HTTP/2 server reject
 //! broken request lines, bad header bytes and ambiguous framing (conflicting
@@ -7,9 +7,12 @@
 //! Neither checks Host, transfer codings other than the last, or the request target
 //! form: that is done here, for both.
 
+use super::failure::Failure;
+use super::path;
 use crate::config::ClientLimits;
 use http::header::{HeaderMap, HOST, TRANSFER_ENCODING};
 use http::{Method, StatusCode, Uri, Version};
+use std::borrow::Cow;
 
 /// A request refused with `status`, for the reason given (logged, and sent as the body).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +25,25 @@ fn reject(status: StatusCode, reason: &'static str) -> Result<(), Rejection> {
     Err(Rejection { status, reason })
 }
 
+/// The stage: refuses what may not go on, and leaves the path normalized (routed and
+/// forwarded as such, so the app acts on the path that matched).
+pub fn request(head: &mut http::request::Parts, limits: &ClientLimits) -> Result<(), Failure> {
+    check(&head.method, &head.uri, head.version, &head.headers, limits)?;
+    match path::normalize(head.uri.path()) {
+        Ok(Cow::Borrowed(_)) => Ok(()),
+        Ok(Cow::Owned(normal)) => {
+            head.uri = path::with_path(&head.uri, &normal);
+            Ok(())
+        }
+        Err(e) => Err(Failure::Refused(Rejection {
+            status: StatusCode::BAD_REQUEST,
+            reason: e.reason(),
+        })),
+    }
+}
+
+/// The checks that do not touch the request, shared with the HTTP/1 head parser's
+/// differential test.
 pub fn check(
     method: &Method,
     uri: &Uri,

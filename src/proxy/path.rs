@@ -39,6 +39,16 @@ impl PathError {
     }
 }
 
+/// `uri` in origin form with `path` in place of its path (the query is kept).
+pub fn with_path(uri: &http::Uri, path: &str) -> http::Uri {
+    let target = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_string(),
+    };
+    // A normalized path is made of the bytes of a valid one (and upper-case hex digits).
+    http::Uri::try_from(target).unwrap_or_else(|_| http::Uri::from_static("/"))
+}
+
 /// The normalized form of `path` (the path of an origin-form target, without its query),
 /// borrowed when it is already normal, which is the common case.
 pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {

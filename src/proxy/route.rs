@@ -1,11 +1,61 @@
-//! Host and path prefix to route.
+//! The route stage: host and path prefix to the route that takes the request.
 //!
 //! Hosts are tried from the most to the least specific (exact name, then the longest
 //! `*.suffix` that matches, then `*`); within the first host that has a route whose prefix
 //! matches the path, the longest such prefix wins. No match is a 404.
 
+use super::failure::Failure;
 use crate::config::RouteConfig;
+use http::header::{self, HeaderValue};
 use std::collections::HashMap;
+
+/// The routes of a configuration, and the router that picks among them.
+pub struct RouteTable {
+    router: Router,
+    routes: Vec<RouteConfig>,
+}
+
+/// What routing found for a request.
+pub struct Routed<'a> {
+    pub route: &'a RouteConfig,
+    /// The host the request named (Host, or `:authority` in HTTP/2), as sent.
+    pub host: Option<HeaderValue>,
+}
+
+impl RouteTable {
+    pub fn new(routes: &[RouteConfig]) -> Self {
+        RouteTable {
+            router: Router::new(routes),
+            routes: routes.to_vec(),
+        }
+    }
+
+    /// The stage: the route for the request's host and (normalized) path; none is a 404.
+    pub fn route(&self, head: &http::request::Parts) -> Result<Routed<'_>, Failure> {
+        let host = request_host(head);
+        let name = host_without_port(
+            host.as_ref()
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or_default(),
+        );
+        let index = self
+            .router
+            .route(name, head.uri.path())
+            .ok_or(Failure::NoRoute)?;
+        Ok(Routed {
+            route: &self.routes[index],
+            host,
+        })
+    }
+}
+
+/// The host a request names: HTTP/2 says it in `:authority` (the URI), HTTP/1 in Host.
+fn request_host(head: &http::request::Parts) -> Option<HeaderValue> {
+    head.headers.get(header::HOST).cloned().or_else(|| {
+        let authority = head.uri.authority()?;
+        HeaderValue::from_str(authority.as_str()).ok()
+    })
+}
 
 #[derive(Default)]
 struct PrefixTable {
@@ -28,7 +78,7 @@ impl PrefixTable {
 }
 
 #[derive(Default)]
-pub struct Router {
+struct Router {
     exact: HashMap<String, PrefixTable>,
     /// `(".example.com", table)`, longest suffix first.
     wildcard: Vec<(String, PrefixTable)>,
@@ -104,25 +154,31 @@ mod tests {
     use super::*;
 
     /// Routes as (host, prefix, upstream); `route` answers with the upstream.
-    struct Routes(Router, Vec<RouteConfig>);
+    struct Routes(Router, Vec<usize>);
 
     impl Routes {
         fn route(&self, host: &str, path: &str) -> Option<usize> {
-            self.0.route(host, path).and_then(|i| self.1[i].upstream)
+            self.0.route(host, path).map(|i| self.1[i])
         }
     }
 
     fn router(routes: &[(&str, &str, usize)]) -> Routes {
-        let routes: Vec<RouteConfig> = routes
+        let configs: Vec<RouteConfig> = routes
             .iter()
-            .map(|&(host, prefix, upstream)| RouteConfig {
+            .map(|&(host, prefix, _)| RouteConfig {
                 host: host.into(),
                 path_prefix: prefix.into(),
-                upstream: Some(upstream),
-                ..RouteConfig::default()
+                action: crate::config::RouteAction::Forward(0),
+                rewrite_prefix: None,
+                request_headers: Vec::new(),
+                remove_request_headers: Vec::new(),
+                response_headers: Vec::new(),
+                remove_response_headers: Vec::new(),
+                max_body_size: None,
             })
             .collect();
-        Routes(Router::new(&routes), routes)
+        let upstreams = routes.iter().map(|r| r.2).collect();
+        Routes(Router::new(&configs), upstreams)
     }
 
     #[test]

@@ -1,23 +1,19 @@
-//! The two bodies of a proxied exchange, streamed frame by frame (memory stays bounded
+//! The two bodies of a proxied request, streamed frame by frame (memory stays bounded
 //! whatever the size) with a timeout between frames.
 //!
-//! The response body also carries the [`Exchange`]: when it is dropped, the request is
-//! over, so that is where the access-log line is written, the in-flight count released
-//! and a cleanly finished upstream connection returned to its pool.
+//! The response body also carries the [`RequestLog`]: when it is finished or dropped,
+//! the request is over, so that is where the access-log line is written, the in-flight
+//! count released and a cleanly finished upstream connection given back.
 
-use super::Server;
-use crate::access_log::{AccessLog, Entry};
-use crate::table::RequestMetrics;
+use super::request_log::RequestLog;
 use crate::upstream::http1::{ResponseBodyError, UpstreamBody};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 use tokio::time::Sleep;
 
 /// Fires when a body has been silent for `timeout`. The sleep is only allocated the first
@@ -65,17 +61,6 @@ pub enum ClientBodyError {
     Broken(String),
     #[error("request body larger than max_body_size ({0} bytes)")]
     TooLarge(u64),
-}
-
-impl ClientBodyError {
-    /// The status the client gets for it.
-    pub fn status(&self) -> http::StatusCode {
-        match self {
-            ClientBodyError::Timeout(_) => http::StatusCode::REQUEST_TIMEOUT,
-            ClientBodyError::Broken(_) => http::StatusCode::BAD_REQUEST,
-            ClientBodyError::TooLarge(_) => http::StatusCode::PAYLOAD_TOO_LARGE,
-        }
-    }
 }
 
 /// What the HTTP/1 connection sends along a request body's channel.
@@ -149,6 +134,13 @@ impl Drop for RequestBody {
             })
             .await;
         });
+    }
+}
+
+/// No body (what a request sent again after its body went out carries).
+impl Default for RequestBody {
+    fn default() -> Self {
+        RequestBody(None)
     }
 }
 
@@ -303,27 +295,27 @@ enum Source {
 pub struct ResponseBody {
     source: Source,
     timer: FrameTimer,
-    exchange: Exchange,
+    log: RequestLog,
 }
 
 impl ResponseBody {
-    pub fn upstream(inner: FromUpstream, read_timeout: Duration, exchange: Exchange) -> Self {
-        Self::new(Source::Upstream(inner), read_timeout, exchange)
+    pub fn upstream(inner: FromUpstream, read_timeout: Duration, log: RequestLog) -> Self {
+        Self::new(Source::Upstream(inner), read_timeout, log)
     }
 
-    pub fn fixed(bytes: Bytes, exchange: Exchange) -> Self {
+    pub fn fixed(bytes: Bytes, log: RequestLog) -> Self {
         Self::new(
             Source::Fixed((!bytes.is_empty()).then_some(bytes)),
             Duration::ZERO,
-            exchange,
+            log,
         )
     }
 
-    fn new(source: Source, timeout: Duration, exchange: Exchange) -> Self {
+    fn new(source: Source, timeout: Duration, log: RequestLog) -> Self {
         let mut body = ResponseBody {
             source,
             timer: FrameTimer::new(timeout),
-            exchange,
+            log,
         };
         // An empty body (HEAD, 204, 304) may never be polled: it is complete already.
         if body.is_end_stream() {
@@ -339,7 +331,7 @@ impl ResponseBody {
             Source::Upstream(inner) => inner.take_idle(),
             Source::Fixed(_) => None,
         };
-        self.exchange.finish(idle);
+        self.log.finish(idle);
     }
 }
 
@@ -366,7 +358,7 @@ impl Body for ResponseBody {
             Poll::Ready(Some(Ok(frame))) => {
                 this.timer.progress();
                 if let Some(data) = frame.data_ref() {
-                    this.exchange.bytes_sent += data.len() as u64;
+                    this.log.bytes_sent += data.len() as u64;
                 }
                 if this.is_end_stream() {
                     this.finish();
@@ -379,7 +371,7 @@ impl Body for ResponseBody {
                     e,
                     UpstreamBodyError::Broken(ResponseBodyError::RequestBody(_))
                 );
-                this.exchange.fail_body(e.to_string(), blames_server);
+                this.log.fail_body(e.to_string(), blames_server);
             }
             Poll::Ready(None) => this.finish(),
             Poll::Pending => {}
@@ -401,148 +393,5 @@ impl Body for ResponseBody {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
         }
-    }
-}
-
-/// A server picked for one request: counts as in flight until dropped.
-pub struct Lease {
-    pub server: Arc<Server>,
-}
-
-impl Lease {
-    pub fn new(server: Arc<Server>) -> Self {
-        server.shared.enter();
-        Lease { server }
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.server.shared.leave();
-    }
-}
-
-/// Everything the end of a request needs: the log line's fields and the upstream lease.
-pub struct Exchange {
-    pub log: Arc<AccessLog>,
-    pub started: Instant,
-    pub client: SocketAddr,
-    pub method: http::Method,
-    pub uri: http::Uri,
-    pub version: http::Version,
-    pub referer: Option<http::HeaderValue>,
-    pub user_agent: Option<http::HeaderValue>,
-    pub status: u16,
-    pub bytes_sent: u64,
-    pub upstream: Option<Lease>,
-    pub upstream_time: Option<Duration>,
-    /// The status the (last) upstream answered with.
-    pub upstream_status: Option<u16>,
-    pub request_id: Option<http::HeaderValue>,
-    /// Where the request is counted for /metrics: its upstream's, or the unrouted ones.
-    pub metrics: Option<&'static RequestMetrics>,
-    pub error: Option<String>,
-    /// Servers tried and left before the one that answered, each with why it was left.
-    tries: Vec<(String, String)>,
-    complete: bool,
-}
-
-impl Exchange {
-    pub fn new(log: Arc<AccessLog>, client: SocketAddr, head: &http::request::Parts) -> Self {
-        let keep = log.enabled();
-        Exchange {
-            started: Instant::now(),
-            client,
-            method: head.method.clone(),
-            uri: if keep {
-                head.uri.clone()
-            } else {
-                http::Uri::default()
-            },
-            version: head.version,
-            referer: keep
-                .then(|| head.headers.get(http::header::REFERER).cloned())
-                .flatten(),
-            user_agent: keep
-                .then(|| head.headers.get(http::header::USER_AGENT).cloned())
-                .flatten(),
-            status: 0,
-            bytes_sent: 0,
-            upstream: None,
-            upstream_time: None,
-            upstream_status: None,
-            request_id: None,
-            metrics: None,
-            error: None,
-            tries: Vec::new(),
-            complete: false,
-            log,
-        }
-    }
-
-    /// `server` was tried and left for `why` (for the access log).
-    pub fn note_try(&mut self, server: &Server, why: String) {
-        if self.log.enabled() {
-            self.tries.push((server.config.name.clone(), why));
-        }
-    }
-
-    /// The whole body went out; `idle` is the upstream connection if it may serve
-    /// another request.
-    fn finish(&mut self, idle: Option<crate::upstream::http1::Connection>) {
-        if self.complete {
-            return;
-        }
-        self.complete = true;
-        if let (Some(lease), Some(conn)) = (&self.upstream, idle) {
-            lease.server.pool.put(conn);
-        }
-    }
-
-    fn fail_body(&mut self, why: String, blames_server: bool) {
-        if let (Some(lease), true) = (&self.upstream, blames_server) {
-            lease.server.note_failure(&why);
-        }
-        self.error.get_or_insert(why);
-    }
-}
-
-impl Drop for Exchange {
-    fn drop(&mut self) {
-        if !self.complete && self.error.is_none() {
-            self.error = Some("client closed the connection before the response was sent".into());
-        }
-        if let Some(metrics) = self.metrics {
-            metrics.observe(self.status, self.started.elapsed());
-        }
-        if !self.log.enabled() {
-            return;
-        }
-        fn header_str(v: &Option<http::HeaderValue>) -> Option<&str> {
-            v.as_ref().and_then(|v| v.to_str().ok())
-        }
-        let target = self.uri.path_and_query().map_or("/", |p| p.as_str());
-        let upstream = self
-            .upstream
-            .as_ref()
-            .map(|l| l.server.config.name.as_str());
-        self.log.write(&Entry {
-            time: SystemTime::now() - self.started.elapsed(),
-            client: self.client,
-            method: self.method.as_str(),
-            target,
-            version: self.version,
-            status: self.status,
-            bytes_sent: self.bytes_sent,
-            referer: header_str(&self.referer),
-            user_agent: header_str(&self.user_agent),
-            upstream,
-            upstream_time: self.upstream_time,
-            upstream_status: self.upstream_status,
-            request_id: header_str(&self.request_id),
-            request_time: self.started.elapsed(),
-            error: self.error.as_deref(),
-            tries: &self.tries,
-        });
     }
 }

@@ -1,0 +1,89 @@
+//! Every answer the gateway makes itself, rather than pass on from an upstream: the
+//! failures (400 to 504) and the redirects, all written by [`own`], so they look alike
+//! and each leaves its reason in the access log.
+
+use super::body::ResponseBody;
+use super::failure::Failure;
+use super::request_log::RequestLog;
+use super::route::host_without_port;
+use crate::config::Redirect;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode, Uri};
+
+/// The body of an answer of our own: the status and its reason phrase, one line of
+/// plain text (the HTTP/1 engine's refusals of requests that never became one use it too).
+pub fn status_text(status: StatusCode) -> String {
+    format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    )
+}
+
+/// The answer to a request that failed. The client connection closes after it when the
+/// failure says so, and after a refused WebSocket upgrade (the client may already be
+/// sending frames, which must not be read as a next request).
+pub fn failure(log: RequestLog, failure: Failure, upgrade: bool) -> Response<ResponseBody> {
+    let status = failure.status();
+    let close = failure.closes_client() || upgrade;
+    own(
+        log,
+        status,
+        status_text(status),
+        None,
+        Some(failure.reason()),
+        close,
+    )
+}
+
+/// The answer of a `redirect` route: `Location` from its template, `{host}` being the
+/// host the request named (without port) and `{uri}` its path and query.
+pub fn redirect(
+    log: RequestLog,
+    redirect: &Redirect,
+    host: Option<&HeaderValue>,
+    uri: &Uri,
+) -> Response<ResponseBody> {
+    let host = host_without_port(host.and_then(|h| h.to_str().ok()).unwrap_or_default());
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = redirect
+        .location
+        .replace("{host}", host)
+        .replace("{uri}", target);
+    let Ok(value) = HeaderValue::from_str(&location) else {
+        let why = format!("the redirect's Location is not a valid header value: {location:?}");
+        let status = StatusCode::BAD_REQUEST;
+        return own(log, status, status_text(status), None, Some(why), true);
+    };
+    let text = format!("{} {}\n", redirect.status.as_u16(), location);
+    own(log, redirect.status, text, Some(value), None, false)
+}
+
+/// Writes an answer of our own: short plain text, a `Location` for redirects, and
+/// `Connection: close` when the client connection must not carry another request.
+fn own(
+    mut log: RequestLog,
+    status: StatusCode,
+    text: String,
+    location: Option<HeaderValue>,
+    error: Option<String>,
+    close: bool,
+) -> Response<ResponseBody> {
+    log.status = status.as_u16();
+    log.error = error;
+    let mut response = Response::new(ResponseBody::fixed(Bytes::from(text), log));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Some(location) = location {
+        headers.insert(header::LOCATION, location);
+    }
+    if close {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}

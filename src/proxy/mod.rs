@@ -1,0 +1,270 @@
+//! The request path after the protocol engines: each request walks the stages in this
+//! order, each a module with one entry point that returns a [`Failure`] when the
+//! request goes no further. One place, [`answer`], writes whatever the gateway answers
+//! itself.
+//!
+//! ```text
+//! handle ─► check::request          refuse what may not go on; normalize the path
+//!        ─► RouteTable::route       host and path prefix to a route
+//!           └ a redirect route ────────────────────────────────► answer::redirect
+//!        (access lists, rate limits, static files and the cache go here)
+//!        ─► request_rewrite::request the upstream's view: prefix, X-Forwarded-*, edits
+//!        ─► forward::forward        a server of the upstream (connector: pool or new
+//!                                   connection), retries, passive health
+//!        ─► response_rewrite::response  hop-by-hop out, sticky cookie, header edits
+//!        (compression goes here)
+//!        any stage's Failure ──────────────────────────────────► answer::failure
+//! ```
+//!
+//! The stages are a plain chain of calls rather than tower layers: their order is fixed,
+//! each is called once per request inside the client connection's own future, and a
+//! layer per stage would add a boxed future (an allocation) per stage per request for a
+//! composition the gateway does not need.
+
+pub mod answer;
+pub mod body;
+pub mod check;
+pub mod failure;
+pub mod forward;
+pub mod hop_by_hop;
+pub mod path;
+pub mod request_log;
+pub mod request_rewrite;
+pub mod response_rewrite;
+pub mod route;
+
+use crate::access_log::AccessLog;
+use crate::config::{ClientLimits, Config, Redirect, RouteAction, RouteConfig};
+use crate::table::{RequestMetrics, WorkerRecord, WorkerShare};
+use crate::upstream::connector::Connector;
+use crate::upstream::{Lease, Upstream};
+use crate::wire::has_token;
+use crate::wire::stack_text::StackText;
+use body::{RequestBody, ResponseBody};
+use bytes::BytesMut;
+use failure::Failure;
+use forward::{Answered, Forwarding};
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, Version};
+use request_log::RequestLog;
+use request_rewrite::X_REQUEST_ID;
+use route::RouteTable;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+/// What the gateway knows of the client connection a request came on.
+pub struct ConnInfo {
+    pub client: SocketAddr,
+    /// Over TLS: X-Forwarded-Proto is `https`.
+    pub tls: bool,
+}
+
+impl ConnInfo {
+    pub fn new(client: SocketAddr, tls: bool) -> Self {
+        ConnInfo { client, tls }
+    }
+
+    /// The client's IP as text, made per request rather than kept, as this is part of
+    /// every idle connection (the longest IPv6 address is 45 characters).
+    pub(crate) fn client_ip(&self) -> StackText<48> {
+        let mut ip = StackText::new();
+        match self.client.ip() {
+            // The common case without the formatting machinery.
+            IpAddr::V4(v4) => {
+                let mut digits = itoa::Buffer::new();
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        ip.push(b".");
+                    }
+                    ip.push(digits.format(octet).as_bytes());
+                }
+            }
+            IpAddr::V6(v6) => {
+                use std::fmt::Write;
+                let _ = write!(ip, "{v6}");
+            }
+        }
+        ip
+    }
+}
+
+/// The upstream side of an accepted WebSocket upgrade: the client connection relays
+/// both ways between itself and this once it has sent the `101`.
+pub struct Tunnel {
+    pub upstream: tokio::net::TcpStream,
+    /// What the server sent right after its `101` (its first frames): the client gets
+    /// it first.
+    pub early: BytesMut,
+    /// Keeps the server's in-flight count for as long as the tunnel is open.
+    pub lease: Lease,
+}
+
+/// Everything a worker needs to take requests through the stages, built once per
+/// configuration.
+pub struct Proxy {
+    routes: RouteTable,
+    upstreams: Vec<Upstream>,
+    connector: Connector,
+    max_body_size: Option<u64>,
+    /// Where requests that reach no upstream are counted.
+    unrouted: &'static RequestMetrics,
+    limits: ClientLimits,
+    access_log: Arc<AccessLog>,
+    /// This worker's counters in the shared table.
+    pub counters: &'static WorkerRecord,
+}
+
+/// Where a request's walk ended, short of a failure. Moved once, from the walk to the
+/// answer: boxing the large variant would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
+enum Outcome<'a> {
+    Redirect(&'a Redirect, Option<HeaderValue>),
+    Forwarded {
+        answered: Answered,
+        route: &'a RouteConfig,
+        upstream: &'a Upstream,
+    },
+}
+
+impl Proxy {
+    /// `server_records` are the table records of every server in config order (upstreams,
+    /// then their servers), as the supervisor assigned them.
+    pub fn new(
+        config: &Config,
+        access_log: Arc<AccessLog>,
+        share: WorkerShare,
+        server_records: &[usize],
+    ) -> Self {
+        let mut records = server_records;
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                let (mine, rest) = records.split_at(u.servers.len().min(records.len()));
+                records = rest;
+                Upstream::new(u, share, mine)
+            })
+            .collect();
+        Proxy {
+            routes: RouteTable::new(&config.routes),
+            upstreams,
+            connector: Connector::new(config.gateway.response_buffer),
+            max_body_size: config.gateway.max_body_size,
+            unrouted: share.unrouted_requests(),
+            limits: config.gateway.limits.clone(),
+            access_log,
+            counters: share.counters(),
+        }
+    }
+
+    /// What clients may send, for the front ends.
+    pub fn limits(&self) -> &ClientLimits {
+        &self.limits
+    }
+
+    /// The response to `req`, and for an accepted WebSocket upgrade the upstream side of
+    /// the tunnel, which the client connection joins once the `101` is sent.
+    ///
+    /// Every response carries the request's `X-Request-ID`: the client's when it sent a
+    /// usable one, else a new one; the upstream gets the same and the log records it.
+    pub async fn handle(
+        &self,
+        req: Request<RequestBody>,
+        conn: &ConnInfo,
+    ) -> (Response<ResponseBody>, Option<Tunnel>) {
+        let request_id = request_rewrite::request_id(req.headers());
+        let upgrade = is_websocket_upgrade(&req);
+        let (mut head, body) = req.into_parts();
+        let mut log = RequestLog::new(self.access_log.clone(), conn.client, &head);
+        log.request_id = Some(request_id.clone());
+        log.metrics = Some(self.unrouted);
+        let walked = self
+            .walk(&mut head, body, conn, &mut log, upgrade, &request_id)
+            .await;
+        let (mut response, tunnel) = match walked {
+            Ok(Outcome::Forwarded {
+                answered,
+                route,
+                upstream,
+            }) => {
+                let read_timeout = upstream.config.read_timeout;
+                response_rewrite::response(log, answered, route, upgrade, read_timeout)
+            }
+            Ok(Outcome::Redirect(redirect, host)) => (
+                answer::redirect(log, redirect, host.as_ref(), &head.uri),
+                None,
+            ),
+            Err(failure) => (answer::failure(log, failure, upgrade), None),
+        };
+        response.headers_mut().insert(&X_REQUEST_ID, request_id);
+        (response, tunnel)
+    }
+
+    /// The stages, in order (see the module's map).
+    async fn walk<'a>(
+        &'a self,
+        head: &mut http::request::Parts,
+        body: RequestBody,
+        conn: &ConnInfo,
+        log: &mut RequestLog,
+        upgrade: bool,
+        request_id: &HeaderValue,
+    ) -> Result<Outcome<'a>, Failure> {
+        check::request(head, &self.limits)?;
+        let routed = self.routes.route(head)?;
+        let upstream = match &routed.route.action {
+            RouteAction::Redirect(redirect) => {
+                return Ok(Outcome::Redirect(redirect, routed.host));
+            }
+            RouteAction::Forward(index) => &self.upstreams[*index],
+        };
+        log.metrics = Some(upstream.requests);
+        // Read before the rewrite: the client's own Cookie and headers, and the path
+        // that matched (as nginx's $request_uri is the client's).
+        let affinity = upstream.affinity(conn.client.ip(), &head.uri, &head.headers);
+        request_rewrite::request(head, conn, &routed, upgrade, request_id);
+        let to = Forwarding {
+            connector: &self.connector,
+            upstream,
+            affinity: &affinity,
+            body_limit: routed.route.max_body_size.or(self.max_body_size),
+            upgrade,
+        };
+        let answered = forward::forward(to, head, body, log).await?;
+        Ok(Outcome::Forwarded {
+            answered,
+            route: routed.route,
+            upstream,
+        })
+    }
+}
+
+fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
+    req.method() == Method::GET
+        && req.version() == Version::HTTP_11
+        && has_token(req.headers(), &header::UPGRADE, "websocket")
+        && has_token(req.headers(), &header::CONNECTION, "upgrade")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ips_are_written_as_the_standard_library_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "::1",
+            "::ffff:1.2.3.4",
+            "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff",
+            "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255",
+        ] {
+            let addr: IpAddr = ip.parse().unwrap();
+            let conn = ConnInfo::new(SocketAddr::new(addr, 1), false);
+            assert_eq!(&conn.client_ip()[..], addr.to_string().as_bytes());
+        }
+    }
+}
