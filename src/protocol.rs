@@ -34,9 +34,9 @@ pub struct WorkerArgs {
     /// The worker's own record in the table.
     #[arg(long)]
     pub record: usize,
-    /// The table record of every upstream server, in config order.
+    /// The table records of the upstreams and their servers (see `table::assignment`).
     #[arg(long, value_delimiter = ',')]
-    pub server_records: Vec<usize>,
+    pub records: Vec<usize>,
 }
 
 impl WorkerArgs {
@@ -61,9 +61,9 @@ impl WorkerArgs {
             "--record".into(),
             self.record.to_string(),
         ];
-        if !self.server_records.is_empty() {
-            args.push("--server-records".into());
-            args.push(join(&self.server_records));
+        if !self.records.is_empty() {
+            args.push("--records".into());
+            args.push(join(&self.records));
         }
         args
     }
@@ -336,9 +336,66 @@ pub struct WorkerStatus {
     /// Open client connections.
     pub active_connections: u64,
     pub requests_total: u64,
-    /// `starting`, `serving` or `draining`.
-    pub state: String,
+    pub state: WorkerState,
 }
+
+/// Declares an enum that /status writes as snake_case words, and `Display` to match.
+macro_rules! status_words {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $word:literal,)* }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($(#[$vdoc])* $variant,)*
+        }
+
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $word,)*
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                // `pad`, so that table columns line up.
+                f.pad(self.as_str())
+            }
+        }
+    };
+}
+
+status_words!(
+    /// Where a worker is in its life.
+    WorkerState {
+        Starting = "starting",
+        Serving = "serving",
+        Draining = "draining",
+    }
+);
+
+status_words!(
+    /// Whether a server takes requests.
+    ServerState {
+        Up = "up",
+        Down = "down",
+        /// A backup that is up: it serves while no primary does.
+        Backup = "backup",
+        /// Taken out of rotation by `gatewayctl drain`.
+        Draining = "draining",
+    }
+);
+
+status_words!(
+    /// Why a server is down.
+    DownReason {
+        /// Its name resolves to no address.
+        Unresolved = "unresolved",
+        HealthCheck = "health_check",
+        MaxFails = "max_fails",
+    }
+);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UpstreamStatus {
@@ -352,12 +409,9 @@ pub struct ServerStatus {
     /// For a server found by name: the entry as the file writes it (`app:3000`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// `up`, `down`, `backup` (a backup that is up) or `draining` (taken out of
-    /// rotation by `gatewayctl drain`).
-    pub state: String,
-    /// Why a server is down: `health_check` or `max_fails`.
+    pub state: ServerState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub down_reason: Option<String>,
+    pub down_reason: Option<DownReason>,
     /// Requests in flight on the server.
     pub active_connections: u64,
     pub requests_total: u64,
@@ -406,7 +460,7 @@ mod tests {
             fds: vec![3, 4, 5, 6],
             table_fd: 9,
             record: 12,
-            server_records: vec![0, 5, 2],
+            records: vec![0, 5, 2],
         };
         let argv = std::iter::once("worker".to_string()).chain(args.to_args());
         assert_eq!(Worker::parse_from(argv).args, args);

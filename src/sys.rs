@@ -1,7 +1,7 @@
 //! The one module with `unsafe` code: taking ownership of file descriptors a worker
 //! inherits from its supervisor, mapping the shared table, and the machine-wide clock.
 
-use crate::table::TableMemory;
+use crate::table::layout::TableMemory;
 use std::fs::File;
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};

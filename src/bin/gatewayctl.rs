@@ -280,7 +280,7 @@ fn table(status: &Status) -> String {
         for s in &upstream.servers {
             let state = match &s.down_reason {
                 Some(reason) => format!("{} ({reason})", s.state),
-                None => s.state.clone(),
+                None => s.state.to_string(),
             };
             let checks =
                 s.health_checks

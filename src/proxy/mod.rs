@@ -127,23 +127,17 @@ enum Outcome<'a> {
 }
 
 impl Proxy {
-    /// `server_records` are the table records of every server in config order (upstreams,
-    /// then their servers), as the supervisor assigned them.
+    /// `records` are the table records the supervisor assigned to the upstreams and their
+    /// servers (see `table::assignment`).
     pub fn new(
         config: &Config,
         access_log: Arc<AccessLog>,
         share: WorkerShare,
-        server_records: &[usize],
+        records: &[usize],
     ) -> Self {
-        let mut records = server_records;
-        let upstreams = config
-            .upstreams
-            .iter()
-            .map(|u| {
-                let (mine, rest) = records.split_at(u.servers.len().min(records.len()));
-                records = rest;
-                Upstream::new(u, share, mine)
-            })
+        let upstreams = crate::table::assignment::per_upstream(config, records)
+            .into_iter()
+            .map(|(u, record, servers)| Upstream::new(u, share, record, servers))
             .collect();
         Proxy {
             routes: RouteTable::new(&config.routes),

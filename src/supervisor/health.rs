@@ -3,6 +3,7 @@
 //! shared table where every worker reads it.
 
 use crate::config::{Config, HealthCheckConfig, ServerConfig};
+use crate::table::assignment::per_upstream;
 use crate::table::{ServerRecord, Table};
 use bytes::Bytes;
 use http_body_util::Empty;
@@ -21,7 +22,7 @@ pub struct HealthChecks {
 }
 
 impl HealthChecks {
-    /// Starts checking `config`'s servers (table records `records`, in config order). Servers
+    /// Starts checking `config`'s servers (`records`: see `table::assignment`). Servers
     /// of upstreams without a health check are cleared of any earlier check's verdict.
     pub fn start(
         config: &Config,
@@ -31,9 +32,8 @@ impl HealthChecks {
     ) -> HealthChecks {
         failures.lock().unwrap_or_else(|p| p.into_inner()).clear();
         let mut tasks = JoinSet::new();
-        let mut records = records.iter();
-        for upstream in &config.upstreams {
-            for (server, &record) in upstream.servers.iter().zip(records.by_ref()) {
+        for (upstream, _, records) in per_upstream(config, records) {
+            for (server, &record) in upstream.servers.iter().zip(records) {
                 let shared = table.server(record);
                 match &upstream.health_check {
                     None => shared.clear_checks(),
@@ -82,7 +82,12 @@ async fn check_forever(
                 Err(why) => failures.insert(record, why.clone()),
             };
         }
-        match shared.record_check(result.is_ok(), check.fall, check.rise) {
+        match shared.record_check(
+            result.is_ok(),
+            check.fall,
+            check.rise,
+            crate::sys::monotonic_ms(),
+        ) {
             Some(false) => tracing::warn!(
                 upstream,
                 server = %server.name,
@@ -141,9 +146,8 @@ pub fn log_passive_returns(
     down: &mut BTreeSet<usize>,
 ) {
     let now = crate::sys::monotonic_ms();
-    let mut records = records.iter();
-    for upstream in &config.upstreams {
-        for (server, &record) in upstream.servers.iter().zip(records.by_ref()) {
+    for (upstream, _, records) in per_upstream(config, records) {
+        for (server, &record) in upstream.servers.iter().zip(records) {
             if table.server(record).passive_down(now) {
                 down.insert(record);
             } else if down.remove(&record) {

@@ -21,7 +21,7 @@ mod upgrade;
 mod workers;
 
 use crate::config::Config;
-use crate::protocol::{FromWorker, Reply, Request, ToWorker};
+use crate::protocol::{FromWorker, Reply, Request, ToWorker, WorkerState};
 use crate::table::{self, Assignments, Table};
 use crate::tls::tickets::TicketKeys;
 use admin::AdminListener;
@@ -194,17 +194,15 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
     };
     let mut assignments = Assignments::default();
     if let Some(h) = &handover {
-        assignments.seed(upgrade::PREDECESSOR, h.servers.clone());
+        assignments.seed(upgrade::PREDECESSOR, h.records.clone());
     }
     // Counted on from the replaced supervisor's, so `/status` does not start over.
     let (generation, reloads, restarts) = handover
         .as_ref()
         .map_or((1, 0, 0), |h| (h.generation + 1, h.reloads, h.restarts));
-    match assignments.assign(generation, table::server_keys(&config)) {
+    match assignments.assign(generation, table::assignment::record_keys(&config)) {
         Ok(assigned) if handover.is_some() => {
-            for &record in &assigned.fresh {
-                table.reset_server(record);
-            }
+            table.reset_fresh(&assigned);
         }
         Ok(_) => {}
         Err(e) => {
@@ -238,7 +236,7 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
             reloads,
             restarts,
             config: config.clone(),
-            server_records: assignments.records(generation),
+            records: assignments.records(generation),
             workers: Vec::new(),
         }));
         let check_failures = LastFailures::default();
@@ -522,11 +520,11 @@ impl Supervisor {
                 record: w.record,
                 started: w.started,
                 state: if w.draining {
-                    "draining"
+                    WorkerState::Draining
                 } else if w.ready {
-                    status::SERVING
+                    WorkerState::Serving
                 } else {
-                    "starting"
+                    WorkerState::Starting
                 },
             })
             .collect();
@@ -535,7 +533,7 @@ impl Supervisor {
             reloads: self.reloads,
             restarts: self.restarts,
             config: self.config.clone(),
-            server_records: self.assignments.records(self.generation),
+            records: self.assignments.records(self.generation),
             workers,
         }));
     }

@@ -70,12 +70,12 @@ impl Supervisor {
         let generation = self.generation + 1;
         let assigned = self
             .assignments
-            .assign(generation, table::server_keys(&config))?;
+            .assign(generation, table::assignment::record_keys(&config))?;
         // A server new to a running gateway (a new DNS address, or one added to the file)
         // joins through slow_start, like one that comes back.
         let now = crate::sys::monotonic_ms();
-        for &record in &assigned.fresh {
-            self.table.reset_server(record);
+        self.table.reset_fresh(&assigned);
+        for &record in &assigned.fresh_servers {
             self.table.server(record).mark_rejoined(now);
         }
         let old = (

@@ -6,8 +6,10 @@
 use super::health::LastFailures;
 use crate::config::Config;
 use crate::protocol::{
-    HealthCheckCounts, Reply, ServerChange, ServerStatus, Status, UpstreamStatus, WorkerStatus,
+    DownReason, HealthCheckCounts, Reply, ServerChange, ServerState, ServerStatus, Status,
+    UpstreamStatus, WorkerState, WorkerStatus,
 };
+use crate::table::assignment::per_upstream;
 use crate::table::{Histogram, Table, LATENCY_BUCKETS};
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
@@ -22,8 +24,8 @@ pub struct Snapshot {
     pub restarts: u64,
     /// The current generation's configuration.
     pub config: Arc<Config>,
-    /// Its servers' table records, in config order.
-    pub server_records: Vec<usize>,
+    /// Its upstreams' and servers' table records (see `table::assignment`).
+    pub records: Vec<usize>,
     pub workers: Vec<WorkerView>,
 }
 
@@ -33,10 +35,8 @@ pub struct WorkerView {
     pub seat: usize,
     pub record: usize,
     pub started: Instant,
-    pub state: &'static str,
+    pub state: WorkerState,
 }
-
-pub const SERVING: &str = "serving";
 
 /// Reads the latest snapshot together with the table.
 #[derive(Clone)]
@@ -57,11 +57,10 @@ impl StatusSource {
             }
         }
         let view = self.view.borrow().clone();
-        let mut records = view.server_records.iter();
         let mut upstream_found = false;
         let mut changed = 0;
-        for u in &view.config.upstreams {
-            for (s, &record) in u.servers.iter().zip(records.by_ref()) {
+        for (u, _, records) in per_upstream(&view.config, &view.records) {
+            for (s, &record) in u.servers.iter().zip(records) {
                 if u.name != upstream {
                     continue;
                 }
@@ -109,7 +108,7 @@ impl StatusSource {
                     rss_bytes: rss_bytes(w.pid),
                     active_connections: counters.connections.load(Relaxed),
                     requests_total: counters.requests.load(Relaxed),
-                    state: w.state.into(),
+                    state: w.state,
                 }
             })
             .collect();
@@ -119,38 +118,35 @@ impl StatusSource {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let mut records = view.server_records.iter();
-        let upstreams = view
-            .config
-            .upstreams
-            .iter()
-            .map(|u| {
+        let upstreams = per_upstream(&view.config, &view.records)
+            .into_iter()
+            .map(|(u, _, records)| {
                 let servers = u
                     .servers
                     .iter()
-                    .zip(records.by_ref())
+                    .zip(records)
                     .map(|(s, &record)| {
                         let shared = table.server(record);
                         let down_reason = if s.unresolved {
-                            Some("unresolved")
+                            Some(DownReason::Unresolved)
                         } else if shared.checked_down() {
-                            Some("health_check")
+                            Some(DownReason::HealthCheck)
                         } else if shared.passive_down(now) {
-                            Some("max_fails")
+                            Some(DownReason::MaxFails)
                         } else {
                             None
                         };
                         let state = match (down_reason, s.backup) {
-                            _ if shared.draining() => "draining",
-                            (Some(_), _) => "down",
-                            (None, true) => "backup",
-                            (None, false) => "up",
+                            _ if shared.draining() => ServerState::Draining,
+                            (Some(_), _) => ServerState::Down,
+                            (None, true) => ServerState::Backup,
+                            (None, false) => ServerState::Up,
                         };
                         ServerStatus {
                             address: s.name.clone(),
                             name: s.entry.clone(),
-                            state: state.into(),
-                            down_reason: down_reason.map(String::from),
+                            state,
+                            down_reason,
                             active_connections: shared.in_flight(),
                             requests_total: shared.requests.load(Relaxed),
                             failures_total: shared.failures.load(Relaxed),
@@ -188,7 +184,7 @@ impl StatusSource {
     /// Ok while at least one worker serves (`/healthz`).
     pub fn liveness(&self) -> Result<(), String> {
         let view = self.view.borrow();
-        if view.workers.iter().any(|w| w.state == SERVING) {
+        if view.workers.iter().any(|w| w.state == WorkerState::Serving) {
             Ok(())
         } else {
             Err("no worker is serving".into())
@@ -204,7 +200,7 @@ impl StatusSource {
         let serving = status
             .workers
             .iter()
-            .filter(|w| w.generation == status.generation && w.state == SERVING)
+            .filter(|w| w.generation == status.generation && w.state == WorkerState::Serving)
             .count();
         if serving < wanted {
             problems.push(format!(
@@ -213,11 +209,15 @@ impl StatusSource {
             ));
         }
         for (name, upstream) in &status.upstreams {
-            if upstream.servers.iter().all(|s| s.state == "down") {
+            if upstream
+                .servers
+                .iter()
+                .all(|s| s.state == ServerState::Down)
+            {
                 problems.push(format!("upstream {name}: no server is up"));
             }
             for s in &upstream.servers {
-                if s.down_reason.as_deref() == Some("unresolved") {
+                if s.down_reason == Some(DownReason::Unresolved) {
                     let entry = s.name.as_deref().unwrap_or(&s.address);
                     problems.push(format!("upstream {name}: {entry} does not resolve"));
                 }
@@ -286,7 +286,7 @@ impl StatusSource {
                 "gateway_upstream_server_up",
                 "gauge",
                 "1 while the server may get traffic, 0 while it is down or drained.",
-                |s| u64::from(s.state == "up" || s.state == "backup"),
+                |s| u64::from(matches!(s.state, ServerState::Up | ServerState::Backup)),
             ),
             (
                 "gateway_upstream_server_active_connections",
@@ -316,7 +316,7 @@ impl StatusSource {
                 "gateway_upstream_server_draining",
                 "gauge",
                 "1 while gatewayctl drain has the server out of rotation.",
-                |s| u64::from(s.state == "draining"),
+                |s| u64::from(s.state == ServerState::Draining),
             ),
             (
                 "gateway_upstream_server_latency_microseconds",
@@ -364,15 +364,7 @@ impl StatusSource {
     fn request_metrics(&self, out: &mut Metrics) {
         let view = self.view.borrow().clone();
         let table = self.table;
-        // Each upstream's figures live at the record of its first server.
-        let mut upstreams = Vec::new();
-        let mut records = view.server_records.iter();
-        for u in &view.config.upstreams {
-            let mine: Vec<usize> = records.by_ref().take(u.servers.len()).copied().collect();
-            if let Some(&first) = mine.first() {
-                upstreams.push((u, first, mine));
-            }
-        }
+        let upstreams = per_upstream(&view.config, &view.records);
         let requests = "gateway_http_requests_total";
         out.family(
             requests,
@@ -382,7 +374,7 @@ impl StatusSource {
         let unrouted = table.unrouted_requests();
         let all = upstreams
             .iter()
-            .map(|(u, first, _)| (u.name.as_str(), table.upstream_requests(*first)))
+            .map(|(u, own, _)| (u.name.as_str(), &table.upstream(*own).requests))
             .chain(std::iter::once(("", unrouted)));
         for (name, metrics) in all.clone() {
             for (code, count) in metrics.codes() {
@@ -409,7 +401,7 @@ impl StatusSource {
             "Time from sending a request to the upstream's response head.",
         );
         for (u, _, records) in &upstreams {
-            for (s, &record) in u.servers.iter().zip(records) {
+            for (s, &record) in u.servers.iter().zip(records.iter()) {
                 let labels = [("upstream", u.name.as_str()), ("server", s.name.as_str())];
                 out.histogram(response, &labels, &table.server(record).response_time);
             }

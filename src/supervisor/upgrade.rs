@@ -16,7 +16,7 @@
 
 use super::{Event, Supervisor};
 use crate::protocol::Reply;
-use crate::table::ServerKey;
+use crate::table::RecordKey;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
@@ -50,7 +50,7 @@ pub struct Handover {
     /// the old one is gone.
     pub channel_fd: RawFd,
     /// Server records in use by the old supervisor's generations.
-    pub servers: Vec<(ServerKey, usize)>,
+    pub records: Vec<(RecordKey, usize)>,
     /// Worker records in use by the old supervisor's workers.
     pub workers: Vec<usize>,
     /// The old supervisor's generation: the new one's first is the next.
@@ -128,7 +128,7 @@ impl Supervisor {
             control_fd: control,
             admin,
             channel_fd: theirs.as_raw_fd(),
-            servers: self.assignments.in_use(),
+            records: self.assignments.in_use(),
             workers: self.workers.iter().map(|w| w.record).collect(),
             generation: self.generation,
             reloads: self.reloads,

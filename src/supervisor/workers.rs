@@ -114,7 +114,7 @@ impl Supervisor {
             fds,
             table_fd: self.table.fd(),
             record,
-            server_records: self.assignments.records(self.generation),
+            records: self.assignments.records(self.generation),
         };
         // The supervisor's own program, even after a package upgrade renamed another file
         // over its path (the binary now on disk is started by `upgrade` alone).

@@ -125,7 +125,7 @@ pub struct Upstream {
     balancer: Balancer,
     /// With `sticky_cookie`: each server's token, and the `Set-Cookie` that hands it out.
     sticky: Option<Vec<(String, HeaderValue)>>,
-    /// Shared by all workers (it lives in the record of the upstream's first server).
+    /// Shared by all workers, in the upstream's record.
     budget: &'static RetryBudget,
     /// Its requests by status and duration, for /metrics (shared the same way).
     pub requests: &'static RequestMetrics,
@@ -140,12 +140,18 @@ pub struct Affinity {
 }
 
 impl Upstream {
-    /// `records` are the table records of the upstream's servers, in config order.
-    pub fn new(config: &UpstreamConfig, share: WorkerShare, records: &[usize]) -> Self {
+    /// `record` is the upstream's table record, `server_records` its servers', in config
+    /// order.
+    pub fn new(
+        config: &UpstreamConfig,
+        share: WorkerShare,
+        record: usize,
+        server_records: &[usize],
+    ) -> Self {
         let servers = config
             .servers
             .iter()
-            .zip(records)
+            .zip(server_records)
             .map(|(s, &record)| {
                 Arc::new(Server {
                     config: s.clone(),
@@ -165,9 +171,7 @@ impl Upstream {
             })
             .collect();
         let weights: Vec<u32> = config.servers.iter().map(|s| s.weight).collect();
-        // Validation guarantees a server; its record holds the upstream's rotation and
-        // retry budget.
-        let first = share.server(records[0]).record;
+        let shared = share.upstream(record);
         let sticky = config.sticky_cookie.as_ref().map(|cookie| {
             config
                 .servers
@@ -182,11 +186,11 @@ impl Upstream {
         });
         Upstream {
             config: config.clone(),
-            balancer: Balancer::new(config.policy, &weights, first.rotation()),
+            balancer: Balancer::new(config.policy, &weights, &shared.rotation),
             servers,
             sticky,
-            budget: &first.budget,
-            requests: share.upstream_requests(records[0]),
+            budget: &shared.budget,
+            requests: &shared.requests,
         }
     }
 
@@ -209,7 +213,7 @@ impl Upstream {
             let passive_only =
                 |i: usize| !tried.contains(&i) && servers[i].out_by_failures_only(now);
             let chosen = self.pick_primary_then_backup(hash, passive_only)?;
-            if servers[chosen].shared.record.end_passive_down() {
+            if servers[chosen].shared.record.end_passive_down(now) {
                 tracing::warn!(
                     upstream = %self.config.name,
                     server = %servers[chosen].config.name,
@@ -311,7 +315,7 @@ mod tests {
         let config = crate::config::parse(std::path::Path::new("t.toml"), &text).unwrap();
         let table = Box::leak(Box::new(crate::table::Table::create().unwrap()));
         let records: Vec<usize> = (0..config.upstreams[0].servers.len()).collect();
-        Upstream::new(&config.upstreams[0], table.share(0), &records)
+        Upstream::new(&config.upstreams[0], table.share(0), 0, &records)
     }
 
     #[test]
@@ -326,7 +330,10 @@ mod tests {
         }
         assert_eq!(pick(&[0, 1]), Some(2), "all primaries tried: the backup");
         u.servers[0].note_failure("test");
-        u.servers[1].shared.record.record_check(false, 1, 1);
+        u.servers[1]
+            .shared
+            .record
+            .record_check(false, 1, 1, now_ms());
         assert_eq!(
             pick(&[]),
             Some(2),
@@ -397,7 +404,10 @@ mod tests {
         // Nothing else left: the server out by passive failures alone serves again.
         assert_eq!(u.pick(&pinned, &[0, 2]), Some((1, true)));
         assert!(u.servers[1].takes_requests(now_ms()));
-        u.servers[1].shared.record.record_check(false, 1, 1);
+        u.servers[1]
+            .shared
+            .record
+            .record_check(false, 1, 1, now_ms());
         assert!(u.pick(&pinned, &[0, 2]).is_none());
     }
 }

@@ -6,7 +6,7 @@ use super::{Cover, DRAINING};
 use crate::access_log::AccessLog;
 use crate::protocol::{FromWorker, ToWorker, WorkerArgs};
 use crate::proxy::Proxy;
-use crate::table::{Table, WorkerRecord, SERVER_RECORDS, WORKER_RECORDS};
+use crate::table::{Table, WorkerRecord, WORKER_RECORDS};
 use crate::tls::tickets::SharedTicketer;
 use std::os::fd::AsFd;
 use std::path::Path;
@@ -41,10 +41,10 @@ pub fn main(config_path: &Path, args: &WorkerArgs) -> ExitCode {
 }
 
 async fn run(config_path: &Path, args: &WorkerArgs) -> std::io::Result<()> {
-    if args.record >= WORKER_RECORDS || args.server_records.iter().any(|&s| s >= SERVER_RECORDS) {
+    if args.record >= WORKER_RECORDS {
         return Err(std::io::Error::other(format!(
-            "bad table records from the supervisor: worker {}, servers {:?}",
-            args.record, args.server_records
+            "bad worker record from the supervisor: {}",
+            args.record
         )));
     }
     let table = Table::adopt(args.table_fd)?;
@@ -75,9 +75,8 @@ async fn run(config_path: &Path, args: &WorkerArgs) -> std::io::Result<()> {
     let lookup = crate::config::Lookup::Answers(&answers);
     let config =
         crate::config::parse_with(config_path, &text, lookup).map_err(std::io::Error::other)?;
-    let servers: usize = config.upstreams.iter().map(|u| u.servers.len()).sum();
     let listeners = config.listeners.len();
-    if args.server_records.len() != servers
+    if !crate::table::assignment::fits(&config, &args.records)
         || listeners == 0
         || !args.fds.len().is_multiple_of(listeners)
         || args.seat_fds(args.seat, listeners).is_empty()
@@ -104,7 +103,7 @@ async fn run(config_path: &Path, args: &WorkerArgs) -> std::io::Result<()> {
         &config,
         log.clone(),
         table.share(args.record),
-        &args.server_records,
+        &args.records,
     );
 
     let shutdown = CancellationToken::new();

@@ -618,3 +618,37 @@ async fn a_reload_moves_the_admin_listener_when_its_address_changes() {
         "the old admin address is closed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstreams_counts_survive_a_reload_that_removes_its_first_server() {
+    let (a, _) = checked_backend("a").await;
+    let (b, _) = checked_backend("b").await;
+    let gw = Gateway::start(&format!(
+        "{ADMIN}{}",
+        upstream_config("app", &[a.addr, b.addr], "")
+    ));
+    bodies(&gw, 4).await;
+    let requests = "gateway_http_requests_total{upstream=\"app\",code=\"200\"}";
+    let counted = |metrics: &BTreeMap<String, f64>| metrics.get(requests).copied();
+    let mut metrics = parse_metrics(&gw.admin_get("/metrics").await.1);
+    for _ in 0..100 {
+        if counted(&metrics) == Some(4.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        metrics = parse_metrics(&gw.admin_get("/metrics").await.1);
+    }
+    assert_eq!(counted(&metrics), Some(4.0));
+
+    // The upstream's own state (its request counts, round-robin position and retry
+    // budget) has a record of its own: it does not go with the server that leaves.
+    let text = std::fs::read_to_string(gw.config_path()).unwrap();
+    let without_a = text.replace(&format!("{{ address = \"{}\" }}, ", a.addr), "");
+    assert_ne!(text, without_a);
+    std::fs::write(gw.config_path(), without_a).unwrap();
+    let (code, out, err) = gw.ctl(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let metrics = parse_metrics(&gw.admin_get("/metrics").await.1);
+    assert_eq!(counted(&metrics), Some(4.0), "counted on across the reload");
+    assert_eq!(bodies(&gw, 2).await.get("200 b"), Some(&2));
+}

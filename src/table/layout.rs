@@ -1,0 +1,31 @@
+//! The memory layout all the processes of a gateway share. Only atomics, so zero-filled
+//! memory is a valid (empty) table; `sys` maps it, and nothing here needs `sys`.
+
+use super::metrics::RequestMetrics;
+use super::server::ServerRecord;
+use super::upstream::UpstreamRecord;
+use super::worker::WorkerRecord;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+/// Upstreams the table holds, over every generation still running.
+pub const UPSTREAM_RECORDS: usize = 256;
+/// Upstream servers the table holds, over every generation still running.
+pub const SERVER_RECORDS: usize = 1024;
+/// Worker processes the table holds, draining ones included.
+pub const WORKER_RECORDS: usize = 256;
+/// Says the memory is a table of this layout: a table of another layout (an upgrade
+/// from a binary that lays it out otherwise) is refused.
+pub const MAGIC: u64 = u64::from_be_bytes(*b"gwtable3");
+
+#[repr(C)]
+pub struct TableMemory {
+    pub magic: AtomicU64,
+    pub upstreams: [UpstreamRecord; UPSTREAM_RECORDS],
+    pub servers: [ServerRecord; SERVER_RECORDS],
+    pub workers: [WorkerRecord; WORKER_RECORDS],
+    /// `[worker][server]`: what each worker has in flight on each server, so that the
+    /// share of a worker that crashed can be taken out of the servers' totals.
+    pub in_flight_by_worker: [[AtomicU32; SERVER_RECORDS]; WORKER_RECORDS],
+    /// Requests that reached no upstream (no route, redirects, refusals), for /metrics.
+    pub unrouted_requests: RequestMetrics,
+}
