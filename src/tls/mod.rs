@@ -3,7 +3,6 @@
 
 pub mod tickets;
 
-use crate::config::TlsFiles;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -13,6 +12,13 @@ use std::sync::Arc;
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A certificate chain and its key, as `[[listener]] tls` names them.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
 }
 
 /// Loads a PEM certificate chain and its private key (PKCS#8, PKCS#1 RSA or SEC1 EC),

@@ -1,0 +1,72 @@
+//! `[[listener]]`: where the gateway listens, and with which certificates.
+
+use super::{file, Validator};
+use crate::tls::load_certified_key;
+pub use crate::tls::TlsFiles;
+use std::net::SocketAddr;
+use std::path::Path;
+use toml::Spanned;
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub addr: SocketAddr,
+    pub tls: Vec<TlsFiles>,
+    /// Where the address is written, `FILE:LINE:COLUMN: listener[N].listen`, for a
+    /// failure to listen on it that only start can find.
+    pub at: String,
+}
+
+impl Validator<'_> {
+    /// The `[[listener]]` sections: their addresses, unique but for port 0, and their
+    /// certificates, loaded now so a bad one is an error of `check`.
+    pub(super) fn listeners(
+        &mut self,
+        raw: &[Spanned<file::ListenerSection>],
+        base: &Path,
+    ) -> Vec<ListenerConfig> {
+        let mut listeners = Vec::new();
+        if raw.is_empty() {
+            self.error(0..0, "listener", "at least one [[listener]] is needed");
+        }
+        for (i, l) in raw.iter().enumerate() {
+            let l = l.get_ref();
+            let key = format!("listener[{i}].listen");
+            let addr = self.socket_addr(&l.listen, &key);
+            let mut tls = Vec::new();
+            for (j, entry) in l.tls.iter().enumerate() {
+                let entry = entry.get_ref();
+                let cert =
+                    self.readable_file(&entry.cert, &format!("listener[{i}].tls[{j}].cert"), base);
+                let key =
+                    self.readable_file(&entry.key, &format!("listener[{i}].tls[{j}].key"), base);
+                if let (Some(cert), Some(key)) = (cert, key) {
+                    let files = TlsFiles { cert, key };
+                    match load_certified_key(&files) {
+                        Ok(_) => tls.push(files),
+                        Err(e) => {
+                            self.error(l.tls[j].span(), &format!("listener[{i}].tls[{j}]"), e)
+                        }
+                    }
+                }
+            }
+            if let Some(addr) = addr {
+                // Port 0 asks the kernel for a free port: two of those never collide.
+                if addr.port() != 0
+                    && listeners
+                        .iter()
+                        .any(|other: &ListenerConfig| other.addr == addr)
+                {
+                    self.error(
+                        l.listen.span(),
+                        &key,
+                        format!("{addr} is already used by another listener"),
+                    );
+                }
+                let at = self.place(l.listen.span(), &key);
+                listeners.push(ListenerConfig { addr, tls, at });
+            }
+        }
+
+        listeners
+    }
+}
