@@ -26,7 +26,7 @@ pub struct Entry<'a> {
     pub upstream_status: Option<u16>,
     pub request_id: Option<&'a str>,
     pub request_time: Duration,
-    /// Why the request failed or was cut short; `None` for a clean exchange.
+    /// Why the request failed or was cut short; `None` for a clean request.
     pub error: Option<&'a str>,
     /// Servers tried before `upstream` (or ending with it, when it failed too), each with
     /// why it was left.

@@ -3,21 +3,21 @@
 //! ```text
 //! data path     client ─► listener (SO_REUSEPORT, TLS) ─► worker: our HTTP/1 engine
 //!               (httparse, no buffer while idle) or hyper's HTTP/2 server
-//!               ─► request_check ─► router (host, path prefix) ─► upstream: balancer
-//!               ─► pooled keep-alive connection (our HTTP/1 client, fixed-size reads)
-//!               ─► backend
-//!               ◄─ response streamed back, hop-by-hop headers stripped, access log
+//!               ─► proxy stages: check ─► route ─► request rewrite ─► forward (balancer,
+//!               connector: pooled keep-alive connection, our HTTP/1 client) ─► backend
+//!               ◄─ response rewrite ◄─ response streamed back; access log at its end
 //! control path  gatewayctl ─► control socket (Unix, 0600) ─► supervisor
 //!               curl ─► admin listener (/healthz /readyz /status /metrics) ─► supervisor
 //!               supervisor ─► workers: spawn with inherited sockets, ready, drain, respawn
 //! shared state  supervisor (health checks) ─► table ◄─► workers (health, in flight,
-//!               counters, round-robin position), read without locks
+//!               counters; per upstream: round-robin position, retry budget), no locks
 //! ```
 //!
 //! `config` validates everything before anything binds; `supervisor` owns the sockets,
-//! the worker processes, the health checks and the admin listener; `worker` is the data
-//! path; `table` is the state all processes share; `upstream` holds the servers, the
-//! balancing policies and the pools; `tls` the rustls side and the shared ticket keys.
+//! the worker processes, the health checks and the admin listener; `worker` accepts and
+//! runs the protocol engines; `proxy` is the request path's stages; `table` is the state
+//! all processes share; `upstream` holds the servers, the balancing policies, the pools
+//! and the connector; `tls` the rustls side and the shared ticket keys.
 //! `sys` is the one module with unsafe code.
 #![deny(unsafe_code)]
 

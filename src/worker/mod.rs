@@ -8,6 +8,7 @@ pub mod server;
 pub mod websocket;
 
 use crate::config::Config;
+use crate::protocol::FromWorker;
 use crate::proxy::Proxy;
 use crate::tls::tickets::SharedTicketer;
 use std::collections::HashMap;
@@ -29,23 +30,35 @@ pub enum Cover {
     Stop(usize),
 }
 
-/// Serves on the sockets of `seat` until `shutdown` is cancelled, then lets in-flight
-/// requests finish for up to `shutdown_timeout`. `sockets` holds every seat's sockets
-/// (one per listener, in config order): another seat's are used only while `cover` says
-/// so. `ready` runs once the seat's listeners accept, `closed` once none does any more
-/// (the in-flight requests may still be finishing).
-#[allow(clippy::too_many_arguments)]
+/// What a worker serves with.
+pub struct Serving {
+    /// Every seat's sockets (one per listener, in config order): another seat's are used
+    /// only while the supervisor says to cover it.
+    pub sockets: Vec<Vec<std::net::TcpListener>>,
+    /// The worker's own seat.
+    pub seat: usize,
+    pub config: Arc<Config>,
+    pub proxy: Arc<Proxy>,
+    pub ticketer: Arc<SharedTicketer>,
+}
+
+/// Serves on the sockets of its seat until `shutdown` is cancelled, then lets in-flight
+/// requests finish for up to `shutdown_timeout`. Tells the supervisor, through `say`,
+/// `Ready` once the seat's listeners accept and `Draining` once none does any more (the
+/// in-flight requests may still be finishing).
 pub async fn run(
-    sockets: Vec<Vec<std::net::TcpListener>>,
-    seat: usize,
-    config: Arc<Config>,
-    proxy: Arc<Proxy>,
-    ticketer: Arc<SharedTicketer>,
+    serving: Serving,
     shutdown: CancellationToken,
     mut cover: mpsc::UnboundedReceiver<Cover>,
-    ready: impl FnOnce(),
-    closed: impl FnOnce(),
+    say: mpsc::UnboundedSender<FromWorker>,
 ) -> std::io::Result<()> {
+    let Serving {
+        sockets,
+        seat,
+        config,
+        proxy,
+        ticketer,
+    } = serving;
     let protocols = Arc::new(server::Protocols::new(&config.gateway.limits));
     let mut tls = Vec::new();
     for settings in &config.listeners {
@@ -77,7 +90,7 @@ pub async fn run(
         Ok(())
     };
     accept_on(seat, shutdown.clone())?;
-    ready();
+    let _ = say.send(FromWorker::Ready);
     let mut covering: HashMap<usize, CancellationToken> = HashMap::new();
     loop {
         tokio::select! {
@@ -104,7 +117,7 @@ pub async fn run(
     }
     accepting.close();
     accepting.wait().await;
-    closed();
+    let _ = say.send(FromWorker::Draining);
     tasks.close();
     // WebSockets still open near the end are told to go away (1001) rather than cut.
     let going_away = websocket::going_away_after(config.gateway.shutdown_timeout);

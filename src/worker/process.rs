@@ -121,23 +121,14 @@ async fn run(config_path: &Path, args: &WorkerArgs) -> std::io::Result<()> {
             let _ = write_half.write_all(message.encode()).await;
         }
     });
-    let closed = say.clone();
-    let result = super::run(
+    let serving = super::Serving {
         sockets,
-        args.seat,
-        Arc::new(config),
-        Arc::new(proxy),
+        seat: args.seat,
+        config: Arc::new(config),
+        proxy: Arc::new(proxy),
         ticketer,
-        shutdown,
-        cover_rx,
-        move || {
-            let _ = say.send(FromWorker::Ready);
-        },
-        move || {
-            let _ = closed.send(FromWorker::Draining);
-        },
-    )
-    .await;
+    };
+    let result = super::run(serving, shutdown, cover_rx, say).await;
     let _ = reporter.await;
     following.abort();
     result

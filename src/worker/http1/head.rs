@@ -4,7 +4,7 @@
 //! two parties (the gateway and the app) can read one message as two.
 //!
 //! The checks that do not depend on the wire format (Host, target form, transfer codings
-//! other than the last, sizes) are `request_check`'s, shared with HTTP/2.
+//! other than the last, sizes) are `proxy::check`'s, shared with HTTP/2.
 
 use crate::config::ClientLimits;
 use crate::proxy::check::Rejection;
@@ -20,7 +20,7 @@ const REQUEST_LINE_OVERHEAD: usize = 32;
 pub struct RequestHead {
     pub parts: http::request::Parts,
     pub framing: Framing,
-    /// The client wants the connection kept open after this exchange.
+    /// The client wants the connection kept open after this request.
     pub keep_alive: bool,
     /// `Expect: 100-continue`: the client waits for a go-ahead before the body.
     pub expect_continue: bool,
@@ -143,7 +143,7 @@ fn framing(headers: &HeaderMap, version: Version) -> Result<Framing, Rejection> 
         if !wire::chunked_is_last(headers) {
             return Err(bad("chunked is not the final transfer coding"));
         }
-        // Other codings before it are request_check's (501).
+        // Other codings before it are proxy::check's (501).
         return Ok(Framing::Chunked);
     }
     Ok(match wire::content_length(headers).map_err(bad)? {

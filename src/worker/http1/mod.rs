@@ -215,7 +215,7 @@ async fn next_request<S: ClientIo>(
         tracing::debug!(client = %conn.client, "request refused: {}", refused.1);
         return refuse(io, refused.0).await;
     };
-    exchange(io, head, buf, conn, proxy).await
+    serve_request(io, head, buf, conn, proxy).await
 }
 
 /// Waits, holding no buffer, until the client sends something, and gives the deadline of
@@ -259,7 +259,7 @@ enum Next {
 }
 
 /// One request and its response.
-async fn exchange<S: ClientIo>(
+async fn serve_request<S: ClientIo>(
     io: &mut S,
     head: RequestHead,
     mut buf: BytesMut,
@@ -269,9 +269,9 @@ async fn exchange<S: ClientIo>(
     proxy.counters.requests.fetch_add(1, Ordering::Relaxed);
     if head.framing != Framing::Empty {
         // On the heap of its own: reading a body while the request is proxied and the
-        // response written makes a future twice the size of a bodiless exchange, and
+        // response written makes a future twice the size of a bodiless request, and
         // most requests have no body.
-        return Box::pin(exchange_with_body(io, head, buf, conn, proxy)).await;
+        return Box::pin(serve_request_with_body(io, head, buf, conn, proxy)).await;
     }
     let facts = facts_of(&head);
     // Unless a pipelined request follows, the head buffer goes back to the pool while the
@@ -314,7 +314,7 @@ fn facts_of(head: &RequestHead) -> impl Fn(bool) -> RequestFacts {
 
 /// A request with a body: the body is read as the upstream takes it, also while the
 /// response is written.
-async fn exchange_with_body<S: ClientIo>(
+async fn serve_request_with_body<S: ClientIo>(
     io: &mut S,
     head: RequestHead,
     mut buf: BytesMut,
@@ -393,7 +393,7 @@ async fn exchange_with_body<S: ClientIo>(
 
 /// Reads until the first chunk-size line of a chunked body is whole, and checks it: a
 /// body broken from its first line gets `400` before its head goes upstream (a client
-/// silent for `timeout` gets `408`). Errors further into the body abort the exchange.
+/// silent for `timeout` gets `408`). Errors further into the body abort the request.
 async fn check_first_chunk<S: ClientIo>(
     io: &mut S,
     buf: &mut BytesMut,

@@ -254,13 +254,12 @@ mod tests {
         let written = |version: Version, headers: &[(&'static str, &'static str)]| {
             let request = Request::get("/").body(()).unwrap().into_parts().0;
             let log = AccessLog::open(&AccessLogTarget::Off, AccessLogFormat::Combined).unwrap();
-            let exchange = RequestLog::new(
+            let log = RequestLog::new(
                 std::sync::Arc::new(log),
                 "127.0.0.1:1".parse().unwrap(),
                 &request,
             );
-            let mut response =
-                Response::new(ResponseBody::fixed(Bytes::from_static(b"hi"), exchange));
+            let mut response = Response::new(ResponseBody::fixed(Bytes::from_static(b"hi"), log));
             for (name, value) in headers {
                 response
                     .headers_mut()
