@@ -91,6 +91,12 @@ pub enum ToWorker {
     Drain,
     /// Reopen the access log (logrotate).
     Reopen,
+    /// The servers added and removed at run time: sent before the config, and again
+    /// before [`ToWorker::Records`] when they change.
+    Runtime(crate::config::RuntimeServers),
+    /// The upstreams' servers changed (DNS answers or run-time changes sent just before):
+    /// serve with them, in place, with these table records.
+    Records(Vec<usize>),
     /// Accept on the sockets of this seat as well: its worker is gone and its
     /// replacement does not serve yet.
     Cover(usize),
@@ -126,6 +132,14 @@ impl ToWorker {
                 let mut out = format!("config {}\n", text.len()).into_bytes();
                 out.extend_from_slice(text.as_bytes());
                 out
+            }
+            ToWorker::Runtime(runtime) => {
+                let json = serde_json::to_string(runtime).unwrap_or_default();
+                format!("runtime {json}\n").into_bytes()
+            }
+            ToWorker::Records(records) => {
+                let list: Vec<String> = records.iter().map(ToString::to_string).collect();
+                format!("records {}\n", list.join(",")).into_bytes()
             }
             ToWorker::Drain => b"drain\n".to_vec(),
             ToWorker::Reopen => b"reopen\n".to_vec(),
@@ -185,6 +199,17 @@ impl ToWorker {
                 }
                 ToWorker::Dns(answers)
             }
+            (Some("runtime"), Some(_), _) => {
+                let json = line.trim_end().strip_prefix("runtime ").ok_or_else(bad)?;
+                ToWorker::Runtime(serde_json::from_str(json).map_err(|_| bad())?)
+            }
+            (Some("records"), list, None) => ToWorker::Records(
+                list.unwrap_or_default()
+                    .split(',')
+                    .filter(|r| !r.is_empty())
+                    .map(|r| r.parse().map_err(|_| bad()))
+                    .collect::<Result<_, _>>()?,
+            ),
             (Some("drain"), None, None) => ToWorker::Drain,
             (Some("reopen"), None, None) => ToWorker::Reopen,
             (Some("cover"), Some(seat), None) => ToWorker::Cover(seat.parse().map_err(|_| bad())?),
@@ -239,6 +264,18 @@ pub enum Request {
         server: String,
         change: ServerChange,
     },
+    /// Add a server to an upstream, without a new generation.
+    AddServer {
+        upstream: String,
+        server: crate::config::AddedServer,
+    },
+    /// Take a server out of an upstream, without a new generation; with `wait`, answer
+    /// once nothing is in flight on it any more.
+    RemoveServer {
+        upstream: String,
+        addr: std::net::SocketAddr,
+        wait: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,6 +302,19 @@ impl Request {
             ["drain", u, s] => Some(server(u, s, ServerChange::Drain)),
             ["enable", u, s] => Some(server(u, s, ServerChange::Enable)),
             ["weight", u, s, n] => Some(server(u, s, ServerChange::Weight(n.parse().ok()?))),
+            ["add-server", u, a, n, backup @ ("backup" | "primary")] => Some(Request::AddServer {
+                upstream: u.to_string(),
+                server: crate::config::AddedServer {
+                    addr: a.parse().ok()?,
+                    weight: n.parse().ok()?,
+                    backup: backup == "backup",
+                },
+            }),
+            ["remove-server", u, a, wait @ ("wait" | "now")] => Some(Request::RemoveServer {
+                upstream: u.to_string(),
+                addr: a.parse().ok()?,
+                wait: wait == "wait",
+            }),
             _ => None,
         }
     }
@@ -285,6 +335,20 @@ impl Request {
                 ServerChange::Enable => format!("enable {upstream} {server}\n"),
                 ServerChange::Weight(n) => format!("weight {upstream} {server} {n}\n"),
             },
+            Request::AddServer { upstream, server } => format!(
+                "add-server {upstream} {} {} {}\n",
+                server.addr,
+                server.weight,
+                if server.backup { "backup" } else { "primary" }
+            ),
+            Request::RemoveServer {
+                upstream,
+                addr,
+                wait,
+            } => format!(
+                "remove-server {upstream} {addr} {}\n",
+                if *wait { "wait" } else { "now" }
+            ),
         }
     }
 }
@@ -412,6 +476,8 @@ pub struct ServerStatus {
     pub state: ServerState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub down_reason: Option<DownReason>,
+    /// Where the server comes from: the file, a name in it (DNS), or `add-server`.
+    pub source: crate::config::ServerSource,
     /// Requests in flight on the server.
     pub active_connections: u64,
     pub requests_total: u64,

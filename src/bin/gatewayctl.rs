@@ -65,6 +65,28 @@ enum Command {
         server: String,
         weight: u32,
     },
+    /// Add a server (IP:PORT) to an upstream without a new generation of workers; it
+    /// joins through slow_start and is kept across reloads until removed.
+    AddServer {
+        upstream: String,
+        address: std::net::SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        #[arg(long)]
+        backup: bool,
+    },
+    /// Take a server out of an upstream without a new generation of workers: it gets no
+    /// new request and finishes what it has; kept out across reloads until added again.
+    RemoveServer {
+        upstream: String,
+        address: std::net::SocketAddr,
+        /// Return once the server has nothing in flight (WebSockets included).
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits (then exit 1).
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
 }
 
 fn main() -> ExitCode {
@@ -109,14 +131,60 @@ fn main() -> ExitCode {
             ref server,
             weight,
         } => server_request(upstream, server, ServerChange::Weight(weight)),
+        Command::AddServer {
+            ref upstream,
+            address,
+            weight,
+            backup,
+        } => Request::AddServer {
+            upstream: upstream.clone(),
+            server: gateway::config::AddedServer {
+                addr: address,
+                weight,
+                backup,
+            },
+        },
+        Command::RemoveServer {
+            ref upstream,
+            address,
+            wait,
+            ..
+        } => Request::RemoveServer {
+            upstream: upstream.clone(),
+            addr: address,
+            wait,
+        },
     };
-    let reply = match ask(&socket, &request) {
+    // A reload waits for new workers to serve; remove-server --wait for its requests.
+    let patience = match cli.command {
+        Command::RemoveServer {
+            wait: true,
+            timeout,
+            ..
+        } => timeout,
+        _ => Duration::from_secs(60),
+    };
+    let reply = match ask(&socket, &request, patience) {
         Ok(reply) => reply,
         Err(e)
             if matches!(request, Request::Stop { .. })
                 && e.kind() == std::io::ErrorKind::UnexpectedEof =>
         {
             return print_out("the gateway stopped\n");
+        }
+        Err(e)
+            if matches!(request, Request::RemoveServer { wait: true, .. })
+                && matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+        {
+            eprintln!(
+                "gatewayctl: {}: removed, but requests are still in flight after {}",
+                request.as_line().trim(),
+                humantime::format_duration(patience)
+            );
+            return ExitCode::from(1);
         }
         Err(e) => {
             eprintln!(
@@ -172,6 +240,18 @@ fn main() -> ExitCode {
             server,
             weight,
         } => format!("weight of {upstream} {server} is {weight}\n"),
+        Command::AddServer {
+            upstream, address, ..
+        } => format!("added {address} to {upstream}\n"),
+        Command::RemoveServer {
+            upstream,
+            address,
+            wait: true,
+            ..
+        } => format!("removed {address} from {upstream}: nothing in flight\n"),
+        Command::RemoveServer {
+            upstream, address, ..
+        } => format!("removed {address} from {upstream}: it finishes what it has\n"),
     };
     print_out(&text)
 }
@@ -188,7 +268,8 @@ fn server_request(upstream: &str, server: &str, change: ServerChange) -> Request
 fn wait_idle(socket: &Path, upstream: &str, server: &str, timeout: Duration) -> Result<(), String> {
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        let reply = ask(socket, &Request::Status).map_err(|e| e.to_string())?;
+        let reply =
+            ask(socket, &Request::Status, Duration::from_secs(5)).map_err(|e| e.to_string())?;
         let status = reply.status.unwrap_or_default();
         let in_flight: u64 = status
             .upstreams
@@ -228,10 +309,9 @@ fn print_out(text: &str) -> ExitCode {
     }
 }
 
-fn ask(socket: &Path, request: &Request) -> std::io::Result<Reply> {
+fn ask(socket: &Path, request: &Request, patience: Duration) -> std::io::Result<Reply> {
     let mut stream = UnixStream::connect(socket)?;
-    // A reload waits for new workers to serve; give it room.
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    stream.set_read_timeout(Some(patience))?;
     stream.write_all(request.as_line().as_bytes())?;
     let mut line = String::new();
     BufReader::new(stream).read_line(&mut line)?;

@@ -12,6 +12,7 @@
 //! routes.rs     [[route]]
 //! upstreams.rs  [upstream.NAME] and its health_check
 //! names.rs      server entries by name: lookups, answers, resolver (dns.rs asks DNS)
+//! runtime.rs    servers added and removed at run time, laid over the file's
 //! validate.rs   what every section checks: places, sizes, durations, headers, files
 //! env.rs        ${VAR} substitution before parsing
 //! ```
@@ -23,6 +24,7 @@ mod gateway;
 mod listeners;
 mod names;
 mod routes;
+mod runtime;
 mod upstreams;
 mod validate;
 
@@ -30,6 +32,7 @@ pub use gateway::*;
 pub use listeners::{ListenerConfig, TlsFiles};
 pub use names::{lookup, srv_key, Answers, Found, Lookup, Resolver};
 pub use routes::{Redirect, RouteAction, RouteConfig};
+pub use runtime::{AddedServer, RuntimeChanges, RuntimeServers};
 pub use upstreams::*;
 pub use validate::{parse_duration, parse_size, MAX_DURATION};
 
@@ -149,6 +152,20 @@ pub fn load_with_text(path: &Path) -> Result<(Config, String), ConfigErrors> {
 /// from the directory of `path`).
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
     parse_with(path, text, Lookup::Live)
+}
+
+/// The running configuration: `text` with the server names as `answers` has them and
+/// the servers changed at run time laid over them (what every process of a gateway
+/// serves with).
+pub fn with_servers(
+    path: &Path,
+    text: &str,
+    answers: &Answers,
+    runtime: &RuntimeServers,
+) -> Result<Config, ConfigErrors> {
+    let mut config = parse_with(path, text, Lookup::Answers(answers))?;
+    runtime.clone().apply(&mut config);
+    Ok(config)
 }
 
 /// Like [`parse`], with server names looked up as `lookup` says.

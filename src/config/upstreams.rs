@@ -115,7 +115,7 @@ impl RetryOn {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     /// The address as the user wrote it, or for a server found by name its address
     /// (`10.0.0.5:3000`), for logs and status.
@@ -127,6 +127,19 @@ pub struct ServerConfig {
     pub addr: SocketAddr,
     pub weight: u32,
     pub backup: bool,
+    pub source: ServerSource,
+}
+
+/// Where a server comes from (`"source"` in /status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerSource {
+    /// An address written in the file.
+    File,
+    /// An address a name in the file resolved to.
+    Dns,
+    /// `gatewayctl add-server`.
+    Runtime,
 }
 
 #[derive(Debug, Clone)]
@@ -230,6 +243,7 @@ impl Validator<'_> {
                     weight,
                     backup: s.backup,
                     unresolved: true,
+                    source: ServerSource::Dns,
                 });
             }
             for found in addrs {
@@ -245,6 +259,11 @@ impl Validator<'_> {
                     weight: found.weight.map_or(weight, |w| w.clamp(1, 1000)),
                     backup: s.backup,
                     unresolved: false,
+                    source: if literal {
+                        ServerSource::File
+                    } else {
+                        ServerSource::Dns
+                    },
                 });
             }
         }

@@ -9,7 +9,7 @@ use super::failure::Failure;
 use super::request_log::RequestLog;
 use super::Tunnel;
 use crate::upstream::connector::{Connector, TryError};
-use crate::upstream::{Affinity, Lease, Server, Upstream};
+use crate::upstream::{Affinity, Lease, Server, ServerSet, Upstream};
 use crate::wire::has_token;
 use http::header::{self, HeaderValue};
 use http::{Method, Response, StatusCode};
@@ -34,6 +34,8 @@ pub struct Answered {
 pub struct Forwarding<'a> {
     pub connector: &'a Connector,
     pub upstream: &'a Upstream,
+    /// The upstream's servers as the request found them (kept for its retries).
+    pub servers: &'a ServerSet,
     pub affinity: &'a Affinity,
     /// `max_body_size` for this request (the route's, else the gateway's).
     pub body_limit: Option<u64>,
@@ -72,10 +74,10 @@ pub async fn forward(
     let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
     let mut last_failure = None;
     loop {
-        let Some((index, give_cookie)) = upstream.pick(to.affinity, &tried) else {
+        let Some((index, give_cookie)) = upstream.pick(to.servers, to.affinity, &tried) else {
             return Err(last_failure.unwrap_or(Failure::NoServerUp));
         };
-        let server = &upstream.servers[index];
+        let server = &to.servers.servers[index];
         server.count_request();
         log.upstream = Some(Lease::new(server.clone()));
         if !host_named {
@@ -89,7 +91,7 @@ pub async fn forward(
         let may_retry = || {
             replayable
                 && tried.len() <= retries
-                && upstream.any_untried(&tried)
+                && to.servers.any_untried(&tried)
                 && upstream.try_retry()
         };
         let sent_at = Instant::now();
@@ -114,7 +116,7 @@ pub async fn forward(
                     Ok(reply) => {
                         server.note_success();
                         let cookie = give_cookie
-                            .then(|| upstream.sticky_cookie(index).cloned())
+                            .then(|| to.servers.sticky_cookie(index).cloned())
                             .flatten();
                         return Ok(Answered { reply, cookie });
                     }

@@ -151,6 +151,19 @@ impl Proxy {
         }
     }
 
+    /// Serves with the servers of `config` (table records `records`) from now on, in
+    /// place: the routes and everything else stay as they are. `config` differs from the
+    /// one the proxy was made with only in its upstreams' servers (new DNS answers,
+    /// servers added or removed at run time).
+    pub fn replace_servers(&self, config: &Config, share: WorkerShare, records: &[usize]) {
+        for ((u, _, servers), upstream) in crate::table::assignment::per_upstream(config, records)
+            .into_iter()
+            .zip(&self.upstreams)
+        {
+            upstream.replace_servers(&u.servers, share, servers);
+        }
+    }
+
     /// What clients may send, for the front ends.
     pub fn limits(&self) -> &ClientLimits {
         &self.limits
@@ -215,11 +228,13 @@ impl Proxy {
         log.metrics = Some(upstream.requests);
         // Read before the rewrite: the client's own Cookie and headers, and the path
         // that matched (as nginx's $request_uri is the client's).
-        let affinity = upstream.affinity(conn.client.ip(), &head.uri, &head.headers);
+        let servers = upstream.servers();
+        let affinity = upstream.affinity(&servers, conn.client.ip(), &head.uri, &head.headers);
         request_rewrite::request(head, conn, &routed, upgrade, request_id);
         let to = Forwarding {
             connector: &self.connector,
             upstream,
+            servers: &servers,
             affinity: &affinity,
             body_limit: routed.route.max_body_size.or(self.max_body_size),
             upgrade,

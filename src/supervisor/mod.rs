@@ -16,6 +16,7 @@ mod health;
 mod listeners;
 mod notify;
 mod reload;
+mod servers;
 pub mod status;
 mod upgrade;
 mod workers;
@@ -101,6 +102,8 @@ struct Supervisor {
     table: &'static Table,
     /// Which table records each running generation's servers use.
     assignments: Assignments,
+    /// Servers added and removed at run time, laid over the file's at every reload.
+    runtime: crate::config::RuntimeServers,
     health: HealthChecks,
     /// Why failing servers fail their checks, for `/status`.
     check_failures: LastFailures,
@@ -196,6 +199,13 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
     if let Some(h) = &handover {
         assignments.seed(upgrade::PREDECESSOR, h.records.clone());
     }
+    // The servers the replaced supervisor had added and removed at run time go on.
+    let mut runtime_servers = handover
+        .as_ref()
+        .map(|h| h.runtime.clone())
+        .unwrap_or_default();
+    let mut config = config;
+    runtime_servers.apply(&mut config);
     // Counted on from the replaced supervisor's, so `/status` does not start over.
     let (generation, reloads, restarts) = handover
         .as_ref()
@@ -307,6 +317,7 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
             stopping: false,
             table,
             assignments,
+            runtime: runtime_servers,
             admin,
             view,
             tickets,
@@ -386,6 +397,16 @@ impl Supervisor {
                 self.predecessor_running = false;
                 self.assignments.retire(upgrade::PREDECESSOR);
             }
+            Event::Control(
+                Request::RemoveServer {
+                    upstream,
+                    addr,
+                    wait: true,
+                },
+                reply,
+            ) => {
+                self.remove_server(&upstream, addr, Some(reply)).await;
+            }
             Event::Control(request, reply) => {
                 let answer = self.control(request, rx).await;
                 let _ = reply.send(answer);
@@ -418,18 +439,21 @@ impl Supervisor {
                     self.table,
                     &mut self.passive_down,
                 );
+                let table = self.table;
+                self.assignments
+                    .release_leaving(|record| table.server(record).in_flight() == 0);
             }
             Event::Dns(answers) if answers != self.config.answers && !self.stopping => {
                 for (name, addrs) in &answers {
                     if self.config.answers.get(name) != Some(addrs) {
                         let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
                         tracing::info!(
-                            "{name} resolves to {} now: new generation",
+                            "{name} resolves to {} now: its servers change in place",
                             addrs.join(", ")
                         );
                     }
                 }
-                if let Err(e) = self.follow_dns(answers, rx).await {
+                if let Err(e) = self.change_servers(answers, self.runtime.clone()).await {
                     tracing::error!("the new DNS answers are not used: {e}");
                 }
             }
@@ -448,6 +472,14 @@ impl Supervisor {
                 Reply::failed("answered by the control socket")
             }
             Request::Upgrade => Reply::failed("answered by start_upgrade"),
+            Request::AddServer { .. } | Request::RemoveServer { .. } if self.stopping => {
+                Reply::failed("the gateway is stopping")
+            }
+            Request::AddServer { upstream, server } => self.add_server(&upstream, server).await,
+            Request::RemoveServer { upstream, addr, .. } => self
+                .remove_server(&upstream, addr, None)
+                .await
+                .unwrap_or_else(|| Reply::failed("no answer")),
             Request::Stop { now } => {
                 self.stop(now).await;
                 Reply {

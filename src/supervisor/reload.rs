@@ -24,23 +24,17 @@ impl Supervisor {
         rx: &mut mpsc::UnboundedReceiver<Event>,
     ) -> Result<u64, String> {
         tracing::info!("reloading {}", self.config_path.display());
-        let (config, text) =
+        let (mut config, text) =
             config::load_with_text(&self.config_path).map_err(|e| e.to_string())?;
-        self.switch_to(config, text, rx).await
-    }
-
-    /// The running config again with new DNS answers for its server names: the same
-    /// transaction as a reload, the file is not read again.
-    pub(super) async fn follow_dns(
-        &mut self,
-        answers: config::Answers,
-        rx: &mut mpsc::UnboundedReceiver<Event>,
-    ) -> Result<u64, String> {
-        let text = self.config_text.clone();
-        let config =
-            config::parse_with(&self.config_path, &text, config::Lookup::Answers(&answers))
-                .map_err(|e| e.to_string())?;
-        self.switch_to(config, text, rx).await
+        // The servers added and removed at run time stay, while their upstream does.
+        // The new workers are told them as they start; a failed reload puts them back.
+        let before = self.runtime.clone();
+        self.runtime.apply(&mut config);
+        let switched = self.switch_to(config, text, rx).await;
+        if switched.is_err() {
+            self.runtime = before;
+        }
+        switched
     }
 
     async fn switch_to(

@@ -147,6 +147,7 @@ impl StatusSource {
                             name: s.entry.clone(),
                             state,
                             down_reason,
+                            source: s.source,
                             active_connections: shared.in_flight(),
                             requests_total: shared.requests.load(Relaxed),
                             failures_total: shared.failures.load(Relaxed),

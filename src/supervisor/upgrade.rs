@@ -51,6 +51,9 @@ pub struct Handover {
     pub channel_fd: RawFd,
     /// Server records in use by the old supervisor's generations.
     pub records: Vec<(RecordKey, usize)>,
+    /// Servers added and removed at run time.
+    #[serde(default)]
+    pub runtime: crate::config::RuntimeServers,
     /// Worker records in use by the old supervisor's workers.
     pub workers: Vec<usize>,
     /// The old supervisor's generation: the new one's first is the next.
@@ -129,6 +132,7 @@ impl Supervisor {
             admin,
             channel_fd: theirs.as_raw_fd(),
             records: self.assignments.in_use(),
+            runtime: self.runtime.clone(),
             workers: self.workers.iter().map(|w| w.record).collect(),
             generation: self.generation,
             reloads: self.reloads,

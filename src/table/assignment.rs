@@ -87,7 +87,15 @@ pub fn fits(config: &Config, records: &[usize]) -> bool {
 #[derive(Default)]
 pub struct Assignments {
     generations: BTreeMap<u64, Vec<(RecordKey, usize)>>,
+    /// Servers a running generation no longer has (DNS, `remove-server`): their records
+    /// stay taken while requests may still hold them, and a server that comes back
+    /// before they are released gets its record, and its state, again.
+    leaving: Vec<(RecordKey, usize, std::time::Instant)>,
 }
+
+/// How long a server that left keeps its record at least: a request that picked it from
+/// the set it started with may still count on it.
+pub const LEAVING_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A generation's records in config order, and those new to the table (to be reset).
 pub struct Assigned {
@@ -102,7 +110,14 @@ impl Assignments {
     pub fn assign(&mut self, generation: u64, keys: Vec<RecordKey>) -> Result<Assigned, String> {
         let mut used_upstreams = vec![false; UPSTREAM_RECORDS];
         let mut used_servers = vec![false; SERVER_RECORDS];
-        for (key, record) in self.generations.values().flatten() {
+        let leaving = self.leaving.iter().map(|(key, record, _)| (key, record));
+        for (key, record) in self
+            .generations
+            .values()
+            .flatten()
+            .map(|(k, r)| (k, r))
+            .chain(leaving)
+        {
             match key.is_upstream() {
                 true => used_upstreams[*record] = true,
                 false => used_servers[*record] = true,
@@ -123,7 +138,11 @@ impl Assignments {
                 .rev()
                 .flatten()
                 .find(|(k, _)| *k == key)
-                .map(|(_, record)| *record);
+                .map(|(_, record)| *record)
+                .or_else(|| {
+                    let (_, record, _) = self.leaving.iter().find(|(k, _, _)| *k == key)?;
+                    Some(*record)
+                });
             let record = match (known, key.is_upstream()) {
                 (Some(record), _) => record,
                 (None, true) => {
@@ -150,6 +169,36 @@ impl Assignments {
         Ok(assigned)
     }
 
+    /// Gives running `generation` the servers of `keys` in place of the ones it had:
+    /// those that stay keep their records, those that go are leaving.
+    pub fn reassign(&mut self, generation: u64, keys: Vec<RecordKey>) -> Result<Assigned, String> {
+        let old = self.generations.remove(&generation).unwrap_or_default();
+        let now = std::time::Instant::now();
+        let before = self.leaving.len();
+        self.leaving
+            .extend(old.iter().cloned().map(|(key, record)| (key, record, now)));
+        match self.assign(generation, keys) {
+            Ok(assigned) => {
+                self.leaving
+                    .retain(|(_, record, _)| !assigned.records.contains(record));
+                Ok(assigned)
+            }
+            Err(e) => {
+                self.leaving.truncate(before);
+                self.generations.insert(generation, old);
+                Err(e)
+            }
+        }
+    }
+
+    /// Frees the records of servers that left more than [`LEAVING_GRACE`] ago and that
+    /// `idle` says nothing holds any more.
+    pub fn release_leaving(&mut self, idle: impl Fn(usize) -> bool) {
+        self.leaving.retain(|(key, record, since)| {
+            key.is_upstream() || since.elapsed() < LEAVING_GRACE || !idle(*record)
+        });
+    }
+
     /// `generation`'s records, in config order.
     pub fn records(&self, generation: u64) -> Vec<usize> {
         self.generations
@@ -166,7 +215,16 @@ impl Assignments {
     /// Every record in use by any running generation (handed to a new supervisor, which
     /// must not give those records to others).
     pub fn in_use(&self) -> Vec<(RecordKey, usize)> {
-        self.generations.values().flatten().cloned().collect()
+        let leaving = self
+            .leaving
+            .iter()
+            .map(|(key, record, _)| (key.clone(), *record));
+        self.generations
+            .values()
+            .flatten()
+            .cloned()
+            .chain(leaving)
+            .collect()
     }
 
     /// Takes `entries` as what `generation` uses (the records of the supervisor this one

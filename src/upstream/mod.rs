@@ -14,6 +14,7 @@ use http::{HeaderMap, HeaderValue, Uri};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::RwLock;
 use std::time::Duration;
 
 /// Milliseconds on the machine's monotonic clock: the same in every worker, so passive
@@ -120,15 +121,26 @@ impl Candidate for Arc<Server> {
 }
 
 pub struct Upstream {
+    /// The upstream's settings. Its `servers` are left empty: the servers it has now are
+    /// its [`ServerSet`], which changes while the worker runs.
     pub config: UpstreamConfig,
+    set: RwLock<Arc<ServerSet>>,
+    /// Shared by all workers, in the upstream's record.
+    budget: &'static RetryBudget,
+    rotation: &'static std::sync::atomic::AtomicU64,
+    /// Its requests by status and duration, for /metrics (shared the same way).
+    pub requests: &'static RequestMetrics,
+}
+
+/// The servers an upstream has at one moment, with what depends on them: the policy's
+/// state and the sticky tokens. A request keeps the set it started with, retries
+/// included; a change of servers (DNS, `add-server`, `remove-server`) makes a new set,
+/// in which the servers that stay are the same ones, with their idle connections.
+pub struct ServerSet {
     pub servers: Vec<Arc<Server>>,
     balancer: Balancer,
     /// With `sticky_cookie`: each server's token, and the `Set-Cookie` that hands it out.
     sticky: Option<Vec<(String, HeaderValue)>>,
-    /// Shared by all workers, in the upstream's record.
-    budget: &'static RetryBudget,
-    /// Its requests by status and duration, for /metrics (shared the same way).
-    pub requests: &'static RequestMetrics,
 }
 
 /// What a request brings to the choice of its server, read from it once.
@@ -148,18 +160,54 @@ impl Upstream {
         record: usize,
         server_records: &[usize],
     ) -> Self {
-        let servers = config
-            .servers
+        let shared = share.upstream(record);
+        let mut settings = config.clone();
+        settings.servers = Vec::new();
+        let upstream = Upstream {
+            config: settings,
+            set: RwLock::new(Arc::new(ServerSet {
+                servers: Vec::new(),
+                balancer: Balancer::new(config.policy, &[], &shared.rotation),
+                sticky: None,
+            })),
+            budget: &shared.budget,
+            rotation: &shared.rotation,
+            requests: &shared.requests,
+        };
+        upstream.replace_servers(&config.servers, share, server_records);
+        upstream
+    }
+
+    /// The servers as they are now.
+    pub fn servers(&self) -> Arc<ServerSet> {
+        self.set.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Serves with `servers` (table records `records`) from now on. A server that stays
+    /// (same record, same address, same settings) is kept as it is, with its idle
+    /// connections; one that goes finishes the requests that have it.
+    pub fn replace_servers(&self, servers: &[ServerConfig], share: WorkerShare, records: &[usize]) {
+        let config = &self.config;
+        let old = self.servers();
+        let servers: Vec<Arc<Server>> = servers
             .iter()
-            .zip(server_records)
+            .zip(records)
             .map(|(s, &record)| {
+                let shared = share.server(record);
+                let stays = old
+                    .servers
+                    .iter()
+                    .find(|o| std::ptr::eq(o.shared.record, shared.record) && o.config == *s);
+                if let Some(server) = stays {
+                    return server.clone();
+                }
                 Arc::new(Server {
                     config: s.clone(),
-                    shared: share.server(record),
+                    shared,
                     // nginx's rule: the only server of an upstream is never taken out
                     // by passive failures (a 503 would be no better than trying it);
                     // active health checks still apply.
-                    max_fails: if config.servers.len() == 1 {
+                    max_fails: if servers.len() == 1 {
                         0
                     } else {
                         config.max_fails
@@ -170,49 +218,50 @@ impl Upstream {
                 })
             })
             .collect();
-        let weights: Vec<u32> = config.servers.iter().map(|s| s.weight).collect();
-        let shared = share.upstream(record);
+        let weights: Vec<u32> = servers.iter().map(|s| s.config.weight).collect();
         let sticky = config.sticky_cookie.as_ref().map(|cookie| {
-            config
-                .servers
+            servers
                 .iter()
                 .map(|s| {
-                    let token = sticky_token(&config.name, &s.name);
+                    let token = sticky_token(&config.name, &s.config.name);
                     let set = format!("{cookie}={token}; Path=/; HttpOnly");
                     let set = HeaderValue::from_str(&set).expect("a token and a cookie name");
                     (token, set)
                 })
                 .collect()
         });
-        Upstream {
-            config: config.clone(),
-            balancer: Balancer::new(config.policy, &weights, &shared.rotation),
+        let set = Arc::new(ServerSet {
+            balancer: Balancer::new(config.policy, &weights, self.rotation),
             servers,
             sticky,
-            budget: &shared.budget,
-            requests: &shared.requests,
-        }
+        });
+        *self.set.write().unwrap_or_else(|p| p.into_inner()) = set;
     }
 
-    /// Picks a server that is up and not in `tried`: the one the sticky cookie names if
-    /// it may serve, else what the policy chooses, a primary if any is up, else a backup.
-    /// Says also whether the client must be given a (new) sticky cookie.
-    pub fn pick(&self, affinity: &Affinity, tried: &[usize]) -> Option<(usize, bool)> {
+    /// Picks a server of `set` that is up and not in `tried`: the one the sticky cookie
+    /// names if it may serve, else what the policy chooses, a primary if any is up, else
+    /// a backup. Says also whether the client must be given a (new) sticky cookie.
+    pub fn pick(
+        &self,
+        set: &ServerSet,
+        affinity: &Affinity,
+        tried: &[usize],
+    ) -> Option<(usize, bool)> {
         let now = now_ms();
-        let servers = &self.servers;
+        let servers = &set.servers;
         let usable = |i: usize| !tried.contains(&i) && servers[i].takes_requests(now);
         if let Some(i) = affinity.sticky.filter(|&i| usable(i)) {
             return Some((i, false));
         }
         let hash = affinity.hash;
-        let chosen = self.pick_primary_then_backup(hash, usable).or_else(|| {
+        let chosen = set.pick_primary_then_backup(hash, usable).or_else(|| {
             // Every server is out, and some only by passive failures: try those
             // rather than answer 503 (nginx forgets the failures then, Envoy has its
             // panic threshold). Servers restarted one after the other come back in
             // a moment, and `max_fails` must not keep them all out for fail_timeout.
             let passive_only =
                 |i: usize| !tried.contains(&i) && servers[i].out_by_failures_only(now);
-            let chosen = self.pick_primary_then_backup(hash, passive_only)?;
+            let chosen = set.pick_primary_then_backup(hash, passive_only)?;
             if servers[chosen].shared.record.end_passive_down(now) {
                 tracing::warn!(
                     upstream = %self.config.name,
@@ -222,9 +271,46 @@ impl Upstream {
             }
             Some(chosen)
         })?;
-        Some((chosen, self.sticky.is_some()))
+        Some((chosen, set.sticky.is_some()))
     }
 
+    /// Counts a request for the retry budget.
+    pub fn note_request(&self) {
+        self.budget.note_request(now_ms());
+    }
+
+    /// Takes a retry from the budget, if it has one left.
+    pub fn try_retry(&self) -> bool {
+        self.budget.try_retry(now_ms(), self.config.retry_budget)
+    }
+
+    /// What of the request bears on the choice of its server in `set` under this
+    /// upstream's policy and sticky cookie.
+    pub fn affinity(
+        &self,
+        set: &ServerSet,
+        client: IpAddr,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Affinity {
+        let hash = match (&self.config.policy, &self.config.hash_key) {
+            (Policy::IpHash, _) => Some(match client {
+                IpAddr::V4(ip) => affinity_hash(&ip.octets()),
+                IpAddr::V6(ip) => affinity_hash(&ip.octets()),
+            }),
+            (Policy::Hash, Some(key)) => affinity::hash_key(key, uri, headers).map(affinity_hash),
+            _ => None,
+        };
+        let sticky = set.sticky.as_ref().and_then(|tokens| {
+            let name = self.config.sticky_cookie.as_deref()?;
+            let token = affinity::cookie(headers, name)?;
+            tokens.iter().position(|(t, _)| t == token)
+        });
+        Affinity { hash, sticky }
+    }
+}
+
+impl ServerSet {
     /// What the policy chooses among the primaries `eligible` allows, else among its
     /// backups.
     fn pick_primary_then_backup(
@@ -252,35 +338,6 @@ impl Upstream {
     /// The `Set-Cookie` that pins a client to server `index`.
     pub fn sticky_cookie(&self, index: usize) -> Option<&HeaderValue> {
         self.sticky.as_ref().map(|tokens| &tokens[index].1)
-    }
-
-    /// Counts a request for the retry budget.
-    pub fn note_request(&self) {
-        self.budget.note_request(now_ms());
-    }
-
-    /// Takes a retry from the budget, if it has one left.
-    pub fn try_retry(&self) -> bool {
-        self.budget.try_retry(now_ms(), self.config.retry_budget)
-    }
-
-    /// What of the request bears on the choice of its server under this upstream's
-    /// policy and sticky cookie.
-    pub fn affinity(&self, client: IpAddr, uri: &Uri, headers: &HeaderMap) -> Affinity {
-        let hash = match (&self.config.policy, &self.config.hash_key) {
-            (Policy::IpHash, _) => Some(match client {
-                IpAddr::V4(ip) => affinity_hash(&ip.octets()),
-                IpAddr::V6(ip) => affinity_hash(&ip.octets()),
-            }),
-            (Policy::Hash, Some(key)) => affinity::hash_key(key, uri, headers).map(affinity_hash),
-            _ => None,
-        };
-        let sticky = self.sticky.as_ref().and_then(|tokens| {
-            let name = self.config.sticky_cookie.as_deref()?;
-            let token = affinity::cookie(headers, name)?;
-            tokens.iter().position(|(t, _)| t == token)
-        });
-        Affinity { hash, sticky }
     }
 }
 
@@ -324,13 +381,13 @@ mod tests {
             r#"{ address = "127.0.0.1:1" }, { address = "127.0.0.1:2" }, { address = "127.0.0.1:3", backup = true }"#,
         );
         let ip = affinity(&u, &[]);
-        let pick = |tried: &[usize]| u.pick(&ip, tried).map(|(i, _)| i);
+        let pick = |tried: &[usize]| u.pick(&u.servers(), &ip, tried).map(|(i, _)| i);
         for _ in 0..6 {
             assert_ne!(pick(&[]), Some(2));
         }
         assert_eq!(pick(&[0, 1]), Some(2), "all primaries tried: the backup");
-        u.servers[0].note_failure("test");
-        u.servers[1]
+        u.servers().servers[0].note_failure("test");
+        u.servers().servers[1]
             .shared
             .record
             .record_check(false, 1, 1, now_ms());
@@ -353,14 +410,20 @@ mod tests {
         );
         let token = sticky_token("u", "127.0.0.1:2");
         let pinned = affinity(&u, &[&format!("gw={token}")]);
-        assert_eq!(u.pick(&pinned, &[]), Some((1, false)));
-        u.servers[1].shared.record.set_draining(true, now_ms());
+        assert_eq!(u.pick(&u.servers(), &pinned, &[]), Some((1, false)));
+        u.servers().servers[1]
+            .shared
+            .record
+            .set_draining(true, now_ms());
         for _ in 0..6 {
-            assert_eq!(u.pick(&pinned, &[]), Some((0, true)));
+            assert_eq!(u.pick(&u.servers(), &pinned, &[]), Some((0, true)));
         }
-        assert!(!u.any_untried(&[0]));
-        u.servers[1].shared.record.set_draining(false, now_ms());
-        assert_eq!(u.pick(&pinned, &[]), Some((1, false)));
+        assert!(!u.servers().any_untried(&[0]));
+        u.servers().servers[1]
+            .shared
+            .record
+            .set_draining(false, now_ms());
+        assert_eq!(u.pick(&u.servers(), &pinned, &[]), Some((1, false)));
     }
 
     fn affinity(u: &Upstream, cookies: &[&str]) -> Affinity {
@@ -369,7 +432,7 @@ mod tests {
             headers.append(http::header::COOKIE, HeaderValue::from_str(c).unwrap());
         }
         let uri = Uri::from_static("/");
-        u.affinity(IpAddr::from([127, 0, 0, 1]), &uri, &headers)
+        u.affinity(&u.servers(), IpAddr::from([127, 0, 0, 1]), &uri, &headers)
     }
 
     #[test]
@@ -387,27 +450,64 @@ mod tests {
         assert_ne!(token, sticky_token("other", "127.0.0.1:2"));
         let pinned = affinity(&u, &[&format!("other=1; gw={token}")]);
         for _ in 0..10 {
-            assert_eq!(u.pick(&pinned, &[]), Some((1, false)));
+            assert_eq!(u.pick(&u.servers(), &pinned, &[]), Some((1, false)));
         }
         assert_eq!(
-            u.sticky_cookie(1).unwrap(),
+            u.servers().sticky_cookie(1).unwrap(),
             &format!("gw={token}; Path=/; HttpOnly")
         );
         for garbage in ["", "zzz", "../../etc", &"f".repeat(5000)] {
             let a = affinity(&u, &[&format!("gw={garbage}")]);
-            assert!(matches!(u.pick(&a, &[]), Some((_, true))), "{garbage:?}");
+            assert!(
+                matches!(u.pick(&u.servers(), &a, &[]), Some((_, true))),
+                "{garbage:?}"
+            );
         }
         // Its server down: the client moves and gets a new cookie.
-        u.servers[1].note_failure("test");
-        let (moved, renew) = u.pick(&pinned, &[]).unwrap();
+        u.servers().servers[1].note_failure("test");
+        let (moved, renew) = u.pick(&u.servers(), &pinned, &[]).unwrap();
         assert!(moved != 1 && renew);
         // Nothing else left: the server out by passive failures alone serves again.
-        assert_eq!(u.pick(&pinned, &[0, 2]), Some((1, true)));
-        assert!(u.servers[1].takes_requests(now_ms()));
-        u.servers[1]
+        assert_eq!(u.pick(&u.servers(), &pinned, &[0, 2]), Some((1, true)));
+        assert!(u.servers().servers[1].takes_requests(now_ms()));
+        u.servers().servers[1]
             .shared
             .record
             .record_check(false, 1, 1, now_ms());
-        assert!(u.pick(&pinned, &[0, 2]).is_none());
+        assert!(u.pick(&u.servers(), &pinned, &[0, 2]).is_none());
+    }
+
+    #[test]
+    fn servers_that_stay_in_a_new_set_are_the_same_ones_with_their_connections() {
+        let text = "[[listener]]\nlisten = \"127.0.0.1:1\"\n[[route]]\nupstream = \"u\"\n[upstream.u]\nservers = [{ address = \"127.0.0.1:1\" }, { address = \"127.0.0.1:2\" }]\n";
+        let config = crate::config::parse(std::path::Path::new("t.toml"), text).unwrap();
+        let table = Box::leak(Box::new(crate::table::Table::create().unwrap()));
+        let share = table.share(0);
+        let u = Upstream::new(&config.upstreams[0], share, 0, &[0, 1]);
+        let before = u.servers();
+        let mut servers = config.upstreams[0].servers.clone();
+        servers.remove(0);
+        let mut added = servers[0].clone();
+        added.addr = "127.0.0.1:3".parse().unwrap();
+        added.name = "127.0.0.1:3".into();
+        servers.push(added);
+        // :1 leaves, :2 stays on record 1, :3 arrives on record 2.
+        u.replace_servers(&servers, share, &[1, 2]);
+        let after = u.servers();
+        assert_eq!(after.servers.len(), 2);
+        assert!(
+            Arc::ptr_eq(&after.servers[0], &before.servers[1]),
+            "the same server"
+        );
+        assert_eq!(after.servers[1].config.name, "127.0.0.1:3");
+        // A request that started with the old set still has :1.
+        assert_eq!(before.servers[0].config.name, "127.0.0.1:1");
+        let a = u.affinity(
+            &after,
+            IpAddr::from([127, 0, 0, 1]),
+            &Uri::from_static("/"),
+            &HeaderMap::new(),
+        );
+        assert!(u.pick(&after, &a, &[]).is_some());
     }
 }

@@ -59,11 +59,17 @@ async fn run(config_path: &Path, args: &WorkerArgs) -> std::io::Result<()> {
     let (read_half, mut write_half) = tokio::net::UnixStream::from_std(channel)?.into_split();
     let mut commands = BufReader::new(read_half);
     let ticketer = Arc::new(SharedTicketer::default());
-    let mut answers = crate::config::Answers::new();
-    let text = loop {
+    let mut servers = Servers {
+        path: config_path.to_path_buf(),
+        text: String::new(),
+        answers: crate::config::Answers::new(),
+        runtime: crate::config::RuntimeServers::default(),
+    };
+    servers.text = loop {
         match ToWorker::read(&mut commands).await? {
             Some(ToWorker::Tickets(keys)) => ticketer.set(&keys),
-            Some(ToWorker::Dns(found)) => answers = found,
+            Some(ToWorker::Dns(found)) => servers.answers = found,
+            Some(ToWorker::Runtime(runtime)) => servers.runtime = runtime,
             Some(ToWorker::Config(text)) => break text,
             other => {
                 return Err(std::io::Error::other(format!(
@@ -72,9 +78,7 @@ async fn run(config_path: &Path, args: &WorkerArgs) -> std::io::Result<()> {
             }
         }
     };
-    let lookup = crate::config::Lookup::Answers(&answers);
-    let config =
-        crate::config::parse_with(config_path, &text, lookup).map_err(std::io::Error::other)?;
+    let config = servers.config().map_err(std::io::Error::other)?;
     let listeners = config.listeners.len();
     if !crate::table::assignment::fits(&config, &args.records)
         || listeners == 0
@@ -99,21 +103,22 @@ async fn run(config_path: &Path, args: &WorkerArgs) -> std::io::Result<()> {
         &config.gateway.access_log,
         config.gateway.access_log_format,
     )?);
-    let proxy = Proxy::new(
-        &config,
-        log.clone(),
-        table.share(args.record),
-        &args.records,
-    );
+    let share = table.share(args.record);
+    let proxy = Arc::new(Proxy::new(&config, log.clone(), share, &args.records));
 
     let shutdown = CancellationToken::new();
     let (cover_tx, cover_rx) = mpsc::unbounded_channel();
     let following = tokio::spawn(follow_commands(
         commands,
-        shutdown.clone(),
-        cover_tx,
-        log,
-        ticketer.clone(),
+        Following {
+            shutdown: shutdown.clone(),
+            cover: cover_tx,
+            log,
+            ticketer: ticketer.clone(),
+            servers,
+            proxy: proxy.clone(),
+            share,
+        },
     ));
     let (say, mut said) = mpsc::unbounded_channel::<FromWorker>();
     let reporter = tokio::spawn(async move {
@@ -125,7 +130,7 @@ async fn run(config_path: &Path, args: &WorkerArgs) -> std::io::Result<()> {
         sockets,
         seat: args.seat,
         config: Arc::new(config),
-        proxy: Arc::new(proxy),
+        proxy,
         ticketer,
     };
     let result = super::run(serving, shutdown, cover_rx, say).await;
@@ -161,14 +166,47 @@ async fn heartbeat(record: &'static WorkerRecord) {
 const TRIM_PERIOD: Duration = Duration::from_secs(2);
 const TRIM_AFTER_CLOSING: u64 = 256;
 
-/// Obeys the supervisor's commands; its going away counts as `drain`.
-async fn follow_commands(
-    mut commands: BufReader<OwnedReadHalf>,
+/// What the worker's servers are made of: the config text and the supervisor's DNS
+/// answers and run-time changes (the latest it sent).
+struct Servers {
+    path: std::path::PathBuf,
+    text: String,
+    answers: crate::config::Answers,
+    runtime: crate::config::RuntimeServers,
+}
+
+impl Servers {
+    fn config(&self) -> Result<crate::config::Config, crate::config::ConfigErrors> {
+        crate::config::with_servers(&self.path, &self.text, &self.answers, &self.runtime)
+    }
+}
+
+/// What obeying the supervisor's commands acts on.
+struct Following {
     shutdown: CancellationToken,
     cover: mpsc::UnboundedSender<Cover>,
     log: Arc<AccessLog>,
     ticketer: Arc<SharedTicketer>,
-) {
+    servers: Servers,
+    proxy: Arc<Proxy>,
+    share: crate::table::WorkerShare,
+}
+
+/// Obeys the supervisor's commands; its going away counts as `drain`.
+async fn follow_commands(mut commands: BufReader<OwnedReadHalf>, mut on: Following) {
+    let Following {
+        shutdown,
+        cover,
+        log,
+        ticketer,
+        ..
+    } = &on;
+    let (shutdown, cover, log, ticketer) = (
+        shutdown.clone(),
+        cover.clone(),
+        log.clone(),
+        ticketer.clone(),
+    );
     loop {
         match ToWorker::read(&mut commands).await {
             Ok(Some(ToWorker::Reopen)) => match log.reopen() {
@@ -183,7 +221,18 @@ async fn follow_commands(
             Ok(Some(ToWorker::Uncover(seat))) => {
                 let _ = cover.send(Cover::Stop(seat));
             }
-            Ok(Some(ToWorker::Config(_) | ToWorker::Dns(_))) => {
+            Ok(Some(ToWorker::Dns(answers))) => on.servers.answers = answers,
+            Ok(Some(ToWorker::Runtime(runtime))) => on.servers.runtime = runtime,
+            Ok(Some(ToWorker::Records(records))) => match on.servers.config() {
+                Ok(config) if crate::table::assignment::fits(&config, &records) => {
+                    on.proxy.replace_servers(&config, on.share, &records);
+                }
+                Ok(_) => tracing::error!(
+                    "the supervisor's server records do not fit the servers: kept the old ones"
+                ),
+                Err(e) => tracing::error!("the new servers are not used: {e}"),
+            },
+            Ok(Some(ToWorker::Config(_))) => {
                 tracing::warn!("a second config from the supervisor is ignored")
             }
             Ok(None) => {
