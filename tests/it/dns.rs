@@ -112,6 +112,19 @@ async fn backend_at(ip: [u8; 4], port: u16, name: &'static str) -> Backend {
     .await
 }
 
+/// The generation and its workers' pids.
+fn workers(gw: &Gateway) -> (u64, Vec<u64>) {
+    let status = status_json(gw);
+    let mut pids: Vec<u64> = status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["pid"].as_u64().unwrap())
+        .collect();
+    pids.sort();
+    (status["generation"].as_u64().unwrap(), pids)
+}
+
 fn addresses(gw: &Gateway) -> Vec<String> {
     status_json(gw)["upstreams"]["app"]["servers"]
         .as_array()
@@ -133,8 +146,9 @@ async fn servers_follow_their_name_in_dns_without_a_reload() {
         "app.test",
         &[Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 0, 0, 2)],
     );
+    // Idle upstream connections are kept for the whole test: a new one is a reopened one.
     let gw = Gateway::start(&format!(
-        "[gateway]\nworkers = 4\nresolver = \"{}\"\nresolve_interval = \"200ms\"\n[[route]]\nupstream = \"app\"\n[upstream.app]\nservers = [ {{ address = \"app.test:{port}\" }} ]\n",
+        "[gateway]\nworkers = 4\nresolver = \"{}\"\nresolve_interval = \"200ms\"\n[[route]]\nupstream = \"app\"\n[upstream.app]\nidle_timeout = \"60s\"\nservers = [ {{ address = \"app.test:{port}\" }} ]\n",
         dns.addr
     ));
     // Both A records are servers.
@@ -159,8 +173,17 @@ async fn servers_follow_their_name_in_dns_without_a_reload() {
         "{asked} A queries in 2 s with 4 workers"
     );
 
-    // A record added, one removed: traffic follows, no request fails meanwhile.
+    // A record added, one removed: traffic follows, no request fails meanwhile, and it
+    // all happens in place: no new generation, the same workers, and not one connection
+    // to the address that stays opened again.
     let load = Load::start(gw.url("/"), 3, 100_000);
+    let warm = two.requests() + 100;
+    wait_until("warm connections", Duration::from_secs(5), || {
+        two.requests() > warm
+    })
+    .await;
+    let workers_before = workers(&gw);
+    let two_connections = two.connections.load(Ordering::SeqCst);
     dns.set(
         "app.test",
         &[Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3)],
@@ -173,6 +196,19 @@ async fn servers_follow_their_name_in_dns_without_a_reload() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (ok, failed) = load.stop().await;
     assert!(ok > 50 && failed.is_empty(), "{ok} ok, failed: {failed:?}");
+    assert_eq!(workers(&gw), workers_before, "the same generation and workers");
+    assert_eq!(
+        two.connections.load(Ordering::SeqCst),
+        two_connections,
+        "connections to the address that stayed were kept"
+    );
+    let sources: Vec<_> = status_json(&gw)["upstreams"]["app"]["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["source"].clone())
+        .collect();
+    assert_eq!(sources, ["dns", "dns"]);
     let three_before = three.requests();
     let one_before = one.requests();
     for _ in 0..6 {

@@ -277,3 +277,133 @@ async fn a_rolling_restart_that_stops_early_enables_what_it_drained() {
     );
     assert_eq!(long.await.unwrap().0, 200);
 }
+
+/// The `/status` entries of upstream `app`: (address, source).
+fn sources(gw: &Gateway) -> Vec<(String, String)> {
+    status_json(gw)["upstreams"]["app"]["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["address"].as_str().unwrap().to_string(),
+                s["source"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn generation_and_pids(gw: &Gateway) -> (u64, Vec<u64>) {
+    let status = status_json(gw);
+    let mut pids: Vec<u64> = status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["pid"].as_u64().unwrap())
+        .collect();
+    pids.sort();
+    (status["generation"].as_u64().unwrap(), pids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn servers_added_and_removed_at_run_time_change_nothing_else_and_survive_a_reload() {
+    let (a, b, c) = (
+        with_slow_path("a").await,
+        with_slow_path("b").await,
+        with_slow_path("c").await,
+    );
+    let gw = Gateway::start(&format!(
+        "[gateway]\nworkers = 2\naccess_log = \"off\"\n{}",
+        // Idle connections are kept for the whole test: any new one is a reopened one.
+        upstream_config("app", &[a.addr, b.addr], "idle_timeout = \"60s\"")
+    ));
+    let (a_addr, b_addr, c_addr) = (a.addr.to_string(), b.addr.to_string(), c.addr.to_string());
+    let load = Load::start(gw.url("/"), 2, 1_000_000);
+    wait_until("both servers warm", Duration::from_secs(5), || {
+        a.requests() > 50 && b.requests() > 50
+    })
+    .await;
+    let before = generation_and_pids(&gw);
+    let b_connections = b.connections.load(std::sync::atomic::Ordering::SeqCst);
+
+    let (code, out, err) = gw.ctl(&["add-server", "app", &c_addr]);
+    assert_eq!((code, out.trim()), (0, format!("added {c_addr} to app").as_str()), "{err}");
+    wait_until("c serves", Duration::from_secs(5), || c.requests() > 20).await;
+    // a leaves while it has a request in flight: --wait returns once that is done.
+    let started = Instant::now();
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        slow.push(tokio::spawn(get_fresh(gw.url("/slow"))));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if a.seen().iter().any(|s| s.uri == "/slow") {
+            break;
+        }
+    }
+    wait_until("a slow request on a", Duration::from_secs(5), || {
+        a.seen().iter().any(|s| s.uri == "/slow")
+    })
+    .await;
+    let (code, out, err) = gw.ctl(&["remove-server", "app", &a_addr, "--wait"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("nothing in flight"), "{out}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "--wait returned while a's request was in flight"
+    );
+    for request in slow {
+        assert_eq!(request.await.unwrap().0, 200);
+    }
+    let a_total = a.requests();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.stop_without_failures(200).await;
+    assert_eq!(a.requests(), a_total, "a removed server gets nothing new");
+    assert_eq!(
+        generation_and_pids(&gw),
+        before,
+        "no new generation, the same workers"
+    );
+    assert_eq!(
+        b.connections.load(std::sync::atomic::Ordering::SeqCst),
+        b_connections,
+        "no connection to b, which stayed, was opened again"
+    );
+    assert_eq!(
+        sources(&gw),
+        [(b_addr.clone(), "file".into()), (c_addr.clone(), "runtime".into())]
+    );
+
+    // Refusals name their reason and change nothing.
+    let (code, _, err) = gw.ctl(&["add-server", "app", &b_addr]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("already a server of app"), "{err}");
+    let (code, _, err) = gw.ctl(&["add-server", "nope", &c_addr]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no upstream \"nope\""), "{err}");
+    let (code, _, err) = gw.ctl(&["remove-server", "app", &a_addr]);
+    assert_eq!(code, 1);
+    assert!(err.contains("is not a server of app"), "{err}");
+
+    // A reload keeps the run-time changes while the upstream exists.
+    let (code, _, err) = gw.ctl(&["reload"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        sources(&gw),
+        [(b_addr.clone(), "file".into()), (c_addr.clone(), "runtime".into())]
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        seen.insert(get_fresh(gw.url("/")).await.1);
+    }
+    assert_eq!(seen, ["b", "c"].map(String::from).into());
+    // Adding the file's server back undoes its removal.
+    let (code, _, err) = gw.ctl(&["add-server", "app", &a_addr]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        sources(&gw),
+        [
+            (a_addr, "file".into()),
+            (b_addr, "file".into()),
+            (c_addr, "runtime".into())
+        ]
+    );
+}
