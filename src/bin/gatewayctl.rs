@@ -354,8 +354,8 @@ fn table(status: &Status) -> String {
         let _ = writeln!(out, "upstream {name} ({})", upstream.policy);
         let _ = writeln!(
             out,
-            "  {:<28}  {:<24}  {:>6}  {:>6}  {:>12}  {:>9}  {:>10}  checks passed/failed",
-            "server", "state", "weight", "active", "requests", "failures", "latency ms"
+            "  {:<28}  {:<24}  {:<7}  {:>6}  {:>6}  {:>12}  {:>9}  {:>10}  checks passed/failed",
+            "server", "state", "source", "weight", "active", "requests", "failures", "latency ms"
         );
         for s in &upstream.servers {
             let state = match &s.down_reason {
@@ -371,12 +371,13 @@ fn table(status: &Status) -> String {
                     });
             let _ = writeln!(
                 out,
-                "  {:<28}  {:<24}  {:>6}  {:>6}  {:>12}  {:>9}  {:>10.2}  {}",
+                "  {:<28}  {:<24}  {:<7}  {:>6}  {:>6}  {:>12}  {:>9}  {:>10.2}  {}",
                 match &s.name {
                     Some(name) => format!("{} ({name})", s.address),
                     None => s.address.clone(),
                 },
                 state,
+                s.source.as_str(),
                 s.weight,
                 s.active_connections,
                 s.requests_total,

@@ -142,6 +142,16 @@ pub enum ServerSource {
     Runtime,
 }
 
+impl ServerSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerSource::File => "file",
+            ServerSource::Dns => "dns",
+            ServerSource::Runtime => "runtime",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct HealthCheckConfig {
     pub path: String,

@@ -196,7 +196,11 @@ async fn servers_follow_their_name_in_dns_without_a_reload() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (ok, failed) = load.stop().await;
     assert!(ok > 50 && failed.is_empty(), "{ok} ok, failed: {failed:?}");
-    assert_eq!(workers(&gw), workers_before, "the same generation and workers");
+    assert_eq!(
+        workers(&gw),
+        workers_before,
+        "the same generation and workers"
+    );
     assert_eq!(
         two.connections.load(Ordering::SeqCst),
         two_connections,

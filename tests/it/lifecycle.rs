@@ -467,7 +467,11 @@ async fn upgrade_replaces_the_running_gateway_under_load_without_a_failed_reques
     assert!(requests as usize >= ok, "{requests} < {ok}: {status}");
     assert_eq!(get_fresh(gw.url("/")).await, (200, "a".to_string()));
 
-    // SIGUSR2 does the same, here to the supervisor the first upgrade started.
+    // SIGUSR2 does the same, here to the supervisor the first upgrade started; a server
+    // added at run time goes on serving under the next supervisor.
+    let added = Backend::named("b").await;
+    let (code, _, err) = gw.ctl(&["add-server", "app", &added.addr.to_string()]);
+    assert_eq!(code, 0, "{err}");
     let pid: u64 = out
         .rsplit("supervisor pid ")
         .next()
@@ -486,12 +490,22 @@ async fn upgrade_replaces_the_running_gateway_under_load_without_a_failed_reques
     load.stop_without_failures(100).await;
     let third = worker_pids(&gw);
     assert!(third.iter().all(|p| !new_workers.contains(p)), "{third:?}");
-    assert_eq!(status_json(&gw)["generation"], 3);
+    let status = status_json(&gw);
+    assert_eq!(status["generation"], 3);
+    assert_eq!(
+        status["upstreams"]["app"]["servers"][1]["source"], "runtime",
+        "{status}"
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        seen.insert(get_fresh(gw.url("/")).await.1);
+    }
+    assert_eq!(seen, ["a", "b"].map(String::from).into());
     // A reload after an upgrade starts the next generation, and the records the replaced
     // supervisors used are free again.
     let (code, out, err) = gw.ctl(&["reload"]);
     assert_eq!((code, out.trim()), (0, "reloaded: generation 4"), "{err}");
-    assert_eq!(get_fresh(gw.url("/")).await, (200, "a".to_string()));
+    assert_eq!(get_fresh(gw.url("/")).await.0, 200);
     eprintln!("two upgrades under load, no request failed");
     let (code, _, err) = gw.ctl(&["stop"]);
     assert_eq!(code, 0, "{err}");

@@ -327,7 +327,11 @@ async fn servers_added_and_removed_at_run_time_change_nothing_else_and_survive_a
     let b_connections = b.connections.load(std::sync::atomic::Ordering::SeqCst);
 
     let (code, out, err) = gw.ctl(&["add-server", "app", &c_addr]);
-    assert_eq!((code, out.trim()), (0, format!("added {c_addr} to app").as_str()), "{err}");
+    assert_eq!(
+        (code, out.trim()),
+        (0, format!("added {c_addr} to app").as_str()),
+        "{err}"
+    );
     wait_until("c serves", Duration::from_secs(5), || c.requests() > 20).await;
     // a leaves while it has a request in flight: --wait returns once that is done.
     let started = Instant::now();
@@ -369,7 +373,10 @@ async fn servers_added_and_removed_at_run_time_change_nothing_else_and_survive_a
     );
     assert_eq!(
         sources(&gw),
-        [(b_addr.clone(), "file".into()), (c_addr.clone(), "runtime".into())]
+        [
+            (b_addr.clone(), "file".into()),
+            (c_addr.clone(), "runtime".into())
+        ]
     );
 
     // Refusals name their reason and change nothing.
@@ -388,7 +395,10 @@ async fn servers_added_and_removed_at_run_time_change_nothing_else_and_survive_a
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         sources(&gw),
-        [(b_addr.clone(), "file".into()), (c_addr.clone(), "runtime".into())]
+        [
+            (b_addr.clone(), "file".into()),
+            (c_addr.clone(), "runtime".into())
+        ]
     );
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..6 {
