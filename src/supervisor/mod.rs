@@ -401,12 +401,10 @@ impl Supervisor {
                 Request::RemoveServer {
                     upstream,
                     addr,
-                    wait: true,
+                    wait,
                 },
                 reply,
-            ) => {
-                self.remove_server(&upstream, addr, Some(reply)).await;
-            }
+            ) => self.remove_server(&upstream, addr, wait, reply).await,
             Event::Control(request, reply) => {
                 let answer = self.control(request, rx).await;
                 let _ = reply.send(answer);
@@ -472,14 +470,9 @@ impl Supervisor {
                 Reply::failed("answered by the control socket")
             }
             Request::Upgrade => Reply::failed("answered by start_upgrade"),
-            Request::AddServer { .. } | Request::RemoveServer { .. } if self.stopping => {
-                Reply::failed("the gateway is stopping")
-            }
+            Request::RemoveServer { .. } => Reply::failed("answered by remove_server"),
+            Request::AddServer { .. } if self.stopping => Reply::failed("the gateway is stopping"),
             Request::AddServer { upstream, server } => self.add_server(&upstream, server).await,
-            Request::RemoveServer { upstream, addr, .. } => self
-                .remove_server(&upstream, addr, None)
-                .await
-                .unwrap_or_else(|| Reply::failed("no answer")),
             Request::Stop { now } => {
                 self.stop(now).await;
                 Reply {

@@ -82,52 +82,40 @@ impl Supervisor {
         }
     }
 
-    /// `gatewayctl remove-server`; with `reply` (`--wait`), answers once the server has
-    /// nothing in flight any more (WebSockets included), else at once.
+    /// `gatewayctl remove-server`: answers on `reply` at once, or with `wait` once the
+    /// server has nothing in flight any more (WebSockets included).
     pub(super) async fn remove_server(
         &mut self,
         upstream: &str,
         addr: SocketAddr,
-        reply: Option<oneshot::Sender<Reply>>,
-    ) -> Option<Reply> {
+        wait: bool,
+        reply: oneshot::Sender<Reply>,
+    ) {
         let mut runtime = self.runtime.clone();
-        let outcome = match runtime.remove(&self.config, upstream, addr) {
+        let record = self.server_record(upstream, addr);
+        let removed = match runtime.remove(&self.config, upstream, addr) {
+            _ if self.stopping => Err("the gateway is stopping".to_string()),
             Err(e) => Err(e),
             Ok(()) => {
-                let record = self.server_record(upstream, addr);
                 self.change_servers(self.config.answers.clone(), runtime)
                     .await
-                    .map(|()| record)
             }
         };
-        let record = match outcome {
-            Ok(record) => record,
-            Err(e) => {
-                let failed = Reply::failed(e);
-                return match reply {
-                    Some(reply) => {
-                        let _ = reply.send(failed);
-                        None
-                    }
-                    None => Some(failed),
-                };
-            }
-        };
+        if let Err(e) = removed {
+            let _ = reply.send(Reply::failed(e));
+            return;
+        }
         tracing::info!(upstream, server = %addr, "server removed: it finishes what it has");
         let done = self.ok();
-        let Some(reply) = reply else {
-            return Some(done);
-        };
         let table = self.table;
         tokio::spawn(async move {
-            if let Some(record) = record {
+            if let (true, Some(record)) = (wait, record) {
                 while table.server(record).in_flight() > 0 {
                     tokio::time::sleep(WAIT_POLL).await;
                 }
             }
             let _ = reply.send(done);
         });
-        None
     }
 
     /// The table record of `upstream`'s server at `addr` in the running generation.

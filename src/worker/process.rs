@@ -194,32 +194,19 @@ struct Following {
 
 /// Obeys the supervisor's commands; its going away counts as `drain`.
 async fn follow_commands(mut commands: BufReader<OwnedReadHalf>, mut on: Following) {
-    let Following {
-        shutdown,
-        cover,
-        log,
-        ticketer,
-        ..
-    } = &on;
-    let (shutdown, cover, log, ticketer) = (
-        shutdown.clone(),
-        cover.clone(),
-        log.clone(),
-        ticketer.clone(),
-    );
     loop {
         match ToWorker::read(&mut commands).await {
-            Ok(Some(ToWorker::Reopen)) => match log.reopen() {
+            Ok(Some(ToWorker::Reopen)) => match on.log.reopen() {
                 Ok(()) => tracing::info!("access log reopened"),
                 Err(e) => tracing::error!("cannot reopen the access log: {e}"),
             },
             Ok(Some(ToWorker::Drain)) => break,
-            Ok(Some(ToWorker::Tickets(keys))) => ticketer.set(&keys),
+            Ok(Some(ToWorker::Tickets(keys))) => on.ticketer.set(&keys),
             Ok(Some(ToWorker::Cover(seat))) => {
-                let _ = cover.send(Cover::Start(seat));
+                let _ = on.cover.send(Cover::Start(seat));
             }
             Ok(Some(ToWorker::Uncover(seat))) => {
-                let _ = cover.send(Cover::Stop(seat));
+                let _ = on.cover.send(Cover::Stop(seat));
             }
             Ok(Some(ToWorker::Dns(answers))) => on.servers.answers = answers,
             Ok(Some(ToWorker::Runtime(runtime))) => on.servers.runtime = runtime,
@@ -246,7 +233,7 @@ async fn follow_commands(mut commands: BufReader<OwnedReadHalf>, mut on: Followi
         }
     }
     DRAINING.store(true, Ordering::Relaxed);
-    shutdown.cancel();
+    on.shutdown.cancel();
 }
 
 /// Ctrl-C in a terminal signals the whole process group: the supervisor decides what the
