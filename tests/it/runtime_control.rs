@@ -318,7 +318,9 @@ async fn servers_added_and_removed_at_run_time_change_nothing_else_and_survive_a
         upstream_config("app", &[a.addr, b.addr], "idle_timeout = \"60s\"")
     ));
     let (a_addr, b_addr, c_addr) = (a.addr.to_string(), b.addr.to_string(), c.addr.to_string());
-    let load = Load::start(gw.url("/"), 2, 1_000_000);
+    // One client: at most one request in flight, so one connection per server suffices
+    // and any further one would be a reopened one.
+    let load = Load::start(gw.url("/"), 1, 1_000_000);
     wait_until("both servers warm", Duration::from_secs(5), || {
         a.requests() > 50 && b.requests() > 50
     })
@@ -333,6 +335,11 @@ async fn servers_added_and_removed_at_run_time_change_nothing_else_and_survive_a
         "{err}"
     );
     wait_until("c serves", Duration::from_secs(5), || c.requests() > 20).await;
+    assert_eq!(
+        b.connections.load(std::sync::atomic::Ordering::SeqCst),
+        b_connections,
+        "no connection to b, which stayed, was opened again"
+    );
     // a leaves while it has a request in flight: --wait returns once that is done.
     let started = Instant::now();
     let mut slow = Vec::new();
@@ -347,6 +354,9 @@ async fn servers_added_and_removed_at_run_time_change_nothing_else_and_survive_a
         a.seen().iter().any(|s| s.uri == "/slow")
     })
     .await;
+    // The slow requests on b took connections of their own: counted from here.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let b_connections = b.connections.load(std::sync::atomic::Ordering::SeqCst);
     let (code, out, err) = gw.ctl(&["remove-server", "app", &a_addr, "--wait"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("nothing in flight"), "{out}");
