@@ -398,3 +398,50 @@ async fn a_draining_worker_tells_both_sides_of_a_websocket_it_is_going_away() {
     let status = [to_server[6] ^ to_server[2], to_server[7] ^ to_server[3]];
     assert_eq!(u16::from_be_bytes(status), 1001);
 }
+
+/// A server removed at run time (`remove-server`) keeps relaying the WebSockets it has
+/// until they close, and `--wait` returns only then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_server_keeps_its_websockets_until_they_close() {
+    let (ws, other) = (websocket_echo().await, Backend::named("other").await);
+    let gw = Gateway::start(&format!(
+        "[gateway]\nworkers = 1\n{}",
+        upstream_config("app", &[ws.addr], "")
+    ));
+    let (mut stream, head) = open_websocket(gw.addr);
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    let (code, _, err) = gw.ctl(&["add-server", "app", &other.addr.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    let socket = gw.socket();
+    let removed = ws.addr.to_string();
+    let waiting = std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gatewayctl"))
+            .args([
+                "-s",
+                socket.to_str().unwrap(),
+                "remove-server",
+                "app",
+                &removed,
+                "--wait",
+            ])
+            .output()
+            .unwrap();
+        (out.status.code(), started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Removed, and the WebSocket still goes both ways; new requests go to the other.
+    stream.write_all(b"still here").unwrap();
+    let mut echo = [0u8; 10];
+    stream.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"still here");
+    assert_eq!(get_fresh(gw.url("/")).await, (200, "other".to_string()));
+    assert!(
+        !waiting.is_finished(),
+        "--wait returned with a WebSocket open"
+    );
+    drop(stream);
+    let (code, took) = waiting.join().unwrap();
+    assert_eq!(code, Some(0));
+    assert!(took >= Duration::from_millis(500), "{took:?}");
+}
