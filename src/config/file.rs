@@ -19,6 +19,7 @@ pub struct FileConfig {
     pub routes: Vec<Spanned<RouteSection>>,
     #[serde(default, rename = "upstream")]
     pub upstreams: BTreeMap<Spanned<String>, Spanned<UpstreamSection>>,
+    pub compression: Option<CompressionSection>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -99,6 +100,22 @@ pub struct RouteSection {
     pub response_headers: Option<Spanned<BTreeMap<String, String>>>,
     pub remove_response_headers: Option<Spanned<Vec<String>>>,
     pub max_body_size: Option<Spanned<String>>,
+    /// Serve files from this directory.
+    pub root: Option<Spanned<String>>,
+    pub index: Option<Spanned<String>>,
+    /// No such file: "upstream", "index" or (default) 404.
+    pub fallback: Option<Spanned<String>>,
+    pub cache_control: Option<Spanned<String>>,
+    /// `false`: never compress this route's responses.
+    pub compression: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressionSection {
+    pub algorithms: Option<Spanned<Vec<String>>>,
+    pub min_length: Option<Spanned<String>>,
+    pub types: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,7 +9,8 @@
 //! file.rs       the TOML schema (serde only, unknown keys refused)
 //! gateway.rs    [gateway] and [admin]
 //! listeners.rs  [[listener]] and its TLS certificates
-//! routes.rs     [[route]]
+//! routes.rs     [[route]], and its files (root)
+//! compression.rs [compression]
 //! upstreams.rs  [upstream.NAME] and its health_check
 //! names.rs      server entries by name: lookups, answers, resolver (dns.rs asks DNS)
 //! runtime.rs    servers added and removed at run time, laid over the file's
@@ -17,6 +18,7 @@
 //! env.rs        ${VAR} substitution before parsing
 //! ```
 
+mod compression;
 mod dns;
 mod env;
 mod file;
@@ -28,10 +30,11 @@ mod runtime;
 mod upstreams;
 mod validate;
 
+pub use compression::{Coding, CompressionConfig, DEFAULT_ALGORITHMS};
 pub use gateway::*;
 pub use listeners::{ListenerConfig, TlsFiles};
 pub use names::{lookup, srv_key, Answers, Found, Lookup, Resolver};
-pub use routes::{Redirect, RouteAction, RouteConfig};
+pub use routes::{Fallback, Files, Redirect, RouteAction, RouteConfig};
 pub use runtime::{AddedServer, RuntimeChanges, RuntimeServers};
 pub use upstreams::*;
 pub use validate::{parse_duration, parse_size, MAX_DURATION};
@@ -52,6 +55,8 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub routes: Vec<RouteConfig>,
     pub upstreams: Vec<UpstreamConfig>,
+    /// `[compression]`: none without the table.
+    pub compression: Option<CompressionConfig>,
     /// What the server names resolved to when the file was read (an empty list for a
     /// name that did not resolve).
     pub answers: Answers,
@@ -224,7 +229,8 @@ impl Validator<'_> {
             .iter()
             .map(|(name, section)| self.upstream(name.get_ref(), section))
             .collect();
-        let routes = self.routes(&raw.routes, &raw.upstreams);
+        let routes = self.routes(&raw.routes, &raw.upstreams, base);
+        let compression = raw.compression.as_ref().map(|c| self.compression(c));
         Config {
             path: self.file.clone(),
             gateway,
@@ -233,6 +239,7 @@ impl Validator<'_> {
             listeners,
             routes,
             upstreams,
+            compression,
             answers: std::mem::take(&mut self.answers),
             warnings: std::mem::take(&mut self.warnings),
         }
@@ -558,7 +565,7 @@ read_timeout = "5 parsecs"
         ))
         .unwrap_err();
         for key in [
-            "route[0].upstream: required (or a redirect)",
+            "route[0].upstream: required (or a redirect, or root)",
             "route[1].redirect: a route has an upstream or a redirect, not both",
             "route[2].redirect_status: must be 301, 302, 307 or 308",
             "route[2].request_headers: \"bad header\" is not a header name",

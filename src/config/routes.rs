@@ -3,6 +3,7 @@
 
 use super::{file, Validator};
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use toml::Spanned;
 
 #[derive(Debug, Clone)]
@@ -21,6 +22,8 @@ pub struct RouteConfig {
     pub remove_response_headers: Vec<http::HeaderName>,
     /// Overrides `gateway.max_body_size` for this route.
     pub max_body_size: Option<u64>,
+    /// `false`: this route's responses are never compressed.
+    pub compression: bool,
 }
 
 /// What a route does with the requests it matches.
@@ -30,6 +33,135 @@ pub enum RouteAction {
     Forward(usize),
     /// Answers them itself with a redirect.
     Redirect(Redirect),
+    /// Serves them from a directory.
+    Files(Files),
+}
+
+/// `root` and what goes with it.
+#[derive(Debug, Clone)]
+pub struct Files {
+    /// The directory, with every symbolic link resolved: nothing outside it is served.
+    pub root: PathBuf,
+    /// What a directory serves.
+    pub index: String,
+    pub fallback: Fallback,
+    pub cache_control: Option<http::HeaderValue>,
+}
+
+/// What a request for a file that does not exist gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    NotFound,
+    /// The root's index (a single-page app's `index.html`).
+    Index,
+    /// Forwarded to the upstream at this index of [`super::Config::upstreams`].
+    Upstream(usize),
+}
+
+/// `index` when not given.
+pub const DEFAULT_INDEX: &str = "index.html";
+
+impl Validator<'_> {
+    /// The files of a route with `root`.
+    fn files(
+        &mut self,
+        r: &file::RouteSection,
+        root: &Spanned<String>,
+        upstream: Option<usize>,
+        base: &Path,
+        key: &dyn Fn(&str) -> String,
+    ) -> Files {
+        let dir = base.join(root.get_ref());
+        let root_path = match std::fs::canonicalize(&dir) {
+            Ok(path) if path.is_dir() => path,
+            Ok(_) => {
+                self.error(
+                    root.span(),
+                    &key("root"),
+                    format!("{} is not a directory", dir.display()),
+                );
+                dir
+            }
+            Err(e) => {
+                self.error(
+                    root.span(),
+                    &key("root"),
+                    format!("cannot read {}: {e}", dir.display()),
+                );
+                dir
+            }
+        };
+        let index = match &r.index {
+            None => DEFAULT_INDEX.to_string(),
+            Some(i)
+                if !i.get_ref().is_empty()
+                    && !i.get_ref().contains('/')
+                    && !i.get_ref().starts_with('.') =>
+            {
+                i.get_ref().clone()
+            }
+            Some(i) => {
+                self.error(
+                    i.span(),
+                    &key("index"),
+                    "must be a file name (no /, not starting with .)",
+                );
+                DEFAULT_INDEX.to_string()
+            }
+        };
+        let fallback = match r.fallback.as_ref().map(|f| (f, f.get_ref().as_str())) {
+            None | Some((_, "404")) => Fallback::NotFound,
+            Some((_, "index")) => Fallback::Index,
+            Some((f, "upstream")) => match upstream {
+                Some(u) => Fallback::Upstream(u),
+                None => {
+                    if r.upstream.is_none() {
+                        self.error(
+                            f.span(),
+                            &key("fallback"),
+                            "fallback = \"upstream\" needs upstream",
+                        );
+                    }
+                    Fallback::NotFound
+                }
+            },
+            Some((f, other)) => {
+                self.error(
+                    f.span(),
+                    &key("fallback"),
+                    format!(
+                        "unknown fallback {other:?} (expected \"upstream\", \"index\" or \"404\")"
+                    ),
+                );
+                Fallback::NotFound
+            }
+        };
+        if fallback != Fallback::Upstream(upstream.unwrap_or(usize::MAX)) {
+            if let Some(u) = &r.upstream {
+                self.error(
+                    u.span(),
+                    &key("upstream"),
+                    "with root, only used with fallback = \"upstream\"",
+                );
+            }
+        }
+        let cache_control =
+            r.cache_control
+                .as_ref()
+                .and_then(|c| match http::HeaderValue::from_str(c.get_ref()) {
+                    Ok(v) => Some(v),
+                    Err(_) => {
+                        self.error(c.span(), &key("cache_control"), "not a header value");
+                        None
+                    }
+                });
+        Files {
+            root: root_path,
+            index,
+            fallback,
+            cache_control,
+        }
+    }
 }
 
 /// A route answered by the gateway itself.
@@ -48,6 +180,7 @@ impl Validator<'_> {
         &mut self,
         raw: &[Spanned<file::RouteSection>],
         upstreams: &BTreeMap<Spanned<String>, Spanned<file::UpstreamSection>>,
+        base: &Path,
     ) -> Vec<RouteConfig> {
         let mut routes = Vec::new();
         if raw.is_empty() {
@@ -131,16 +264,40 @@ impl Validator<'_> {
                     status,
                 }
             });
+            let files = r
+                .root
+                .as_ref()
+                .map(|root| self.files(r, root, upstream, base, &key));
             match (&r.upstream, &r.redirect) {
                 (Some(_), Some(redirect)) => self.error(
                     redirect.span(),
                     &key("redirect"),
                     "a route has an upstream or a redirect, not both",
                 ),
-                (None, None) => {
-                    self.error(span.clone(), &key("upstream"), "required (or a redirect)")
-                }
+                (None, None) if r.root.is_none() => self.error(
+                    span.clone(),
+                    &key("upstream"),
+                    "required (or a redirect, or root)",
+                ),
                 _ => {}
+            }
+            if let (Some(_), Some(redirect)) = (&r.root, &r.redirect) {
+                self.error(
+                    redirect.span(),
+                    &key("redirect"),
+                    "a route serves files (root) or redirects, not both",
+                );
+            }
+            if r.root.is_none() {
+                for (given, name) in [
+                    (r.index.as_ref().map(|v| v.span()), "index"),
+                    (r.fallback.as_ref().map(|v| v.span()), "fallback"),
+                    (r.cache_control.as_ref().map(|v| v.span()), "cache_control"),
+                ] {
+                    if let Some(span) = given {
+                        self.error(span, &key(name), "only used with root");
+                    }
+                }
             }
             if r.redirect.is_none() {
                 if let Some(s) = &r.redirect_status {
@@ -163,11 +320,13 @@ impl Validator<'_> {
                 max_body_size: self.size(&r.max_body_size, &key("max_body_size")),
                 host,
                 path_prefix,
-                // Without either, an error is reported above and the config not used.
-                action: match redirect {
-                    Some(redirect) => RouteAction::Redirect(redirect),
-                    None => RouteAction::Forward(upstream.unwrap_or_default()),
+                // Without any, an error is reported above and the config not used.
+                action: match (redirect, files) {
+                    (Some(redirect), _) => RouteAction::Redirect(redirect),
+                    (None, Some(files)) => RouteAction::Files(files),
+                    (None, None) => RouteAction::Forward(upstream.unwrap_or_default()),
                 },
+                compression: r.compression.unwrap_or(true),
                 rewrite_prefix,
             };
             routes.push(route);

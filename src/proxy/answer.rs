@@ -27,14 +27,33 @@ pub fn status_text(status: StatusCode) -> String {
 pub fn failure(log: RequestLog, failure: Failure, upgrade: bool) -> Response<ResponseBody> {
     let status = failure.status();
     let close = failure.closes_client() || upgrade;
+    // RFC 9110 §15.5.6: a 405 says which methods the resource takes.
+    let allow = matches!(failure, Failure::MethodNotAllowed)
+        .then(|| (header::ALLOW, HeaderValue::from_static("GET, HEAD")));
     own(
         log,
         status,
         status_text(status),
-        None,
+        allow,
         Some(failure.reason()),
         close,
     )
+}
+
+/// A directory asked for without its trailing `/`: `301` to it, as nginx does.
+pub fn moved(log: RequestLog, location: &str) -> Response<ResponseBody> {
+    let status = StatusCode::MOVED_PERMANENTLY;
+    match HeaderValue::from_str(location) {
+        Ok(value) => own(
+            log,
+            status,
+            format!("301 {location}\n"),
+            Some((header::LOCATION, value)),
+            None,
+            false,
+        ),
+        Err(_) => failure(log, Failure::NoFile, false),
+    }
 }
 
 /// The answer of a `redirect` route: `Location` from its template, `{host}` being the
@@ -57,16 +76,24 @@ pub fn redirect(
         return own(log, status, status_text(status), None, Some(why), true);
     };
     let text = format!("{} {}\n", redirect.status.as_u16(), location);
-    own(log, redirect.status, text, Some(value), None, false)
+    own(
+        log,
+        redirect.status,
+        text,
+        Some((header::LOCATION, value)),
+        None,
+        false,
+    )
 }
 
-/// Writes an answer of our own: short plain text, a `Location` for redirects, and
-/// `Connection: close` when the client connection must not carry another request.
+/// Writes an answer of our own: short plain text, one more header when it needs one
+/// (`Location`, `Allow`), and `Connection: close` when the client connection must not
+/// carry another request.
 fn own(
     mut log: RequestLog,
     status: StatusCode,
     text: String,
-    location: Option<HeaderValue>,
+    extra: Option<(header::HeaderName, HeaderValue)>,
     error: Option<String>,
     close: bool,
 ) -> Response<ResponseBody> {
@@ -79,8 +106,8 @@ fn own(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    if let Some(location) = location {
-        headers.insert(header::LOCATION, location);
+    if let Some((name, value)) = extra {
+        headers.insert(name, value);
     }
     if close {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -5,6 +5,7 @@
 //! the request is over, so that is where the access-log line is written, the in-flight
 //! count released and a cleanly finished upstream connection given back.
 
+use super::compress::Encoder;
 use super::request_log::RequestLog;
 use crate::upstream::http1::{ResponseBodyError, UpstreamBody};
 use bytes::Bytes;
@@ -273,28 +274,60 @@ impl Body for RequestBody {
     }
 }
 
-/// Why the upstream's response body was cut short.
+/// Why the response body was cut short.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamBodyError {
     #[error("upstream sent no body data for {0:?}")]
     Timeout(Duration),
     #[error("upstream response body broken: {0}")]
     Broken(ResponseBodyError),
+    #[error("file read failed: {0}")]
+    File(std::io::Error),
+    #[error("compression failed: {0}")]
+    Compress(std::io::Error),
+}
+
+impl UpstreamBodyError {
+    /// Whether the server is to blame: not for the client's request body failing under
+    /// a response that was already streaming, nor for the gateway's own files or encoder.
+    fn blames_server(&self) -> bool {
+        match self {
+            UpstreamBodyError::Timeout(_) => true,
+            UpstreamBodyError::Broken(e) => !matches!(e, ResponseBodyError::RequestBody(_)),
+            UpstreamBodyError::File(_) | UpstreamBodyError::Compress(_) => false,
+        }
+    }
 }
 
 /// An upstream's response body; it carries the rest of the client's request body when
 /// the server answers before it has read all of it.
 pub type FromUpstream = UpstreamBody<RequestBody>;
 
+/// How much of a file is read at a time: the most a file response holds in memory.
+const FILE_READ: u64 = 64 * 1024;
+
 enum Source {
     Upstream(FromUpstream),
     Fixed(Option<Bytes>),
+    /// A file from a route's root, and how much of it is left to send.
+    File {
+        file: std::fs::File,
+        left: u64,
+    },
 }
 
-/// The body sent back to the client: the upstream's, or a short one of our own.
+/// The body sent back to the client: the upstream's, a file, or a short one of our own,
+/// compressed on the way when the compression stage says so.
 pub struct ResponseBody {
     source: Source,
     timer: FrameTimer,
+    encoder: Option<Box<Encoder>>,
+    /// Written to the encoder since its last flush: flushed when the source pauses.
+    unflushed: bool,
+    /// Trailers held back while the encoder's last bytes go out.
+    held: Option<Frame<Bytes>>,
+    /// The source has ended (with an encoder: and its last bytes went out).
+    ended: bool,
     log: RequestLog,
 }
 
@@ -311,10 +344,19 @@ impl ResponseBody {
         )
     }
 
+    /// `len` bytes of `file` from where it stands, read as the client takes them.
+    pub fn file(file: std::fs::File, len: u64, log: RequestLog) -> Self {
+        Self::new(Source::File { file, left: len }, Duration::ZERO, log)
+    }
+
     fn new(source: Source, timeout: Duration, log: RequestLog) -> Self {
         let mut body = ResponseBody {
             source,
             timer: FrameTimer::new(timeout),
+            encoder: None,
+            unflushed: false,
+            held: None,
+            ended: false,
             log,
         };
         // An empty body (HEAD, 204, 304) may never be polled: it is complete already.
@@ -324,14 +366,114 @@ impl ResponseBody {
         body
     }
 
+    /// Compresses the body with `encoder` from now on.
+    pub fn compress(&mut self, encoder: Encoder) {
+        self.encoder = Some(Box::new(encoder));
+    }
+
     /// The whole body went out: the request is complete, and the upstream connection
     /// may serve another request.
     fn finish(&mut self) {
         let idle = match &mut self.source {
             Source::Upstream(inner) => inner.take_idle(),
-            Source::Fixed(_) => None,
+            Source::Fixed(_) | Source::File { .. } => None,
         };
         self.log.finish(idle);
+    }
+
+    /// The next frame of the source itself.
+    fn poll_source(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
+        match &mut self.source {
+            Source::Fixed(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Source::Upstream(inner) => match Pin::new(inner).poll_frame(cx) {
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(UpstreamBodyError::Broken(e)))),
+                Poll::Pending if self.timer.expired(cx) => {
+                    Poll::Ready(Some(Err(UpstreamBodyError::Timeout(self.timer.timeout))))
+                }
+                other => other.map(|f| f.map(|r| r.map_err(UpstreamBodyError::Broken))),
+            },
+            // Read on the worker's thread, as nginx reads without aio: a file in the page
+            // cache costs a copy, and one read is at most FILE_READ.
+            Source::File { file, left } => {
+                if *left == 0 {
+                    return Poll::Ready(None);
+                }
+                let mut chunk = vec![0; (*left).min(FILE_READ) as usize];
+                match std::io::Read::read(file, &mut chunk) {
+                    Ok(0) => Poll::Ready(Some(Err(UpstreamBodyError::File(
+                        std::io::ErrorKind::UnexpectedEof.into(),
+                    )))),
+                    Ok(n) => {
+                        chunk.truncate(n);
+                        *left -= n as u64;
+                        Poll::Ready(Some(Ok(Frame::data(Bytes::from(chunk)))))
+                    }
+                    Err(e) => Poll::Ready(Some(Err(UpstreamBodyError::File(e)))),
+                }
+            }
+        }
+    }
+
+    /// The next frame for the client: the source's, through the encoder if there is one.
+    fn poll_out(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
+        let compressed = |out: Bytes| Poll::Ready(Some(Ok(Frame::data(out))));
+        loop {
+            if let Some(trailers) = self.held.take() {
+                return Poll::Ready(Some(Ok(trailers)));
+            }
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            let polled = self.poll_source(cx);
+            let Some(encoder) = self.encoder.as_mut() else {
+                return polled;
+            };
+            let fail = |e| Poll::Ready(Some(Err(UpstreamBodyError::Compress(e))));
+            match polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    self.timer.progress();
+                    let out = match frame.into_data() {
+                        Ok(data) => {
+                            self.unflushed = true;
+                            encoder.write(&data)
+                        }
+                        Err(trailers) => {
+                            self.held = Some(trailers);
+                            encoder.finish()
+                        }
+                    };
+                    match out {
+                        Ok(out) if out.is_empty() => continue,
+                        Ok(out) => return compressed(out),
+                        Err(e) => return fail(e),
+                    }
+                }
+                Poll::Ready(None) => {
+                    self.ended = true;
+                    match encoder.finish() {
+                        Ok(out) if out.is_empty() => continue,
+                        Ok(out) => return compressed(out),
+                        Err(e) => return fail(e),
+                    }
+                }
+                Poll::Pending if self.unflushed => {
+                    // The source pauses: what it sent so far goes out now.
+                    self.unflushed = false;
+                    match encoder.flush() {
+                        Ok(out) if out.is_empty() => return Poll::Pending,
+                        Ok(out) => return compressed(out),
+                        Err(e) => return fail(e),
+                    }
+                }
+                other => return other,
+            }
+        }
     }
 }
 
@@ -344,16 +486,7 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        let polled = match &mut this.source {
-            Source::Fixed(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Source::Upstream(inner) => match Pin::new(inner).poll_frame(cx) {
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(UpstreamBodyError::Broken(e)))),
-                Poll::Pending if this.timer.expired(cx) => {
-                    Poll::Ready(Some(Err(UpstreamBodyError::Timeout(this.timer.timeout))))
-                }
-                other => other.map(|f| f.map(|r| r.map_err(UpstreamBodyError::Broken))),
-            },
-        };
+        let polled = this.poll_out(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 this.timer.progress();
@@ -364,15 +497,7 @@ impl Body for ResponseBody {
                     this.finish();
                 }
             }
-            Poll::Ready(Some(Err(e))) => {
-                // The client's request body failing under a response that was already
-                // streaming says nothing about the server.
-                let blames_server = !matches!(
-                    e,
-                    UpstreamBodyError::Broken(ResponseBodyError::RequestBody(_))
-                );
-                this.log.fail_body(e.to_string(), blames_server);
-            }
+            Poll::Ready(Some(Err(e))) => this.log.fail_body(e.to_string(), e.blames_server()),
             Poll::Ready(None) => this.finish(),
             Poll::Pending => {}
         }
@@ -380,18 +505,26 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
+        if self.encoder.is_some() {
+            return self.ended && self.held.is_none();
+        }
         match &self.source {
             Source::Upstream(inner) => inner.is_end_stream(),
             Source::Fixed(bytes) => bytes.is_none(),
+            Source::File { left, .. } => *left == 0,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.encoder.is_some() {
+            return SizeHint::default();
+        }
         match &self.source {
             Source::Upstream(inner) => inner.size_hint(),
             Source::Fixed(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
+            Source::File { left, .. } => SizeHint::with_exact(*left),
         }
     }
 }

@@ -15,6 +15,10 @@ pub enum Failure {
     /// before it goes anywhere.
     Refused(Rejection),
     NoRoute,
+    /// A route with `root` has no such file (and no fallback).
+    NoFile,
+    /// A route with `root` takes GET and HEAD only.
+    MethodNotAllowed,
     NoServerUp,
     /// The gateway is out of file descriptors or the like: its own trouble, not the
     /// server's.
@@ -76,7 +80,8 @@ impl Failure {
     pub fn status(&self) -> StatusCode {
         match self {
             Failure::Refused(rejection) => rejection.status,
-            Failure::NoRoute => StatusCode::NOT_FOUND,
+            Failure::NoRoute | Failure::NoFile => StatusCode::NOT_FOUND,
+            Failure::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Failure::NoServerUp | Failure::OutOfResources(_) => StatusCode::SERVICE_UNAVAILABLE,
             Failure::Unreachable(ConnectError::Timeout(_)) | Failure::Timeout(_) => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -95,6 +100,8 @@ impl Failure {
         match self {
             Failure::Refused(rejection) => rejection.reason.into(),
             Failure::NoRoute => "no route matches".into(),
+            Failure::NoFile => "no such file".into(),
+            Failure::MethodNotAllowed => "files are served to GET and HEAD only".into(),
             Failure::NoServerUp => "no server of the upstream is up".into(),
             Failure::Unreachable(e) => e.to_string(),
             Failure::OutOfResources(e) => format!("the gateway is out of resources: {e}"),

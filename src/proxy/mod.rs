@@ -24,7 +24,9 @@
 pub mod answer;
 pub mod body;
 pub mod check;
+pub mod compress;
 pub mod failure;
+pub mod files;
 pub mod forward;
 pub mod hop_by_hop;
 pub mod path;
@@ -34,7 +36,9 @@ pub mod response_rewrite;
 pub mod route;
 
 use crate::access_log::AccessLog;
-use crate::config::{ClientLimits, Config, Redirect, RouteAction, RouteConfig};
+use crate::config::{
+    ClientLimits, Coding, CompressionConfig, Config, Fallback, Redirect, RouteAction, RouteConfig,
+};
 use crate::table::{RequestMetrics, WorkerRecord, WorkerShare};
 use crate::upstream::connector::Connector;
 use crate::upstream::{Lease, Upstream};
@@ -109,6 +113,9 @@ pub struct Proxy {
     /// Where requests that reach no upstream are counted.
     unrouted: &'static RequestMetrics,
     limits: ClientLimits,
+    compression: Option<CompressionConfig>,
+    /// The codings precompressed files are looked for in, by preference.
+    codings: Vec<Coding>,
     access_log: Arc<AccessLog>,
     /// This worker's counters in the shared table.
     pub counters: &'static WorkerRecord,
@@ -119,6 +126,9 @@ pub struct Proxy {
 #[allow(clippy::large_enum_variant)]
 enum Outcome<'a> {
     Redirect(&'a Redirect, Option<HeaderValue>),
+    /// A directory without its trailing `/`: redirected there.
+    Moved(String),
+    File(files::FileAnswer, &'a RouteConfig),
     Forwarded {
         answered: Answered,
         route: &'a RouteConfig,
@@ -146,6 +156,11 @@ impl Proxy {
             max_body_size: config.gateway.max_body_size,
             unrouted: share.unrouted_requests(),
             limits: config.gateway.limits.clone(),
+            compression: config.compression.clone(),
+            codings: config.compression.as_ref().map_or_else(
+                || crate::config::DEFAULT_ALGORITHMS.to_vec(),
+                |c| c.algorithms.clone(),
+            ),
             access_log,
             counters: share.counters(),
         }
@@ -182,27 +197,46 @@ impl Proxy {
         let request_id = request_rewrite::request_id(req.headers());
         let upgrade = is_websocket_upgrade(&req);
         let (mut head, body) = req.into_parts();
+        // The compression stage reads the client's Accept-Encoding, before the rewrite.
+        let accept = self
+            .compression
+            .as_ref()
+            .and_then(|_| head.headers.get(header::ACCEPT_ENCODING).cloned());
         let mut log = RequestLog::new(self.access_log.clone(), conn.client, &head);
         log.request_id = Some(request_id.clone());
         log.metrics = Some(self.unrouted);
         let walked = self
             .walk(&mut head, body, conn, &mut log, upgrade, &request_id)
             .await;
-        let (mut response, tunnel) = match walked {
+        let (mut response, tunnel, route) = match walked {
             Ok(Outcome::Forwarded {
                 answered,
                 route,
                 upstream,
             }) => {
                 let read_timeout = upstream.config.read_timeout;
-                response_rewrite::response(log, answered, route, upgrade, read_timeout)
+                let (response, tunnel) =
+                    response_rewrite::response(log, answered, route, upgrade, read_timeout);
+                (response, tunnel, Some(route))
             }
+            Ok(Outcome::File(file, route)) => (file_response(log, file), None, Some(route)),
             Ok(Outcome::Redirect(redirect, host)) => (
                 answer::redirect(log, redirect, host.as_ref(), &head.uri),
                 None,
+                None,
             ),
-            Err(failure) => (answer::failure(log, failure, upgrade), None),
+            Ok(Outcome::Moved(location)) => (answer::moved(log, &location), None, None),
+            Err(failure) => (answer::failure(log, failure, upgrade), None, None),
         };
+        if let (Some(settings), Some(route), None) = (&self.compression, route, &tunnel) {
+            if route.compression {
+                let asked = compress::Asked {
+                    method: &head.method,
+                    accept: accept.as_ref(),
+                };
+                response = compress::response(response, &asked, settings);
+            }
+        }
         response.headers_mut().insert(&X_REQUEST_ID, request_id);
         (response, tunnel)
     }
@@ -219,11 +253,29 @@ impl Proxy {
     ) -> Result<Outcome<'a>, Failure> {
         check::request(head, &self.limits)?;
         let routed = self.routes.route(head)?;
-        let upstream = match &routed.route.action {
+        let route = routed.route;
+        let upstream = match &route.action {
             RouteAction::Redirect(redirect) => {
                 return Ok(Outcome::Redirect(redirect, routed.host));
             }
             RouteAction::Forward(index) => &self.upstreams[*index],
+            RouteAction::Files(files) => {
+                let missed = match files::serve(head, files, &route.path_prefix, &self.codings) {
+                    Ok(file) => return Ok(Outcome::File(file, route)),
+                    Err(files::Miss::Directory(location)) => return Ok(Outcome::Moved(location)),
+                    Err(missed) => missed,
+                };
+                match (files.fallback, missed) {
+                    (Fallback::Upstream(index), _) => &self.upstreams[index],
+                    (_, files::Miss::MethodNotAllowed) => return Err(Failure::MethodNotAllowed),
+                    (Fallback::Index, _) => {
+                        let file =
+                            files::index(head, files, &self.codings).ok_or(Failure::NoFile)?;
+                        return Ok(Outcome::File(file, route));
+                    }
+                    (Fallback::NotFound, _) => return Err(Failure::NoFile),
+                }
+            }
         };
         log.metrics = Some(upstream.requests);
         // Read before the rewrite: the client's own Cookie and headers, and the path
@@ -246,6 +298,19 @@ impl Proxy {
             upstream,
         })
     }
+}
+
+/// A file answer as a response, its body read from the file as the client takes it.
+fn file_response(mut log: RequestLog, file: files::FileAnswer) -> Response<ResponseBody> {
+    log.status = file.status.as_u16();
+    let body = match file.body {
+        Some((handle, len)) => ResponseBody::file(handle, len, log),
+        None => ResponseBody::fixed(bytes::Bytes::new(), log),
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = file.status;
+    *response.headers_mut() = file.headers;
+    response
 }
 
 fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {

@@ -175,6 +175,7 @@ mod tests {
                 response_headers: Vec::new(),
                 remove_response_headers: Vec::new(),
                 max_body_size: None,
+                compression: true,
             })
             .collect();
         let upstreams = routes.iter().map(|r| r.2).collect();

@@ -1,0 +1,304 @@
+//! The compression stage: a response the client accepts compressed, of a type worth it,
+//! is compressed on its way out, streaming. What the upstream sends in pieces (server-sent
+//! events) reaches the client piece by piece: whenever the source pauses, what was
+//! compressed so far is flushed.
+//!
+//! Memory per compressing response is the encoder's state, bounded by the levels and
+//! windows chosen here for a proxy (nginx's gzip holds about 256 KiB per stream):
+//! gzip level 6 with a 32 KiB window (about 256 KiB), brotli quality 4 with a 256 KiB
+//! window, zstd level 3 with a 256 KiB window.
+
+use super::body::ResponseBody;
+use crate::config::{Coding, CompressionConfig};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Response, StatusCode};
+use http_body::Body as _;
+use std::io::Write;
+
+/// The codings of `algorithms` the client's `Accept-Encoding` accepts, best first: by
+/// q-value, then in the order of `algorithms`. A coding not named is accepted only
+/// through `*`; `q=0` refuses.
+pub fn acceptable(accept: Option<&HeaderValue>, algorithms: &[Coding]) -> Vec<Coding> {
+    let Some(accept) = accept.and_then(|v| v.to_str().ok()) else {
+        return Vec::new();
+    };
+    let mut weighted: Vec<(u16, usize, Coding)> = Vec::new();
+    for (order, &coding) in algorithms.iter().enumerate() {
+        let mut named = None;
+        let mut star = None;
+        for item in accept.split(',') {
+            let mut parts = item.split(';');
+            let name = parts.next().unwrap_or_default().trim();
+            let q = parts
+                .filter_map(|p| p.trim().strip_prefix("q=").or(p.trim().strip_prefix("Q=")))
+                .next()
+                .map_or(1000, parse_q);
+            if name.eq_ignore_ascii_case(coding.token()) {
+                named = Some(q);
+            } else if name == "*" {
+                star = Some(q);
+            }
+        }
+        if let Some(q) = named.or(star).filter(|&q| q > 0) {
+            weighted.push((q, order, coding));
+        }
+    }
+    weighted.sort_by_key(|&(q, order, _)| (std::cmp::Reverse(q), order));
+    weighted.into_iter().map(|(_, _, c)| c).collect()
+}
+
+/// A q-value in thousandths (`0.5` is 500); a malformed one counts as 0.
+fn parse_q(text: &str) -> u16 {
+    let text = text.trim();
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let whole: u16 = match whole {
+        "0" => 0,
+        "1" => 1000,
+        _ => return 0,
+    };
+    let digits: String = fraction.chars().take(3).collect();
+    if !digits.chars().all(|c| c.is_ascii_digit()) {
+        return 0;
+    }
+    let fraction = format!("{digits:0<3}").parse::<u16>().unwrap_or(0);
+    (whole + fraction).min(1000)
+}
+
+/// What the stage needs of the request.
+pub struct Asked<'a> {
+    pub method: &'a Method,
+    pub accept: Option<&'a HeaderValue>,
+}
+
+/// The stage: compresses `response` if everything allows it.
+pub fn response(
+    mut response: Response<ResponseBody>,
+    asked: &Asked<'_>,
+    settings: &CompressionConfig,
+) -> Response<ResponseBody> {
+    let status = response.status();
+    if asked.method == Method::HEAD
+        || matches!(
+            status,
+            StatusCode::PARTIAL_CONTENT | StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
+        )
+        || status.is_informational()
+    {
+        return response;
+    }
+    let headers = response.headers();
+    if headers.contains_key(header::CONTENT_ENCODING)
+        || has_directive(headers, "no-transform")
+        || !type_matches(headers, &settings.types)
+    {
+        return response;
+    }
+    if response
+        .body()
+        .size_hint()
+        .exact()
+        .is_some_and(|n| n < settings.min_length)
+    {
+        return response;
+    }
+    let Some(&coding) = acceptable(asked.accept, &settings.algorithms).first() else {
+        return response;
+    };
+    let headers = response.headers_mut();
+    headers.remove(header::CONTENT_LENGTH);
+    headers.insert(
+        header::CONTENT_ENCODING,
+        HeaderValue::from_static(coding.token()),
+    );
+    add_vary(headers);
+    if let Some(etag) = headers.get(header::ETAG) {
+        if !etag.as_bytes().starts_with(b"W/") {
+            let mut weak = b"W/".to_vec();
+            weak.extend_from_slice(etag.as_bytes());
+            if let Ok(weak) = HeaderValue::from_bytes(&weak) {
+                headers.insert(header::ETAG, weak);
+            }
+        }
+    }
+    response.body_mut().compress(Encoder::new(coding));
+    response
+}
+
+/// `Vary: Accept-Encoding`, once.
+pub fn add_vary(headers: &mut HeaderMap) {
+    let present = headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("accept-encoding") || t.trim() == "*");
+    if !present {
+        headers.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    }
+}
+
+fn has_directive(headers: &HeaderMap, directive: &str) -> bool {
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| d.trim().eq_ignore_ascii_case(directive))
+}
+
+fn type_matches(headers: &HeaderMap, types: &[String]) -> bool {
+    let Some(content_type) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    types.iter().any(|t| match t.strip_suffix("/*") {
+        Some(top) => essence.split('/').next() == Some(top),
+        None => *t == essence,
+    })
+}
+
+/// A streaming compressor writing into a buffer that each call empties.
+pub enum Encoder {
+    Gzip(flate2::write::GzEncoder<Vec<u8>>),
+    Brotli(Box<brotli::CompressorWriter<Vec<u8>>>),
+    Zstd(zstd::stream::write::Encoder<'static, Vec<u8>>),
+    Done,
+}
+
+const GZIP_LEVEL: u32 = 6;
+const BROTLI_QUALITY: u32 = 4;
+const BROTLI_WINDOW_LOG: u32 = 18;
+const ZSTD_LEVEL: i32 = 3;
+const ZSTD_WINDOW_LOG: u32 = 18;
+
+impl Encoder {
+    pub fn new(coding: Coding) -> Self {
+        match coding {
+            Coding::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
+                Vec::new(),
+                flate2::Compression::new(GZIP_LEVEL),
+            )),
+            Coding::Brotli => Encoder::Brotli(Box::new(brotli::CompressorWriter::new(
+                Vec::new(),
+                4096,
+                BROTLI_QUALITY,
+                BROTLI_WINDOW_LOG,
+            ))),
+            Coding::Zstd => {
+                let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL)
+                    .expect("a zstd level in range");
+                let _ = encoder.window_log(ZSTD_WINDOW_LOG);
+                Encoder::Zstd(encoder)
+            }
+        }
+    }
+
+    /// Compresses `data`; returns what is ready to send (often nothing yet).
+    pub fn write(&mut self, data: &[u8]) -> std::io::Result<Bytes> {
+        match self {
+            Encoder::Gzip(e) => e.write_all(data)?,
+            Encoder::Brotli(e) => e.write_all(data)?,
+            Encoder::Zstd(e) => e.write_all(data)?,
+            Encoder::Done => {}
+        }
+        Ok(self.take())
+    }
+
+    /// Everything written so far, compressed, ready to send (the source paused).
+    pub fn flush(&mut self) -> std::io::Result<Bytes> {
+        match self {
+            Encoder::Gzip(e) => e.flush()?,
+            Encoder::Brotli(e) => e.flush()?,
+            Encoder::Zstd(e) => e.flush()?,
+            Encoder::Done => {}
+        }
+        Ok(self.take())
+    }
+
+    /// The end of the stream.
+    pub fn finish(&mut self) -> std::io::Result<Bytes> {
+        let out = match std::mem::replace(self, Encoder::Done) {
+            Encoder::Gzip(e) => e.finish()?,
+            Encoder::Brotli(mut e) => {
+                e.flush()?;
+                e.into_inner()
+            }
+            Encoder::Zstd(e) => e.finish()?,
+            Encoder::Done => Vec::new(),
+        };
+        Ok(Bytes::from(out))
+    }
+
+    fn take(&mut self) -> Bytes {
+        let buffer = match self {
+            Encoder::Gzip(e) => e.get_mut(),
+            Encoder::Brotli(e) => e.get_mut(),
+            Encoder::Zstd(e) => e.get_mut(),
+            Encoder::Done => return Bytes::new(),
+        };
+        Bytes::from(std::mem::take(buffer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accepted(header: &str) -> Vec<&'static str> {
+        let value = HeaderValue::from_str(header).unwrap();
+        acceptable(Some(&value), &[Coding::Zstd, Coding::Brotli, Coding::Gzip])
+            .into_iter()
+            .map(Coding::token)
+            .collect()
+    }
+
+    #[test]
+    fn the_highest_q_value_wins_then_the_configured_order() {
+        assert_eq!(accepted("gzip, deflate, br"), ["br", "gzip"]);
+        assert_eq!(accepted("gzip;q=1, br;q=0.5"), ["gzip", "br"]);
+        assert_eq!(accepted("br;q=0, *"), ["zstd", "gzip"]);
+        assert_eq!(accepted("gzip;q=0"), Vec::<&str>::new());
+        assert_eq!(accepted("identity"), Vec::<&str>::new());
+        assert_eq!(accepted("zstd;q=0.001, gzip;q=0.002"), ["gzip", "zstd"]);
+        assert_eq!(accepted("gzip;q=abc, br"), ["br"]);
+        assert!(acceptable(None, &[Coding::Gzip]).is_empty());
+    }
+
+    #[test]
+    fn each_coding_round_trips_and_flushes_what_it_has() {
+        let text = "data: event\n\n".repeat(100);
+        for coding in [Coding::Gzip, Coding::Brotli, Coding::Zstd] {
+            let mut e = Encoder::new(coding);
+            let mut out = e.write(text.as_bytes()).unwrap().to_vec();
+            let flushed = e.flush().unwrap();
+            assert!(!flushed.is_empty(), "{coding:?} flushes");
+            out.extend_from_slice(&flushed);
+            out.extend_from_slice(&e.finish().unwrap());
+            let mut back = Vec::new();
+            match coding {
+                Coding::Gzip => {
+                    std::io::Read::read_to_end(
+                        &mut flate2::read::GzDecoder::new(&out[..]),
+                        &mut back,
+                    )
+                    .unwrap();
+                }
+                Coding::Brotli => {
+                    brotli::BrotliDecompress(&mut &out[..], &mut back).unwrap();
+                }
+                Coding::Zstd => back = zstd::decode_all(&out[..]).unwrap(),
+            }
+            assert_eq!(back, text.as_bytes(), "{coding:?}");
+            assert!(out.len() < text.len() / 4, "{coding:?} compresses");
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! The files stage: a route with `root` serves the file its path names, as nginx's
+//! `root` and `try_files` do. Nothing outside the root is ever served: the path is
+//! normalized before routing, then every segment is checked here (no segment starting
+//! with `.`, no NUL, no `/` or `\` from an escape), and the file found is resolved with
+//! every symbolic link and must still be under the root.
+
+use super::compress::{acceptable, add_vary};
+use crate::config::{Coding, Files};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, StatusCode};
+use std::fs::{File, Metadata};
+use std::io::{Seek, SeekFrom};
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+/// A file answer: its status and head, and what of the file to send.
+pub struct FileAnswer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    /// The file, positioned, and how many bytes of it to send (none for HEAD, 304, 416).
+    pub body: Option<(File, u64)>,
+}
+
+/// Why the stage has no file to answer with: the route's fallback decides what follows.
+pub enum Miss {
+    NotFound,
+    /// Not GET or HEAD.
+    MethodNotAllowed,
+    /// A directory asked for without its trailing `/`: redirected to this.
+    Directory(String),
+}
+
+/// The stage: the file for `head` under `files.root`, the path after `prefix`.
+pub fn serve(
+    head: &http::request::Parts,
+    files: &Files,
+    prefix: &str,
+    codings: &[Coding],
+) -> Result<FileAnswer, Miss> {
+    if head.method != Method::GET && head.method != Method::HEAD {
+        return Err(Miss::MethodNotAllowed);
+    }
+    let path = head.uri.path();
+    let relative = path.strip_prefix(prefix).unwrap_or(path);
+    let mut found = locate(&files.root, relative).ok_or(Miss::NotFound)?;
+    let mut meta = std::fs::metadata(&found).map_err(|_| Miss::NotFound)?;
+    if meta.is_dir() {
+        if !path.ends_with('/') {
+            let location = match head.uri.query() {
+                Some(query) => format!("{path}/?{query}"),
+                None => format!("{path}/"),
+            };
+            return Err(Miss::Directory(location));
+        }
+        found = within(&files.root, &found.join(&files.index)).ok_or(Miss::NotFound)?;
+        meta = std::fs::metadata(&found).map_err(|_| Miss::NotFound)?;
+    }
+    if !meta.is_file() {
+        return Err(Miss::NotFound);
+    }
+    answer(head, files, &found, meta, codings).ok_or(Miss::NotFound)
+}
+
+/// The root's index, for `fallback = "index"` (a single-page app's entry point).
+pub fn index(head: &http::request::Parts, files: &Files, codings: &[Coding]) -> Option<FileAnswer> {
+    let found = within(&files.root, &files.root.join(&files.index))?;
+    let meta = std::fs::metadata(&found).ok().filter(Metadata::is_file)?;
+    answer(head, files, &found, meta, codings)
+}
+
+/// The file `relative` (a normalized path, escapes of reserved characters left in)
+/// names under `root`, if it is there and may be served.
+fn locate(root: &Path, relative: &str) -> Option<PathBuf> {
+    let mut path = root.to_path_buf();
+    for segment in relative.split('/').filter(|s| !s.is_empty()) {
+        let name = percent_decode(segment)?;
+        if name.starts_with(b".") || name.iter().any(|&b| b == 0 || b == b'/' || b == b'\\') {
+            return None;
+        }
+        path.push(std::ffi::OsString::from_vec(name));
+    }
+    within(root, &path)
+}
+
+/// `path` with every symbolic link resolved, if that is still under `root` (itself
+/// resolved when the config was read).
+fn within(root: &Path, path: &Path) -> Option<PathBuf> {
+    std::fs::canonicalize(path)
+        .ok()
+        .filter(|real| real.starts_with(root))
+}
+
+fn percent_decode(segment: &str) -> Option<Vec<u8>> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// The answer for the file at `found`: a precompressed sibling when the client accepts
+/// one, conditional requests, one range.
+fn answer(
+    head: &http::request::Parts,
+    files: &Files,
+    found: &Path,
+    meta: Metadata,
+    codings: &[Coding],
+) -> Option<FileAnswer> {
+    let mut headers = HeaderMap::new();
+    let content_type = mime_guess::from_path(found).first_or_octet_stream();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(content_type.essence_str()).ok()?,
+    );
+    // A precompressed sibling (`app.js.br`) the client accepts is sent instead.
+    let accept = head.headers.get(header::ACCEPT_ENCODING);
+    let sibling = acceptable(accept, codings).into_iter().find_map(|coding| {
+        let mut name = found.as_os_str().to_owned();
+        name.push(".");
+        name.push(coding.extension());
+        let path = within(&files.root, Path::new(&name))?;
+        let meta = std::fs::metadata(&path).ok().filter(Metadata::is_file)?;
+        Some((coding, path, meta))
+    });
+    let (path, meta) = match sibling {
+        Some((coding, path, meta)) => {
+            headers.insert(
+                header::CONTENT_ENCODING,
+                HeaderValue::from_static(coding.token()),
+            );
+            add_vary(&mut headers);
+            (path, meta)
+        }
+        None => (found.to_path_buf(), meta),
+    };
+    let len = meta.len();
+    let modified = meta.modified().unwrap_or(UNIX_EPOCH);
+    let seconds = modified
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let etag = format!("\"{seconds:x}-{len:x}\"");
+    headers.insert(header::ETAG, HeaderValue::from_str(&etag).ok()?);
+    headers.insert(
+        header::LAST_MODIFIED,
+        HeaderValue::from_str(&httpdate::fmt_http_date(modified)).ok()?,
+    );
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Some(cache_control) = &files.cache_control {
+        headers.insert(header::CACHE_CONTROL, cache_control.clone());
+    }
+    if not_modified(&head.headers, &etag, seconds) {
+        return Some(FileAnswer {
+            status: StatusCode::NOT_MODIFIED,
+            headers,
+            body: None,
+        });
+    }
+    let (status, start, count) = match range(&head.headers, &etag, len) {
+        Range::Whole => (StatusCode::OK, 0, len),
+        Range::Part(start, end) => {
+            let content_range = format!("bytes {start}-{end}/{len}");
+            headers.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&content_range).ok()?,
+            );
+            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+        }
+        Range::Unsatisfiable => {
+            let content_range = format!("bytes */{len}");
+            headers.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&content_range).ok()?,
+            );
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+            return Some(FileAnswer {
+                status: StatusCode::RANGE_NOT_SATISFIABLE,
+                headers,
+                body: None,
+            });
+        }
+    };
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+    let body = if head.method == Method::HEAD {
+        None
+    } else {
+        let mut file = File::open(&path).ok()?;
+        file.seek(SeekFrom::Start(start)).ok()?;
+        Some((file, count))
+    };
+    Some(FileAnswer {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// `If-None-Match` (weak comparison, `*`), else `If-Modified-Since`.
+fn not_modified(request: &HeaderMap, etag: &str, modified: u64) -> bool {
+    if let Some(tags) = request
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
+        let ours = etag.trim_start_matches("W/");
+        return tags
+            .split(',')
+            .map(|t| t.trim().trim_start_matches("W/"))
+            .any(|t| t == "*" || t == ours);
+    }
+    request
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok())
+        .and_then(|since| since.duration_since(UNIX_EPOCH).ok())
+        .is_some_and(|since| modified <= since.as_secs())
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Range {
+    Whole,
+    /// First and last byte, inclusive.
+    Part(u64, u64),
+    Unsatisfiable,
+}
+
+/// One byte range of a file of `len` bytes; several ranges, or an `If-Range` that does
+/// not match, get the whole file.
+fn range(request: &HeaderMap, etag: &str, len: u64) -> Range {
+    let Some(spec) = request.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return Range::Whole;
+    };
+    if let Some(if_range) = request.get(header::IF_RANGE) {
+        if if_range.as_bytes() != etag.as_bytes() {
+            return Range::Whole;
+        }
+    }
+    let Some(spec) = spec.trim().strip_prefix("bytes=") else {
+        return Range::Whole;
+    };
+    if spec.contains(',') {
+        return Range::Whole;
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return Range::Whole;
+    };
+    let parse = |s: &str| s.trim().parse::<u64>().ok();
+    match (first.trim().is_empty(), parse(first), parse(last)) {
+        // The last N bytes.
+        (true, _, Some(n)) if n > 0 && len > 0 => Range::Part(len.saturating_sub(n), len - 1),
+        (true, _, _) => Range::Unsatisfiable,
+        (false, Some(start), _) if start >= len => Range::Unsatisfiable,
+        (false, Some(start), None) if last.trim().is_empty() => Range::Part(start, len - 1),
+        (false, Some(start), Some(end)) if end >= start => Range::Part(start, end.min(len - 1)),
+        _ => Range::Whole,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ranged(spec: &str, len: u64) -> Range {
+        let mut h = HeaderMap::new();
+        h.insert(header::RANGE, HeaderValue::from_str(spec).unwrap());
+        range(&h, "\"e\"", len)
+    }
+
+    #[test]
+    fn one_range_is_served_and_others_are_whole_or_unsatisfiable() {
+        assert_eq!(ranged("bytes=0-9", 100), Range::Part(0, 9));
+        assert_eq!(ranged("bytes=90-", 100), Range::Part(90, 99));
+        assert_eq!(ranged("bytes=-10", 100), Range::Part(90, 99));
+        assert_eq!(ranged("bytes=-1000", 100), Range::Part(0, 99));
+        assert_eq!(ranged("bytes=50-1000", 100), Range::Part(50, 99));
+        assert_eq!(ranged("bytes=100-", 100), Range::Unsatisfiable);
+        assert_eq!(ranged("bytes=-0", 100), Range::Unsatisfiable);
+        assert_eq!(ranged("bytes=0-1,5-6", 100), Range::Whole);
+        assert_eq!(ranged("items=0-1", 100), Range::Whole);
+        assert_eq!(ranged("bytes=9-3", 100), Range::Whole);
+    }
+
+    #[test]
+    fn nothing_outside_the_root_is_found() {
+        let dir = std::env::temp_dir().join(format!("gw-files-{}", std::process::id()));
+        let root = dir.join("root");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(root.join("sub/a.txt"), "a").unwrap();
+        std::fs::write(root.join(".secret"), "s").unwrap();
+        std::fs::write(dir.join("outside.txt"), "o").unwrap();
+        std::os::unix::fs::symlink(dir.join("outside.txt"), root.join("link.txt")).unwrap();
+        std::os::unix::fs::symlink(root.join("sub/a.txt"), root.join("inside.txt")).unwrap();
+        let root = std::fs::canonicalize(&root).unwrap();
+        assert!(locate(&root, "/sub/a.txt").is_some());
+        assert!(
+            locate(&root, "/sub/a%2Etxt").is_some(),
+            "an escape of an ordinary byte"
+        );
+        assert!(
+            locate(&root, "/inside.txt").is_some(),
+            "a link that stays inside"
+        );
+        for refused in [
+            "/link.txt",
+            "/.secret",
+            "/sub/../../outside.txt",
+            "/..%2foutside.txt",
+            "/%2e%2e/outside.txt",
+            "/sub%00/a.txt",
+            "/nope.txt",
+            "/sub/a.txt%5C",
+        ] {
+            assert!(locate(&root, refused).is_none(), "{refused}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    proptest::proptest! {
+        /// Whatever the path, what is found is under the root.
+        #[test]
+        fn whatever_the_path_what_is_found_is_under_the_root(
+            segments in proptest::collection::vec("[a-z.%2fF5cC0]{0,6}", 0..5)
+        ) {
+            let root = std::fs::canonicalize(std::env::temp_dir()).unwrap().join("gw-prop-root");
+            let _ = std::fs::create_dir_all(root.join("d"));
+            let _ = std::fs::write(root.join("d/f"), "x");
+            let path = format!("/{}", segments.join("/"));
+            if let Some(found) = locate(&root, &path) {
+                proptest::prop_assert!(found.starts_with(&root), "{} -> {}", path, found.display());
+            }
+        }
+    }
+}
