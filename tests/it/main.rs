@@ -7,6 +7,7 @@ mod deploy;
 mod differential;
 mod dns;
 mod failures;
+mod files;
 mod hardening;
 mod http1;
 mod lifecycle;
