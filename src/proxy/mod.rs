@@ -6,13 +6,14 @@
 //! ```text
 //! handle ─► check::request          refuse what may not go on; normalize the path
 //!        ─► RouteTable::route       host and path prefix to a route
-//!           └ a redirect route ────────────────────────────────► answer::redirect
-//!        (access lists, rate limits, static files and the cache go here)
+//!           ├ a redirect route ─────────────────────────────────► answer::redirect
+//!           └ a root route: files::serve (or its fallback: index, upstream, 404)
+//!        (access lists, rate limits and the cache go here)
 //!        ─► request_rewrite::request the upstream's view: prefix, X-Forwarded-*, edits
 //!        ─► forward::forward        a server of the upstream (connector: pool or new
 //!                                   connection), retries, passive health
 //!        ─► response_rewrite::response  hop-by-hop out, sticky cookie, header edits
-//!        (compression goes here)
+//!        ─► compress::response      upstream and file responses, by Accept-Encoding
 //!        any stage's Failure ──────────────────────────────────► answer::failure
 //! ```
 //!
