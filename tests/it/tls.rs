@@ -488,3 +488,49 @@ async fn a_413_over_http2_reaches_curl_whole() {
     assert_eq!(said, "413 2");
     assert_eq!(backend.requests(), 0);
 }
+
+/// Files and compression over HTTP/2 (TLS, ALPN h2) as over HTTP/1.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_and_compression_work_over_http2() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = make_cert(dir.path(), "a", &["a.test"]);
+    let root = dir.path().join("site");
+    std::fs::create_dir_all(&root).unwrap();
+    let css = "body { color: black; }\n".repeat(200);
+    std::fs::write(root.join("site.css"), &css).unwrap();
+    let backend = Backend::named("app").await;
+    let gw = Gateway::start(&format!(
+        "{}[compression]\n[[route]]\npath_prefix = \"/static/\"\nroot = \"{}\"\n{}",
+        tls_listener(&[&cert]),
+        root.display(),
+        upstream_config("app", &[backend.addr], "")
+    ));
+    let tls = gw.addrs[1];
+    let c = tls_client(&[&cert], &[("a.test", tls)]).build().unwrap();
+    let url = format!("https://a.test:{}/static/site.css", tls.port());
+    let res = c.get(&url).send().await.unwrap();
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), css);
+    let res = c
+        .get(&url)
+        .header("range", "bytes=0-3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 206);
+    assert_eq!(res.text().await.unwrap(), "body");
+    let res = c
+        .get(&url)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    assert_eq!(res.headers()["content-encoding"], "gzip");
+    let bytes = res.bytes().await.unwrap();
+    let mut plain = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut plain)
+        .unwrap();
+    assert_eq!(plain, css);
+}
