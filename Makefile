@@ -37,6 +37,7 @@ lint: toolchain
 # Side-by-side load test against nginx and HAProxy (not part of `make test`).
 bench: build
 	bash benches/compare.sh
+	bash benches/files.sh
 
 # round_robin, least_conn and least_time (and nginx's least_conn) with one slow, then
 # stuck, backend of three: latency percentiles and the slow server's share.
