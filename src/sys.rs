@@ -168,3 +168,41 @@ pub fn release_free_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// Opens `relative` under the directory `dir` for reading, the kernel refusing any
+/// resolution that leaves `dir`: `..`, an absolute path, or a symbolic link pointing out
+/// (openat2 with RESOLVE_BENEATH, Linux 5.6). `ENOSYS` on older kernels: the caller then
+/// checks containment itself.
+pub fn open_beneath(dir: &File, relative: &std::path::Path) -> std::io::Result<File> {
+    use std::os::unix::ffi::OsStrExt;
+    let name = std::ffi::CString::new(relative.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    /// The kernel's `struct open_how` (libc's is not constructible).
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    let how = OpenHow {
+        flags: (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY) as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: openat2 reads the NUL-terminated `name` and the `how` struct of the size
+    // given, both borrowed for the call; `dir` is an open directory descriptor we own.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: openat2 just returned `fd`: it is open and owned by nothing else.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }))
+}

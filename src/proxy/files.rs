@@ -31,10 +31,12 @@ pub enum Miss {
     Directory(String),
 }
 
-/// The stage: the file for `head` under `files.root`, the path after `prefix`.
+/// The stage: the file for `head` under `files.root` (`dir`: the root opened, when it
+/// could be), the path after `prefix`.
 pub fn serve(
     head: &http::request::Parts,
     files: &Files,
+    dir: Option<&File>,
     prefix: &str,
     codings: &[Coding],
 ) -> Result<FileAnswer, Miss> {
@@ -42,9 +44,10 @@ pub fn serve(
         return Err(Miss::MethodNotAllowed);
     }
     let path = head.uri.path();
-    let relative = path.strip_prefix(prefix).unwrap_or(path);
-    let mut found = locate(&files.root, relative).ok_or(Miss::NotFound)?;
-    let mut meta = std::fs::metadata(&found).map_err(|_| Miss::NotFound)?;
+    let mut relative =
+        relative_path(path.strip_prefix(prefix).unwrap_or(path)).ok_or(Miss::NotFound)?;
+    let mut file = open(files, dir, &relative).ok_or(Miss::NotFound)?;
+    let mut meta = file.metadata().map_err(|_| Miss::NotFound)?;
     if meta.is_dir() {
         if !path.ends_with('/') {
             let location = match head.uri.query() {
@@ -53,26 +56,34 @@ pub fn serve(
             };
             return Err(Miss::Directory(location));
         }
-        found = within(&files.root, &found.join(&files.index)).ok_or(Miss::NotFound)?;
-        meta = std::fs::metadata(&found).map_err(|_| Miss::NotFound)?;
+        relative.push(&files.index);
+        file = open(files, dir, &relative).ok_or(Miss::NotFound)?;
+        meta = file.metadata().map_err(|_| Miss::NotFound)?;
     }
     if !meta.is_file() {
         return Err(Miss::NotFound);
     }
-    answer(head, files, &found, meta, codings).ok_or(Miss::NotFound)
+    answer(head, files, dir, &relative, file, meta, codings).ok_or(Miss::NotFound)
 }
 
 /// The root's index, for `fallback = "index"` (a single-page app's entry point).
-pub fn index(head: &http::request::Parts, files: &Files, codings: &[Coding]) -> Option<FileAnswer> {
-    let found = within(&files.root, &files.root.join(&files.index))?;
-    let meta = std::fs::metadata(&found).ok().filter(Metadata::is_file)?;
-    answer(head, files, &found, meta, codings)
+pub fn index(
+    head: &http::request::Parts,
+    files: &Files,
+    dir: Option<&File>,
+    codings: &[Coding],
+) -> Option<FileAnswer> {
+    let relative = PathBuf::from(&files.index);
+    let file = open(files, dir, &relative)?;
+    let meta = file.metadata().ok().filter(Metadata::is_file)?;
+    answer(head, files, dir, &relative, file, meta, codings)
 }
 
-/// The file `relative` (a normalized path, escapes of reserved characters left in)
-/// names under `root`, if it is there and may be served.
-fn locate(root: &Path, relative: &str) -> Option<PathBuf> {
-    let mut path = root.to_path_buf();
+/// The path under the root that `relative` (a normalized path, escapes of reserved
+/// characters left in) names, if it may be served: no segment starting with `.`, none
+/// decoding to a separator or a NUL. The root itself is `.`.
+fn relative_path(relative: &str) -> Option<PathBuf> {
+    let mut path = PathBuf::from(".");
     for segment in relative.split('/').filter(|s| !s.is_empty()) {
         let name = percent_decode(segment)?;
         if name.starts_with(b".") || name.iter().any(|&b| b == 0 || b == b'/' || b == b'\\') {
@@ -80,7 +91,18 @@ fn locate(root: &Path, relative: &str) -> Option<PathBuf> {
         }
         path.push(std::ffi::OsString::from_vec(name));
     }
-    within(root, &path)
+    Some(path)
+}
+
+/// Opens `relative` under the root, never outside it: by the kernel (openat2 beneath the
+/// root's descriptor) where it can, else by resolving every symbolic link and checking
+/// the result is still under the root.
+fn open(files: &Files, dir: Option<&File>, relative: &Path) -> Option<File> {
+    match dir.map(|dir| crate::sys::open_beneath(dir, relative)) {
+        Some(Ok(file)) => Some(file),
+        Some(Err(e)) if e.raw_os_error() != Some(libc::ENOSYS) => None,
+        _ => File::open(within(&files.root, &files.root.join(relative))?).ok(),
+    }
 }
 
 /// `path` with every symbolic link resolved, if that is still under `root` (itself
@@ -113,12 +135,14 @@ fn percent_decode(segment: &str) -> Option<Vec<u8>> {
 fn answer(
     head: &http::request::Parts,
     files: &Files,
-    found: &Path,
+    dir: Option<&File>,
+    relative: &Path,
+    file: File,
     meta: Metadata,
     codings: &[Coding],
 ) -> Option<FileAnswer> {
     let mut headers = HeaderMap::new();
-    let content_type = mime_guess::from_path(found).first_or_octet_stream();
+    let content_type = mime_guess::from_path(relative).first_or_octet_stream();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_str(content_type.essence_str()).ok()?,
@@ -126,23 +150,23 @@ fn answer(
     // A precompressed sibling (`app.js.br`) the client accepts is sent instead.
     let accept = head.headers.get(header::ACCEPT_ENCODING);
     let sibling = acceptable(accept, codings).into_iter().find_map(|coding| {
-        let mut name = found.as_os_str().to_owned();
+        let mut name = relative.as_os_str().to_owned();
         name.push(".");
         name.push(coding.extension());
-        let path = within(&files.root, Path::new(&name))?;
-        let meta = std::fs::metadata(&path).ok().filter(Metadata::is_file)?;
-        Some((coding, path, meta))
+        let file = open(files, dir, Path::new(&name))?;
+        let meta = file.metadata().ok().filter(Metadata::is_file)?;
+        Some((coding, file, meta))
     });
-    let (path, meta) = match sibling {
-        Some((coding, path, meta)) => {
+    let (mut file, meta) = match sibling {
+        Some((coding, file, meta)) => {
             headers.insert(
                 header::CONTENT_ENCODING,
                 HeaderValue::from_static(coding.token()),
             );
             add_vary(&mut headers);
-            (path, meta)
+            (file, meta)
         }
-        None => (found.to_path_buf(), meta),
+        None => (file, meta),
     };
     let len = meta.len();
     let modified = meta.modified().unwrap_or(UNIX_EPOCH);
@@ -194,8 +218,9 @@ fn answer(
     let body = if head.method == Method::HEAD {
         None
     } else {
-        let mut file = File::open(&path).ok()?;
-        file.seek(SeekFrom::Start(start)).ok()?;
+        if start > 0 {
+            file.seek(SeekFrom::Start(start)).ok()?;
+        }
         Some((file, count))
     };
     Some(FileAnswer {
@@ -288,6 +313,22 @@ mod tests {
         assert_eq!(ranged("bytes=9-3", 100), Range::Whole);
     }
 
+    /// What `relative` opens under `root`, by the kernel (`dir`) or by resolving links.
+    fn found(files: &Files, dir: Option<&File>, relative: &str) -> bool {
+        relative_path(relative)
+            .and_then(|r| open(files, dir, &r))
+            .is_some()
+    }
+
+    fn files_at(root: &Path) -> Files {
+        Files {
+            root: std::fs::canonicalize(root).unwrap(),
+            index: "index.html".into(),
+            fallback: crate::config::Fallback::NotFound,
+            cache_control: None,
+        }
+    }
+
     #[test]
     fn nothing_outside_the_root_is_found() {
         let dir = std::env::temp_dir().join(format!("gw-files-{}", std::process::id()));
@@ -297,44 +338,66 @@ mod tests {
         std::fs::write(root.join(".secret"), "s").unwrap();
         std::fs::write(dir.join("outside.txt"), "o").unwrap();
         std::os::unix::fs::symlink(dir.join("outside.txt"), root.join("link.txt")).unwrap();
+        std::os::unix::fs::symlink("../outside.txt", root.join("relative-link.txt")).unwrap();
         std::os::unix::fs::symlink(root.join("sub/a.txt"), root.join("inside.txt")).unwrap();
-        let root = std::fs::canonicalize(&root).unwrap();
-        assert!(locate(&root, "/sub/a.txt").is_some());
-        assert!(
-            locate(&root, "/sub/a%2Etxt").is_some(),
-            "an escape of an ordinary byte"
-        );
-        assert!(
-            locate(&root, "/inside.txt").is_some(),
-            "a link that stays inside"
-        );
-        for refused in [
-            "/link.txt",
-            "/.secret",
-            "/sub/../../outside.txt",
-            "/..%2foutside.txt",
-            "/%2e%2e/outside.txt",
-            "/sub%00/a.txt",
-            "/nope.txt",
-            "/sub/a.txt%5C",
-        ] {
-            assert!(locate(&root, refused).is_none(), "{refused}");
+        std::os::unix::fs::symlink("sub/a.txt", root.join("relative-inside.txt")).unwrap();
+        let files = files_at(&root);
+        let opened = File::open(&files.root).unwrap();
+        // Both ways: the kernel's (openat2) and resolving every link.
+        for dir_handle in [Some(&opened), None] {
+            assert!(found(&files, dir_handle, "/sub/a.txt"));
+            assert!(
+                found(&files, dir_handle, "/sub/a%2Etxt"),
+                "an escape of an ordinary byte"
+            );
+            assert!(
+                found(&files, dir_handle, "/relative-inside.txt"),
+                "a link that stays inside"
+            );
+            for refused in [
+                "/link.txt",
+                "/relative-link.txt",
+                "/.secret",
+                "/sub/../../outside.txt",
+                "/..%2foutside.txt",
+                "/%2e%2e/outside.txt",
+                "/sub%00/a.txt",
+                "/nope.txt",
+                "/sub/a.txt%5C",
+            ] {
+                assert!(!found(&files, dir_handle, refused), "{refused}");
+            }
         }
+        // An absolute link into the root resolves outside the descriptor's view for the
+        // kernel (it starts from /): refused there, allowed by the resolving check.
+        assert!(!found(&files, Some(&opened), "/inside.txt"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     proptest::proptest! {
-        /// Whatever the path, what is found is under the root.
+        /// Whatever the path, what it names stays under the root: no `..` or separator
+        /// survives into the relative path, and what opens is a file of the root.
         #[test]
         fn whatever_the_path_what_is_found_is_under_the_root(
-            segments in proptest::collection::vec("[a-z.%2fF5cC0]{0,6}", 0..5)
+            segments in proptest::collection::vec("[a-z.%2fF5cC0/]{0,6}", 0..5)
         ) {
-            let root = std::fs::canonicalize(std::env::temp_dir()).unwrap().join("gw-prop-root");
+            let root = std::env::temp_dir().join("gw-prop-root");
             let _ = std::fs::create_dir_all(root.join("d"));
             let _ = std::fs::write(root.join("d/f"), "x");
+            let _ = std::fs::write(std::env::temp_dir().join("gw-prop-outside"), "outside");
             let path = format!("/{}", segments.join("/"));
-            if let Some(found) = locate(&root, &path) {
-                proptest::prop_assert!(found.starts_with(&root), "{} -> {}", path, found.display());
+            if let Some(relative) = relative_path(&path) {
+                proptest::prop_assert!(
+                    relative.components().all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir)),
+                    "{} -> {}", path, relative.display()
+                );
+                let files = files_at(&root);
+                let dir = File::open(&files.root).unwrap();
+                if let Some(mut file) = open(&files, Some(&dir), &relative) {
+                    let mut text = String::new();
+                    let _ = std::io::Read::read_to_string(&mut file, &mut text);
+                    proptest::prop_assert!(text != "outside", "{}", path);
+                }
             }
         }
     }

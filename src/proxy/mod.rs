@@ -261,17 +261,21 @@ impl Proxy {
             }
             RouteAction::Forward(index) => &self.upstreams[*index],
             RouteAction::Files(files) => {
-                let missed = match files::serve(head, files, &route.path_prefix, &self.codings) {
-                    Ok(file) => return Ok(Outcome::File(file, route)),
-                    Err(files::Miss::Directory(location)) => return Ok(Outcome::Moved(location)),
-                    Err(missed) => missed,
-                };
+                let missed =
+                    match files::serve(head, files, routed.root, &route.path_prefix, &self.codings)
+                    {
+                        Ok(file) => return Ok(Outcome::File(file, route)),
+                        Err(files::Miss::Directory(location)) => {
+                            return Ok(Outcome::Moved(location))
+                        }
+                        Err(missed) => missed,
+                    };
                 match (files.fallback, missed) {
                     (Fallback::Upstream(index), _) => &self.upstreams[index],
                     (_, files::Miss::MethodNotAllowed) => return Err(Failure::MethodNotAllowed),
                     (Fallback::Index, _) => {
-                        let file =
-                            files::index(head, files, &self.codings).ok_or(Failure::NoFile)?;
+                        let file = files::index(head, files, routed.root, &self.codings)
+                            .ok_or(Failure::NoFile)?;
                         return Ok(Outcome::File(file, route));
                     }
                     (Fallback::NotFound, _) => return Err(Failure::NoFile),

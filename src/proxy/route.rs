@@ -13,20 +13,32 @@ use std::collections::HashMap;
 pub struct RouteTable {
     router: Router,
     routes: Vec<RouteConfig>,
+    /// Each route's `root`, opened once: files are opened beneath it.
+    roots: Vec<Option<std::fs::File>>,
 }
 
 /// What routing found for a request.
 pub struct Routed<'a> {
     pub route: &'a RouteConfig,
+    /// Its root directory, opened (routes with `root`).
+    pub root: Option<&'a std::fs::File>,
     /// The host the request named (Host, or `:authority` in HTTP/2), as sent.
     pub host: Option<HeaderValue>,
 }
 
 impl RouteTable {
     pub fn new(routes: &[RouteConfig]) -> Self {
+        let roots = routes
+            .iter()
+            .map(|r| match &r.action {
+                crate::config::RouteAction::Files(files) => std::fs::File::open(&files.root).ok(),
+                _ => None,
+            })
+            .collect();
         RouteTable {
             router: Router::new(routes),
             routes: routes.to_vec(),
+            roots,
         }
     }
 
@@ -44,6 +56,7 @@ impl RouteTable {
             .ok_or(Failure::NoRoute)?;
         Ok(Routed {
             route: &self.routes[index],
+            root: self.roots[index].as_ref(),
             host,
         })
     }
