@@ -401,13 +401,18 @@ impl ResponseBody {
                 if *left == 0 {
                     return Poll::Ready(None);
                 }
-                let mut chunk = vec![0; (*left).min(FILE_READ) as usize];
-                match std::io::Read::read(file, &mut chunk) {
+                // Read into spare capacity (no zeroing: read_to_end fills uninitialized
+                // room), at most FILE_READ at a time.
+                let want = (*left).min(FILE_READ);
+                let mut chunk = Vec::with_capacity(want as usize);
+                match std::io::Read::read_to_end(
+                    &mut std::io::Read::take(&mut *file, want),
+                    &mut chunk,
+                ) {
                     Ok(0) => Poll::Ready(Some(Err(UpstreamBodyError::File(
                         std::io::ErrorKind::UnexpectedEof.into(),
                     )))),
                     Ok(n) => {
-                        chunk.truncate(n);
                         *left -= n as u64;
                         Poll::Ready(Some(Ok(Frame::data(Bytes::from(chunk)))))
                     }
