@@ -206,3 +206,17 @@ pub fn open_beneath(dir: &File, relative: &std::path::Path) -> std::io::Result<F
     // SAFETY: openat2 just returned `fd`: it is open and owned by nothing else.
     Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }))
 }
+
+/// Sends up to `count` bytes of `file` from `*offset` on the socket `out` without copying
+/// them through this process (sendfile(2)), and moves `*offset` past what went.
+pub fn sendfile(out: RawFd, file: &File, offset: &mut u64, count: usize) -> std::io::Result<usize> {
+    let mut off = *offset as libc::off_t;
+    // SAFETY: both descriptors are open for the call (`file` is borrowed, `out` is the
+    // caller's socket); sendfile reads and writes only the `off` it is given.
+    let sent = unsafe { libc::sendfile(out, file.as_raw_fd(), &mut off, count) };
+    if sent < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    *offset = off as u64;
+    Ok(sent as usize)
+}

@@ -366,6 +366,26 @@ impl ResponseBody {
         body
     }
 
+    /// A whole file body as it stands (not compressed, not read yet), for a writer that
+    /// sends it from the file itself; [`ResponseBody::file_sent`] says how it went.
+    pub fn as_file(&self) -> Option<(&std::fs::File, u64)> {
+        match (&self.source, &self.encoder) {
+            (Source::File { file, left }, None) => Some((file, *left)),
+            _ => None,
+        }
+    }
+
+    /// `sent` bytes of the file went out by other means than polling.
+    pub fn file_sent(&mut self, sent: u64) {
+        if let Source::File { left, .. } = &mut self.source {
+            *left = left.saturating_sub(sent);
+        }
+        self.log.bytes_sent += sent;
+        if self.is_end_stream() {
+            self.finish();
+        }
+    }
+
     /// Compresses the body with `encoder` from now on.
     pub fn compress(&mut self, encoder: Encoder) {
         self.encoder = Some(Box::new(encoder));

@@ -244,6 +244,20 @@ async fn files_are_served_from_root_and_nothing_outside_it() {
         "other methods go to the upstream"
     );
 
+    // A larger file (sent with sendfile on a plain connection), whole and in part.
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    site.write("big.bin", &big);
+    let r = get("/assets/big.bin").send().await.unwrap();
+    assert_eq!(r.headers()["content-length"], "300000");
+    assert_eq!(r.bytes().await.unwrap(), big);
+    let r = get("/assets/big.bin")
+        .header("range", "bytes=100000-199999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await.unwrap(), big[100_000..200_000]);
+
     // The access log records what was sent.
     let lines = gw.wait_log_lines(1).await;
     assert!(!lines.is_empty());

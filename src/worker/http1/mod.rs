@@ -58,7 +58,7 @@ const LINGER_BYTES: usize = 256 * 1024;
 /// A client connection as the engine needs it: a byte stream that can say when it has
 /// something to read without a buffer being handed to it, and without a waiter node of
 /// its own (the socket's reader slot holds the waker).
-pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + response::ResponseOut {
     fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
 }
 

@@ -16,7 +16,7 @@ use http_body::Body;
 use std::io::IoSlice;
 use std::pin::Pin;
 use std::task::Poll;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 /// How the body goes on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +46,7 @@ pub struct RequestFacts {
 
 /// Writes `response` to `out`. An error means the client connection must be dropped
 /// without a clean end: a client must not take a cut body for a complete one.
-pub async fn write<W: AsyncWrite + Unpin>(
+pub async fn write<W: ResponseOut>(
     out: &mut W,
     response: Response<ResponseBody>,
     request: &RequestFacts,
@@ -116,6 +116,20 @@ pub async fn write<W: AsyncWrite + Unpin>(
         give_back_head_buffer(head);
         out.flush().await?;
         return Ok(Written { close });
+    }
+    // A file on a plain TCP connection goes from the page cache to the socket
+    // (sendfile), not through a buffer of ours.
+    if let (Some(tcp), Some((file, len))) = (out.plain_tcp(), body.as_file()) {
+        if len >= SENDFILE_AT_LEAST {
+            let file = file.try_clone()?;
+            tcp_write_all(tcp, &head).await?;
+            give_back_head_buffer(head);
+            let sent = send_file(tcp, &file, len).await;
+            body.file_sent(*sent.as_ref().unwrap_or(&0));
+            sent?;
+            drop(body);
+            return Ok(Written { close });
+        }
     }
 
     // The first frame is usually ready (a small response read in one go): one write.
@@ -190,6 +204,69 @@ pub async fn write<W: AsyncWrite + Unpin>(
 /// A body at most this large is copied after the head and sent with it in one plain
 /// write, cheaper for the kernel than a vectored one.
 const SMALL_BODY: usize = 2048;
+
+/// Files smaller than this are read and written with the head in one write: for them a
+/// separate head write and a sendfile cost more than the copy they save.
+const SENDFILE_AT_LEAST: u64 = 16 * 1024;
+
+/// What a response can be written to: a plain TCP connection also takes files directly.
+pub trait ResponseOut: AsyncWrite + Unpin {
+    fn plain_tcp(&self) -> Option<&tokio::net::TcpStream> {
+        None
+    }
+}
+
+impl ResponseOut for tokio::net::TcpStream {
+    fn plain_tcp(&self) -> Option<&tokio::net::TcpStream> {
+        Some(self)
+    }
+}
+
+impl ResponseOut for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {}
+impl<T: ResponseOut> ResponseOut for &mut T {
+    fn plain_tcp(&self) -> Option<&tokio::net::TcpStream> {
+        (**self).plain_tcp()
+    }
+}
+impl<T: AsyncRead + AsyncWrite> ResponseOut for tokio::io::WriteHalf<T> {}
+
+async fn tcp_write_all(tcp: &tokio::net::TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        tcp.writable().await?;
+        match tcp.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Sends `len` bytes of `file` from where it stands: how many went.
+async fn send_file(
+    tcp: &tokio::net::TcpStream,
+    file: &std::fs::File,
+    len: u64,
+) -> std::io::Result<u64> {
+    use std::io::Seek;
+    use std::os::fd::AsRawFd;
+    let mut offset = (&*file).stream_position()?;
+    let end = offset + len;
+    while offset < end {
+        tcp.writable().await?;
+        let left = (end - offset).min(1 << 30) as usize;
+        let sent = tcp.try_io(tokio::io::Interest::WRITABLE, || {
+            crate::sys::sendfile(tcp.as_raw_fd(), file, &mut offset, left)
+        });
+        match sent {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(len)
+}
 
 /// The status line of `status`, without allocating (the longest canonical reason is 31
 /// bytes).
@@ -332,6 +409,8 @@ mod tests {
         written: Vec<u8>,
         step: usize,
     }
+
+    impl ResponseOut for Trickle {}
 
     impl AsyncWrite for Trickle {
         fn poll_write(
