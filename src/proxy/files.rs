@@ -100,7 +100,9 @@ fn relative_path(relative: &str) -> Option<PathBuf> {
 fn open(files: &Files, dir: Option<&File>, relative: &Path) -> Option<File> {
     match dir.map(|dir| crate::sys::open_beneath(dir, relative)) {
         Some(Ok(file)) => Some(file),
-        Some(Err(e)) if e.raw_os_error() != Some(libc::ENOSYS) => None,
+        // ENOSYS: a kernel before 5.6; EPERM: a seccomp filter (some container runtimes)
+        // that does not know openat2.
+        Some(Err(e)) if !matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => None,
         _ => File::open(within(&files.root, &files.root.join(relative))?).ok(),
     }
 }
@@ -370,7 +372,9 @@ mod tests {
         }
         // An absolute link into the root resolves outside the descriptor's view for the
         // kernel (it starts from /): refused there, allowed by the resolving check.
-        assert!(!found(&files, Some(&opened), "/inside.txt"));
+        if crate::sys::open_beneath(&opened, Path::new(".")).is_ok() {
+            assert!(!found(&files, Some(&opened), "/inside.txt"));
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
