@@ -587,3 +587,16 @@ impl Load {
         (ok, failed)
     }
 }
+
+/// The generation `/status` reports, and its workers' pids, sorted.
+pub fn generation_and_pids(gw: &Gateway) -> (u64, Vec<u64>) {
+    let status = status_json(gw);
+    let mut pids: Vec<u64> = status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["pid"].as_u64().unwrap())
+        .collect();
+    pids.sort();
+    (status["generation"].as_u64().unwrap(), pids)
+}

@@ -112,19 +112,6 @@ async fn backend_at(ip: [u8; 4], port: u16, name: &'static str) -> Backend {
     .await
 }
 
-/// The generation and its workers' pids.
-fn workers(gw: &Gateway) -> (u64, Vec<u64>) {
-    let status = status_json(gw);
-    let mut pids: Vec<u64> = status["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["pid"].as_u64().unwrap())
-        .collect();
-    pids.sort();
-    (status["generation"].as_u64().unwrap(), pids)
-}
-
 fn addresses(gw: &Gateway) -> Vec<String> {
     status_json(gw)["upstreams"]["app"]["servers"]
         .as_array()
@@ -183,7 +170,7 @@ async fn servers_follow_their_name_in_dns_without_a_reload() {
         two.requests() > warm
     })
     .await;
-    let workers_before = workers(&gw);
+    let workers_before = generation_and_pids(&gw);
     let two_connections = two.connections.load(Ordering::SeqCst);
     dns.set(
         "app.test",
@@ -198,7 +185,7 @@ async fn servers_follow_their_name_in_dns_without_a_reload() {
     let (ok, failed) = load.stop().await;
     assert!(ok > 50 && failed.is_empty(), "{ok} ok, failed: {failed:?}");
     assert_eq!(
-        workers(&gw),
+        generation_and_pids(&gw),
         workers_before,
         "the same generation and workers"
     );

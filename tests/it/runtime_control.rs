@@ -293,18 +293,6 @@ fn sources(gw: &Gateway) -> Vec<(String, String)> {
         .collect()
 }
 
-fn generation_and_pids(gw: &Gateway) -> (u64, Vec<u64>) {
-    let status = status_json(gw);
-    let mut pids: Vec<u64> = status["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["pid"].as_u64().unwrap())
-        .collect();
-    pids.sort();
-    (status["generation"].as_u64().unwrap(), pids)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn servers_added_and_removed_at_run_time_change_nothing_else_and_survive_a_reload() {
     let (a, b, c) = (
