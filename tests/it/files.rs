@@ -83,6 +83,7 @@ async fn files_are_served_from_root_and_nothing_outside_it() {
     ));
     let c = raw_client();
     let get = |path: &str| c.get(gw.url(path));
+    let with = |path: &str, name: &str, value: &str| get(path).header(name, value).send();
 
     let r = get("/assets/app.js").send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -99,41 +100,29 @@ async fn files_are_served_from_root_and_nothing_outside_it() {
     assert_eq!(r.text().await.unwrap(), js);
 
     // Conditional requests.
-    let r = get("/assets/app.js")
-        .header("if-none-match", &etag)
-        .send()
+    let r = with("/assets/app.js", "if-none-match", &etag)
         .await
         .unwrap();
     assert_eq!(r.status(), 304);
     assert_eq!(r.headers()["etag"], etag.as_str());
-    let r = get("/assets/app.js")
-        .header("if-modified-since", &modified)
-        .send()
+    let r = with("/assets/app.js", "if-modified-since", &modified)
         .await
         .unwrap();
     assert_eq!(r.status(), 304);
-    let r = get("/assets/app.js")
-        .header("if-none-match", "\"other\"")
-        .send()
+    let r = with("/assets/app.js", "if-none-match", "\"other\"")
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
 
     // One range; one past the end.
-    let r = get("/assets/app.js")
-        .header("range", "bytes=0-6")
-        .send()
-        .await
-        .unwrap();
+    let r = with("/assets/app.js", "range", "bytes=0-6").await.unwrap();
     assert_eq!(r.status(), 206);
     assert_eq!(
         r.headers()["content-range"],
         format!("bytes 0-6/{}", js.len()).as_str()
     );
     assert_eq!(r.text().await.unwrap(), "console");
-    let r = get("/assets/app.js")
-        .header("range", "bytes=999999-")
-        .send()
+    let r = with("/assets/app.js", "range", "bytes=999999-")
         .await
         .unwrap();
     assert_eq!(r.status(), 416);
@@ -143,9 +132,7 @@ async fn files_are_served_from_root_and_nothing_outside_it() {
     );
 
     // The precompressed sibling, for a client that accepts it.
-    let r = get("/assets/app.js")
-        .header("accept-encoding", "gzip, br")
-        .send()
+    let r = with("/assets/app.js", "accept-encoding", "gzip, br")
         .await
         .unwrap();
     assert_eq!(r.headers()["content-encoding"], "br");
@@ -250,9 +237,7 @@ async fn files_are_served_from_root_and_nothing_outside_it() {
     let r = get("/assets/big.bin").send().await.unwrap();
     assert_eq!(r.headers()["content-length"], "300000");
     assert_eq!(r.bytes().await.unwrap(), big);
-    let r = get("/assets/big.bin")
-        .header("range", "bytes=100000-199999")
-        .send()
+    let r = with("/assets/big.bin", "range", "bytes=100000-199999")
         .await
         .unwrap();
     assert_eq!(r.status(), 206);
