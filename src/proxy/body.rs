@@ -321,14 +321,20 @@ enum Source {
 pub struct ResponseBody {
     source: Source,
     timer: FrameTimer,
-    encoder: Option<Box<Encoder>>,
+    /// On the heap, as most bodies are not compressed: one pointer in every body.
+    compressing: Option<Box<Compressing>>,
+    log: RequestLog,
+}
+
+/// A body's compression, and where it stands.
+struct Compressing {
+    encoder: Encoder,
     /// Written to the encoder since its last flush: flushed when the source pauses.
     unflushed: bool,
     /// Trailers held back while the encoder's last bytes go out.
     held: Option<Frame<Bytes>>,
-    /// The source has ended (with an encoder: and its last bytes went out).
+    /// The source has ended and the encoder's last bytes went out.
     ended: bool,
-    log: RequestLog,
 }
 
 impl ResponseBody {
@@ -353,10 +359,7 @@ impl ResponseBody {
         let mut body = ResponseBody {
             source,
             timer: FrameTimer::new(timeout),
-            encoder: None,
-            unflushed: false,
-            held: None,
-            ended: false,
+            compressing: None,
             log,
         };
         // An empty body (HEAD, 204, 304) may never be polled: it is complete already.
@@ -369,7 +372,7 @@ impl ResponseBody {
     /// A whole file body as it stands (not compressed, not read yet), for a writer that
     /// sends it from the file itself; [`ResponseBody::file_sent`] says how it went.
     pub fn as_file(&self) -> Option<(&std::fs::File, u64)> {
-        match (&self.source, &self.encoder) {
+        match (&self.source, &self.compressing) {
             (Source::File { file, left }, None) => Some((file, *left)),
             _ => None,
         }
@@ -388,7 +391,12 @@ impl ResponseBody {
 
     /// Compresses the body with `encoder` from now on.
     pub fn compress(&mut self, encoder: Encoder) {
-        self.encoder = Some(Box::new(encoder));
+        self.compressing = Some(Box::new(Compressing {
+            encoder,
+            unflushed: false,
+            held: None,
+            ended: false,
+        }));
     }
 
     /// The whole body went out: the request is complete, and the upstream connection
@@ -447,30 +455,32 @@ impl ResponseBody {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
+        if self.compressing.is_none() {
+            return self.poll_source(cx);
+        }
         let compressed = |out: Bytes| Poll::Ready(Some(Ok(Frame::data(out))));
+        let fail = |e| Poll::Ready(Some(Err(UpstreamBodyError::Compress(e))));
         loop {
-            if let Some(trailers) = self.held.take() {
+            let c = self.compressing.as_deref_mut().expect("compressing");
+            if let Some(trailers) = c.held.take() {
                 return Poll::Ready(Some(Ok(trailers)));
             }
-            if self.ended {
+            if c.ended {
                 return Poll::Ready(None);
             }
             let polled = self.poll_source(cx);
-            let Some(encoder) = self.encoder.as_mut() else {
-                return polled;
-            };
-            let fail = |e| Poll::Ready(Some(Err(UpstreamBodyError::Compress(e))));
+            let c = self.compressing.as_deref_mut().expect("compressing");
             match polled {
                 Poll::Ready(Some(Ok(frame))) => {
                     self.timer.progress();
                     let out = match frame.into_data() {
                         Ok(data) => {
-                            self.unflushed = true;
-                            encoder.write(&data)
+                            c.unflushed = true;
+                            c.encoder.write(&data)
                         }
                         Err(trailers) => {
-                            self.held = Some(trailers);
-                            encoder.finish()
+                            c.held = Some(trailers);
+                            c.encoder.finish()
                         }
                     };
                     match out {
@@ -480,17 +490,17 @@ impl ResponseBody {
                     }
                 }
                 Poll::Ready(None) => {
-                    self.ended = true;
-                    match encoder.finish() {
+                    c.ended = true;
+                    match c.encoder.finish() {
                         Ok(out) if out.is_empty() => continue,
                         Ok(out) => return compressed(out),
                         Err(e) => return fail(e),
                     }
                 }
-                Poll::Pending if self.unflushed => {
+                Poll::Pending if c.unflushed => {
                     // The source pauses: what it sent so far goes out now.
-                    self.unflushed = false;
-                    match encoder.flush() {
+                    c.unflushed = false;
+                    match c.encoder.flush() {
                         Ok(out) if out.is_empty() => return Poll::Pending,
                         Ok(out) => return compressed(out),
                         Err(e) => return fail(e),
@@ -530,8 +540,8 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        if self.encoder.is_some() {
-            return self.ended && self.held.is_none();
+        if let Some(c) = &self.compressing {
+            return c.ended && c.held.is_none();
         }
         match &self.source {
             Source::Upstream(inner) => inner.is_end_stream(),
@@ -541,7 +551,7 @@ impl Body for ResponseBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.encoder.is_some() {
+        if self.compressing.is_some() {
             return SizeHint::default();
         }
         match &self.source {
