@@ -129,7 +129,8 @@ enum Outcome<'a> {
     Redirect(&'a Redirect, Option<HeaderValue>),
     /// A directory without its trailing `/`: redirected there.
     Moved(String),
-    File(files::FileAnswer, &'a RouteConfig),
+    /// Boxed: a file answer's head would make every request's outcome larger.
+    File(Box<files::FileAnswer>, &'a RouteConfig),
     Forwarded {
         answered: Answered,
         route: &'a RouteConfig,
@@ -220,7 +221,7 @@ impl Proxy {
                     response_rewrite::response(log, answered, route, upgrade, read_timeout);
                 (response, tunnel, Some(route))
             }
-            Ok(Outcome::File(file, route)) => (file_response(log, file), None, Some(route)),
+            Ok(Outcome::File(file, route)) => (file_response(log, *file), None, Some(route)),
             Ok(Outcome::Redirect(redirect, host)) => (
                 answer::redirect(log, redirect, host.as_ref(), &head.uri),
                 None,
@@ -264,7 +265,7 @@ impl Proxy {
                 let missed =
                     match files::serve(head, files, routed.root, &route.path_prefix, &self.codings)
                     {
-                        Ok(file) => return Ok(Outcome::File(file, route)),
+                        Ok(file) => return Ok(Outcome::File(Box::new(file), route)),
                         Err(files::Miss::Directory(location)) => {
                             return Ok(Outcome::Moved(location))
                         }
@@ -276,7 +277,7 @@ impl Proxy {
                     (Fallback::Index, _) => {
                         let file = files::index(head, files, routed.root, &self.codings)
                             .ok_or(Failure::NoFile)?;
-                        return Ok(Outcome::File(file, route));
+                        return Ok(Outcome::File(Box::new(file), route));
                     }
                     (Fallback::NotFound, _) => return Err(Failure::NoFile),
                 }
