@@ -10,6 +10,7 @@
 
 use super::body::ResponseBody;
 use crate::config::{Coding, CompressionConfig};
+use crate::wire::has_token;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
@@ -89,7 +90,7 @@ pub fn response(
     }
     let headers = response.headers();
     if headers.contains_key(header::CONTENT_ENCODING)
-        || has_directive(headers, "no-transform")
+        || has_token(headers, &header::CACHE_CONTROL, "no-transform")
         || !type_matches(headers, &settings.types)
     {
         return response;
@@ -127,24 +128,11 @@ pub fn response(
 
 /// `Vary: Accept-Encoding`, once.
 pub fn add_vary(headers: &mut HeaderMap) {
-    let present = headers
-        .get_all(header::VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("accept-encoding") || t.trim() == "*");
-    if !present {
+    if !has_token(headers, &header::VARY, "accept-encoding")
+        && !has_token(headers, &header::VARY, "*")
+    {
         headers.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
     }
-}
-
-fn has_directive(headers: &HeaderMap, directive: &str) -> bool {
-    headers
-        .get_all(header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|d| d.trim().eq_ignore_ascii_case(directive))
 }
 
 fn type_matches(headers: &HeaderMap, types: &[String]) -> bool {
@@ -154,15 +142,14 @@ fn type_matches(headers: &HeaderMap, types: &[String]) -> bool {
     else {
         return false;
     };
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    // `types` are lower case (config): compared without a lower-cased copy per response.
     types.iter().any(|t| match t.strip_suffix("/*") {
-        Some(top) => essence.split('/').next() == Some(top),
-        None => *t == essence,
+        Some(top) => essence
+            .split('/')
+            .next()
+            .is_some_and(|e| e.eq_ignore_ascii_case(top)),
+        None => essence.eq_ignore_ascii_case(t),
     })
 }
 

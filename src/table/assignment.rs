@@ -56,16 +56,19 @@ pub fn per_upstream<'a>(
     if !fits(config, records) {
         return Vec::new();
     }
-    let mut rest = records;
-    config
-        .upstreams
-        .iter()
-        .map(|u| {
-            let (mine, after) = rest.split_at(1 + u.servers.len());
-            rest = after;
-            (u, mine[0], &mine[1..])
-        })
-        .collect()
+    split(config, records).collect()
+}
+
+/// The list read per upstream; its length must be checked first.
+fn split<'a>(
+    config: &'a Config,
+    mut rest: &'a [usize],
+) -> impl Iterator<Item = (&'a UpstreamConfig, usize, &'a [usize])> {
+    config.upstreams.iter().map(move |u| {
+        let (mine, after) = rest.split_at(1 + u.servers.len());
+        rest = after;
+        (u, mine[0], &mine[1..])
+    })
 }
 
 /// Whether `records` is a record list for `config` (what a worker checks of the list its
@@ -75,11 +78,8 @@ pub fn fits(config: &Config, records: &[usize]) -> bool {
     if records.len() != config.upstreams.len() + servers {
         return false;
     }
-    let mut rest = records;
-    config.upstreams.iter().all(|u| {
-        let (mine, after) = rest.split_at(1 + u.servers.len());
-        rest = after;
-        mine[0] < UPSTREAM_RECORDS && mine[1..].iter().all(|&s| s < SERVER_RECORDS)
+    split(config, records).all(|(_, own, servers)| {
+        own < UPSTREAM_RECORDS && servers.iter().all(|&s| s < SERVER_RECORDS)
     })
 }
 
