@@ -105,8 +105,11 @@ async fn least_time_lets_a_server_that_was_slow_share_again_once_it_is_fast() {
         }
         let counts = spread(gw.url("/"), 400, concurrency).await;
         eprintln!("{concurrency} at a time after recovery: {counts:?}");
+        // Starved was 1 to 3 of 550. Under the whole suite's parallel load on 2 cores the
+        // recovered server's samples are noisier than the other's warm ones: it got 76 to
+        // 100+ of 400 in such runs, about half alone. 60 tells sharing from starving.
         assert!(
-            share(&counts, "b") >= 100,
+            share(&counts, "b") >= 60,
             "{concurrency} at a time, the recovered server gets {counts:?} of 400"
         );
     }
