@@ -6,6 +6,7 @@
 //! count released and a cleanly finished upstream connection given back.
 
 use super::compress::Encoder;
+use super::files::FilePart;
 use super::request_log::RequestLog;
 use crate::upstream::http1::{ResponseBodyError, UpstreamBody};
 use bytes::Bytes;
@@ -309,11 +310,8 @@ const FILE_READ: u64 = 64 * 1024;
 enum Source {
     Upstream(FromUpstream),
     Fixed(Option<Bytes>),
-    /// A file from a route's root, and how much of it is left to send.
-    File {
-        file: std::fs::File,
-        left: u64,
-    },
+    /// A file from a route's root: what is left of it to send.
+    File(FilePart),
 }
 
 /// The body sent back to the client: the upstream's, a file, or a short one of our own,
@@ -351,8 +349,8 @@ impl ResponseBody {
     }
 
     /// `len` bytes of `file` from where it stands, read as the client takes them.
-    pub fn file(file: std::fs::File, len: u64, log: RequestLog) -> Self {
-        Self::new(Source::File { file, left: len }, Duration::ZERO, log)
+    pub fn file(part: FilePart, log: RequestLog) -> Self {
+        Self::new(Source::File(part), Duration::ZERO, log)
     }
 
     fn new(source: Source, timeout: Duration, log: RequestLog) -> Self {
@@ -371,17 +369,17 @@ impl ResponseBody {
 
     /// A whole file body as it stands (not compressed, not read yet), for a writer that
     /// sends it from the file itself; [`ResponseBody::file_sent`] says how it went.
-    pub fn as_file(&self) -> Option<(&std::fs::File, u64)> {
+    pub fn as_file(&self) -> Option<&FilePart> {
         match (&self.source, &self.compressing) {
-            (Source::File { file, left }, None) => Some((file, *left)),
+            (Source::File(part), None) => Some(part),
             _ => None,
         }
     }
 
     /// `sent` bytes of the file went out by other means than polling.
     pub fn file_sent(&mut self, sent: u64) {
-        if let Source::File { left, .. } = &mut self.source {
-            *left = left.saturating_sub(sent);
+        if let Source::File(part) = &mut self.source {
+            part.advance(sent);
         }
         self.log.bytes_sent += sent;
         if self.is_end_stream() {
@@ -404,7 +402,7 @@ impl ResponseBody {
     fn finish(&mut self) {
         let idle = match &mut self.source {
             Source::Upstream(inner) => inner.take_idle(),
-            Source::Fixed(_) | Source::File { .. } => None,
+            Source::Fixed(_) | Source::File(_) => None,
         };
         self.log.finish(idle);
     }
@@ -425,23 +423,18 @@ impl ResponseBody {
             },
             // Read on the worker's thread, as nginx reads without aio: a file in the page
             // cache costs a copy, and one read is at most FILE_READ.
-            Source::File { file, left } => {
-                if *left == 0 {
+            Source::File(part) => {
+                if part.len == 0 {
                     return Poll::Ready(None);
                 }
-                // Read into spare capacity (no zeroing: read_to_end fills uninitialized
-                // room), at most FILE_READ at a time.
-                let want = (*left).min(FILE_READ);
-                let mut chunk = Vec::with_capacity(want as usize);
-                match std::io::Read::read_to_end(
-                    &mut std::io::Read::take(&mut *file, want),
-                    &mut chunk,
-                ) {
+                let mut chunk = vec![0; part.len.min(FILE_READ) as usize];
+                match std::os::unix::fs::FileExt::read_at(&part.file, &mut chunk, part.offset) {
                     Ok(0) => Poll::Ready(Some(Err(UpstreamBodyError::File(
                         std::io::ErrorKind::UnexpectedEof.into(),
                     )))),
                     Ok(n) => {
-                        *left -= n as u64;
+                        part.advance(n as u64);
+                        chunk.truncate(n);
                         Poll::Ready(Some(Ok(Frame::data(Bytes::from(chunk)))))
                     }
                     Err(e) => Poll::Ready(Some(Err(UpstreamBodyError::File(e)))),
@@ -546,7 +539,7 @@ impl Body for ResponseBody {
         match &self.source {
             Source::Upstream(inner) => inner.is_end_stream(),
             Source::Fixed(bytes) => bytes.is_none(),
-            Source::File { left, .. } => *left == 0,
+            Source::File(part) => part.len == 0,
         }
     }
 
@@ -559,7 +552,7 @@ impl Body for ResponseBody {
             Source::Fixed(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
-            Source::File { left, .. } => SizeHint::with_exact(*left),
+            Source::File(part) => SizeHint::with_exact(part.len),
         }
     }
 }

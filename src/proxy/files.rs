@@ -9,7 +9,6 @@ use crate::config::{Coding, Files};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
 use std::fs::{File, Metadata};
-use std::io::{Seek, SeekFrom};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
@@ -18,8 +17,25 @@ use std::time::UNIX_EPOCH;
 pub struct FileAnswer {
     pub status: StatusCode,
     pub headers: HeaderMap,
-    /// The file, positioned, and how many bytes of it to send (none for HEAD, 304, 416).
-    pub body: Option<(File, u64)>,
+    /// The part of the file to send (none for HEAD, 304, 416).
+    pub body: Option<FilePart>,
+}
+
+/// Bytes `offset..offset + len` of an open file: read at their offset (never seeked), so
+/// a writer can hand them to `sendfile` as they are.
+pub struct FilePart {
+    pub file: File,
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl FilePart {
+    /// `n` more bytes went out.
+    pub fn advance(&mut self, n: u64) {
+        let n = n.min(self.len);
+        self.offset += n;
+        self.len -= n;
+    }
 }
 
 /// Why the stage has no file to answer with: the route's fallback decides what follows.
@@ -143,12 +159,12 @@ fn answer(
     meta: Metadata,
     codings: &[Coding],
 ) -> Option<FileAnswer> {
-    let mut headers = HeaderMap::new();
-    let content_type = mime_guess::from_path(relative).first_or_octet_stream();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_str(content_type.essence_str()).ok()?,
-    );
+    let mut headers = HeaderMap::with_capacity(8);
+    // The table's own text: no parse into a `Mime` and back for every response.
+    let content_type = mime_guess::from_path(relative)
+        .first_raw()
+        .unwrap_or("application/octet-stream");
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     // A precompressed sibling (`app.js.br`) the client accepts is sent instead.
     let accept = head.headers.get(header::ACCEPT_ENCODING);
     let sibling = acceptable(accept, codings).into_iter().find_map(|coding| {
@@ -159,7 +175,7 @@ fn answer(
         let meta = file.metadata().ok().filter(Metadata::is_file)?;
         Some((coding, file, meta))
     });
-    let (mut file, meta) = match sibling {
+    let (file, meta) = match sibling {
         Some((coding, file, meta)) => {
             headers.insert(
                 header::CONTENT_ENCODING,
@@ -217,14 +233,11 @@ fn answer(
         }
     };
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
-    let body = if head.method == Method::HEAD {
-        None
-    } else {
-        if start > 0 {
-            file.seek(SeekFrom::Start(start)).ok()?;
-        }
-        Some((file, count))
-    };
+    let body = (head.method != Method::HEAD).then_some(FilePart {
+        file,
+        offset: start,
+        len: count,
+    });
     Some(FileAnswer {
         status,
         headers,

@@ -310,7 +310,7 @@ impl Proxy {
 fn file_response(mut log: RequestLog, file: files::FileAnswer) -> Response<ResponseBody> {
     log.status = file.status.as_u16();
     let body = match file.body {
-        Some((handle, len)) => ResponseBody::file(handle, len, log),
+        Some(part) => ResponseBody::file(part, log),
         None => ResponseBody::fixed(bytes::Bytes::new(), log),
     };
     let mut response = Response::new(body);

@@ -122,6 +122,9 @@ async fn files_are_served_from_root_and_nothing_outside_it() {
         format!("bytes 0-6/{}", js.len()).as_str()
     );
     assert_eq!(r.text().await.unwrap(), "console");
+    let r = with("/assets/app.js", "range", "bytes=-3").await.unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.text().await.unwrap(), js[js.len() - 3..]);
     let r = with("/assets/app.js", "range", "bytes=999999-")
         .await
         .unwrap();
