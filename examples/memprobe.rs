@@ -2,11 +2,12 @@
 //! makes one request on each, and keeps them open until its stdin closes, so the caller
 //! can read the proxy's RSS growth per connection. Only for loopback benchmarks.
 //!
-//! Usage: `memprobe MODE HOST:PORT COUNT [CA_FILE]`, MODE one of
+//! Usage: `memprobe MODE HOST:PORT COUNT [CA_FILE | PATH [ACCEPT_ENCODING]]`, MODE one of
 //! - `idle`: HTTP/1.1 keep-alive, one GET each, then idle;
 //! - `idle-tls`: the same over TLS (CA_FILE trusted, SNI `localhost`);
 //! - `idle-h2`: HTTP/2 over TLS, one GET each, then idle;
-//! - `slow`: GET /big with a 4 KiB receive buffer, reading 4 KiB a second.
+//! - `slow`: GET PATH (`/big` unless given), with `Accept-Encoding: ACCEPT_ENCODING` when
+//!   given, through a 4 KiB receive buffer, reading 4 KiB a second.
 //!
 //! It prints `ready` once every connection is set up, then waits for stdin to close.
 
@@ -25,13 +26,27 @@ type Held = Box<dyn std::any::Any + Send>;
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(mode), Some(addr), Some(count)) = (args.first(), args.get(1), args.get(2)) else {
-        eprintln!("usage: memprobe idle|idle-tls|idle-h2|slow HOST:PORT COUNT [CA_FILE]");
+        eprintln!(
+            "usage: memprobe idle|idle-tls|idle-h2|slow HOST:PORT COUNT [CA_FILE | PATH [ACCEPT_ENCODING]]"
+        );
         std::process::exit(2);
     };
     let addr: SocketAddr = addr.parse().expect("HOST:PORT");
     assert!(addr.ip().is_loopback(), "memprobe only talks to loopback");
     let count: usize = count.parse().expect("COUNT");
-    let tls = args.get(3).map(|ca| tls_connector(ca, mode == "idle-h2"));
+    let slow_request = format!(
+        "GET {} HTTP/1.1\r\nHost: localhost\r\n{}\r\n",
+        args.get(3).map_or("/big", String::as_str),
+        args.get(4)
+            .map(|coding| format!("Accept-Encoding: {coding}\r\n"))
+            .unwrap_or_default()
+    );
+    let tls = (mode != "slow")
+        .then(|| args.get(3).map(|ca| tls_connector(ca, mode == "idle-h2")))
+        .flatten();
+    // Slow readers that have had a 200 head: counted as they come, since a compressing
+    // proxy may send the head only once it has compressed output.
+    let ok_heads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut held: Vec<Held> = Vec::with_capacity(count);
     let mut failed = 0;
     for _ in 0..count {
@@ -42,7 +57,7 @@ async fn main() {
                 None => None,
             },
             "idle-h2" => idle_h2(addr, tls.as_ref()).await,
-            "slow" => slow_reader(addr).await,
+            "slow" => slow_reader(addr, &slow_request, ok_heads.clone()).await,
             other => panic!("unknown mode {other}"),
         };
         match opened {
@@ -58,6 +73,12 @@ async fn main() {
     let _ = tokio::io::BufReader::new(tokio::io::stdin())
         .read_line(&mut line)
         .await;
+    if mode == "slow" {
+        let ok = ok_heads.load(std::sync::atomic::Ordering::Relaxed);
+        if ok < count {
+            eprintln!("memprobe: {ok} of {count} slow readers had a 200 head by the end");
+        }
+    }
     drop(held);
 }
 
@@ -99,27 +120,31 @@ async fn idle_h2(addr: SocketAddr, tls: Option<&tokio_rustls::TlsConnector>) -> 
     Some(Box::new(sender))
 }
 
-/// A client that takes a large response 4 KiB a second.
-async fn slow_reader(addr: SocketAddr) -> Option<Held> {
+/// A client that takes a large response 4 KiB a second; `ok_heads` counts the 200s.
+async fn slow_reader(
+    addr: SocketAddr,
+    request: &str,
+    ok_heads: Arc<std::sync::atomic::AtomicUsize>,
+) -> Option<Held> {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
     socket.set_recv_buffer_size(4096).ok()?;
     socket.connect(&addr.into()).ok()?;
     socket.set_nonblocking(true).ok()?;
     let mut stream = TcpStream::from_std(socket.into()).ok()?;
-    stream
-        .write_all(b"GET /big HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .ok()?;
-    // A slow reader of an error page would measure nothing: only a 200 counts.
-    let mut buf = vec![0u8; 4096];
-    let n = stream.read(&mut buf).await.ok()?;
-    if !buf[..n].starts_with(b"HTTP/1.1 200") {
-        return None;
-    }
+    stream.write_all(request.as_bytes()).await.ok()?;
     let task = tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        // A slow reader of an error page would measure nothing: only a 200 counts.
+        match stream.read(&mut buf).await {
+            Ok(n) if buf[..n].starts_with(b"HTTP/1.1 200") => {
+                ok_heads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            _ => return,
+        }
         loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
             match stream.read(&mut buf).await {
-                Ok(n) if n > 0 => tokio::time::sleep(Duration::from_secs(1)).await,
+                Ok(n) if n > 0 => {}
                 _ => return,
             }
         }

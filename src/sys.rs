@@ -94,6 +94,11 @@ pub fn set_cloexec(fd: RawFd, on: bool) -> std::io::Result<()> {
 /// Milliseconds on CLOCK_MONOTONIC: one clock for every process on the machine, so a
 /// deadline one worker writes into the shared table means the same to the others.
 pub fn monotonic_ms() -> u64 {
+    monotonic_us() / 1000
+}
+
+/// Microseconds on the machine's monotonic clock: the same in every process.
+pub fn monotonic_us() -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -101,7 +106,7 @@ pub fn monotonic_ms() -> u64 {
     // SAFETY: clock_gettime writes one timespec into `now`, which is valid and borrowed
     // exclusively for the call; CLOCK_MONOTONIC always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1000 + now.tv_nsec as u64 / 1_000_000
+    now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1000
 }
 
 /// Creates a zero-filled in-memory file of `len` bytes for the shared table. It is

@@ -20,6 +20,7 @@ pub struct FileConfig {
     #[serde(default, rename = "upstream")]
     pub upstreams: BTreeMap<Spanned<String>, Spanned<UpstreamSection>>,
     pub compression: Option<CompressionSection>,
+    pub redis: Option<RedisSection>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -52,6 +53,8 @@ pub struct GatewaySection {
     pub resolver: Option<Spanned<String>>,
     /// How often server names are looked up again ("10s").
     pub resolve_interval: Option<Spanned<String>>,
+    /// Peers whose X-Forwarded-For names the client (CIDR or single addresses).
+    pub trusted_proxies: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,6 +111,36 @@ pub struct RouteSection {
     pub cache_control: Option<Spanned<String>>,
     /// `false`: never compress this route's responses.
     pub compression: Option<bool>,
+    /// Instead of `path_prefix`: a regular expression the whole path is matched with.
+    pub path_regex: Option<Spanned<String>>,
+    /// Only these methods match.
+    pub methods: Option<Spanned<Vec<String>>>,
+    /// Only requests with these header values match.
+    pub headers: Option<Spanned<BTreeMap<String, String>>>,
+    /// Client addresses let in (CIDR or single addresses); `deny` wins.
+    pub allow: Option<Spanned<Vec<String>>>,
+    pub deny: Option<Spanned<Vec<String>>>,
+    /// Status (as a string key, "502") to a file answered instead.
+    pub error_pages: Option<Spanned<BTreeMap<String, String>>>,
+    pub rate_limit: Option<Spanned<RateLimitSection>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSection {
+    /// "10/s", "5/m", "100/h".
+    pub rate: Spanned<String>,
+    pub burst: Option<Spanned<i64>>,
+    /// "client_ip" (the default) or "header:NAME".
+    pub key: Option<Spanned<String>>,
+    /// "gateway" (the default) or "global".
+    pub scope: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSection {
+    pub url: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,5 +1,6 @@
 //! `[gateway]` and `[admin]`: the process-wide settings, with their defaults.
 
+use super::access::CidrList;
 use super::listeners::ListenerConfig;
 use super::names::Resolver;
 use super::validate::{parse_duration, parse_size};
@@ -50,6 +51,8 @@ pub struct GatewaySettings {
     pub resolver: Resolver,
     /// How often the supervisor looks server names up again.
     pub resolve_interval: Duration,
+    /// Peers whose X-Forwarded-For names the client.
+    pub trusted_proxies: CidrList,
 }
 
 /// What the gateway tolerates from a client before it answers with an error or hangs up.
@@ -214,6 +217,7 @@ impl Validator<'_> {
                 }
                 interval
             },
+            trusted_proxies: self.cidr_list(&g.trusted_proxies, "gateway.trusted_proxies"),
             access_log,
             access_log_format,
             limits: ClientLimits {

@@ -10,6 +10,9 @@
 //! gateway.rs    [gateway] and [admin]
 //! listeners.rs  [[listener]] and its TLS certificates
 //! routes.rs     [[route]], and its files (root)
+//! matching.rs   what a route matches besides host and prefix: path_regex, methods, headers
+//! access.rs     address lists: trusted_proxies, allow, deny
+//! limits.rs     rate_limit and [redis]
 //! compression.rs [compression]
 //! upstreams.rs  [upstream.NAME] and its health_check
 //! names.rs      server entries by name: lookups, answers, resolver (dns.rs asks DNS)
@@ -18,23 +21,29 @@
 //! env.rs        ${VAR} substitution before parsing
 //! ```
 
+mod access;
 mod compression;
 mod dns;
 mod env;
 mod file;
 mod gateway;
+mod limits;
 mod listeners;
+mod matching;
 mod names;
 mod routes;
 mod runtime;
 mod upstreams;
 mod validate;
 
+pub use access::{AccessList, Cidr, CidrList};
 pub use compression::{Coding, CompressionConfig, DEFAULT_ALGORITHMS};
 pub use gateway::*;
+pub use limits::{RateKey, RateLimit, RateScope, RedisConfig, MAX_LIMITED_ROUTES};
 pub use listeners::{ListenerConfig, TlsFiles};
+pub use matching::RouteMatch;
 pub use names::{lookup, srv_key, Answers, Found, Lookup, Resolver};
-pub use routes::{Fallback, Files, Redirect, RouteAction, RouteConfig};
+pub use routes::{ErrorPage, Fallback, Files, Redirect, RouteAction, RouteConfig};
 pub use runtime::{AddedServer, RuntimeChanges, RuntimeServers};
 pub use upstreams::*;
 pub use validate::{parse_duration, parse_size, MAX_DURATION};
@@ -57,6 +66,8 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// `[compression]`: none without the table.
     pub compression: Option<CompressionConfig>,
+    /// `[redis]`: where global rate limits are counted.
+    pub redis: Option<RedisConfig>,
     /// What the server names resolved to when the file was read (an empty list for a
     /// name that did not resolve).
     pub answers: Answers,
@@ -229,7 +240,8 @@ impl Validator<'_> {
             .iter()
             .map(|(name, section)| self.upstream(name.get_ref(), section))
             .collect();
-        let routes = self.routes(&raw.routes, &raw.upstreams, base);
+        let redis = raw.redis.as_ref().map(|r| self.redis(r));
+        let routes = self.routes(&raw.routes, &raw.upstreams, base, redis.is_some());
         let compression = raw.compression.as_ref().map(|c| self.compression(c));
         Config {
             path: self.file.clone(),
@@ -240,6 +252,7 @@ impl Validator<'_> {
             routes,
             upstreams,
             compression,
+            redis,
             answers: std::mem::take(&mut self.answers),
             warnings: std::mem::take(&mut self.warnings),
         }

@@ -1,6 +1,9 @@
 //! `[[route]]`: which requests go where (host and path prefix), and what is changed on
 //! the way.
 
+use super::access::AccessList;
+use super::limits::{RateLimit, MAX_LIMITED_ROUTES};
+use super::matching::RouteMatch;
 use super::{file, Validator};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,7 +27,26 @@ pub struct RouteConfig {
     pub max_body_size: Option<u64>,
     /// `false`: this route's responses are never compressed.
     pub compression: bool,
+    /// `path_regex`, `methods`, `headers`.
+    pub matching: RouteMatch,
+    /// `allow` and `deny`.
+    pub access: AccessList,
+    /// Answers for the gateway's own (and the upstream's) 502, 503 and 504.
+    pub error_pages: Vec<(http::StatusCode, ErrorPage)>,
+    pub rate_limit: Option<RateLimit>,
 }
+
+/// A file answered in place of an error, read when the config is loaded.
+#[derive(Debug, Clone)]
+pub struct ErrorPage {
+    pub body: bytes::Bytes,
+    pub content_type: http::HeaderValue,
+}
+
+/// The statuses `error_pages` may replace.
+const ERROR_PAGE_STATUSES: [u16; 3] = [502, 503, 504];
+/// The largest error page: it is held in memory by every worker.
+const MAX_ERROR_PAGE: u64 = 1 << 20;
 
 /// What a route does with the requests it matches.
 #[derive(Debug, Clone)]
@@ -181,6 +203,7 @@ impl Validator<'_> {
         raw: &[Spanned<file::RouteSection>],
         upstreams: &BTreeMap<Spanned<String>, Spanned<file::UpstreamSection>>,
         base: &Path,
+        redis: bool,
     ) -> Vec<RouteConfig> {
         let mut routes = Vec::new();
         if raw.is_empty() {
@@ -217,15 +240,24 @@ impl Validator<'_> {
             };
             let span = raw[i].span();
             let key = |k: &str| format!("route[{i}].{k}");
-            if routes
-                .iter()
-                .any(|o: &RouteConfig| o.host == host && o.path_prefix == path_prefix)
-            {
+            let matching = self.route_match(r, i);
+            let pattern = |m: &RouteMatch| m.path_regex.as_ref().map(|re| re.as_str().to_string());
+            if routes.iter().any(|o: &RouteConfig| {
+                o.host == host
+                    && o.path_prefix == path_prefix
+                    && pattern(&o.matching) == pattern(&matching)
+                    && o.matching.methods == matching.methods
+                    && o.matching.headers == matching.headers
+            }) {
+                let path = match &matching.path_regex {
+                    Some(re) => format!("path_regex {:?}", re.as_str()),
+                    None => format!("path_prefix {path_prefix:?}"),
+                };
                 self.error(
                     span.clone(),
                     &format!("route[{i}]"),
                     format!(
-                        "another route already has host {host:?} and path_prefix {path_prefix:?}"
+                        "another route already has host {host:?}, {path} and the same methods and headers"
                     ),
                 );
             }
@@ -308,8 +340,33 @@ impl Validator<'_> {
                 if !p.get_ref().starts_with('/') {
                     self.error(p.span(), &key("rewrite_prefix"), "must start with \"/\"");
                 }
+                if r.path_regex.is_some() {
+                    self.error(
+                        p.span(),
+                        &key("rewrite_prefix"),
+                        "only used with path_prefix",
+                    );
+                }
                 p.get_ref().clone()
             });
+            let access = AccessList {
+                allow: self.cidr_list(&r.allow, &key("allow")),
+                deny: self.cidr_list(&r.deny, &key("deny")),
+            };
+            let error_pages = self.error_pages(&r.error_pages, base, &key("error_pages"));
+            let rate_limit = r
+                .rate_limit
+                .as_ref()
+                .and_then(|l| self.rate_limit(l, i, redis));
+            if rate_limit.is_some()
+                && routes.iter().filter(|o| o.rate_limit.is_some()).count() == MAX_LIMITED_ROUTES
+            {
+                self.error(
+                    r.rate_limit.as_ref().expect("some").span(),
+                    &key("rate_limit"),
+                    format!("at most {MAX_LIMITED_ROUTES} routes may have a rate limit"),
+                );
+            }
             let route = RouteConfig {
                 request_headers: self.header_table(&r.request_headers, &key("request_headers")),
                 remove_request_headers: self
@@ -328,11 +385,68 @@ impl Validator<'_> {
                 },
                 compression: r.compression.unwrap_or(true),
                 rewrite_prefix,
+                matching,
+                access,
+                error_pages,
+                rate_limit,
             };
             routes.push(route);
         }
 
         routes
+    }
+}
+
+impl Validator<'_> {
+    /// `error_pages`: each status one of 502, 503, 504, each file read now (relative to
+    /// the config file) so a missing one is an error here and not at the first outage.
+    fn error_pages(
+        &mut self,
+        table: &Option<Spanned<BTreeMap<String, String>>>,
+        base: &Path,
+        key: &str,
+    ) -> Vec<(http::StatusCode, ErrorPage)> {
+        let mut pages = Vec::new();
+        let Some(table) = table else { return pages };
+        for (status, file) in table.get_ref() {
+            let code = match status.parse::<u16>() {
+                Ok(code) if ERROR_PAGE_STATUSES.contains(&code) => code,
+                _ => {
+                    self.error(
+                        table.span(),
+                        key,
+                        format!("{status:?}: only 502, 503 and 504 have error pages"),
+                    );
+                    continue;
+                }
+            };
+            let path = base.join(file);
+            let read = std::fs::metadata(&path).and_then(|meta| {
+                if meta.len() > MAX_ERROR_PAGE {
+                    return Err(std::io::Error::other("larger than 1 MiB"));
+                }
+                std::fs::read(&path)
+            });
+            match read {
+                Ok(body) => pages.push((
+                    http::StatusCode::from_u16(code).expect("a status"),
+                    ErrorPage {
+                        body: body.into(),
+                        content_type: http::HeaderValue::from_static(
+                            mime_guess::from_path(&path)
+                                .first_raw()
+                                .unwrap_or("application/octet-stream"),
+                        ),
+                    },
+                )),
+                Err(e) => self.error(
+                    table.span(),
+                    key,
+                    format!("{status}: cannot read {}: {e}", path.display()),
+                ),
+            }
+        }
+        pages
     }
 }
 

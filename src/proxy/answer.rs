@@ -27,9 +27,15 @@ pub fn status_text(status: StatusCode) -> String {
 pub fn failure(log: RequestLog, failure: Failure, upgrade: bool) -> Response<ResponseBody> {
     let status = failure.status();
     let close = failure.closes_client() || upgrade;
-    // RFC 9110 §15.5.6: a 405 says which methods the resource takes.
-    let allow = matches!(failure, Failure::MethodNotAllowed)
-        .then(|| (header::ALLOW, HeaderValue::from_static("GET, HEAD")));
+    // RFC 9110 §15.5.6: a 405 says which methods the resource takes; RFC 6585: a 429
+    // may say when to come back.
+    let allow = match &failure {
+        Failure::MethodNotAllowed(allow) => Some((header::ALLOW, allow.clone())),
+        Failure::RateLimited { retry_after } => {
+            Some((header::RETRY_AFTER, HeaderValue::from(*retry_after)))
+        }
+        _ => None,
+    };
     own(
         log,
         status,
@@ -113,4 +119,31 @@ fn own(
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
+}
+
+/// A route's `error_pages`: a response with one of their statuses (the gateway's own or
+/// the upstream's) gets the page as its body, the status unchanged.
+pub fn error_page(
+    response: &mut Response<ResponseBody>,
+    pages: &[(StatusCode, crate::config::ErrorPage)],
+) {
+    let Some((_, page)) = pages
+        .iter()
+        .find(|(status, _)| *status == response.status())
+    else {
+        return;
+    };
+    let headers = response.headers_mut();
+    for name in [
+        header::CONTENT_ENCODING,
+        header::TRANSFER_ENCODING,
+        header::CONTENT_RANGE,
+        header::ETAG,
+        header::LAST_MODIFIED,
+    ] {
+        headers.remove(name);
+    }
+    headers.insert(header::CONTENT_TYPE, page.content_type.clone());
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(page.body.len()));
+    response.body_mut().replace(page.body.clone());
 }

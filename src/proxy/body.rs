@@ -387,6 +387,16 @@ impl ResponseBody {
         }
     }
 
+    /// Sends `bytes` instead (an error page): the source is dropped unread (an upstream
+    /// connection with it, not to be reused half read) and the log goes on.
+    pub fn replace(&mut self, bytes: Bytes) {
+        self.source = Source::Fixed((!bytes.is_empty()).then_some(bytes));
+        self.compressing = None;
+        if self.is_end_stream() {
+            self.finish();
+        }
+    }
+
     /// Compresses the body with `encoder` from now on.
     pub fn compress(&mut self, encoder: Encoder) {
         self.compressing = Some(Box::new(Compressing {

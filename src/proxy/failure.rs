@@ -15,10 +15,16 @@ pub enum Failure {
     /// before it goes anywhere.
     Refused(Rejection),
     NoRoute,
+    /// The route's `allow` / `deny` keep the client out.
+    Forbidden,
+    /// The client is over the route's rate limit: it may try again in this many seconds.
+    RateLimited {
+        retry_after: u64,
+    },
     /// A route with `root` has no such file (and no fallback).
     NoFile,
-    /// A route with `root` takes GET and HEAD only.
-    MethodNotAllowed,
+    /// The route (or a route with `root`) does not take this method: `Allow` says which.
+    MethodNotAllowed(http::HeaderValue),
     NoServerUp,
     /// The gateway is out of file descriptors or the like: its own trouble, not the
     /// server's.
@@ -81,7 +87,9 @@ impl Failure {
         match self {
             Failure::Refused(rejection) => rejection.status,
             Failure::NoRoute | Failure::NoFile => StatusCode::NOT_FOUND,
-            Failure::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Failure::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Failure::Forbidden => StatusCode::FORBIDDEN,
+            Failure::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Failure::NoServerUp | Failure::OutOfResources(_) => StatusCode::SERVICE_UNAVAILABLE,
             Failure::Unreachable(ConnectError::Timeout(_)) | Failure::Timeout(_) => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -100,8 +108,13 @@ impl Failure {
         match self {
             Failure::Refused(rejection) => rejection.reason.into(),
             Failure::NoRoute => "no route matches".into(),
+            Failure::Forbidden => "the route's allow and deny lists keep this client out".into(),
+            Failure::RateLimited { .. } => "the client is over the route's rate limit".into(),
             Failure::NoFile => "no such file".into(),
-            Failure::MethodNotAllowed => "files are served to GET and HEAD only".into(),
+            Failure::MethodNotAllowed(allow) => format!(
+                "the method is not one the route takes ({})",
+                String::from_utf8_lossy(allow.as_bytes())
+            ),
             Failure::NoServerUp => "no server of the upstream is up".into(),
             Failure::Unreachable(e) => e.to_string(),
             Failure::OutOfResources(e) => format!("the gateway is out of resources: {e}"),

@@ -5,10 +5,13 @@
 //!
 //! ```text
 //! handle ─► check::request          refuse what may not go on; normalize the path
-//!        ─► RouteTable::route       host and path prefix to a route
+//!        ─► client::address         the client: the peer, or whom a trusted proxy names
+//!        ─► RouteTable::route       host, path, methods and headers to a route
+//!        ─► route.access            allow / deny: 403
+//!        ─► limit::Limits::check    the route's rate limit: 429
 //!           ├ a redirect route ─────────────────────────────────► answer::redirect
 //!           └ a root route: files::serve (or its fallback: index, upstream, 404)
-//!        (access lists, rate limits and the cache go here)
+//!        (the cache goes here)
 //!        ─► request_rewrite::request the upstream's view: prefix, X-Forwarded-*, edits
 //!        ─► forward::forward        a server of the upstream (connector: pool or new
 //!                                   connection), retries, passive health
@@ -25,11 +28,13 @@
 pub mod answer;
 pub mod body;
 pub mod check;
+pub mod client;
 pub mod compress;
 pub mod failure;
 pub mod files;
 pub mod forward;
 pub mod hop_by_hop;
+pub mod limit;
 pub mod path;
 pub mod request_log;
 pub mod request_rewrite;
@@ -57,16 +62,23 @@ use route::RouteTable;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-/// What the gateway knows of the client connection a request came on.
+/// What the gateway knows of the client a request came from.
 pub struct ConnInfo {
+    /// The client's address: the TCP peer's, or the one a trusted proxy named.
     pub client: SocketAddr,
     /// Over TLS: X-Forwarded-Proto is `https`.
     pub tls: bool,
+    /// The trusted proxy (the TCP peer) that named the client, if one did.
+    pub via: Option<IpAddr>,
 }
 
 impl ConnInfo {
     pub fn new(client: SocketAddr, tls: bool) -> Self {
-        ConnInfo { client, tls }
+        ConnInfo {
+            client,
+            tls,
+            via: None,
+        }
     }
 
     /// The client's IP as text, made per request rather than kept, as this is part of
@@ -120,6 +132,8 @@ pub struct Proxy {
     access_log: Arc<AccessLog>,
     /// This worker's counters in the shared table.
     pub counters: &'static WorkerRecord,
+    trusted_proxies: crate::config::CidrList,
+    rate_limits: limit::Limits,
 }
 
 /// Where a request's walk ended, short of a failure. Moved once, from the walk to the
@@ -136,6 +150,15 @@ enum Outcome<'a> {
         route: &'a RouteConfig,
         upstream: &'a Upstream,
     },
+}
+
+/// What the answer to a request needs from its walk, however the walk ended.
+#[derive(Default)]
+struct Trail<'a> {
+    /// The route it took, once routed.
+    route: Option<&'a RouteConfig>,
+    /// Its route's rate limit count.
+    counted: Option<limit::Counted>,
 }
 
 impl Proxy {
@@ -165,6 +188,8 @@ impl Proxy {
             ),
             access_log,
             counters: share.counters(),
+            trusted_proxies: config.gateway.trusted_proxies.clone(),
+            rate_limits: limit::Limits::new(&config.routes, share),
         }
     }
 
@@ -198,6 +223,20 @@ impl Proxy {
     ) -> (Response<ResponseBody>, Option<Tunnel>) {
         let request_id = request_rewrite::request_id(req.headers());
         let upgrade = is_websocket_upgrade(&req);
+        // The client address stage: everything below sees the real client.
+        let peer = conn.client.ip();
+        let client = client::address(peer, req.headers(), &self.trusted_proxies);
+        let named;
+        let conn = if client == peer {
+            conn
+        } else {
+            named = ConnInfo {
+                client: SocketAddr::new(client, 0),
+                tls: conn.tls,
+                via: Some(peer),
+            };
+            &named
+        };
         let (mut head, body) = req.into_parts();
         // The compression stage reads the client's Accept-Encoding, before the rewrite.
         let accept = self
@@ -207,8 +246,17 @@ impl Proxy {
         let mut log = RequestLog::new(self.access_log.clone(), conn.client, &head);
         log.request_id = Some(request_id.clone());
         log.metrics = Some(self.unrouted);
+        let mut trail = Trail::default();
         let walked = self
-            .walk(&mut head, body, conn, &mut log, upgrade, &request_id)
+            .walk(
+                &mut head,
+                body,
+                conn,
+                &mut log,
+                upgrade,
+                &request_id,
+                &mut trail,
+            )
             .await;
         let (mut response, tunnel, route) = match walked {
             Ok(Outcome::Forwarded {
@@ -239,11 +287,19 @@ impl Proxy {
                 response = compress::response(response, &asked, settings);
             }
         }
+        if let Some(route) = trail.route.filter(|r| !r.error_pages.is_empty()) {
+            answer::error_page(&mut response, &route.error_pages);
+        }
+        if let Some(counted) = &trail.counted {
+            counted.add_headers(response.headers_mut());
+        }
         response.headers_mut().insert(&X_REQUEST_ID, request_id);
         (response, tunnel)
     }
 
-    /// The stages, in order (see the module's map).
+    /// The stages, in order (see the module's map). What the answer needs whichever way
+    /// the walk ends (the route, a limited route's count) is left in `trail`.
+    #[allow(clippy::too_many_arguments)]
     async fn walk<'a>(
         &'a self,
         head: &mut http::request::Parts,
@@ -252,10 +308,23 @@ impl Proxy {
         log: &mut RequestLog,
         upgrade: bool,
         request_id: &HeaderValue,
+        trail: &mut Trail<'a>,
     ) -> Result<Outcome<'a>, Failure> {
         check::request(head, &self.limits)?;
         let routed = self.routes.route(head)?;
         let route = routed.route;
+        trail.route = Some(route);
+        // Access lists: before anything else is done for the request.
+        if !route.access.lets_in(conn.client.ip()) {
+            return Err(Failure::Forbidden);
+        }
+        match self.rate_limits.check(routed.index, conn, &head.headers) {
+            Ok(count) => trail.counted = count,
+            Err((count, failure)) => {
+                trail.counted = Some(count);
+                return Err(failure);
+            }
+        }
         let upstream = match &route.action {
             RouteAction::Redirect(redirect) => {
                 return Ok(Outcome::Redirect(redirect, routed.host));
@@ -273,7 +342,11 @@ impl Proxy {
                     };
                 match (files.fallback, missed) {
                     (Fallback::Upstream(index), _) => &self.upstreams[index],
-                    (_, files::Miss::MethodNotAllowed) => return Err(Failure::MethodNotAllowed),
+                    (_, files::Miss::MethodNotAllowed) => {
+                        return Err(Failure::MethodNotAllowed(HeaderValue::from_static(
+                            "GET, HEAD",
+                        )))
+                    }
                     (Fallback::Index, _) => {
                         let file = files::index(head, files, routed.root, &self.codings)
                             .ok_or(Failure::NoFile)?;

@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Uri, Version};
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -106,15 +106,22 @@ fn rewrite_request_head(
 
     // One value for both headers (and for the copy a replay keeps): it is cloned by count.
     let ip_value = ip_header(conn.client_ip());
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
+    // Each hop appends whom it heard from: the trusted proxy, when one named the client.
+    let hop = match conn.via {
+        Some(proxy) => {
+            ip_header(ConnInfo::new(std::net::SocketAddr::new(proxy, 0), false).client_ip())
+        }
         None => ip_value.clone(),
+    };
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
+        None => hop,
         Some(_) => {
             let mut joined = BytesMut::new();
             for value in headers.get_all(&X_FORWARDED_FOR) {
                 joined.extend_from_slice(value.as_bytes());
                 joined.extend_from_slice(b", ");
             }
-            joined.extend_from_slice(ip_value.as_bytes());
+            joined.extend_from_slice(hop.as_bytes());
             HeaderValue::from_maybe_shared(joined.freeze()).unwrap_or_else(|_| ip_value.clone())
         }
     };

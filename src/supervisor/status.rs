@@ -407,6 +407,22 @@ impl StatusSource {
                 out.histogram(response, &labels, &table.server(record).response_time);
             }
         }
+        let limited = "gateway_rate_limited_total";
+        out.family(
+            limited,
+            "counter",
+            "Requests refused (429) by a route's rate limit; the route as host and path.",
+        );
+        for (index, refused) in
+            crate::proxy::limit::Limits::refused(&view.config.routes, |r| table.rate_region(r))
+        {
+            let r = &view.config.routes[index];
+            let path = match &r.matching.path_regex {
+                Some(re) => format!("~{}", re.as_str()),
+                None => r.path_prefix.clone(),
+            };
+            out.sample(limited, &[("route", &format!("{}{path}", r.host))], refused);
+        }
     }
 }
 

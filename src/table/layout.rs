@@ -2,6 +2,7 @@
 //! memory is a valid (empty) table; `sys` maps it, and nothing here needs `sys`.
 
 use super::metrics::RequestMetrics;
+use super::rate::{RateRegion, RATE_REGIONS};
 use super::server::ServerRecord;
 use super::upstream::UpstreamRecord;
 use super::worker::WorkerRecord;
@@ -15,7 +16,7 @@ pub const SERVER_RECORDS: usize = 1024;
 pub const WORKER_RECORDS: usize = 256;
 /// Says the memory is a table of this layout: a table of another layout (an upgrade
 /// from a binary that lays it out otherwise) is refused.
-pub const MAGIC: u64 = u64::from_be_bytes(*b"gwtable3");
+pub const MAGIC: u64 = u64::from_be_bytes(*b"gwtable4");
 
 #[repr(C)]
 pub struct TableMemory {
@@ -28,4 +29,10 @@ pub struct TableMemory {
     pub in_flight_by_worker: [[AtomicU32; SERVER_RECORDS]; WORKER_RECORDS],
     /// Requests that reached no upstream (no route, redirects, refusals), for /metrics.
     pub unrouted_requests: RequestMetrics,
+    /// Rate limits: the monotonic microsecond their times count from, the key that
+    /// client keys are hashed with (random: a client cannot aim at another's slot), and a
+    /// region for each limited route.
+    pub rate_epoch_us: AtomicU64,
+    pub rate_hash_key: [AtomicU64; 2],
+    pub rates: [RateRegion; RATE_REGIONS],
 }

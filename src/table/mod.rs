@@ -17,6 +17,7 @@
 //! health.rs      passive (max_fails) and active (checks) health of a server
 //! worker.rs      a worker's record: pid, generation, counters, heartbeat
 //! metrics.rs     latency histograms and requests by status
+//! rate.rs        rate limit counts: a bounded region of client keys per limited route
 //! assignment.rs  which records a generation's upstreams and servers use
 //! ```
 
@@ -24,6 +25,7 @@ pub mod assignment;
 mod health;
 pub mod layout;
 pub mod metrics;
+pub mod rate;
 pub mod server;
 pub mod upstream;
 pub mod worker;
@@ -52,6 +54,20 @@ impl Table {
         let file = crate::sys::shared_memory_file(std::mem::size_of::<TableMemory>())?;
         let memory = crate::sys::map_table(&file)?;
         memory.magic.store(MAGIC, Relaxed);
+        // Rate limit times count from now (so they fit their 48 bits for years), and
+        // client keys are hashed with a key no client knows.
+        memory
+            .rate_epoch_us
+            .store(crate::sys::monotonic_us().saturating_sub(1), Relaxed);
+        let mut key = [0u8; 16];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+            .map_err(|_| std::io::Error::other("no randomness for the rate limit key"))?;
+        for (word, bytes) in memory.rate_hash_key.iter().zip(key.chunks(8)) {
+            word.store(
+                u64::from_le_bytes(bytes.try_into().expect("8 bytes")),
+                Relaxed,
+            );
+        }
         Ok(Table { memory, file })
     }
 
@@ -106,6 +122,10 @@ impl Table {
         &self.memory.unrouted_requests
     }
 
+    pub fn rate_region(&self, region: usize) -> &'static rate::RateRegion {
+        &self.memory.rates[region]
+    }
+
     /// Worker `record` is gone: takes whatever it still had in flight out of the servers'
     /// totals (a crash leaves some) and clears the record for the next worker.
     pub fn release_worker(&self, record: usize) {
@@ -142,6 +162,23 @@ impl WorkerShare {
 
     pub fn unrouted_requests(&self) -> &'static RequestMetrics {
         &self.memory.unrouted_requests
+    }
+
+    /// The rate limit counts of limited route `region` (the how-manyth with a limit).
+    pub fn rate_region(&self, region: usize) -> &'static rate::RateRegion {
+        &self.memory.rates[region]
+    }
+
+    /// Microseconds since the table's rate epoch, and the key to hash client keys with.
+    pub fn rate_clock(&self) -> u64 {
+        crate::sys::monotonic_us().saturating_sub(self.memory.rate_epoch_us.load(Relaxed))
+    }
+
+    pub fn rate_hash_key(&self) -> (u64, u64) {
+        (
+            self.memory.rate_hash_key[0].load(Relaxed),
+            self.memory.rate_hash_key[1].load(Relaxed),
+        )
     }
 
     pub fn server(&self, record: usize) -> SharedServer {

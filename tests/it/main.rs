@@ -1,5 +1,6 @@
 //! Integration tests: the real `gateway` binary, real backends, real clients.
 
+mod access;
 mod balancing;
 mod cli;
 mod common;
