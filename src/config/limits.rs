@@ -97,15 +97,9 @@ impl Validator<'_> {
         let scope = match s.scope.as_ref().map(|k| (k, k.get_ref().as_str())) {
             None | Some((_, "gateway")) => RateScope::Gateway,
             Some((k, "global")) => {
-                // Counting in Redis is not built yet: refused here, so that a config
-                // `check` accepts never counts less strictly than it says.
-                let _ = redis;
-                self.error(
-                    k.span(),
-                    &key("scope"),
-                    "\"global\" (one count in Redis for every gateway) is not available in \
-                     this version; \"gateway\" counts for all workers of this gateway",
-                );
+                if !redis {
+                    self.error(k.span(), &key("scope"), "\"global\" needs a [redis] table");
+                }
                 RateScope::Global
             }
             Some((k, other)) => {

@@ -189,7 +189,7 @@ impl Proxy {
             access_log,
             counters: share.counters(),
             trusted_proxies: config.gateway.trusted_proxies.clone(),
-            rate_limits: limit::Limits::new(&config.routes, share),
+            rate_limits: limit::Limits::new(&config.routes, share, config.redis.as_ref()),
         }
     }
 
@@ -318,7 +318,11 @@ impl Proxy {
         if !route.access.lets_in(conn.client.ip()) {
             return Err(Failure::Forbidden);
         }
-        match self.rate_limits.check(routed.index, conn, &head.headers) {
+        match self
+            .rate_limits
+            .check(routed.index, conn, &head.headers)
+            .await
+        {
             Ok(count) => trail.counted = count,
             Err((count, failure)) => {
                 trail.counted = Some(count);

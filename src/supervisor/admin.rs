@@ -92,10 +92,17 @@ fn answer(req: &Request<Incoming>, source: &StatusSource) -> Response<Full<Bytes
             Ok(()) => text(StatusCode::OK, "ok\n".into()),
             Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
         },
-        "/readyz" => match source.readiness() {
-            Ok(()) => text(StatusCode::OK, "ready\n".into()),
-            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
-        },
+        "/readyz" => {
+            let notes: String = source
+                .readiness_notes()
+                .into_iter()
+                .map(|n| n + "\n")
+                .collect();
+            match source.readiness() {
+                Ok(()) => text(StatusCode::OK, format!("ready\n{notes}")),
+                Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n{notes}")),
+            }
+        }
         "/status" => {
             let mut json = serde_json::to_string_pretty(&source.status()).unwrap_or_default();
             json.push('\n');

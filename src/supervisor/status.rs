@@ -231,6 +231,21 @@ impl StatusSource {
         }
     }
 
+    /// What `/readyz` says besides: things that degrade the gateway without making it
+    /// unready.
+    pub fn readiness_notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if let Some(redis) = &self.view.borrow().config.redis {
+            if self.table.redis_down() {
+                notes.push(format!(
+                    "redis {} unreachable: global rate limits count per gateway",
+                    redis.url.rsplit('@').next().unwrap_or_default()
+                ));
+            }
+        }
+        notes
+    }
+
     /// The same figures in the Prometheus text format (version 0.0.4).
     pub fn metrics(&self) -> String {
         let status = self.status();

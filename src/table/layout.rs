@@ -6,7 +6,7 @@ use super::rate::{RateRegion, RATE_REGIONS};
 use super::server::ServerRecord;
 use super::upstream::UpstreamRecord;
 use super::worker::WorkerRecord;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 
 /// Upstreams the table holds, over every generation still running.
 pub const UPSTREAM_RECORDS: usize = 256;
@@ -35,4 +35,6 @@ pub struct TableMemory {
     pub rate_epoch_us: AtomicU64,
     pub rate_hash_key: [AtomicU64; 2],
     pub rates: [RateRegion; RATE_REGIONS],
+    /// Set while the workers find Redis unreachable (global limits count per gateway).
+    pub redis_down: AtomicBool,
 }

@@ -126,6 +126,11 @@ impl Table {
         &self.memory.rates[region]
     }
 
+    /// Whether the workers find Redis unreachable.
+    pub fn redis_down(&self) -> bool {
+        self.memory.redis_down.load(Relaxed)
+    }
+
     /// Worker `record` is gone: takes whatever it still had in flight out of the servers'
     /// totals (a crash leaves some) and clears the record for the next worker.
     pub fn release_worker(&self, record: usize) {
@@ -172,6 +177,10 @@ impl WorkerShare {
     /// Microseconds since the table's rate epoch, and the key to hash client keys with.
     pub fn rate_clock(&self) -> u64 {
         crate::sys::monotonic_us().saturating_sub(self.memory.rate_epoch_us.load(Relaxed))
+    }
+
+    pub fn redis_down(&self) -> &'static std::sync::atomic::AtomicBool {
+        &self.memory.redis_down
     }
 
     pub fn rate_hash_key(&self) -> (u64, u64) {

@@ -13,6 +13,7 @@ mod hardening;
 mod http1;
 mod lifecycle;
 mod proxy;
+mod redis_limits;
 mod routes;
 mod runtime_control;
 mod shared_state;

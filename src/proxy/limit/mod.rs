@@ -1,9 +1,12 @@
 //! The rate limit stage: a route's `rate_limit`, counted in the shared table so every
-//! worker of the gateway shares one count per client key (see `table::rate`).
+//! worker of the gateway shares one count per client key (see `table::rate`), or with
+//! `scope = "global"` in Redis for every gateway (`global`), falling back to the table.
+
+mod global;
 
 use super::failure::Failure;
 use super::ConnInfo;
-use crate::config::{RateKey, RateLimit, RouteConfig};
+use crate::config::{RateKey, RateLimit, RateScope, RedisConfig, RouteConfig};
 use crate::table::rate::{RateRegion, Verdict};
 use crate::table::WorkerShare;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -15,6 +18,8 @@ pub struct Limits {
     routes: Vec<Option<RouteLimit>>,
     share: WorkerShare,
     hash_key: (u64, u64),
+    /// Redis, when a route counts there.
+    global: Option<global::Global>,
 }
 
 struct RouteLimit {
@@ -32,10 +37,10 @@ pub struct Counted {
 }
 
 impl Limits {
-    pub fn new(routes: &[RouteConfig], share: WorkerShare) -> Self {
+    pub fn new(routes: &[RouteConfig], share: WorkerShare, redis: Option<&RedisConfig>) -> Self {
         let hash_key = share.rate_hash_key();
         let mut region = 0;
-        let routes = routes
+        let routes: Vec<Option<RouteLimit>> = routes
             .iter()
             .map(|r| {
                 let limit = r.rate_limit.clone()?;
@@ -48,16 +53,24 @@ impl Limits {
                 Some(route)
             })
             .collect();
+        let counts_globally = routes
+            .iter()
+            .flatten()
+            .any(|r: &RouteLimit| r.limit.scope == RateScope::Global);
+        let global = redis
+            .filter(|_| counts_globally)
+            .and_then(|r| global::Global::new(&r.url, share.redis_down()));
         Limits {
             routes,
             share,
             hash_key,
+            global,
         }
     }
 
     /// Counts the request against route `index`'s limit: `None` for a route without
     /// one, a `429` failure for a client over it.
-    pub fn check(
+    pub async fn check(
         &self,
         index: usize,
         conn: &ConnInfo,
@@ -66,28 +79,30 @@ impl Limits {
         let Some(route) = self.routes.get(index).and_then(Option::as_ref) else {
             return Ok(None);
         };
-        #[allow(deprecated)] // SipHash with our own key: std has no other keyed hasher.
-        let mut hasher = std::hash::SipHasher::new_with_keys(self.hash_key.0, self.hash_key.1);
-        hasher.write_u64(route.route_id);
-        match &route.limit.key {
-            RateKey::ClientIp => match conn.client.ip().to_canonical() {
-                std::net::IpAddr::V4(v4) => hasher.write(&v4.octets()),
-                std::net::IpAddr::V6(v6) => hasher.write(&v6.octets()),
-            },
-            RateKey::Header(name) => {
-                // Requests without the header share one count.
-                hasher.write_u8(0xff);
-                if let Some(value) = headers.get(name) {
-                    hasher.write(value.as_bytes());
-                }
-            }
+        let key = key_bytes(&route.limit.key, conn, headers);
+        let (interval, burst) = (route.limit.interval_us, u64::from(route.limit.burst));
+        let mut verdict = None;
+        if let (RateScope::Global, Some(global)) = (route.limit.scope, &self.global) {
+            // Every gateway must name the key alike: an unkeyed hash.
+            #[allow(deprecated)]
+            let mut hasher = std::hash::SipHasher::new();
+            hasher.write_u64(route.route_id);
+            hasher.write(&key);
+            verdict = global.take(hasher.finish(), interval, burst).await;
         }
-        let verdict = route.region.take(
-            hasher.finish(),
-            self.share.rate_clock(),
-            route.limit.interval_us,
-            u64::from(route.limit.burst),
-        );
+        let verdict = match verdict {
+            Some(v) => v,
+            None => {
+                #[allow(deprecated)] // SipHash with our own key: std has no other keyed hasher.
+                let mut hasher =
+                    std::hash::SipHasher::new_with_keys(self.hash_key.0, self.hash_key.1);
+                hasher.write_u64(route.route_id);
+                hasher.write(&key);
+                route
+                    .region
+                    .take(hasher.finish(), self.share.rate_clock(), interval, burst)
+            }
+        };
         let counted = Counted {
             quota: route.limit.quota(),
             verdict,
@@ -115,6 +130,24 @@ impl Limits {
                 (index, refused)
             })
             .collect()
+    }
+}
+
+/// What a client is counted by, as bytes: its address, or a header's value (requests
+/// without the header share one count).
+fn key_bytes(key: &RateKey, conn: &ConnInfo, headers: &HeaderMap) -> Vec<u8> {
+    match key {
+        RateKey::ClientIp => match conn.client.ip().to_canonical() {
+            std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+            std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+        },
+        RateKey::Header(name) => {
+            let mut bytes = vec![0xff];
+            if let Some(value) = headers.get(name) {
+                bytes.extend_from_slice(value.as_bytes());
+            }
+            bytes
+        }
     }
 }
 

@@ -1,0 +1,177 @@
+//! Global rate limits against a real Redis (`redis-server`, started here on a loopback
+//! port): two gateways share one count, and Redis going away fails no request.
+
+use crate::common::*;
+use hyper::Response;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Redis {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Redis {
+    /// A Redis on `addr` (a free loopback port when `None`), or `None` when
+    /// `redis-server` is not installed (the caller says so and skips).
+    async fn start(addr: Option<SocketAddr>) -> Option<Redis> {
+        let addr = addr.unwrap_or_else(|| {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap()
+        });
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &addr.port().to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let redis = Redis { child, addr };
+        wait_until("redis-server answers", Duration::from_secs(10), || {
+            ask(addr, "PING").starts_with("+PONG")
+        })
+        .await;
+        Some(redis)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One inline command, and what Redis answers in its first read ("" if nothing).
+fn ask(addr: SocketAddr, command: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let _ = s.write_all(format!("{command}\r\n").as_bytes());
+    let mut buf = vec![0; 65536];
+    let n = s.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn gateway_with_global_limit(
+    redis: SocketAddr,
+    backend: SocketAddr,
+    rate: &str,
+    burst: u32,
+) -> Gateway {
+    Gateway::start(&format!(
+        "[gateway]\naccess_log = \"off\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[redis]\nurl = \"redis://{redis}/0\"\n\
+         [[route]]\nupstream = \"app\"\nrate_limit = {{ rate = \"{rate}\", burst = {burst}, scope = \"global\" }}\n\
+         [upstream.app]\nservers = [ {{ address = \"{backend}\" }} ]\n"
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_share_one_global_limit() {
+    let Some(redis) = Redis::start(None).await else {
+        eprintln!("skipped: redis-server is not installed (.ci/run installs it)");
+        return;
+    };
+    let backend = Backend::start(|_req| async { Response::new(full("ok")) }).await;
+    let a = gateway_with_global_limit(redis.addr, backend.addr, "50/s", 0);
+    let b = gateway_with_global_limit(redis.addr, backend.addr, "50/s", 0);
+    // Four clients on each gateway for two seconds: far more than 50 a second.
+    let window = Duration::from_secs(2);
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for gw in [&a, &b] {
+        for _ in 0..4 {
+            let url = gw.url("/");
+            clients.push(tokio::spawn(async move {
+                let c = client();
+                let (mut ok, mut limited, mut other) = (0u64, 0u64, Vec::new());
+                for _ in 0..100_000 {
+                    if started.elapsed() >= window {
+                        break;
+                    }
+                    match c.get(&url).send().await.map(|r| r.status().as_u16()) {
+                        Ok(200) => ok += 1,
+                        Ok(429) => limited += 1,
+                        got => other.push(format!("{got:?}")),
+                    }
+                }
+                (ok, limited, other)
+            }));
+        }
+    }
+    let (mut ok, mut limited) = (0, 0);
+    for c in clients {
+        let (o, l, other) = c.await.unwrap();
+        assert!(other.is_empty(), "{other:?}");
+        ok += o;
+        limited += l;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // 50 a second over the window, and the first one at once.
+    let expected = 50.0 * elapsed + 1.0;
+    let ratio = ok as f64 / expected;
+    eprintln!(
+        "global limit: {ok} let in over {elapsed:.2}s, expected {expected:.0}, {limited} refused"
+    );
+    assert!(
+        (0.9..=1.1).contains(&ratio),
+        "{ok} let in over {elapsed:.2}s (expected {expected:.0}), {limited} refused"
+    );
+    assert!(limited > ok, "the clients asked for more than the limit");
+    let (_, ready) = a.admin_get("/readyz").await;
+    assert!(!ready.contains("unreachable"), "{ready}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_going_away_fails_no_request_and_the_gateway_counts_alone_meanwhile() {
+    let Some(mut redis) = Redis::start(None).await else {
+        eprintln!("skipped: redis-server is not installed (.ci/run installs it)");
+        return;
+    };
+    let addr = redis.addr;
+    let backend = Backend::start(|_req| async { Response::new(full("ok")) }).await;
+    let gw = gateway_with_global_limit(addr, backend.addr, "1000000/s", 1_000_000);
+    let load = Load::start(gw.url("/"), 4, 1_000_000);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.stop();
+    // The gateway notices, says so in /readyz (ready all the same) and in its log once.
+    let mut said = String::new();
+    for _ in 0..100 {
+        let (code, text) = gw.admin_get("/readyz").await;
+        if text.contains("unreachable") {
+            assert_eq!(code, 200, "{text}");
+            said = text;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        said.contains("global rate limits count per gateway"),
+        "{said}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let restarted = Redis::start(Some(addr)).await.expect("redis-server again");
+    wait_until(
+        "the gateway counts in Redis again",
+        Duration::from_secs(10),
+        || gw.stderr().contains("reachable again"),
+    )
+    .await;
+    let ok = load.stop_without_failures(100).await;
+    assert_eq!(
+        gw.stderr().matches("unreachable (").count(),
+        1,
+        "one line when Redis went away: {}",
+        gw.stderr()
+    );
+    // The counts are in Redis again.
+    let keys = ask(restarted.addr, "KEYS gw:rl:*");
+    assert!(keys.contains("gw:rl:"), "{keys} after {ok} requests");
+}
