@@ -77,6 +77,9 @@ pub struct ListenerSection {
     pub listen: Spanned<String>,
     #[serde(default)]
     pub tls: Vec<Spanned<TlsEntry>>,
+    /// Connections start with a PROXY protocol header.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, Deserialize)]

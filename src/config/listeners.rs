@@ -14,6 +14,8 @@ pub struct ListenerConfig {
     /// Where the address is written, `FILE:LINE:COLUMN: listener[N].listen`, for a
     /// failure to listen on it that only start can find.
     pub at: String,
+    /// Each connection starts with a PROXY protocol header (v1 or v2) naming the client.
+    pub proxy_protocol: bool,
 }
 
 impl Validator<'_> {
@@ -63,7 +65,12 @@ impl Validator<'_> {
                     );
                 }
                 let at = self.place(l.listen.span(), &key);
-                listeners.push(ListenerConfig { addr, tls, at });
+                listeners.push(ListenerConfig {
+                    addr,
+                    tls,
+                    at,
+                    proxy_protocol: l.proxy_protocol,
+                });
             }
         }
 

@@ -392,8 +392,43 @@ impl Validator<'_> {
             };
             routes.push(route);
         }
-
+        self.warn_shadowed(raw, &routes);
         routes
+    }
+
+    /// Warns about prefix routes an earlier-tried regex route seems to take every request
+    /// of: a regex without `methods` or `headers`, on the same host, that matches every
+    /// probe path under the prefix. "Seems": a regex cannot be compared with a prefix in
+    /// general, so this is a warning, never an error.
+    fn warn_shadowed(&mut self, raw: &[Spanned<file::RouteSection>], routes: &[RouteConfig]) {
+        for (j, later) in routes.iter().enumerate() {
+            if later.matching.path_regex.is_some() {
+                continue;
+            }
+            let p = later.path_prefix.as_str();
+            let probes = [
+                p.to_string(),
+                format!("{p}a"),
+                format!("{p}index.html"),
+                format!("{p}Z9/_-.~x/y.json"),
+            ];
+            let shadow = routes.iter().enumerate().find(|(_, r)| {
+                r.host == later.host
+                    && !r.matching.has_conditions()
+                    && r.matching
+                        .path_regex
+                        .as_ref()
+                        .is_some_and(|re| probes.iter().all(|probe| re.is_match(probe)))
+            });
+            if let Some((i, r)) = shadow {
+                let at = self.place(raw[j].span(), &format!("route[{j}]"));
+                let pattern = r.matching.path_regex.as_ref().map_or("", |re| re.as_str());
+                self.warnings.push(format!(
+                    "{at}: path_prefix {p:?} may never match: route[{i}]'s path_regex {pattern:?} \
+                     is tried first and takes every path under it"
+                ));
+            }
+        }
     }
 }
 

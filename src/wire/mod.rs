@@ -5,6 +5,7 @@
 //! (`upstream::http1`) writes requests and reads responses.
 
 pub mod decode;
+pub mod proxy_protocol;
 pub mod stack_text;
 
 use bytes::{Buf, Bytes};

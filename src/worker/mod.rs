@@ -70,16 +70,24 @@ pub async fn run(
             Some(tokio_rustls::TlsAcceptor::from(tls))
         });
     }
+    let fronts: Vec<server::Front> = tls
+        .into_iter()
+        .zip(&config.listeners)
+        .map(|(tls, l)| server::Front {
+            tls,
+            proxy_protocol: l.proxy_protocol,
+        })
+        .collect();
     let tasks = TaskTracker::new();
     let accepting = TaskTracker::new();
     // Sockets are registered with the runtime only while accepted on: a registered socket
     // of another seat would wake this worker for every connection to that seat.
     let accept_on = |seat: usize, stop: CancellationToken| -> std::io::Result<()> {
-        for (socket, tls) in sockets.get(seat).into_iter().flatten().zip(&tls) {
+        for (socket, front) in sockets.get(seat).into_iter().flatten().zip(&fronts) {
             let listener = tokio::net::TcpListener::from_std(socket.try_clone()?)?;
             accepting.spawn(server::accept_loop(
                 listener,
-                tls.clone(),
+                front.clone(),
                 proxy.clone(),
                 protocols.clone(),
                 tasks.clone(),

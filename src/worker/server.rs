@@ -50,11 +50,18 @@ impl Protocols {
     }
 }
 
+/// What a listener puts before HTTP: TLS, and a PROXY protocol header.
+#[derive(Clone)]
+pub struct Front {
+    pub tls: Option<TlsAcceptor>,
+    pub proxy_protocol: bool,
+}
+
 /// Accepts on `listener` until `stop_accepting` is cancelled; connections are tracked in
 /// `tasks` so the worker can wait for them to finish, and wind down once `shutdown` is.
 pub async fn accept_loop(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    front: Front,
     proxy: Arc<Proxy>,
     protocols: Arc<Protocols>,
     tasks: TaskTracker,
@@ -70,13 +77,35 @@ pub async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                let conn = ConnInfo::new(peer, tls.is_some());
+                let conn = ConnInfo::new(peer, front.tls.is_some());
                 let open = OpenConnection::count(proxy.counters);
                 let (proxy, shutdown) = (proxy.clone(), shutdown.clone());
+                if front.proxy_protocol {
+                    // Rare enough (behind a balancer) to pay for a task of its own.
+                    let within = protocols.handshake_timeout;
+                    let (tls, protocols, tasks2) =
+                        (front.tls.clone(), protocols.clone(), tasks.clone());
+                    tasks.spawn(Counted {
+                        connection: async move {
+                            let Some(conn) = proxy_header(&stream, conn, within).await else {
+                                return;
+                            };
+                            match tls {
+                                None => http1::serve(stream, conn, proxy, shutdown).await,
+                                Some(tls) => {
+                                    serve_tls(tls, stream, conn, proxy, protocols, shutdown, tasks2)
+                                        .await
+                                }
+                            }
+                        },
+                        _open: open,
+                    });
+                    continue;
+                }
                 // The connection's future is spawned as it is, not awaited inside another
                 // async block (that would hold its arguments twice): a plain connection's
                 // task is what an idle client costs.
-                match &tls {
+                match &front.tls {
                     None => {
                         tasks.spawn(Counted {
                             connection: http1::serve(stream, conn, proxy, shutdown),
@@ -105,6 +134,64 @@ pub async fn accept_loop(
                 failures.note(&e);
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
+        }
+    }
+}
+
+/// Takes the PROXY protocol header off the start of `stream` within `within`: the
+/// connection with the client it names, or `None` (closed) when it has none that is valid.
+async fn proxy_header(
+    stream: &tokio::net::TcpStream,
+    mut conn: ConnInfo,
+    within: Duration,
+) -> Option<ConnInfo> {
+    use crate::wire::proxy_protocol::{parse, Parsed, V2_MAX};
+    let read = async {
+        let mut buf = [0u8; V2_MAX];
+        loop {
+            let n = stream.peek(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            match parse(&buf[..n]) {
+                // The rest of a header split across segments: peek again shortly (a
+                // peek leaves the socket readable, so waiting for readiness would spin).
+                Parsed::Incomplete => tokio::time::sleep(Duration::from_millis(5)).await,
+                Parsed::Header { len, client } => {
+                    // Take exactly the header: what follows is the TLS or HTTP reader's.
+                    let mut taken = 0;
+                    while taken < len {
+                        stream.readable().await.ok()?;
+                        match stream.try_read(&mut buf[taken..len]) {
+                            Ok(0) => return None,
+                            Ok(n) => taken += n,
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(_) => return None,
+                        }
+                    }
+                    return Some(client);
+                }
+                Parsed::Invalid(why) => {
+                    tracing::debug!("closing a connection from {}: {why}", conn.client);
+                    return None;
+                }
+            }
+        }
+    };
+    match tokio::time::timeout(within, read).await {
+        Ok(Some(client)) => {
+            if let Some(client) = client {
+                conn.client = client;
+            }
+            Some(conn)
+        }
+        Ok(None) => None,
+        Err(_) => {
+            tracing::debug!(
+                "closing a connection from {}: no PROXY protocol header within header_read_timeout",
+                conn.client
+            );
+            None
         }
     }
 }

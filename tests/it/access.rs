@@ -296,3 +296,62 @@ async fn many_client_keys_do_not_grow_memory_and_a_limited_key_is_remembered() {
     assert!(grown < 4096, "the worker grew {grown} KiB over 2000 keys");
     assert_eq!(send("hot".into()).await.unwrap().status(), 429);
 }
+
+/// A listener behind a balancer that speaks the PROXY protocol: the client is the one
+/// the header names (v1 and v2), and a connection without a valid header is closed
+/// without reaching anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_names_the_client_and_a_connection_without_it_is_closed() {
+    let backend = echo_path().await;
+    let gw = Gateway::start(&format!(
+        "[gateway]\nheader_read_timeout = \"1s\"\n\
+         [[listener]]\nlisten = \"127.0.0.1:0\"\nproxy_protocol = true\n\
+         [[route]]\ndeny = [\"198.51.100.0/24\"]\nupstream = \"app\"\n\n{}",
+        pool("app", backend.addr)
+    ));
+    let behind = gw.addrs[1];
+    let wait = std::time::Duration::from_secs(3);
+    let request = b"GET /v1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    let v1 = [
+        &b"PROXY TCP4 203.0.113.7 127.0.0.1 51234 80\r\n"[..],
+        request,
+    ]
+    .concat();
+    let reply = raw_exchange(behind, &v1, wait);
+    assert_eq!(status_of(&reply), 200, "{reply}");
+    // v2, split in two writes, as a balancer may send it.
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    v2.extend_from_slice(&[198, 51, 100, 9, 127, 0, 0, 1, 0x1f, 0x90, 0, 80]);
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(behind).unwrap();
+        s.set_read_timeout(Some(wait)).unwrap();
+        s.write_all(&v2[..10]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        s.write_all(&v2[10..]).unwrap();
+        s.write_all(request).unwrap();
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        assert_eq!(
+            status_of(&reply),
+            403,
+            "the client 198.51.100.9 is denied: {reply}"
+        );
+    }
+    // No header, or a broken one: closed with no answer.
+    for bad in [&request[..], b"PROXY TCP4 nonsense\r\n"] {
+        let reply = raw_exchange(behind, bad, wait);
+        assert_eq!(reply, "", "{:?}", String::from_utf8_lossy(bad));
+    }
+    // Half a header and then nothing: closed at header_read_timeout (1s).
+    let started = std::time::Instant::now();
+    assert_eq!(raw_exchange(behind, b"PROXY TCP4 203.0", wait), "");
+    assert!(started.elapsed() < std::time::Duration::from_millis(2500));
+    // The plain listener beside it takes no header.
+    let reply = raw_exchange(gw.addr, request, wait);
+    assert_eq!(status_of(&reply), 200, "{reply}");
+    let seen = backend.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].header("x-real-ip"), Some("203.0.113.7"));
+    assert_eq!(seen[1].header("x-real-ip"), Some("127.0.0.1"));
+}
