@@ -2,8 +2,9 @@
 # What matching, access lists and rate limits cost: worker CPU per request of a route
 # with a path_regex, an allow list and a per-gateway rate limit (never reached), against
 # the same gateway's plain prefix route, and nginx with `limit_req` and `allow` against
-# its own plain location. One worker each, an nginx `return 200` backend, wrk keep-alive,
-# rounds alternating. Redis-backed (global) limits are not built yet, so not measured.
+# its own plain location; and, when redis-server is installed, the same route counting in
+# Redis on loopback (scope = "global"). One worker each, an nginx `return 200` backend,
+# wrk keep-alive, rounds alternating.
 #
 # Knobs: ROUNDS (3), DURATION (5s), CONNECTIONS (20).
 set -euo pipefail
@@ -65,6 +66,22 @@ upstream = "app"
 keepalive = 64
 servers = [ { address = "127.0.0.1:18590" } ]
 CONF
+ROWS=("gateway-plain" "gateway-limited" "nginx-plain" "nginx-limited")
+if command -v redis-server >/dev/null; then
+  redis-server --bind 127.0.0.1 --port 18593 --save "" --appendonly no >/dev/null & PIDS+=($!)
+  cat >> "$WORK/gateway.toml" <<CONF
+[redis]
+url = "redis://127.0.0.1:18593/0"
+[[route]]
+path_regex = "^/global/v[0-9]+/"
+allow = ["127.0.0.0/8"]
+rate_limit = { rate = "1000000/s", burst = 1000000, scope = "global" }
+upstream = "app"
+CONF
+  ROWS+=("gateway-global")
+else
+  echo "redis-server not installed: no global row" >&2
+fi
 nginx -c "$WORK/backend.conf" & PIDS+=($!)
 nginx -c "$WORK/nginx.conf" & PIDS+=($!); NGINX=$!
 target/release/gateway -c "$WORK/gateway.toml" 2>"$WORK/logs/gateway.err" & PIDS+=($!); GATEWAY=$!
@@ -82,14 +99,15 @@ cpu() {
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 declare -A V
 for r in $(seq 1 "$ROUNDS"); do
-  for row in "gateway-plain $GATEWAY 18592 /x" "gateway-limited $GATEWAY 18592 /api/v1/x" "nginx-plain $NGINX 18591 /x" "nginx-limited $NGINX 18591 /api/v1/x"; do
+  for row in "gateway-plain $GATEWAY 18592 /x" "gateway-limited $GATEWAY 18592 /api/v1/x" "nginx-plain $NGINX 18591 /x" "nginx-limited $NGINX 18591 /api/v1/x" "gateway-global $GATEWAY 18592 /global/v1/x"; do
     set -- $row
+    [[ " ${ROWS[*]} " == *" $1 "* ]] || continue
     V[$1]+="$(cpu "$2" "$3" "$4") "
   done
 done
 echo "Worker CPU us per request, $ROUNDS rounds of $DURATION (medians)"
 declare -A M
-for n in gateway-plain gateway-limited nginx-plain nginx-limited; do
+for n in "${ROWS[@]}"; do
   M[$n]=$(echo ${V[$n]} | tr ' ' '\n' | median)
   printf "%-18s %8.2f\n" "$n" "${M[$n]}"
 done
@@ -97,4 +115,7 @@ python3 -c "
 g, gl, n, nl = ${M[gateway-plain]}, ${M[gateway-limited]}, ${M[nginx-plain]}, ${M[nginx-limited]}
 print(f'gateway: regex + allow + rate limit cost {gl / g - 1:+.1%} over its plain route')
 print(f'nginx:   regex + allow + limit_req cost {nl / n - 1:+.1%} over its plain location')
-print(f'gateway/nginx, limited route: {gl / nl:.2f}x; plain: {g / n:.2f}x')"
+print(f'gateway/nginx, limited route: {gl / nl:.2f}x; plain: {g / n:.2f}x')
+glob = '${M[gateway-global]:-}'
+if glob:
+    print(f'gateway: the same route counting in Redis costs {float(glob) / g - 1:+.1%} over its plain route')"
