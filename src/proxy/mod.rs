@@ -278,6 +278,10 @@ impl Proxy {
             Ok(Outcome::Moved(location)) => (answer::moved(log, &location), None, None),
             Err(failure) => (answer::failure(log, failure, upgrade), None, None),
         };
+        // An error page is the answer's body from here on: compressed like any other.
+        if let Some(route) = trail.route.filter(|r| !r.error_pages.is_empty()) {
+            answer::error_page(&mut response, &route.error_pages);
+        }
         if let (Some(settings), Some(route), None) = (&self.compression, route, &tunnel) {
             if route.compression {
                 let asked = compress::Asked {
@@ -286,9 +290,6 @@ impl Proxy {
                 };
                 response = compress::response(response, &asked, settings);
             }
-        }
-        if let Some(route) = trail.route.filter(|r| !r.error_pages.is_empty()) {
-            answer::error_page(&mut response, &route.error_pages);
         }
         if let Some(counted) = &trail.counted {
             counted.add_headers(response.headers_mut());

@@ -91,7 +91,16 @@ impl Limits {
             verdict = global.take(hasher.finish(), interval, burst).await;
         }
         let verdict = match verdict {
-            Some(v) => v,
+            Some(v) => {
+                if !v.allowed {
+                    // Counted for /metrics where the table's refusals are.
+                    route
+                        .region
+                        .refused
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                v
+            }
             None => {
                 #[allow(deprecated)] // SipHash with our own key: std has no other keyed hasher.
                 let mut hasher =
