@@ -121,12 +121,18 @@ impl Validator<'_> {
 
     pub(super) fn redis(&mut self, section: &file::RedisSection) -> RedisConfig {
         let url = section.url.get_ref();
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        if url.starts_with("rediss://") {
+            // Refused rather than accepted and then unreachable at run time.
             self.error(
                 section.url.span(),
                 "redis.url",
-                "must start with redis:// or rediss://",
+                "rediss:// (Redis over TLS) is not available in this version: use redis:// \
+                 on a private network or through a local TLS tunnel",
             );
+        } else if !url.starts_with("redis://") {
+            self.error(section.url.span(), "redis.url", "must start with redis://");
+        } else if redis::Client::open(url.as_str()).is_err() {
+            self.error(section.url.span(), "redis.url", "not a valid redis:// URL");
         }
         RedisConfig { url: url.clone() }
     }
