@@ -98,20 +98,22 @@ async fn least_time_lets_a_server_that_was_slow_share_again_once_it_is_fast() {
     assert!(share(&slow_phase, "b") < 20, "{slow_phase:?}");
     slow.store(false, Ordering::SeqCst);
     for concurrency in [1, 4] {
-        // Time to recover, then what the next requests see.
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(4) {
-            spread(gw.url("/"), 20, concurrency).await;
+        // Within a few seconds, 200 requests in a row give it a share: starved was 1 to 3
+        // of 550. Under the whole suite's parallel load on 2 cores one slow sample (a
+        // stall of the machine, not of the server) puts it back for a while, so the test
+        // gives it 15 s and asks for 30 of 200, as the test above does.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let counts = spread(gw.url("/"), 200, concurrency).await;
+            eprintln!("{concurrency} at a time after recovery: {counts:?}");
+            if share(&counts, "b") >= 30 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{concurrency} at a time, the recovered server stays starved: {counts:?}"
+            );
         }
-        let counts = spread(gw.url("/"), 400, concurrency).await;
-        eprintln!("{concurrency} at a time after recovery: {counts:?}");
-        // Starved was 1 to 3 of 550. Under the whole suite's parallel load on 2 cores the
-        // recovered server's samples are noisier than the other's warm ones: it got 76 to
-        // 100+ of 400 in such runs, about half alone. 60 tells sharing from starving.
-        assert!(
-            share(&counts, "b") >= 60,
-            "{concurrency} at a time, the recovered server gets {counts:?} of 400"
-        );
     }
 }
 
