@@ -534,3 +534,47 @@ async fn files_and_compression_work_over_http2() {
         .unwrap();
     assert_eq!(plain, css);
 }
+
+/// A TLS listener behind a balancer that speaks the PROXY protocol (an AWS NLB, say): the
+/// header comes before the ClientHello, and the client it names is the one the upstream
+/// hears of.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_protocol_header_before_the_tls_handshake_names_the_client() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let cert = make_cert(dir.path(), "site", &["localhost"]);
+    let backend = Backend::named("a").await;
+    let listener = tls_listener(&[&cert]).replace("tls = [", "proxy_protocol = true\ntls = [");
+    let gw = Gateway::start(&format!(
+        "{listener}{}",
+        upstream_config("app", &[backend.addr], "")
+    ));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der.clone().into()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let mut tcp = tokio::net::TcpStream::connect(gw.addrs[1]).await.unwrap();
+    tcp.write_all(b"PROXY TCP4 203.0.113.7 127.0.0.2 40000 443\r\n")
+        .await
+        .unwrap();
+    let mut stream = connector
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply).await;
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert_eq!(backend.seen()[0].header("x-real-ip"), Some("203.0.113.7"));
+    assert_eq!(backend.seen()[0].header("x-forwarded-proto"), Some("https"));
+}
