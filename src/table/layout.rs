@@ -15,8 +15,10 @@ pub const SERVER_RECORDS: usize = 1024;
 /// Worker processes the table holds, draining ones included.
 pub const WORKER_RECORDS: usize = 256;
 /// Says the memory is a table of this layout: a table of another layout (an upgrade
-/// from a binary that lays it out otherwise) is refused.
-pub const MAGIC: u64 = u64::from_be_bytes(*b"gwtable4");
+/// from a binary that lays it out otherwise) is refused. The layout only grows at its
+/// end (zero-filled memory is an empty record): a binary that adds fields there keeps the
+/// magic, and grows an older gateway's table when it adopts it on `upgrade`.
+pub const MAGIC: u64 = u64::from_be_bytes(*b"gwtable3");
 
 #[repr(C)]
 pub struct TableMemory {

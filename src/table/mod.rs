@@ -71,14 +71,28 @@ impl Table {
         Ok(Table { memory, file })
     }
 
-    /// The supervisor's table, inherited under `fd` (a worker's).
+    /// The supervisor's table, inherited under `fd` (a worker's, or a new supervisor's
+    /// on `upgrade`). A table of this layout made by an older binary is shorter (the
+    /// layout grows at its end): its file is grown to this layout's size, the new part
+    /// zero-filled, which is empty records.
     pub fn adopt(fd: RawFd) -> std::io::Result<Table> {
         let file = crate::sys::adopt_shared_memory_file(fd)?;
-        let memory = crate::sys::map_table(&file)?;
-        if memory.magic.load(Relaxed) != MAGIC {
+        let mut magic = [0u8; 8];
+        let is_table = std::os::unix::fs::FileExt::read_exact_at(&file, &mut magic, 0).is_ok()
+            && u64::from_ne_bytes(magic) == MAGIC;
+        if !is_table {
             return Err(std::io::Error::other(format!(
                 "fd {fd} is not a gateway state table"
             )));
+        }
+        let size = std::mem::size_of::<TableMemory>() as u64;
+        if file.metadata()?.len() < size {
+            file.set_len(size)?;
+        }
+        let memory = crate::sys::map_table(&file)?;
+        // A table from before rate limits: give it a hash key no client knows.
+        if memory.rate_hash_key.iter().all(|k| k.load(Relaxed) == 0) {
+            set_rate_clock_and_key(memory)?;
         }
         Ok(Table { memory, file })
     }
@@ -147,6 +161,24 @@ impl Table {
         }
         self.worker(record).clear();
     }
+}
+
+/// Rate limit times count from now (so they fit their 48 bits for years), and client
+/// keys are hashed with a key no client knows.
+fn set_rate_clock_and_key(memory: &TableMemory) -> std::io::Result<()> {
+    memory
+        .rate_epoch_us
+        .store(crate::sys::monotonic_us().saturating_sub(1), Relaxed);
+    let mut key = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+        .map_err(|_| std::io::Error::other("no randomness for the rate limit key"))?;
+    for (word, bytes) in memory.rate_hash_key.iter().zip(key.chunks(8)) {
+        word.store(
+            u64::from_le_bytes(bytes.try_into().expect("8 bytes")),
+            Relaxed,
+        );
+    }
+    Ok(())
 }
 
 /// One worker's handle on the table.
@@ -260,6 +292,39 @@ mod tests {
         t.server(3).requests.fetch_add(7, Relaxed);
         assert_eq!(other.server(3).requests.load(Relaxed), 7);
         assert!(Table::adopt(1).is_err());
+    }
+
+    /// An older binary's table is this layout without its last fields (rate limits): an
+    /// upgrade adopts it, grown, with what the old one held kept and a rate key set.
+    #[test]
+    fn an_older_binarys_shorter_table_is_grown_on_adoption() {
+        let old_len = std::mem::offset_of!(TableMemory, rate_epoch_us);
+        let file = crate::sys::shared_memory_file(old_len).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, &MAGIC.to_ne_bytes(), 0).unwrap();
+        // The old gateway counted 7 requests on server record 3.
+        let requests = std::mem::offset_of!(TableMemory, servers)
+            + 3 * std::mem::size_of::<ServerRecord>()
+            + std::mem::offset_of!(ServerRecord, requests);
+        std::os::unix::fs::FileExt::write_all_at(&file, &7u64.to_ne_bytes(), requests as u64)
+            .unwrap();
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(file.try_clone().unwrap());
+        let adopted = Table::adopt(fd).unwrap();
+        assert_eq!(
+            file.metadata().unwrap().len(),
+            std::mem::size_of::<TableMemory>() as u64
+        );
+        assert_ne!(adopted.share(0).rate_hash_key(), (0, 0));
+        assert_eq!(adopted.server(3).requests.load(Relaxed), 7, "kept");
+        assert_eq!(
+            adopted.rate_region(0).refused.load(Relaxed),
+            0,
+            "new and empty"
+        );
+        // A file that is not a table is refused, and not grown.
+        let other = crate::sys::shared_memory_file(64).unwrap();
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(other.try_clone().unwrap());
+        assert!(Table::adopt(fd).is_err());
+        assert_eq!(other.metadata().unwrap().len(), 64);
     }
 
     #[test]
