@@ -144,6 +144,9 @@ pub struct RateLimitSection {
 #[serde(deny_unknown_fields)]
 pub struct RedisSection {
     pub url: Spanned<String>,
+    /// With rediss://: the CA (PEM) that signed Redis's certificate, when it is not one
+    /// the system trusts.
+    pub ca: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -240,7 +240,7 @@ impl Validator<'_> {
             .iter()
             .map(|(name, section)| self.upstream(name.get_ref(), section))
             .collect();
-        let redis = raw.redis.as_ref().map(|r| self.redis(r));
+        let redis = raw.redis.as_ref().map(|r| self.redis(r, base));
         let routes = self.routes(&raw.routes, &raw.upstreams, base, redis.is_some());
         let compression = raw.compression.as_ref().map(|c| self.compression(c));
         Config {

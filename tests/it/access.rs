@@ -73,7 +73,7 @@ async fn a_regex_that_cannot_match_is_a_warning_and_a_bad_one_an_error() {
     );
     std::fs::write(
         &path,
-        "[[listener]]\nlisten = \"127.0.0.1:0\"\n[[route]]\npath_regex = \"^/(a\"\nredirect = \"/\"\n\n[[route]]\nmethods = []\nredirect = \"/\"\nrate_limit = { rate = \"10/x\" }\nallow = [\"10.1.2.3/8\"]\n[[route]]\npath_prefix = \"/g\"\nredirect = \"/\"\nrate_limit = { rate = \"1/s\", scope = \"global\" }\n[redis]\nurl = \"rediss://10.0.0.1:6379\"\n",
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\n[[route]]\npath_regex = \"^/(a\"\nredirect = \"/\"\n\n[[route]]\nmethods = []\nredirect = \"/\"\nrate_limit = { rate = \"10/x\" }\nallow = [\"10.1.2.3/8\"]\n[[route]]\npath_prefix = \"/g\"\nredirect = \"/\"\nrate_limit = { rate = \"1/s\", scope = \"global\" }\n[redis]\nurl = \"http://10.0.0.1:6379\"\n",
     )
     .unwrap();
     let (code, out) = gateway_with_config(&["check"], &path);

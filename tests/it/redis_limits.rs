@@ -184,3 +184,74 @@ async fn redis_going_away_fails_no_request_and_the_gateway_counts_alone_meanwhil
         "{stats} after {ok} requests"
     );
 }
+
+/// `rediss://` with the CA that signed Redis's certificate (`redis.ca`): the count is in
+/// Redis over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_global_limit_counts_in_redis_over_tls() {
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: redis-server is not installed (.ci/run installs it)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let generated = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("redis.crt"), dir.path().join("redis.key"));
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new("redis-server")
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+        ])
+        .arg("--tls-cert-file")
+        .arg(&cert)
+        .arg("--tls-key-file")
+        .arg(&key)
+        .arg("--tls-ca-cert-file")
+        .arg(&cert)
+        .args([
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_until("redis-server listens", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(addr).is_ok()
+    })
+    .await;
+    let backend = Backend::start(|_req| async { Response::new(full("ok")) }).await;
+    let gw = Gateway::start(&format!(
+        "[gateway]\naccess_log = \"off\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[redis]\nurl = \"rediss://{addr}/0\"\nca = {:?}\n\
+         [[route]]\nupstream = \"app\"\nrate_limit = {{ rate = \"1/m\", burst = 0, scope = \"global\" }}\n\
+         [upstream.app]\nservers = [ {{ address = \"{}\" }} ]\n",
+        cert.display().to_string(),
+        backend.addr
+    ));
+    assert_eq!(get_fresh(gw.url("/")).await.0, 200);
+    assert_eq!(get_fresh(gw.url("/")).await.0, 429);
+    let (_, ready) = gw.admin_get("/readyz").await;
+    assert!(!ready.contains("unreachable"), "{ready}");
+    assert!(!gw.stderr().contains("unreachable"), "{}", gw.stderr());
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -54,8 +54,9 @@ pub struct Global {
 }
 
 impl Global {
-    pub fn new(url: &str, down: &'static AtomicBool) -> Option<Global> {
-        let client = match redis::Client::open(url) {
+    pub fn new(config: &crate::config::RedisConfig, down: &'static AtomicBool) -> Option<Global> {
+        let url = redacted(&config.url);
+        let client = match config.client() {
             Ok(client) => client,
             Err(e) => {
                 tracing::error!("redis {url}: {e}: global rate limits count per gateway");
@@ -70,7 +71,7 @@ impl Global {
             resting_until: AtomicU64::new(0),
             refused: Mutex::new(HashMap::new()),
             down,
-            url: redacted(url),
+            url,
         })
     }
 

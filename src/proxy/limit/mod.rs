@@ -59,7 +59,7 @@ impl Limits {
             .any(|r: &RouteLimit| r.limit.scope == RateScope::Global);
         let global = redis
             .filter(|_| counts_globally)
-            .and_then(|r| global::Global::new(&r.url, share.redis_down()));
+            .and_then(|r| global::Global::new(r, share.redis_down()));
         Limits {
             routes,
             share,
