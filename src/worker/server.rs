@@ -148,6 +148,9 @@ async fn proxy_header(
     use crate::wire::proxy_protocol::{parse, Parsed, V2_MAX};
     let read = async {
         let mut buf = [0u8; V2_MAX];
+        // Doubles up to 100 ms: a client that sends half a header and waits costs a few
+        // peeks a second, not hundreds.
+        let mut pause = Duration::from_millis(5);
         loop {
             let n = stream.peek(&mut buf).await.ok()?;
             if n == 0 {
@@ -156,7 +159,10 @@ async fn proxy_header(
             match parse(&buf[..n]) {
                 // The rest of a header split across segments: peek again shortly (a
                 // peek leaves the socket readable, so waiting for readiness would spin).
-                Parsed::Incomplete => tokio::time::sleep(Duration::from_millis(5)).await,
+                Parsed::Incomplete => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
                 Parsed::Header { len, client } => {
                     // Take exactly the header: what follows is the TLS or HTTP reader's.
                     let mut taken = 0;
