@@ -348,7 +348,7 @@ impl ResponseBody {
         )
     }
 
-    /// `len` bytes of `file` from where it stands, read as the client takes them.
+    /// A part of a file, read (at its offset) as the client takes it.
     pub fn file(part: FilePart, log: RequestLog) -> Self {
         Self::new(Source::File(part), Duration::ZERO, log)
     }
