@@ -98,10 +98,6 @@ impl AccessList {
     pub fn lets_in(&self, ip: IpAddr) -> bool {
         !self.deny.contains(ip) && (self.allow.is_empty() || self.allow.contains(ip))
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.allow.is_empty() && self.deny.is_empty()
-    }
 }
 
 impl Validator<'_> {

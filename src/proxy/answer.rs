@@ -29,7 +29,7 @@ pub fn failure(log: RequestLog, failure: Failure, upgrade: bool) -> Response<Res
     let close = failure.closes_client() || upgrade;
     // RFC 9110 §15.5.6: a 405 says which methods the resource takes; RFC 6585: a 429
     // may say when to come back.
-    let allow = match &failure {
+    let extra = match &failure {
         Failure::MethodNotAllowed(allow) => Some((header::ALLOW, allow.clone())),
         Failure::RateLimited { retry_after } => {
             Some((header::RETRY_AFTER, HeaderValue::from(*retry_after)))
@@ -40,7 +40,7 @@ pub fn failure(log: RequestLog, failure: Failure, upgrade: bool) -> Response<Res
         log,
         status,
         status_text(status),
-        allow,
+        extra,
         Some(failure.reason()),
         close,
     )

@@ -54,20 +54,7 @@ impl Table {
         let file = crate::sys::shared_memory_file(std::mem::size_of::<TableMemory>())?;
         let memory = crate::sys::map_table(&file)?;
         memory.magic.store(MAGIC, Relaxed);
-        // Rate limit times count from now (so they fit their 48 bits for years), and
-        // client keys are hashed with a key no client knows.
-        memory
-            .rate_epoch_us
-            .store(crate::sys::monotonic_us().saturating_sub(1), Relaxed);
-        let mut key = [0u8; 16];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
-            .map_err(|_| std::io::Error::other("no randomness for the rate limit key"))?;
-        for (word, bytes) in memory.rate_hash_key.iter().zip(key.chunks(8)) {
-            word.store(
-                u64::from_le_bytes(bytes.try_into().expect("8 bytes")),
-                Relaxed,
-            );
-        }
+        set_rate_clock_and_key(memory)?;
         Ok(Table { memory, file })
     }
 

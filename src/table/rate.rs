@@ -97,16 +97,6 @@ impl RateRegion {
         // Contention this high on one bucket is not a client's doing: let it in.
         gcra(None, now, interval, burst).0
     }
-
-    /// Forgets every key (the route's limit changed).
-    pub fn clear(&self) {
-        for bucket in &self.slots {
-            for slot in bucket {
-                slot.store(0, Relaxed);
-            }
-        }
-        self.refused.store(0, Relaxed);
-    }
 }
 
 fn tag_of(word: u64) -> u16 {

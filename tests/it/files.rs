@@ -163,16 +163,7 @@ async fn files_are_served_from_root_and_nothing_outside_it() {
         .unwrap();
     assert_eq!(r.status(), 301);
     assert_eq!(r.headers()["location"], "/assets/sub/?x=1");
-    assert_eq!(
-        get("/assets/sub/")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "<h1>sub</h1>"
-    );
+    assert_eq!(get_text(gw.url("/assets/sub/")).await, "<h1>sub</h1>");
 
     // Nothing outside the root, nor a dotfile, in any spelling.
     for path in [
@@ -198,35 +189,11 @@ async fn files_are_served_from_root_and_nothing_outside_it() {
 
     // Fallbacks: the index of a single-page app; the upstream.
     assert_eq!(
-        get("/spa/some/deep/route")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
+        get_text(gw.url("/spa/some/deep/route")).await,
         "<h1>spa</h1>"
     );
-    assert_eq!(
-        get("/mixed/app.js")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        js
-    );
-    assert_eq!(
-        get("/mixed/api/users")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "app"
-    );
+    assert_eq!(get_text(gw.url("/mixed/app.js")).await, js);
+    assert_eq!(get_text(gw.url("/mixed/api/users")).await, "app");
     let r = c.post(gw.url("/mixed/app.js")).send().await.unwrap();
     assert_eq!(
         r.text().await.unwrap(),

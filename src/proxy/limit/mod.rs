@@ -39,20 +39,16 @@ pub struct Counted {
 impl Limits {
     pub fn new(routes: &[RouteConfig], share: WorkerShare, redis: Option<&RedisConfig>) -> Self {
         let hash_key = share.rate_hash_key();
-        let mut region = 0;
-        let routes: Vec<Option<RouteLimit>> = routes
-            .iter()
-            .map(|r| {
-                let limit = r.rate_limit.clone()?;
-                let route = RouteLimit {
-                    region: share.rate_region(region),
-                    limit,
-                    route_id: route_id(r),
-                };
-                region += 1;
-                Some(route)
-            })
-            .collect();
+        let mut limited: Vec<Option<RouteLimit>> = routes.iter().map(|_| None).collect();
+        for (index, region) in regions(routes) {
+            let r = &routes[index];
+            limited[index] = r.rate_limit.clone().map(|limit| RouteLimit {
+                region: share.rate_region(region),
+                limit,
+                route_id: route_id(r),
+            });
+        }
+        let routes = limited;
         let counts_globally = routes
             .iter()
             .flatten()
@@ -79,16 +75,13 @@ impl Limits {
         let Some(route) = self.routes.get(index).and_then(Option::as_ref) else {
             return Ok(None);
         };
-        let key = key_bytes(&route.limit.key, conn, headers);
         let (interval, burst) = (route.limit.interval_us, u64::from(route.limit.burst));
         let mut verdict = None;
         if let (RateScope::Global, Some(global)) = (route.limit.scope, &self.global) {
             // Every gateway must name the key alike: an unkeyed hash.
             #[allow(deprecated)]
-            let mut hasher = std::hash::SipHasher::new();
-            hasher.write_u64(route.route_id);
-            hasher.write(&key);
-            verdict = global.take(hasher.finish(), interval, burst).await;
+            let hash = route.key_hash(std::hash::SipHasher::new(), conn, headers);
+            verdict = global.take(hash, interval, burst).await;
         }
         let verdict = match verdict {
             Some(v) => {
@@ -103,13 +96,11 @@ impl Limits {
             }
             None => {
                 #[allow(deprecated)] // SipHash with our own key: std has no other keyed hasher.
-                let mut hasher =
-                    std::hash::SipHasher::new_with_keys(self.hash_key.0, self.hash_key.1);
-                hasher.write_u64(route.route_id);
-                hasher.write(&key);
+                let hasher = std::hash::SipHasher::new_with_keys(self.hash_key.0, self.hash_key.1);
+                let hash = route.key_hash(hasher, conn, headers);
                 route
                     .region
-                    .take(hasher.finish(), self.share.rate_clock(), interval, burst)
+                    .take(hash, self.share.rate_clock(), interval, burst)
             }
         };
         let counted = Counted {
@@ -129,12 +120,8 @@ impl Limits {
         routes: &[RouteConfig],
         region: impl Fn(usize) -> &'static RateRegion,
     ) -> Vec<(usize, u64)> {
-        routes
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.rate_limit.is_some())
-            .enumerate()
-            .map(|(n, (index, _))| {
+        regions(routes)
+            .map(|(index, n)| {
                 let refused = region(n).refused.load(std::sync::atomic::Ordering::Relaxed);
                 (index, refused)
             })
@@ -142,21 +129,36 @@ impl Limits {
     }
 }
 
-/// What a client is counted by, as bytes: its address, or a header's value (requests
-/// without the header share one count).
-fn key_bytes(key: &RateKey, conn: &ConnInfo, headers: &HeaderMap) -> Vec<u8> {
-    match key {
-        RateKey::ClientIp => match conn.client.ip().to_canonical() {
-            std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
-            std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
-        },
-        RateKey::Header(name) => {
-            let mut bytes = vec![0xff];
-            if let Some(value) = headers.get(name) {
-                bytes.extend_from_slice(value.as_bytes());
+/// Each limited route's index and its region of the table: the how-manyth route with a
+/// limit it is.
+fn regions(routes: &[RouteConfig]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    routes
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.rate_limit.is_some())
+        .enumerate()
+        .map(|(region, (index, _))| (index, region))
+}
+
+impl RouteLimit {
+    /// The client's key for this route through `hasher`: the route, then what the client
+    /// is counted by (its address, or a header's value; requests without the header
+    /// share one count). Written straight into the hasher: no copy per request.
+    fn key_hash(&self, mut hasher: impl Hasher, conn: &ConnInfo, headers: &HeaderMap) -> u64 {
+        hasher.write_u64(self.route_id);
+        match &self.limit.key {
+            RateKey::ClientIp => match conn.client.ip().to_canonical() {
+                std::net::IpAddr::V4(v4) => hasher.write(&v4.octets()),
+                std::net::IpAddr::V6(v6) => hasher.write(&v6.octets()),
+            },
+            RateKey::Header(name) => {
+                hasher.write_u8(0xff);
+                if let Some(value) = headers.get(name) {
+                    hasher.write(value.as_bytes());
+                }
             }
-            bytes
         }
+        hasher.finish()
     }
 }
 
