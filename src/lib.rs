@@ -9,6 +9,7 @@
 //! control path  gatewayctl ─► control socket (Unix, 0600) ─► supervisor
 //!               curl ─► admin listener (/healthz /readyz /status /metrics) ─► supervisor
 //!               supervisor ─► workers: spawn with inherited sockets, ready, drain, respawn
+//!               supervisor's ACME client ─► CA; certificates, challenges ─► workers
 //! shared state  supervisor (health checks) ─► table ◄─► workers (health, in flight,
 //!               counters; per upstream: round-robin position, retry budget), no locks
 //! ```
@@ -17,11 +18,13 @@
 //! the worker processes, the health checks and the admin listener; `worker` accepts and
 //! runs the protocol engines; `proxy` is the request path's stages; `table` is the state
 //! all processes share; `upstream` holds the servers, the balancing policies, the pools
-//! and the connector; `tls` the rustls side and the shared ticket keys.
+//! and the connector; `tls` the rustls side, the shared ticket keys and what workers hold
+//! of ACME; `acme` the supervisor's ACME client and its storage.
 //! `sys` is the one module with unsafe code.
 #![deny(unsafe_code)]
 
 pub mod access_log;
+pub mod acme;
 pub mod config;
 pub mod net;
 pub mod protocol;

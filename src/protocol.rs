@@ -87,6 +87,9 @@ pub enum ToWorker {
     /// The configuration to run with (the text the supervisor validated, so an edit of
     /// the file meanwhile changes nothing). Sent once, after the first ticket keys.
     Config(String),
+    /// The ACME certificates and open challenges: sent before the config, and again
+    /// whenever they change.
+    Acme(crate::tls::acme::AcmeState),
     /// Stop accepting, finish what is in flight, exit.
     Drain,
     /// Reopen the access log (logrotate).
@@ -136,6 +139,10 @@ impl ToWorker {
             ToWorker::Runtime(runtime) => {
                 let json = serde_json::to_string(runtime).unwrap_or_default();
                 format!("runtime {json}\n").into_bytes()
+            }
+            ToWorker::Acme(state) => {
+                let json = serde_json::to_string(state).unwrap_or_default();
+                format!("acme {json}\n").into_bytes()
             }
             ToWorker::Records(records) => {
                 let list: Vec<String> = records.iter().map(ToString::to_string).collect();
@@ -202,6 +209,10 @@ impl ToWorker {
             (Some("runtime"), Some(_), _) => {
                 let json = line.trim_end().strip_prefix("runtime ").ok_or_else(bad)?;
                 ToWorker::Runtime(serde_json::from_str(json).map_err(|_| bad())?)
+            }
+            (Some("acme"), Some(_), _) => {
+                let json = line.trim_end().strip_prefix("acme ").ok_or_else(bad)?;
+                ToWorker::Acme(serde_json::from_str(json).map_err(|_| bad())?)
             }
             (Some("records"), list, None) => ToWorker::Records(
                 list.unwrap_or_default()
@@ -387,6 +398,35 @@ pub struct Status {
     pub restarts: u64,
     pub workers: Vec<WorkerStatus>,
     pub upstreams: BTreeMap<String, UpstreamStatus>,
+    /// The listeners' certificates: from files, and obtained by ACME.
+    #[serde(default)]
+    pub certificates: Vec<CertificateStatus>,
+}
+
+/// One certificate of the listeners. Times are seconds since the epoch.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CertificateStatus {
+    /// The names it serves (an ACME entry's names, or the certificate's own).
+    pub names: Vec<String>,
+    /// `acme`, or `file` (then `file` is its path).
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<i64>,
+    /// `None` for an ACME entry still waiting for its first certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_s: Option<i64>,
+    /// ACME: when it will be renewed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_renewal: Option<i64>,
+    /// ACME: why the last order failed, until one succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -553,6 +593,19 @@ mod tests {
             ),
             ToWorker::Dns(Default::default()),
             ToWorker::Config("[gateway]\nworkers = 1\n".into()),
+            ToWorker::Acme(crate::tls::acme::AcmeState {
+                certs: [(
+                    "a.example.com".to_string(),
+                    crate::tls::acme::PemPair {
+                        chain: "-----BEGIN CERTIFICATE-----\nAAA=\n-----END CERTIFICATE-----\n"
+                            .into(),
+                        key: "k\n".into(),
+                    },
+                )]
+                .into(),
+                http: [("token".to_string(), "token.thumb".to_string())].into(),
+                tls_alpn: Default::default(),
+            }),
             ToWorker::Tickets(rotated),
             ToWorker::Cover(3),
             ToWorker::Uncover(3),

@@ -39,6 +39,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The certificates in use: names, issuer, expiry; for ACME ones the next renewal and
+    /// the last error.
+    Certs {
+        /// Print them as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop gracefully: stop accepting, finish in-flight requests, exit.
     Stop {
         /// Do not wait for in-flight requests.
@@ -115,7 +122,7 @@ fn main() -> ExitCode {
     let request = match cli.command {
         Command::Reload => Request::Reload,
         Command::Upgrade => Request::Upgrade,
-        Command::Status { .. } => Request::Status,
+        Command::Status { .. } | Command::Certs { .. } => Request::Status,
         Command::Stop { now } => Request::Stop { now },
         Command::Drain {
             ref upstream,
@@ -216,6 +223,14 @@ fn main() -> ExitCode {
                 serde_json::to_string_pretty(&status).unwrap_or_default() + "\n"
             } else {
                 table(&status)
+            }
+        }
+        Command::Certs { json } => {
+            let certificates = reply.status.unwrap_or_default().certificates;
+            if json {
+                serde_json::to_string_pretty(&certificates).unwrap_or_default() + "\n"
+            } else {
+                certs_table(&certificates)
             }
         }
         Command::Drain {
@@ -319,6 +334,36 @@ fn ask(socket: &Path, request: &Request, patience: Duration) -> std::io::Result<
         return Err(std::io::ErrorKind::UnexpectedEof.into());
     }
     serde_json::from_str(&line).map_err(|e| std::io::Error::other(format!("unreadable reply: {e}")))
+}
+
+/// `gatewayctl certs` as a table.
+fn certs_table(certificates: &[gateway::protocol::CertificateStatus]) -> String {
+    use gateway::acme::rfc3339;
+    if certificates.is_empty() {
+        return "no certificates: no listener has tls\n".into();
+    }
+    let mut out = format!(
+        "{:<36}  {:<6}  {:<28}  {:<20}  {:>9}  {:<20}  last error\n",
+        "names", "source", "issuer", "expires", "days left", "next renewal"
+    );
+    for c in certificates {
+        let (expires, left) = match (c.not_after, c.expires_in_s) {
+            (Some(at), Some(left)) => (rfc3339(at), format!("{:.1}", left as f64 / 86400.0)),
+            _ => ("waiting".to_string(), "-".to_string()),
+        };
+        let _ = writeln!(
+            out,
+            "{:<36}  {:<6}  {:<28}  {:<20}  {:>9}  {:<20}  {}",
+            c.names.join(","),
+            c.source,
+            c.issuer.as_deref().unwrap_or("-"),
+            expires,
+            left,
+            c.next_renewal.map_or("-".to_string(), rfc3339),
+            c.last_error.as_deref().unwrap_or("-")
+        );
+    }
+    out
 }
 
 /// `gatewayctl status` as a table.

@@ -21,6 +21,7 @@ pub struct FileConfig {
     pub upstreams: BTreeMap<Spanned<String>, Spanned<UpstreamSection>>,
     pub compression: Option<CompressionSection>,
     pub redis: Option<RedisSection>,
+    pub acme: Option<AcmeSection>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -85,8 +86,21 @@ pub struct ListenerSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsEntry {
-    pub cert: Spanned<String>,
-    pub key: Spanned<String>,
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    /// Names the gateway gets a certificate for itself, from `[acme]`'s directory.
+    pub acme: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeSection {
+    pub email: Option<Spanned<String>>,
+    pub directory: Option<Spanned<String>>,
+    pub directory_ca: Option<Spanned<String>>,
+    pub storage: Option<Spanned<String>>,
+    pub renew_before: Option<Spanned<String>>,
+    pub challenge: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -2,7 +2,7 @@
 
 use super::{file, Validator};
 use crate::tls::load_certified_key;
-pub use crate::tls::TlsFiles;
+pub use crate::tls::{TlsFiles, TlsSource};
 use std::net::SocketAddr;
 use std::path::Path;
 use toml::Spanned;
@@ -10,7 +10,7 @@ use toml::Spanned;
 #[derive(Debug, Clone)]
 pub struct ListenerConfig {
     pub addr: SocketAddr,
-    pub tls: Vec<TlsFiles>,
+    pub tls: Vec<TlsSource>,
     /// Where the address is written, `FILE:LINE:COLUMN: listener[N].listen`, for a
     /// failure to listen on it that only start can find.
     pub at: String,
@@ -36,19 +36,34 @@ impl Validator<'_> {
             let addr = self.socket_addr(&l.listen, &key);
             let mut tls = Vec::new();
             for (j, entry) in l.tls.iter().enumerate() {
+                let span = entry.span();
                 let entry = entry.get_ref();
-                let cert =
-                    self.readable_file(&entry.cert, &format!("listener[{i}].tls[{j}].cert"), base);
-                let key =
-                    self.readable_file(&entry.key, &format!("listener[{i}].tls[{j}].key"), base);
-                if let (Some(cert), Some(key)) = (cert, key) {
-                    let files = TlsFiles { cert, key };
-                    match load_certified_key(&files) {
-                        Ok(_) => tls.push(files),
-                        Err(e) => {
-                            self.error(l.tls[j].span(), &format!("listener[{i}].tls[{j}]"), e)
+                let at = format!("listener[{i}].tls[{j}]");
+                match (&entry.cert, &entry.key, &entry.acme) {
+                    (Some(cert), Some(key), None) => {
+                        let cert = self.readable_file(cert, &format!("{at}.cert"), base);
+                        let key = self.readable_file(key, &format!("{at}.key"), base);
+                        if let (Some(cert), Some(key)) = (cert, key) {
+                            let files = TlsFiles { cert, key };
+                            match load_certified_key(&files) {
+                                Ok(_) => tls.push(TlsSource::Files(files)),
+                                Err(e) => self.error(span, &at, e),
+                            }
                         }
                     }
+                    (None, None, Some(names)) => {
+                        let names = self.acme_names(names, &format!("{at}.acme"));
+                        if names.is_empty() {
+                            self.error(span, &format!("{at}.acme"), "name at least one name");
+                        } else {
+                            tls.push(TlsSource::Acme(names));
+                        }
+                    }
+                    _ => self.error(
+                        span,
+                        &at,
+                        "either cert and key, or acme = [\"NAME\", ...]",
+                    ),
                 }
             }
             if let Some(addr) = addr {

@@ -22,6 +22,7 @@
 //! ```
 
 mod access;
+mod acme;
 mod compression;
 mod dns;
 mod env;
@@ -37,10 +38,11 @@ mod upstreams;
 mod validate;
 
 pub use access::{AccessList, Cidr, CidrList};
+pub use acme::{dns_name, AcmeConfig, AcmeStorage, Challenge, DEFAULT_DIRECTORY};
 pub use compression::{Coding, CompressionConfig, DEFAULT_ALGORITHMS};
 pub use gateway::*;
 pub use limits::{RateKey, RateLimit, RateScope, RedisConfig, MAX_LIMITED_ROUTES};
-pub use listeners::{ListenerConfig, TlsFiles};
+pub use listeners::{ListenerConfig, TlsFiles, TlsSource};
 pub use matching::RouteMatch;
 pub use names::{lookup, srv_key, Answers, Found, Lookup, Resolver};
 pub use routes::{ErrorPage, Fallback, Files, Redirect, RouteAction, RouteConfig};
@@ -68,6 +70,8 @@ pub struct Config {
     pub compression: Option<CompressionConfig>,
     /// `[redis]`: where global rate limits are counted.
     pub redis: Option<RedisConfig>,
+    /// `[acme]`: where certificates for `acme` entries come from.
+    pub acme: Option<AcmeConfig>,
     /// What the server names resolved to when the file was read (an empty list for a
     /// name that did not resolve).
     pub answers: Answers,
@@ -81,8 +85,10 @@ impl Config {
         let mut files = vec![self.path.clone()];
         for listener in &self.listeners {
             for tls in &listener.tls {
-                files.push(tls.cert.clone());
-                files.push(tls.key.clone());
+                if let TlsSource::Files(tls) = tls {
+                    files.push(tls.cert.clone());
+                    files.push(tls.key.clone());
+                }
             }
         }
         files
@@ -243,6 +249,12 @@ impl Validator<'_> {
         let redis = raw.redis.as_ref().map(|r| self.redis(r, base));
         let routes = self.routes(&raw.routes, &raw.upstreams, base, redis.is_some());
         let compression = raw.compression.as_ref().map(|c| self.compression(c));
+        let plain_listener = listeners.iter().any(|l| l.tls.is_empty());
+        let acme = raw
+            .acme
+            .as_ref()
+            .map(|a| self.acme(a, base, redis.is_some(), plain_listener));
+        self.acme_entries(&raw.listeners, &listeners, acme.is_some());
         Config {
             path: self.file.clone(),
             gateway,
@@ -253,6 +265,7 @@ impl Validator<'_> {
             upstreams,
             compression,
             redis,
+            acme,
             answers: std::mem::take(&mut self.answers),
             warnings: std::mem::take(&mut self.warnings),
         }

@@ -62,6 +62,11 @@ pub fn moved(log: RequestLog, location: &str) -> Response<ResponseBody> {
     }
 }
 
+/// An ACME HTTP-01 validation: `200` with the token's key authorization.
+pub fn challenge(log: RequestLog, key_authorization: String) -> Response<ResponseBody> {
+    own(log, StatusCode::OK, key_authorization, None, None, false)
+}
+
 /// The answer of a `redirect` route: `Location` from its template, `{host}` being the
 /// host the request named (without port) and `{uri}` its path and query.
 pub fn redirect(

@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! handle ─► check::request          refuse what may not go on; normalize the path
+//!           └ an ACME HTTP-01 token ───────────────────────────► answer::challenge
 //!        ─► client::address         the client: the peer, or whom a trusted proxy names
 //!        ─► RouteTable::route       host, path, methods and headers to a route
 //!        ─► route.access            allow / deny: 403
@@ -143,6 +144,8 @@ enum Outcome<'a> {
     Redirect(&'a Redirect, Option<HeaderValue>),
     /// A directory without its trailing `/`: redirected there.
     Moved(String),
+    /// An HTTP-01 validation: the token's key authorization.
+    Challenge(String),
     /// Boxed: a file answer's head would make every request's outcome larger.
     File(Box<files::FileAnswer>, &'a RouteConfig),
     Forwarded {
@@ -276,6 +279,9 @@ impl Proxy {
                 None,
             ),
             Ok(Outcome::Moved(location)) => (answer::moved(log, &location), None, None),
+            Ok(Outcome::Challenge(key_authorization)) => {
+                (answer::challenge(log, key_authorization), None, None)
+            }
             Err(failure) => (answer::failure(log, failure, upgrade), None, None),
         };
         // An error page is the answer's body from here on: compressed like any other.
@@ -312,6 +318,12 @@ impl Proxy {
         trail: &mut Trail<'a>,
     ) -> Result<Outcome<'a>, Failure> {
         check::request(head, &self.limits)?;
+        // HTTP-01 is answered ahead of every route (a redirect to https included).
+        if !conn.tls && head.uri.path().starts_with(crate::tls::acme::HTTP_PREFIX) {
+            if let Some(answer) = crate::tls::acme::http_answer(head.uri.path()) {
+                return Ok(Outcome::Challenge(answer));
+            }
+        }
         let routed = self.routes.route(head)?;
         let route = routed.route;
         trail.route = Some(route);

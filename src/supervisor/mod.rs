@@ -67,6 +67,9 @@ pub enum Event {
     Upgraded(Result<String, String>),
     /// The supervisor this one replaced has exited: its records are free.
     PredecessorGone,
+    /// The ACME client changed its certificates or challenges: tell every worker, then
+    /// answer.
+    Acme(crate::tls::acme::AcmeState, oneshot::Sender<()>),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -114,6 +117,11 @@ struct Supervisor {
     view: watch::Sender<Arc<Snapshot>>,
     /// TLS session ticket keys, the same for every worker and kept across reloads.
     tickets: TicketKeys,
+    /// The ACME client, when the config has `acme` entries.
+    acme: Option<crate::acme::Manager>,
+    /// What the workers have of ACME (sent to each new one).
+    acme_state: crate::tls::acme::AcmeState,
+    acme_board: crate::acme::Board,
     /// This program's path as it was at start: what `upgrade` runs (the binary there now).
     program: PathBuf,
     /// The control socket's accept loop and descriptor, while this supervisor serves it.
@@ -250,10 +258,12 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
             workers: Vec::new(),
         }));
         let check_failures = LastFailures::default();
+        let acme_board = crate::acme::Board::default();
         let source = StatusSource {
             view: view_rx,
             table,
             check_failures: check_failures.clone(),
+            acme: acme_board.clone(),
         };
         // The admin listener handed over serves on if the file still has its address
         // (else it is closed here, and the new address bound).
@@ -321,6 +331,9 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
             admin,
             view,
             tickets,
+            acme: None,
+            acme_state: Default::default(),
+            acme_board,
             program,
             control_task: Some(control_task),
             control_fd: Some(control_fd),
@@ -339,6 +352,8 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
             return ExitCode::from(1);
         }
         supervisor.redeliver_deferred();
+        // Once the workers serve: the CA's validation must find them.
+        supervisor.follow_acme();
         supervisor.publish();
         tracing::info!(
             generation = supervisor.generation,
@@ -456,6 +471,39 @@ impl Supervisor {
                 }
             }
             Event::Dns(_) => {}
+            Event::Acme(state, told) => {
+                self.acme_state = state;
+                self.tell_all(&ToWorker::Acme(self.acme_state.clone()))
+                    .await;
+                let _ = told.send(());
+            }
+        }
+    }
+
+    /// Starts the ACME client for the current config, or leaves it running when its plan
+    /// is the same (an order in progress goes on), or stops it.
+    fn follow_acme(&mut self) {
+        let plan = crate::acme::Plan::of(&self.config);
+        if self.acme.as_ref().map(|m| &m.plan) == plan.as_ref() {
+            return;
+        }
+        self.acme = None;
+        match plan {
+            None => {
+                self.acme_board.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            }
+            Some(plan) => {
+                let events = self.events.clone();
+                let tell: crate::acme::Tell = Box::new(move |state, told| {
+                    let _ = events.send(Event::Acme(state, told));
+                });
+                self.acme = Some(crate::acme::Manager::start(
+                    plan,
+                    self.acme_board.clone(),
+                    &self.acme_state,
+                    tell,
+                ));
+            }
         }
     }
 
@@ -530,6 +578,7 @@ impl Supervisor {
             view: self.view.subscribe(),
             table: self.table,
             check_failures: self.check_failures.clone(),
+            acme: self.acme_board.clone(),
         }
     }
 

@@ -97,6 +97,7 @@ impl Supervisor {
         if admin.is_some() || self.config.admin.is_none() {
             self.admin = admin;
         }
+        self.follow_acme();
         let timeout = self.config.gateway.shutdown_timeout;
         let mut old = Vec::new();
         for w in self

@@ -6,10 +6,11 @@
 use super::health::LastFailures;
 use crate::config::Config;
 use crate::protocol::{
-    DownReason, HealthCheckCounts, Reply, ServerChange, ServerState, ServerStatus, Status,
+    CertificateStatus, DownReason, HealthCheckCounts, Reply, ServerChange, ServerState, ServerStatus, Status,
     UpstreamStatus, WorkerState, WorkerStatus,
 };
 use crate::table::assignment::per_upstream;
+use crate::tls::cert_info::CertInfo;
 use crate::table::{Histogram, Table, LATENCY_BUCKETS};
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
@@ -44,6 +45,8 @@ pub struct StatusSource {
     pub view: watch::Receiver<Arc<Snapshot>>,
     pub table: &'static Table,
     pub check_failures: LastFailures,
+    /// The ACME client's entries.
+    pub acme: crate::acme::Board,
 }
 
 impl StatusSource {
@@ -179,7 +182,54 @@ impl StatusSource {
             restarts: view.restarts,
             workers,
             upstreams,
+            certificates: self.certificates(&view.config),
         }
+    }
+
+    /// The listeners' certificates: each file's (read now, so a renewed file shows), then
+    /// the ACME entries'.
+    fn certificates(&self, config: &Config) -> Vec<CertificateStatus> {
+        let now = crate::acme::now();
+        let mut out = Vec::new();
+        let files = config.listeners.iter().flat_map(|l| &l.tls);
+        for files in files.filter_map(|t| match t {
+            crate::config::TlsSource::Files(files) => Some(files),
+            crate::config::TlsSource::Acme(_) => None,
+        }) {
+            let file = files.cert.display().to_string();
+            if out.iter().any(|c: &CertificateStatus| c.file.as_ref() == Some(&file)) {
+                continue;
+            }
+            let info = std::fs::read(&files.cert)
+                .map_err(|e| e.to_string())
+                .and_then(|pem| CertInfo::from_pem(&pem));
+            let mut status = CertificateStatus {
+                source: "file".into(),
+                file: Some(file),
+                ..CertificateStatus::default()
+            };
+            match info {
+                Ok(info) => {
+                    status.names = info.names;
+                    status.issuer = Some(info.issuer);
+                    status.not_before = Some(info.not_before);
+                    status.not_after = Some(info.not_after);
+                }
+                Err(e) => status.last_error = Some(e),
+            }
+            out.push(status);
+        }
+        out.extend(
+            self.acme
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned(),
+        );
+        for c in &mut out {
+            c.expires_in_s = c.not_after.map(|t| t - now);
+        }
+        out
     }
 
     /// Ok while at least one worker serves (`/healthz`).
@@ -235,6 +285,13 @@ impl StatusSource {
     /// unready.
     pub fn readiness_notes(&self) -> Vec<String> {
         let mut notes = Vec::new();
+        // A note rather than unready: a load balancer that held back an unready gateway
+        // would hold back the CA's validation too, and the certificate would never come.
+        for entry in self.acme.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            if entry.not_after.is_none() {
+                notes.push(format!("acme: waiting for {}", entry.names.join(", ")));
+            }
+        }
         if let Some(redis) = &self.view.borrow().config.redis {
             if self.table.redis_down() {
                 notes.push(format!(
@@ -369,6 +426,19 @@ impl StatusSource {
                             n,
                         );
                     }
+                }
+            }
+        }
+        let expiry = "gateway_tls_certificate_expiry_seconds";
+        out.family(
+            expiry,
+            "gauge",
+            "Seconds until the certificate serving the name expires (negative: expired).",
+        );
+        for c in &status.certificates {
+            if let Some(left) = c.expires_in_s {
+                for name in &c.names {
+                    out.sample(expiry, &[("name", name)], left);
                 }
             }
         }

@@ -143,6 +143,7 @@ impl Supervisor {
         ours.write_all(&ToWorker::Tickets(self.tickets.clone()).encode())?;
         ours.write_all(&ToWorker::Dns(self.config.answers.clone()).encode())?;
         ours.write_all(&ToWorker::Runtime(self.runtime.clone()).encode())?;
+        ours.write_all(&ToWorker::Acme(self.acme_state.clone()).encode())?;
         ours.write_all(&ToWorker::Config(self.config_text.clone()).encode())?;
         ours.set_nonblocking(true)?;
         let (read, commands) = tokio::net::UnixStream::from_std(ours)?.into_split();

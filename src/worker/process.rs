@@ -70,6 +70,7 @@ async fn run(config_path: &Path, args: &WorkerArgs) -> std::io::Result<()> {
             Some(ToWorker::Tickets(keys)) => ticketer.set(&keys),
             Some(ToWorker::Dns(found)) => servers.answers = found,
             Some(ToWorker::Runtime(runtime)) => servers.runtime = runtime,
+            Some(ToWorker::Acme(state)) => crate::tls::acme::hold(&state),
             Some(ToWorker::Config(text)) => break text,
             other => {
                 return Err(std::io::Error::other(format!(
@@ -202,6 +203,7 @@ async fn follow_commands(mut commands: BufReader<OwnedReadHalf>, mut on: Followi
             },
             Ok(Some(ToWorker::Drain)) => break,
             Ok(Some(ToWorker::Tickets(keys))) => on.ticketer.set(&keys),
+            Ok(Some(ToWorker::Acme(state))) => crate::tls::acme::hold(&state),
             Ok(Some(ToWorker::Cover(seat))) => {
                 let _ = on.cover.send(Cover::Start(seat));
             }

@@ -358,7 +358,12 @@ async fn handshake(
 ) -> Option<(TlsStream<TcpStream>, bool)> {
     match tokio::time::timeout(timeout, tls.accept(stream)).await {
         Ok(Ok(stream)) => {
-            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let alpn = stream.get_ref().1.alpn_protocol();
+            // A CA's TLS-ALPN-01 validation: it has seen the certificate; nothing follows.
+            if alpn == Some(crate::tls::acme::ALPN) {
+                return None;
+            }
+            let h2 = alpn == Some(b"h2");
             Some((stream, h2))
         }
         Ok(Err(e)) => {
