@@ -135,11 +135,13 @@ impl Manager {
             let mut board = board.lock().unwrap_or_else(|p| p.into_inner());
             board.retain(|name, _| first_names.contains(&name));
             for names in &plan.entries {
-                board.entry(names[0].clone()).or_insert_with(|| CertificateStatus {
-                    names: names.clone(),
-                    source: "acme".into(),
-                    ..CertificateStatus::default()
-                });
+                board
+                    .entry(names[0].clone())
+                    .or_insert_with(|| CertificateStatus {
+                        names: names.clone(),
+                        source: "acme".into(),
+                        ..CertificateStatus::default()
+                    });
             }
         }
         let storage = match Storage::new(&plan.config.storage, plan.redis.as_ref()) {
@@ -147,7 +149,10 @@ impl Manager {
             Err(e) => {
                 // `check` refuses what would make this fail.
                 tracing::error!("acme: {e}");
-                return Manager { plan, tasks: Vec::new() };
+                return Manager {
+                    plan,
+                    tasks: Vec::new(),
+                };
             }
         };
         tracing::info!(
@@ -204,7 +209,8 @@ impl Shared {
                 match self.storage.certificate(&name).await {
                     Ok(Some(pair)) => {
                         let newer = |info: &CertInfo| {
-                            held.as_ref().is_none_or(|h| info.not_after > h.info.not_after)
+                            held.as_ref()
+                                .is_none_or(|h| info.not_after > h.info.not_after)
                         };
                         match usable(&pair, &names) {
                             Ok(info) if newer(&info) => {
@@ -233,7 +239,9 @@ impl Shared {
                     match usable(&pair, &names) {
                         Ok(info) => held = Some(self.serve(&names, pair, info, "obtained").await),
                         Err(e) => {
-                            tracing::error!("acme: the CA's certificate for {name} is unusable: {e}")
+                            tracing::error!(
+                                "acme: the CA's certificate for {name} is unusable: {e}"
+                            )
                         }
                     }
                 }

@@ -2,8 +2,8 @@
 //! the workers before the CA is told to look, the CSR with a fresh key, the chain.
 
 use super::storage::{Storage, StoredAccount};
-use crate::config::{AcmeConfig, Challenge};
 use super::Publisher;
+use crate::config::{AcmeConfig, Challenge};
 use crate::tls::acme::PemPair;
 use instant_acme::{
     Account, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
@@ -25,7 +25,10 @@ pub async fn account(config: &AcmeConfig, storage: &Storage) -> Result<Account, 
     let stored = storage.account().await?;
     if let Some(stored) = stored.filter(|s| s.directory == config.directory) {
         let builder = builder().map_err(ca_error)?;
-        return builder.from_credentials(stored.credentials).await.map_err(ca_error);
+        return builder
+            .from_credentials(stored.credentials)
+            .await
+            .map_err(ca_error);
     }
     let contact: Vec<&str> = config.email.iter().map(String::as_str).collect();
     let new = NewAccount {
@@ -50,7 +53,10 @@ pub async fn account(config: &AcmeConfig, storage: &Storage) -> Result<Account, 
         if let Some(first) = storage.account().await? {
             if first.directory == config.directory {
                 let builder = builder().map_err(ca_error)?;
-                return builder.from_credentials(first.credentials).await.map_err(ca_error);
+                return builder
+                    .from_credentials(first.credentials)
+                    .await
+                    .map_err(ca_error);
             }
         }
     }
@@ -111,12 +117,16 @@ async fn order_inner(
                 let (token, answer) = (handle.token.clone(), key_authorization.as_str());
                 tokens.push(token.clone());
                 let answer = answer.to_string();
-                publisher.change(|state| drop(state.http.insert(token, answer))).await;
+                publisher
+                    .change(|state| drop(state.http.insert(token, answer)))
+                    .await;
             }
             Challenge::TlsAlpn01 => {
                 let pair = alpn_certificate(&name, key_authorization.digest().as_ref())?;
                 let name = name.clone();
-                publisher.change(|state| drop(state.tls_alpn.insert(name, pair))).await;
+                publisher
+                    .change(|state| drop(state.tls_alpn.insert(name, pair)))
+                    .await;
             }
         }
         handle
@@ -178,7 +188,8 @@ async fn why_invalid(order: &mut instant_acme::Order) -> String {
 /// key authorization in the critical acmeIdentifier extension (RFC 8737, 3).
 fn alpn_certificate(name: &str, digest: &[u8]) -> Result<PemPair, String> {
     let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
-    let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).map_err(|e| e.to_string())?;
+    let mut params =
+        rcgen::CertificateParams::new(vec![name.to_string()]).map_err(|e| e.to_string())?;
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
     let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
     Ok(PemPair {

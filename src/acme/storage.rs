@@ -220,6 +220,8 @@ fn write_private(dir: &Path, name: &str, value: &[u8]) -> Result<(), String> {
         .mode(0o600)
         .open(&staged)
         .map_err(at)?;
-    file.write_all(value).and_then(|_| file.sync_all()).map_err(at)?;
+    file.write_all(value)
+        .and_then(|_| file.sync_all())
+        .map_err(at)?;
     std::fs::rename(&staged, dir.join(name)).map_err(at)
 }

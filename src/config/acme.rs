@@ -53,7 +53,11 @@ impl Validator<'_> {
             if email.contains('@') && !email.contains(char::is_whitespace) {
                 Some(format!("mailto:{}", email.trim_start_matches("mailto:")))
             } else {
-                self.error(e.span(), "acme.email", format!("{email:?} is not an address"));
+                self.error(
+                    e.span(),
+                    "acme.email",
+                    format!("{email:?} is not an address"),
+                );
                 None
             }
         });
@@ -95,20 +99,24 @@ impl Validator<'_> {
             "acme.renew_before",
             DEFAULT_RENEW_BEFORE,
         );
-        let challenge = section.challenge.as_ref().and_then(|c| match c.get_ref().as_str() {
-            "http-01" if !plain_listener => {
-                let message = "http-01 needs a plain (non-TLS) [[listener]] for the CA to reach";
-                self.error(c.span(), "acme.challenge", message);
-                None
-            }
-            "http-01" => Some(Challenge::Http01),
-            "tls-alpn-01" => Some(Challenge::TlsAlpn01),
-            other => {
-                let message = format!("{other:?}: \"http-01\" or \"tls-alpn-01\"");
-                self.error(c.span(), "acme.challenge", message);
-                None
-            }
-        });
+        let challenge = section
+            .challenge
+            .as_ref()
+            .and_then(|c| match c.get_ref().as_str() {
+                "http-01" if !plain_listener => {
+                    let message =
+                        "http-01 needs a plain (non-TLS) [[listener]] for the CA to reach";
+                    self.error(c.span(), "acme.challenge", message);
+                    None
+                }
+                "http-01" => Some(Challenge::Http01),
+                "tls-alpn-01" => Some(Challenge::TlsAlpn01),
+                other => {
+                    let message = format!("{other:?}: \"http-01\" or \"tls-alpn-01\"");
+                    self.error(c.span(), "acme.challenge", message);
+                    None
+                }
+            });
         AcmeConfig {
             email,
             directory,
@@ -145,7 +153,8 @@ impl Validator<'_> {
     ) {
         let mut seen = std::collections::BTreeSet::new();
         for (i, (l, listener)) in raw.iter().zip(listeners).enumerate() {
-            let entries = (l.get_ref().tls.iter().enumerate()).filter(|(_, e)| e.get_ref().acme.is_some());
+            let entries =
+                (l.get_ref().tls.iter().enumerate()).filter(|(_, e)| e.get_ref().acme.is_some());
             let names = listener.tls.iter().filter_map(|t| match t {
                 super::TlsSource::Acme(names) => Some(names),
                 super::TlsSource::Files(_) => None,
@@ -153,7 +162,11 @@ impl Validator<'_> {
             for ((j, entry), names) in entries.zip(names) {
                 let key = format!("listener[{i}].tls[{j}].acme");
                 if !configured {
-                    self.error(entry.span(), &key, "needs an [acme] table (at least its email)");
+                    self.error(
+                        entry.span(),
+                        &key,
+                        "needs an [acme] table (at least its email)",
+                    );
                 }
                 for name in names {
                     if !seen.insert(name.clone()) {
@@ -176,14 +189,18 @@ pub fn dns_name(name: &str) -> Result<String, String> {
         ));
     }
     if name.parse::<std::net::IpAddr>().is_ok() {
-        return Err(format!("{name}: certificates are ordered for names, not addresses"));
+        return Err(format!(
+            "{name}: certificates are ordered for names, not addresses"
+        ));
     }
     let labels_ok = name.split('.').all(|label| {
         !label.is_empty()
             && label.len() <= 63
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
     });
     if !labels_ok || name.len() > 253 || !name.contains('.') {
         return Err(format!("{name:?} is not a DNS name like \"example.com\""));
@@ -198,7 +215,15 @@ mod tests {
     #[test]
     fn names_are_checked_and_lower_cased() {
         assert_eq!(dns_name("WWW.Example.com.").unwrap(), "www.example.com");
-        for bad in ["*.example.com", "127.0.0.1", "localhost", "a..b", "-a.b", "a_b.c", ""] {
+        for bad in [
+            "*.example.com",
+            "127.0.0.1",
+            "localhost",
+            "a..b",
+            "-a.b",
+            "a_b.c",
+            "",
+        ] {
             assert!(dns_name(bad).is_err(), "{bad}");
         }
     }

@@ -59,11 +59,7 @@ impl Validator<'_> {
                             tls.push(TlsSource::Acme(names));
                         }
                     }
-                    _ => self.error(
-                        span,
-                        &at,
-                        "either cert and key, or acme = [\"NAME\", ...]",
-                    ),
+                    _ => self.error(span, &at, "either cert and key, or acme = [\"NAME\", ...]"),
                 }
             }
             if let Some(addr) = addr {

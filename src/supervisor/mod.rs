@@ -490,7 +490,10 @@ impl Supervisor {
         self.acme = None;
         match plan {
             None => {
-                self.acme_board.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                self.acme_board
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
             }
             Some(plan) => {
                 let events = self.events.clone();

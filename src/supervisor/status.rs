@@ -6,12 +6,12 @@
 use super::health::LastFailures;
 use crate::config::Config;
 use crate::protocol::{
-    CertificateStatus, DownReason, HealthCheckCounts, Reply, ServerChange, ServerState, ServerStatus, Status,
-    UpstreamStatus, WorkerState, WorkerStatus,
+    CertificateStatus, DownReason, HealthCheckCounts, Reply, ServerChange, ServerState,
+    ServerStatus, Status, UpstreamStatus, WorkerState, WorkerStatus,
 };
 use crate::table::assignment::per_upstream;
-use crate::tls::cert_info::CertInfo;
 use crate::table::{Histogram, Table, LATENCY_BUCKETS};
+use crate::tls::cert_info::CertInfo;
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -197,7 +197,10 @@ impl StatusSource {
             crate::config::TlsSource::Acme(_) => None,
         }) {
             let file = files.cert.display().to_string();
-            if out.iter().any(|c: &CertificateStatus| c.file.as_ref() == Some(&file)) {
+            if out
+                .iter()
+                .any(|c: &CertificateStatus| c.file.as_ref() == Some(&file))
+            {
                 continue;
             }
             let info = std::fs::read(&files.cert)

@@ -41,11 +41,13 @@ struct Held {
 /// plain requests under [`HTTP_PREFIX`], written when the supervisor sends a new state.
 static HELD: LazyLock<RwLock<Held>> = LazyLock::new(Default::default);
 
-fn parsed(pairs: &BTreeMap<String, PemPair>) -> HashMap<String, Arc<CertifiedKey>> {
+type Load = fn(&[u8], &[u8], &str, &str) -> Result<CertifiedKey, String>;
+
+fn parsed(pairs: &BTreeMap<String, PemPair>, load: Load) -> HashMap<String, Arc<CertifiedKey>> {
     let mut out = HashMap::new();
     for (name, pair) in pairs {
         let (chain, key) = (pair.chain.as_bytes(), pair.key.as_bytes());
-        match super::certified_key(chain, key, name, name) {
+        match load(chain, key, name, name) {
             Ok(key) => {
                 out.insert(name.clone(), Arc::new(key));
             }
@@ -58,9 +60,13 @@ fn parsed(pairs: &BTreeMap<String, PemPair>) -> HashMap<String, Arc<CertifiedKey
 /// Serve with `state` from now on.
 pub fn hold(state: &AcmeState) {
     let held = Held {
-        certs: parsed(&state.certs),
-        http: state.http.iter().map(|(t, a)| (t.clone(), a.clone())).collect(),
-        tls_alpn: parsed(&state.tls_alpn),
+        certs: parsed(&state.certs, super::certified_key),
+        http: state
+            .http
+            .iter()
+            .map(|(t, a)| (t.clone(), a.clone()))
+            .collect(),
+        tls_alpn: parsed(&state.tls_alpn, super::unchecked_key),
     };
     *HELD.write().unwrap_or_else(|p| p.into_inner()) = held;
 }

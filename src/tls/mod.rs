@@ -41,9 +41,27 @@ pub fn load_certified_key(files: &TlsFiles) -> Result<CertifiedKey, String> {
     certified_key(&chain, &key, &cert_file, &key_file)
 }
 
-/// A PEM chain and key as rustls signs with; errors name them as `cert_name` and
-/// `key_name`.
+/// A PEM chain and key as rustls signs with, checked to belong together and to parse as
+/// an end-entity certificate; errors name them as `cert_name` and `key_name`.
 pub fn certified_key(
+    chain: &[u8],
+    key: &[u8],
+    cert_name: &str,
+    key_name: &str,
+) -> Result<CertifiedKey, String> {
+    let (cert_file, key_file) = (cert_name, key_name);
+    let certified = unchecked_key(chain, key, cert_name, key_name)?;
+    certified
+        .keys_match()
+        .map_err(|e| format!("{key_file} does not match {cert_file}: {e}"))?;
+    webpki::EndEntityCert::try_from(&certified.cert[0])
+        .map_err(|e| format!("{cert_file}: the first certificate cannot be parsed: {e}"))?;
+    Ok(certified)
+}
+
+/// A PEM chain and key, not checked beyond parsing: for a TLS-ALPN-01 certificate, whose
+/// critical acmeIdentifier extension webpki refuses (the CA reads it, nobody else).
+pub fn unchecked_key(
     chain: &[u8],
     key: &[u8],
     cert_name: &str,
@@ -62,13 +80,7 @@ pub fn certified_key(
         .key_provider
         .load_private_key(key)
         .map_err(|e| format!("{key_file}: {e}"))?;
-    let certified = CertifiedKey::new(certs, signing_key);
-    certified
-        .keys_match()
-        .map_err(|e| format!("{key_file} does not match {cert_file}: {e}"))?;
-    webpki::EndEntityCert::try_from(&certified.cert[0])
-        .map_err(|e| format!("{cert_file}: the first certificate cannot be parsed: {e}"))?;
-    Ok(certified)
+    Ok(CertifiedKey::new(certs, signing_key))
 }
 
 /// One entry of a listener's `tls`, as the resolver holds it.
@@ -111,9 +123,10 @@ impl ResolvesServerCert for SniResolver {
                 for slot in &self.slots {
                     match slot {
                         Slot::Loaded(key) => {
-                            let valid = webpki::EndEntityCert::try_from(&key.cert[0]).is_ok_and(
-                                |cert| cert.verify_is_valid_for_subject_name(&name).is_ok(),
-                            );
+                            let valid =
+                                webpki::EndEntityCert::try_from(&key.cert[0]).is_ok_and(|cert| {
+                                    cert.verify_is_valid_for_subject_name(&name).is_ok()
+                                });
                             if valid {
                                 return Some(key.clone());
                             }

@@ -16,8 +16,8 @@ use std::time::Duration;
 type SrvRecords = Arc<Mutex<HashMap<String, Vec<(String, u16, u16)>>>>;
 
 /// A-record answers by name; a name not in the map is NXDOMAIN.
-struct DnsServer {
-    addr: SocketAddr,
+pub(crate) struct DnsServer {
+    pub(crate) addr: SocketAddr,
     records: Arc<Mutex<HashMap<String, Vec<Ipv4Addr>>>>,
     /// A queries answered (AAAA queries are answered empty and not counted).
     queries: Arc<AtomicUsize>,
@@ -26,7 +26,7 @@ struct DnsServer {
 }
 
 impl DnsServer {
-    async fn start() -> DnsServer {
+    pub(crate) async fn start() -> DnsServer {
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
         let records: Arc<Mutex<HashMap<String, Vec<Ipv4Addr>>>> = Default::default();
@@ -90,7 +90,7 @@ impl DnsServer {
         }
     }
 
-    fn set(&self, name: &str, ips: &[Ipv4Addr]) {
+    pub(crate) fn set(&self, name: &str, ips: &[Ipv4Addr]) {
         self.records
             .lock()
             .unwrap()

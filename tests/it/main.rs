@@ -1,6 +1,7 @@
 //! Integration tests: the real `gateway` binary, real backends, real clients.
 
 mod access;
+mod acme;
 mod balancing;
 mod cli;
 mod common;
