@@ -25,7 +25,8 @@ pub struct StoredAccount {
 
 pub enum Storage {
     Dir(PathBuf),
-    Redis(redis::Client),
+    /// Boxed: one per gateway, and the client is ten times a path's size.
+    Redis(Box<redis::Client>),
 }
 
 /// A held Redis lock (nothing for a directory); released by [`Storage::unlock`], or when
@@ -38,7 +39,7 @@ impl Storage {
             (AcmeStorage::Dir(dir), _) => Ok(Storage::Dir(dir.clone())),
             (AcmeStorage::Redis, Some(redis)) => redis
                 .client()
-                .map(Storage::Redis)
+                .map(|client| Storage::Redis(Box::new(client)))
                 .map_err(|e| format!("redis: {e}")),
             (AcmeStorage::Redis, None) => Err("storage = \"redis\" without [redis]".into()),
         }

@@ -393,6 +393,75 @@ mod tests {
             .map_err(|e| e.0.iter().map(|e| e.to_string()).collect())
     }
 
+    #[test]
+    fn acme_entries_and_their_table_are_checked_where_written() {
+        let base = "[[route]]\nupstream = \"app\"\n[upstream.app]\nservers = [ { address = \"127.0.0.1:9\" } ]\n";
+        let listener =
+            |tls: &str| format!("[[listener]]\nlisten = \"127.0.0.1:0\"\ntls = [{tls}]\n");
+        let ok = check(&format!(
+            "{}[[listener]]\nlisten = \"127.0.0.1:0\"\n[acme]\nemail = \"ops@example.com\"\n{base}",
+            listener("{ acme = [\"Example.com\", \"www.example.com\"] }")
+        ))
+        .unwrap();
+        assert_eq!(
+            ok.listeners[0].tls,
+            [TlsSource::Acme(vec![
+                "example.com".into(),
+                "www.example.com".into()
+            ])]
+        );
+        let acme = ok.acme.unwrap();
+        assert_eq!(acme.email.as_deref(), Some("mailto:ops@example.com"));
+        assert_eq!(acme.directory, DEFAULT_DIRECTORY);
+        assert_eq!(acme.renew_before, Duration::from_secs(30 * 86400));
+        assert_eq!(acme.storage, AcmeStorage::Dir(PathBuf::from("conf/acme")));
+
+        let cases = [
+            (
+                listener("{ acme = [\"a.example\"] }"),
+                "",
+                "listener[0].tls[0].acme: needs an [acme] table",
+            ),
+            (
+                listener("{ acme = [\"*.example.com\"] }"),
+                "[acme]\n",
+                "a wildcard needs the DNS-01",
+            ),
+            (
+                listener("{ acme = [\"a.example\"] }, { acme = [\"a.example\"] }"),
+                "[acme]\n",
+                "tls[1].acme: a.example is in another acme entry",
+            ),
+            (
+                listener("{ acme = [\"a.example\"], cert = \"x\" }"),
+                "[acme]\n",
+                "either cert and key, or acme",
+            ),
+            (
+                listener("{ acme = [\"a.example\"] }"),
+                "[acme]\nstorage = \"redis\"\n",
+                "acme.storage: \"redis\" needs a [redis] table",
+            ),
+            (
+                listener("{ acme = [\"a.example\"] }"),
+                "[acme]\nchallenge = \"http-01\"\n",
+                "acme.challenge: http-01 needs a plain",
+            ),
+            (
+                listener("{ acme = [\"a.example\"] }"),
+                "[acme]\ndirectory = \"http://ca\"\n",
+                "acme.directory: must be an https:// URL",
+            ),
+        ];
+        for (listener, acme, wanted) in cases {
+            let errors = check(&format!("{listener}{acme}{base}")).unwrap_err();
+            assert!(
+                errors.iter().any(|e| e.contains(wanted)),
+                "{wanted}: {errors:?}"
+            );
+        }
+    }
+
     /// Every number and duration has bounds `check` enforces: what it accepts starts
     /// (a huge keepalive made every worker panic; a zero head timeout dropped every head
     /// in two packets; a huge duration overflows a deadline).

@@ -441,3 +441,78 @@ async fn renewal_under_load_fails_no_request() {
     assert!(renewals >= 2, "{}", gw.stderr());
     assert!(ok > 50, "{ok}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_sharing_redis_storage_order_once() {
+    let tls_port = free_port();
+    // Which gateway pebble reaches is not what this is about: it validates without
+    // looking, and the two gateways race for the order.
+    let pebble = pebble_or_skip!(
+        Pebble::start(
+            free_port(),
+            tls_port,
+            Duration::from_secs(3600),
+            &[("PEBBLE_VA_ALWAYS_VALID", "1")]
+        )
+        .await
+    );
+    let Some(redis) = crate::redis_limits::Redis::start(None).await else {
+        eprintln!("skipped: redis-server is not installed");
+        return;
+    };
+    pebble.dns.set("e.test", &[Ipv4Addr::LOCALHOST]);
+    let backend = Backend::named("app").await;
+    let config = |port: u16| {
+        format!(
+            "[redis]\nurl = \"redis://{}\"\n\n[[listener]]\nlisten = \"127.0.0.1:{port}\"\n\
+             tls = [{{ acme = [\"e.test\"] }}]\n\n{}{}",
+            redis.addr,
+            pebble
+                .acme_table(Path::new("unused"), "challenge = \"tls-alpn-01\"")
+                .replace("storage = \"unused\"", "storage = \"redis\""),
+            upstream_config("app", &[backend.addr], "")
+        )
+    };
+    let (port_a, port_b) = (free_port(), free_port());
+    let (a, b) = (
+        Gateway::start(&config(port_a)),
+        Gateway::start(&config(port_b)),
+    );
+    wait_for_certificate(&a, "e.test").await;
+    wait_for_certificate(&b, "e.test").await;
+    let ordered = |gw: &Gateway| {
+        gw.stderr()
+            .matches("ordering a certificate for e.test")
+            .count()
+    };
+    assert_eq!(
+        ordered(&a) + ordered(&b),
+        1,
+        "{}\n---\n{}",
+        a.stderr(),
+        b.stderr()
+    );
+    let (cert_a, cert_b) = (
+        cert_for(&certs(&a), "e.test").clone(),
+        cert_for(&certs(&b), "e.test").clone(),
+    );
+    assert_eq!(cert_a["not_after"], cert_b["not_after"]);
+    let root = pebble.root().await;
+    for port in [port_a, port_b] {
+        let client = client_for(
+            root.clone(),
+            "e.test",
+            SocketAddr::from(([127, 0, 0, 1], port)),
+        );
+        let response = client
+            .get(format!("https://e.test:{port}/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    // A third gateway starting later loads what is stored.
+    let c = Gateway::start(&config(free_port()));
+    wait_for_certificate(&c, "e.test").await;
+    assert_eq!(ordered(&c), 0, "{}", c.stderr());
+}

@@ -7,15 +7,15 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Redis {
+pub(crate) struct Redis {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Redis {
     /// A Redis on `addr` (a free loopback port when `None`), or `None` when
     /// `redis-server` is not installed (the caller says so and skips).
-    async fn start(addr: Option<SocketAddr>) -> Option<Redis> {
+    pub(crate) async fn start(addr: Option<SocketAddr>) -> Option<Redis> {
         let addr = addr.unwrap_or_else(|| {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             probe.local_addr().unwrap()
