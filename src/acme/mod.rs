@@ -360,7 +360,9 @@ impl Shared {
     /// A time in the CA's suggested renewal window (RFC 9773), if it has one to say.
     async fn suggested(&self, pair: &PemPair) -> Option<i64> {
         use rustls::pki_types::pem::PemObject;
-        let account = self.account.lock().await.clone()?;
+        // The stored account (loaded once): asking for renewal information needs none of
+        // its keys, but the directory's address of the information.
+        let account = self.account().await.ok()?;
         let der = rustls::pki_types::CertificateDer::pem_slice_iter(pair.chain.as_bytes())
             .next()?
             .ok()?;
