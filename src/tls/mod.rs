@@ -42,15 +42,14 @@ pub fn load_certified_key(files: &TlsFiles) -> Result<CertifiedKey, String> {
 }
 
 /// A PEM chain and key as rustls signs with, checked to belong together and to parse as
-/// an end-entity certificate; errors name them as `cert_name` and `key_name`.
+/// an end-entity certificate; errors name them as `cert_file` and `key_file`.
 pub fn certified_key(
     chain: &[u8],
     key: &[u8],
-    cert_name: &str,
-    key_name: &str,
+    cert_file: &str,
+    key_file: &str,
 ) -> Result<CertifiedKey, String> {
-    let (cert_file, key_file) = (cert_name, key_name);
-    let certified = unchecked_key(chain, key, cert_name, key_name)?;
+    let certified = unchecked_key(chain, key, cert_file, key_file)?;
     certified
         .keys_match()
         .map_err(|e| format!("{key_file} does not match {cert_file}: {e}"))?;
@@ -64,10 +63,9 @@ pub fn certified_key(
 pub fn unchecked_key(
     chain: &[u8],
     key: &[u8],
-    cert_name: &str,
-    key_name: &str,
+    cert_file: &str,
+    key_file: &str,
 ) -> Result<CertifiedKey, String> {
-    let (cert_file, key_file) = (cert_name, key_name);
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{cert_file}: {e}"))?;

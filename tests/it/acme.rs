@@ -153,6 +153,30 @@ fn client_for(root: reqwest::Certificate, name: &str, addr: SocketAddr) -> reqwe
         .unwrap()
 }
 
+/// A gateway config with an admin listener, a TLS listener at `tls_port` with `entries`
+/// (`{ acme = [...] }, ...`), pebble's `[acme]` with `extra` (TLS-ALPN-01 unless it says),
+/// and a catch-all route to `backend`.
+fn tls_listener_config(
+    pebble: &Pebble,
+    storage: &Path,
+    tls_port: u16,
+    entries: &str,
+    extra: &str,
+    backend: SocketAddr,
+) -> String {
+    let challenge = if extra.contains("challenge") {
+        ""
+    } else {
+        "challenge = \"tls-alpn-01\"\n"
+    };
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[listener]]\nlisten = \"127.0.0.1:{tls_port}\"\n\
+         tls = [{entries}]\n\n{}{}",
+        pebble.acme_table(storage, &format!("{challenge}{extra}")),
+        upstream_config("app", &[backend], "")
+    )
+}
+
 /// The certificates `gatewayctl certs --json` lists.
 fn certs(gw: &Gateway) -> Vec<serde_json::Value> {
     let (code, out, err) = gw.ctl(&["certs", "--json"]);
@@ -197,12 +221,8 @@ async fn tls_alpn_01_gets_a_certificate_clients_verify_and_a_restart_reuses_it()
     pebble.dns.set("a.test", &[Ipv4Addr::LOCALHOST]);
     let backend = Backend::named("app").await;
     let storage = tempfile::tempdir().unwrap();
-    let config = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[listener]]\nlisten = \"127.0.0.1:{tls_port}\"\n\
-         tls = [{{ acme = [\"a.test\"] }}]\n\n{}{}",
-        pebble.acme_table(storage.path(), "challenge = \"tls-alpn-01\""),
-        upstream_config("app", &[backend.addr], "")
-    );
+    let entries = "{ acme = [\"a.test\"] }";
+    let config = tls_listener_config(&pebble, storage.path(), tls_port, entries, "", backend.addr);
     let gw = Gateway::start(&config);
     let tls_addr = SocketAddr::from(([127, 0, 0, 1], tls_port));
     wait_for_certificate(&gw, "a.test").await;
@@ -311,12 +331,8 @@ async fn a_refused_order_is_logged_and_retried_while_the_other_names_serve() {
     pebble.dns.set("good.test", &[Ipv4Addr::LOCALHOST]);
     let backend = Backend::named("app").await;
     let storage = tempfile::tempdir().unwrap();
-    let config = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[listener]]\nlisten = \"127.0.0.1:{tls_port}\"\n\
-         tls = [{{ acme = [\"good.test\"] }}, {{ acme = [\"nowhere.test\"] }}]\n\n{}{}",
-        pebble.acme_table(storage.path(), "challenge = \"tls-alpn-01\""),
-        upstream_config("app", &[backend.addr], "")
-    );
+    let entries = "{ acme = [\"good.test\"] }, { acme = [\"nowhere.test\"] }";
+    let config = tls_listener_config(&pebble, storage.path(), tls_port, entries, "", backend.addr);
     let gw = Gateway::start(&config);
     wait_for_certificate(&gw, "good.test").await;
     wait_until("the refusal is noted", Duration::from_secs(30), || {
@@ -375,10 +391,14 @@ async fn a_ca_rejecting_every_request_is_an_error_in_the_log_and_in_certs() {
     );
     pebble.dns.set("c.test", &[Ipv4Addr::LOCALHOST]);
     let storage = tempfile::tempdir().unwrap();
-    let config = format!(
-        "[[listener]]\nlisten = \"127.0.0.1:{tls_port}\"\ntls = [{{ acme = [\"c.test\"] }}]\n\n{}{}",
-        pebble.acme_table(storage.path(), "challenge = \"tls-alpn-01\""),
-        upstream_config("app", &[closed_port()], "")
+    let entries = "{ acme = [\"c.test\"] }";
+    let config = tls_listener_config(
+        &pebble,
+        storage.path(),
+        tls_port,
+        entries,
+        "",
+        closed_port(),
     );
     let gw = Gateway::start(&config);
     wait_until("the refusal is noted", Duration::from_secs(30), || {
@@ -399,15 +419,17 @@ async fn renewal_under_load_fails_no_request() {
     pebble.dns.set("d.test", &[Ipv4Addr::LOCALHOST]);
     let backend = Backend::named("app").await;
     let storage = tempfile::tempdir().unwrap();
-    let config = format!(
-        "[gateway]\nworkers = 2\n\n[[listener]]\nlisten = \"127.0.0.1:{tls_port}\"\n\
-         tls = [{{ acme = [\"d.test\"] }}]\n\n{}{}",
-        pebble.acme_table(
+    let entries = "{ acme = [\"d.test\"] }";
+    let extra = "renew_before = \"6s\"";
+    let config = "[gateway]\nworkers = 2\n".to_string()
+        + &tls_listener_config(
+            &pebble,
             storage.path(),
-            "challenge = \"tls-alpn-01\"\nrenew_before = \"6s\""
-        ),
-        upstream_config("app", &[backend.addr], "")
-    );
+            tls_port,
+            entries,
+            extra,
+            backend.addr,
+        );
     let gw = Gateway::start(&config);
     wait_for_certificate(&gw, "d.test").await;
     let first = cert_for(&certs(&gw), "d.test")["not_after"]
