@@ -214,7 +214,7 @@ macro_rules! pebble_or_skip {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_alpn_01_gets_a_certificate_clients_verify_and_a_restart_reuses_it() {
+async fn tls_alpn_01_gets_a_certificate_clients_verify_and_reload_upgrade_restart_reuse_it() {
     let tls_port = free_port();
     let pebble =
         pebble_or_skip!(Pebble::start(free_port(), tls_port, Duration::from_secs(3600), &[]).await);
@@ -265,6 +265,22 @@ async fn tls_alpn_01_gets_a_certificate_clients_verify_and_a_restart_reuses_it()
     }
     assert!(gw.stderr().contains("ordering a certificate for a.test"));
     let not_after = entry["not_after"].as_i64().unwrap();
+    drop(gw);
+
+    // A reload and an upgrade keep the certificate and order nothing.
+    let gw = Gateway::start_copy(&config);
+    let stop = crate::lifecycle::StopOnDrop(gw.socket());
+    wait_for_certificate(&gw, "a.test").await;
+    let (code, _, err) = gw.ctl(&["reload"]);
+    assert_eq!(code, 0, "{err}");
+    gw.replace_program(&gateway_bin());
+    let (code, _, err) = gw.ctl(&["upgrade"]);
+    assert_eq!(code, 0, "{err}");
+    wait_for_certificate(&gw, "a.test").await;
+    assert_eq!(cert_for(&certs(&gw), "a.test")["not_after"], not_after);
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    assert!(!gw.stderr().contains("ordering"), "{}", gw.stderr());
+    drop(stop);
     drop(gw);
 
     // A new gateway on the same storage serves the stored certificate, orders nothing.

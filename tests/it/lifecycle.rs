@@ -411,7 +411,7 @@ async fn a_binary_replaced_on_disk_still_reloads_and_respawns() {
 
 /// Stops whatever gateway answers on `socket` when dropped: the supervisor an upgrade
 /// started is not the test's child.
-struct StopOnDrop(std::path::PathBuf);
+pub(crate) struct StopOnDrop(pub(crate) std::path::PathBuf);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
