@@ -211,6 +211,20 @@ pub fn dns_name(name: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::dns_name;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any text: no panic, and what is accepted is a lower-case DNS name that is
+        /// accepted again as it is.
+        #[test]
+        fn fuzz_dns_names(raw in "[a-zA-Z0-9.*_-]{0,80}|\\PC{0,40}") {
+            if let Ok(name) = dns_name(&raw) {
+                prop_assert_eq!(&name, &name.to_ascii_lowercase());
+                prop_assert!(name.contains('.') && name.len() <= 253);
+                prop_assert_eq!(dns_name(&name), Ok(name.clone()));
+            }
+        }
+    }
 
     #[test]
     fn names_are_checked_and_lower_cased() {

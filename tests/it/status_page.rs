@@ -36,8 +36,20 @@ fn rendered_dom(url: &str) -> String {
 async fn the_status_page_shows_workers_and_servers_with_their_states_in_a_browser() {
     let (a, b) = (Backend::named("a").await, Backend::named("b").await);
     let dead = closed_port();
+    // A certificate from files, and an ACME entry whose CA cannot be reached: waiting.
+    let certs = tempfile::tempdir().unwrap();
+    let generated = rcgen::generate_simple_self_signed(vec!["page.example".into()]).unwrap();
+    let (cert, key) = (certs.path().join("page.crt"), certs.path().join("page.key"));
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
     let gw = Gateway::start(&format!(
-        "[gateway]\nworkers = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n{}[upstream.app.health_check]\ninterval = \"100ms\"\nfall = 1\n",
+        "[gateway]\nworkers = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nlisten = \"127.0.0.1:0\"\n\
+         tls = [{{ cert = \"{}\", key = \"{}\" }}, {{ acme = [\"waiting.example\"] }}]\n\
+         [acme]\ndirectory = \"https://127.0.0.1:1/dir\"\nstorage = \"{}\"\n\
+         {}[upstream.app.health_check]\ninterval = \"100ms\"\nfall = 1\n",
+        cert.display(),
+        key.display(),
+        certs.path().join("acme").display(),
         upstream_config("app", &[a.addr, b.addr, dead], "")
     ));
     for _ in 0..6 {
@@ -71,4 +83,15 @@ async fn the_status_page_shows_workers_and_servers_with_their_states_in_a_browse
         "two serving workers:\n{dom}"
     );
     assert!(dom.contains("generation 1"), "{dom}");
+    assert!(dom.contains("<td>page.example</td><td>file</td>"), "{dom}");
+    let (code, table, _) = gw.ctl(&["certs"]);
+    assert_eq!(code, 0);
+    assert!(
+        table.contains("page.example") && table.contains("waiting"),
+        "{table}"
+    );
+    assert!(
+        dom.contains("<td>waiting.example</td><td>acme</td><td>–</td><td><span class=\"state state-down\">waiting</span>"),
+        "{dom}"
+    );
 }
