@@ -88,8 +88,9 @@ pub enum ToWorker {
     /// the file meanwhile changes nothing). Sent once, after the first ticket keys.
     Config(String),
     /// The ACME certificates and open challenges: sent before the config, and again
-    /// whenever they change.
-    Acme(crate::tls::acme::AcmeState),
+    /// whenever they change, numbered; a serving worker answers
+    /// [`FromWorker::AcmeHeld`] with the number once it serves with them.
+    Acme(u64, crate::tls::acme::AcmeState),
     /// Stop accepting, finish what is in flight, exit.
     Drain,
     /// Reopen the access log (logrotate).
@@ -140,9 +141,9 @@ impl ToWorker {
                 let json = serde_json::to_string(runtime).unwrap_or_default();
                 format!("runtime {json}\n").into_bytes()
             }
-            ToWorker::Acme(state) => {
+            ToWorker::Acme(serial, state) => {
                 let json = serde_json::to_string(state).unwrap_or_default();
-                format!("acme {json}\n").into_bytes()
+                format!("acme {serial} {json}\n").into_bytes()
             }
             ToWorker::Records(records) => {
                 let list: Vec<String> = records.iter().map(ToString::to_string).collect();
@@ -210,9 +211,11 @@ impl ToWorker {
                 let json = line.trim_end().strip_prefix("runtime ").ok_or_else(bad)?;
                 ToWorker::Runtime(serde_json::from_str(json).map_err(|_| bad())?)
             }
-            (Some("acme"), Some(_), _) => {
-                let json = line.trim_end().strip_prefix("acme ").ok_or_else(bad)?;
-                ToWorker::Acme(serde_json::from_str(json).map_err(|_| bad())?)
+            (Some("acme"), Some(serial), Some(_)) => {
+                let serial = serial.parse().map_err(|_| bad())?;
+                let json = line.trim_end().split_once(' ').ok_or_else(bad)?.1;
+                let json = json.split_once(' ').ok_or_else(bad)?.1;
+                ToWorker::Acme(serial, serde_json::from_str(json).map_err(|_| bad())?)
             }
             (Some("records"), list, None) => ToWorker::Records(
                 list.unwrap_or_default()
@@ -240,20 +243,24 @@ pub enum FromWorker {
     Ready,
     /// It no longer accepts (it may still finish requests).
     Draining,
+    /// It serves with the ACME state of this number.
+    AcmeHeld(u64),
 }
 
 impl FromWorker {
-    pub fn encode(self) -> &'static [u8] {
+    pub fn encode(self) -> Vec<u8> {
         match self {
-            FromWorker::Ready => b"ready\n",
-            FromWorker::Draining => b"draining\n",
+            FromWorker::Ready => b"ready\n".to_vec(),
+            FromWorker::Draining => b"draining\n".to_vec(),
+            FromWorker::AcmeHeld(serial) => format!("acme-held {serial}\n").into_bytes(),
         }
     }
 
     pub fn parse(line: &str) -> Option<FromWorker> {
-        match line.trim_end() {
-            "ready" => Some(FromWorker::Ready),
-            "draining" => Some(FromWorker::Draining),
+        match line.trim_end().split_once(' ') {
+            None if line.trim_end() == "ready" => Some(FromWorker::Ready),
+            None if line.trim_end() == "draining" => Some(FromWorker::Draining),
+            Some(("acme-held", serial)) => serial.parse().ok().map(FromWorker::AcmeHeld),
             _ => None,
         }
     }
@@ -593,19 +600,22 @@ mod tests {
             ),
             ToWorker::Dns(Default::default()),
             ToWorker::Config("[gateway]\nworkers = 1\n".into()),
-            ToWorker::Acme(crate::tls::acme::AcmeState {
-                certs: [(
-                    "a.example.com".to_string(),
-                    crate::tls::acme::PemPair {
-                        chain: "-----BEGIN CERTIFICATE-----\nAAA=\n-----END CERTIFICATE-----\n"
-                            .into(),
-                        key: "k\n".into(),
-                    },
-                )]
-                .into(),
-                http: [("token".to_string(), "token.thumb".to_string())].into(),
-                tls_alpn: Default::default(),
-            }),
+            ToWorker::Acme(
+                7,
+                crate::tls::acme::AcmeState {
+                    certs: [(
+                        "a.example.com".to_string(),
+                        crate::tls::acme::PemPair {
+                            chain: "-----BEGIN CERTIFICATE-----\nAAA=\n-----END CERTIFICATE-----\n"
+                                .into(),
+                            key: "k\n".into(),
+                        },
+                    )]
+                    .into(),
+                    http: [("token".to_string(), "token.thumb".to_string())].into(),
+                    tls_alpn: Default::default(),
+                },
+            ),
             ToWorker::Tickets(rotated),
             ToWorker::Cover(3),
             ToWorker::Uncover(3),
@@ -621,9 +631,13 @@ mod tests {
         assert!(ToWorker::read(&mut reader).await.unwrap().is_none());
         let mut garbage = tokio::io::BufReader::new(&b"cover x\n"[..]);
         assert!(ToWorker::read(&mut garbage).await.is_err());
-        for m in [FromWorker::Ready, FromWorker::Draining] {
+        for m in [
+            FromWorker::Ready,
+            FromWorker::Draining,
+            FromWorker::AcmeHeld(9),
+        ] {
             assert_eq!(
-                FromWorker::parse(std::str::from_utf8(m.encode()).unwrap()),
+                FromWorker::parse(std::str::from_utf8(&m.encode()).unwrap()),
                 Some(m)
             );
         }

@@ -27,6 +27,8 @@ const RETRY_MAX: Duration = Duration::from_secs(3600);
 /// A sleeping entry wakes at least this often to look again (the clock may jump; the CA's
 /// renewal window may move).
 const LOOK_AGAIN: Duration = Duration::from_secs(3600);
+/// How long a change of the state waits for every worker to hold it.
+const HELD_WITHIN: Duration = Duration::from_secs(2);
 /// While another gateway holds an order's lock, look for its result this often.
 const WAIT_FOR_OTHER: Duration = Duration::from_secs(1);
 
@@ -83,8 +85,9 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Changes the state and returns once every worker has been sent it (and had a moment
-    /// to read it: a CA validates as soon as it is told the challenge is ready).
+    /// Changes the state and returns once every worker serves with it (a CA validates
+    /// as soon as it is told a challenge is ready), or after [`HELD_WITHIN`] (a worker
+    /// stuck or mid-reload: the CA's validation may then fail, and is tried again).
     pub async fn change(&self, edit: impl FnOnce(&mut AcmeState)) {
         let state = {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -93,8 +96,9 @@ impl Publisher {
         };
         let (sent, told) = oneshot::channel();
         (self.tell)(state, sent);
-        let _ = told.await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        if tokio::time::timeout(HELD_WITHIN, told).await.is_err() {
+            tracing::warn!("acme: not every worker said it has the new state within 2s");
+        }
     }
 }
 

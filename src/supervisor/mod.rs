@@ -119,8 +119,11 @@ struct Supervisor {
     tickets: TicketKeys,
     /// The ACME client, when the config has `acme` entries.
     acme: Option<crate::acme::Manager>,
-    /// What the workers have of ACME (sent to each new one).
+    /// What the workers have of ACME (sent to each new one), and its number.
     acme_state: crate::tls::acme::AcmeState,
+    acme_serial: u64,
+    /// The ACME client waits for these workers to serve with the state of this number.
+    acme_waiting: Option<(u64, Vec<u32>, oneshot::Sender<()>)>,
     acme_board: crate::acme::Board,
     /// This program's path as it was at start: what `upgrade` runs (the binary there now).
     program: PathBuf,
@@ -333,6 +336,8 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
             tickets,
             acme: None,
             acme_state: Default::default(),
+            acme_serial: 0,
+            acme_waiting: None,
             acme_board,
             program,
             control_task: Some(control_task),
@@ -401,6 +406,10 @@ impl Supervisor {
                 message: FromWorker::Draining,
                 ..
             } => {}
+            Event::Worker {
+                pid,
+                message: FromWorker::AcmeHeld(serial),
+            } => self.acme_held(pid, serial),
             Event::Exited { pid, status } => self.on_exit(pid, status),
             Event::Respawn { seat, generation } => self.respawn(seat, generation),
             Event::Control(Request::Upgrade, reply) => self.start_upgrade(Some(reply)),
@@ -473,8 +482,32 @@ impl Supervisor {
             Event::Dns(_) => {}
             Event::Acme(state, told) => {
                 self.acme_state = state;
-                self.tell_all(&ToWorker::Acme(self.acme_state.clone()))
+                self.acme_serial += 1;
+                let serial = self.acme_serial;
+                self.tell_all(&ToWorker::Acme(serial, self.acme_state.clone()))
                     .await;
+                // An older change is not waited for any more: this one replaces it.
+                if let Some((_, _, older)) = self.acme_waiting.take() {
+                    let _ = older.send(());
+                }
+                let pids = self.workers.iter().map(|w| w.pid).collect();
+                self.acme_waiting = Some((serial, pids, told));
+                self.acme_held(0, serial);
+            }
+        }
+    }
+
+    /// Worker `pid` serves with ACME state `serial` (or has exited: `serial` 0 then is
+    /// the current one); the client is answered once every worker does.
+    fn acme_held(&mut self, pid: u32, serial: u64) {
+        let Some((waited, pids, _)) = &mut self.acme_waiting else {
+            return;
+        };
+        if *waited == serial || serial == 0 {
+            pids.retain(|&p| p != pid);
+        }
+        if pids.is_empty() {
+            if let Some((_, _, told)) = self.acme_waiting.take() {
                 let _ = told.send(());
             }
         }

@@ -143,7 +143,8 @@ impl Supervisor {
         ours.write_all(&ToWorker::Tickets(self.tickets.clone()).encode())?;
         ours.write_all(&ToWorker::Dns(self.config.answers.clone()).encode())?;
         ours.write_all(&ToWorker::Runtime(self.runtime.clone()).encode())?;
-        ours.write_all(&ToWorker::Acme(self.acme_state.clone()).encode())?;
+        let acme = ToWorker::Acme(self.acme_serial, self.acme_state.clone());
+        ours.write_all(&acme.encode())?;
         ours.write_all(&ToWorker::Config(self.config_text.clone()).encode())?;
         ours.set_nonblocking(true)?;
         let (read, commands) = tokio::net::UnixStream::from_std(ours)?.into_split();
@@ -197,6 +198,7 @@ impl Supervisor {
         };
         let worker = self.workers.swap_remove(index);
         self.table.release_worker(worker.record);
+        self.acme_held(pid, 0);
         self.retire_finished_generations();
         if worker.draining || self.stopping {
             tracing::info!(

@@ -70,7 +70,7 @@ async fn run(config_path: &Path, args: &WorkerArgs) -> std::io::Result<()> {
             Some(ToWorker::Tickets(keys)) => ticketer.set(&keys),
             Some(ToWorker::Dns(found)) => servers.answers = found,
             Some(ToWorker::Runtime(runtime)) => servers.runtime = runtime,
-            Some(ToWorker::Acme(state)) => crate::tls::acme::hold(&state),
+            Some(ToWorker::Acme(_, state)) => crate::tls::acme::hold(&state),
             Some(ToWorker::Config(text)) => break text,
             other => {
                 return Err(std::io::Error::other(format!(
@@ -108,6 +108,7 @@ async fn run(config_path: &Path, args: &WorkerArgs) -> std::io::Result<()> {
     let proxy = Arc::new(Proxy::new(&config, log.clone(), share, &args.records));
 
     let shutdown = CancellationToken::new();
+    let (say, mut said) = mpsc::unbounded_channel::<FromWorker>();
     let (cover_tx, cover_rx) = mpsc::unbounded_channel();
     let following = tokio::spawn(follow_commands(
         commands,
@@ -119,12 +120,12 @@ async fn run(config_path: &Path, args: &WorkerArgs) -> std::io::Result<()> {
             servers,
             proxy: proxy.clone(),
             share,
+            say: say.clone(),
         },
     ));
-    let (say, mut said) = mpsc::unbounded_channel::<FromWorker>();
     let reporter = tokio::spawn(async move {
         while let Some(message) = said.recv().await {
-            let _ = write_half.write_all(message.encode()).await;
+            let _ = write_half.write_all(&message.encode()).await;
         }
     });
     let serving = super::Serving {
@@ -191,6 +192,7 @@ struct Following {
     servers: Servers,
     proxy: Arc<Proxy>,
     share: crate::table::WorkerShare,
+    say: mpsc::UnboundedSender<FromWorker>,
 }
 
 /// Obeys the supervisor's commands; its going away counts as `drain`.
@@ -203,7 +205,10 @@ async fn follow_commands(mut commands: BufReader<OwnedReadHalf>, mut on: Followi
             },
             Ok(Some(ToWorker::Drain)) => break,
             Ok(Some(ToWorker::Tickets(keys))) => on.ticketer.set(&keys),
-            Ok(Some(ToWorker::Acme(state))) => crate::tls::acme::hold(&state),
+            Ok(Some(ToWorker::Acme(serial, state))) => {
+                crate::tls::acme::hold(&state);
+                let _ = on.say.send(FromWorker::AcmeHeld(serial));
+            }
             Ok(Some(ToWorker::Cover(seat))) => {
                 let _ = on.cover.send(Cover::Start(seat));
             }
