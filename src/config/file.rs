@@ -22,6 +22,23 @@ pub struct FileConfig {
     pub compression: Option<CompressionSection>,
     pub redis: Option<RedisSection>,
     pub acme: Option<AcmeSection>,
+    pub cache: Option<CacheSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    pub dir: Option<Spanned<String>>,
+    pub max_size: Option<Spanned<String>>,
+    pub max_object_size: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteCacheSection {
+    pub ttl: Option<Spanned<String>>,
+    pub stale_if_error: Option<Spanned<String>>,
+    pub stale_while_revalidate: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,6 +145,8 @@ pub struct RouteSection {
     pub cache_control: Option<Spanned<String>>,
     /// `false`: never compress this route's responses.
     pub compression: Option<bool>,
+    /// Cache the upstream's responses (needs `[cache]`).
+    pub cache: Option<Spanned<RouteCacheSection>>,
     /// Instead of `path_prefix`: a regular expression the whole path is matched with.
     pub path_regex: Option<Spanned<String>>,
     /// Only these methods match.

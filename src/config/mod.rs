@@ -23,6 +23,7 @@
 
 mod access;
 mod acme;
+mod cache;
 mod compression;
 mod dns;
 mod env;
@@ -38,6 +39,7 @@ mod upstreams;
 mod validate;
 
 pub use access::{AccessList, Cidr, CidrList};
+pub use cache::{CacheConfig, RouteCache};
 pub use acme::{dns_name, AcmeConfig, AcmeStorage, Challenge, DEFAULT_DIRECTORY};
 pub use compression::{Coding, CompressionConfig, DEFAULT_ALGORITHMS};
 pub use gateway::*;
@@ -72,6 +74,8 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     /// `[acme]`: where certificates for `acme` entries come from.
     pub acme: Option<AcmeConfig>,
+    /// `[cache]`: where cached responses are kept.
+    pub cache: Option<CacheConfig>,
     /// What the server names resolved to when the file was read (an empty list for a
     /// name that did not resolve).
     pub answers: Answers,
@@ -247,7 +251,14 @@ impl Validator<'_> {
             .map(|(name, section)| self.upstream(name.get_ref(), section))
             .collect();
         let redis = raw.redis.as_ref().map(|r| self.redis(r, base));
-        let routes = self.routes(&raw.routes, &raw.upstreams, base, redis.is_some());
+        let cache = raw.cache.as_ref().map(|c| self.cache(c, base));
+        let routes = self.routes(
+            &raw.routes,
+            &raw.upstreams,
+            base,
+            redis.is_some(),
+            cache.is_some(),
+        );
         let compression = raw.compression.as_ref().map(|c| self.compression(c));
         let plain_listener = listeners.iter().any(|l| l.tls.is_empty());
         let acme = raw
@@ -266,6 +277,7 @@ impl Validator<'_> {
             compression,
             redis,
             acme,
+            cache,
             answers: std::mem::take(&mut self.answers),
             warnings: std::mem::take(&mut self.warnings),
         }

@@ -34,6 +34,8 @@ pub struct RouteConfig {
     /// Answers for the gateway's own (and the upstream's) 502, 503 and 504.
     pub error_pages: Vec<(http::StatusCode, ErrorPage)>,
     pub rate_limit: Option<RateLimit>,
+    /// Its upstream's responses are cached.
+    pub cache: Option<super::RouteCache>,
 }
 
 /// A file answered in place of an error, read when the config is loaded.
@@ -204,6 +206,7 @@ impl Validator<'_> {
         upstreams: &BTreeMap<Spanned<String>, Spanned<file::UpstreamSection>>,
         base: &Path,
         redis: bool,
+        cache: bool,
     ) -> Vec<RouteConfig> {
         let mut routes = Vec::new();
         if raw.is_empty() {
@@ -367,7 +370,17 @@ impl Validator<'_> {
                     format!("at most {MAX_LIMITED_ROUTES} routes may have a rate limit"),
                 );
             }
+            let route_cache = r.cache.as_ref().map(|c| {
+                if !cache {
+                    self.error(c.span(), &key("cache"), "needs a [cache] table");
+                }
+                if r.upstream.is_none() {
+                    self.error(c.span(), &key("cache"), "only for a route with an upstream");
+                }
+                self.route_cache(c.get_ref(), &key("cache"))
+            });
             let route = RouteConfig {
+                cache: route_cache,
                 request_headers: self.header_table(&r.request_headers, &key("request_headers")),
                 remove_request_headers: self
                     .header_names(&r.remove_request_headers, &key("remove_request_headers")),
