@@ -310,8 +310,10 @@ const FILE_READ: u64 = 64 * 1024;
 enum Source {
     Upstream(FromUpstream),
     Fixed(Option<Bytes>),
-    /// A file from a route's root: what is left of it to send.
+    /// A file from a route's root, or a cached entry's body: what is left of it to send.
     File(FilePart),
+    /// A cache fill another request writes, read as it grows.
+    Tail(Box<super::cache::entry::Tail>),
 }
 
 /// The body sent back to the client: the upstream's, a file, or a short one of our own,
@@ -321,6 +323,8 @@ pub struct ResponseBody {
     timer: FrameTimer,
     /// On the heap, as most bodies are not compressed: one pointer in every body.
     compressing: Option<Box<Compressing>>,
+    /// The upstream's body is stored in the cache as it passes (on the heap: one pointer).
+    filling: Option<Box<super::cache::entry::Filler>>,
     log: RequestLog,
 }
 
@@ -353,11 +357,25 @@ impl ResponseBody {
         Self::new(Source::File(part), Duration::ZERO, log)
     }
 
+    /// A cache fill another request writes, streamed as it grows.
+    pub fn tail(tail: Box<super::cache::entry::Tail>, log: RequestLog) -> Self {
+        Self::new(Source::Tail(tail), Duration::ZERO, log)
+    }
+
+    /// Stores the upstream body in the cache as it goes out; the entry is complete only
+    /// if the whole body passes.
+    pub fn fill_cache(&mut self, filler: super::cache::entry::Filler) {
+        if matches!(self.source, Source::Upstream(_)) {
+            self.filling = Some(Box::new(filler));
+        }
+    }
+
     fn new(source: Source, timeout: Duration, log: RequestLog) -> Self {
         let mut body = ResponseBody {
             source,
             timer: FrameTimer::new(timeout),
             compressing: None,
+            filling: None,
             log,
         };
         // An empty body (HEAD, 204, 304) may never be polled: it is complete already.
@@ -410,9 +428,14 @@ impl ResponseBody {
     /// The whole body went out: the request is complete, and the upstream connection
     /// may serve another request.
     fn finish(&mut self) {
+        if let Some(filler) = self.filling.take() {
+            if let Err(e) = filler.finish() {
+                tracing::warn!("cache: the entry was not stored: {e}");
+            }
+        }
         let idle = match &mut self.source {
             Source::Upstream(inner) => inner.take_idle(),
-            Source::Fixed(_) | Source::File(_) => None,
+            Source::Fixed(_) | Source::File(_) | Source::Tail(_) => None,
         };
         self.log.finish(idle);
     }
@@ -424,8 +447,26 @@ impl ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
         match &mut self.source {
             Source::Fixed(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Source::Tail(tail) => match tail.poll_chunk(cx) {
+                Poll::Ready(Some(Ok(data))) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(UpstreamBodyError::File(e)))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
             Source::Upstream(inner) => match Pin::new(inner).poll_frame(cx) {
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(UpstreamBodyError::Broken(e)))),
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let (Some(filler), Some(data)) = (&mut self.filling, frame.data_ref()) {
+                        if !filler.write(data) {
+                            // Too large, or the disk failed: the fill is given up.
+                            self.filling = None;
+                        }
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    self.filling = None;
+                    Poll::Ready(Some(Err(UpstreamBodyError::Broken(e))))
+                }
                 Poll::Pending if self.timer.expired(cx) => {
                     Poll::Ready(Some(Err(UpstreamBodyError::Timeout(self.timer.timeout))))
                 }
@@ -550,6 +591,7 @@ impl Body for ResponseBody {
             Source::Upstream(inner) => inner.is_end_stream(),
             Source::Fixed(bytes) => bytes.is_none(),
             Source::File(part) => part.len == 0,
+            Source::Tail(_) => false,
         }
     }
 
@@ -563,6 +605,7 @@ impl Body for ResponseBody {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
             Source::File(part) => SizeHint::with_exact(part.len),
+            Source::Tail(_) => SizeHint::default(),
         }
     }
 }

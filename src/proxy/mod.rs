@@ -28,6 +28,7 @@
 
 pub mod answer;
 pub mod body;
+pub mod cache;
 pub mod check;
 pub mod client;
 pub mod compress;
@@ -135,6 +136,10 @@ pub struct Proxy {
     pub counters: &'static WorkerRecord,
     trusted_proxies: crate::config::CidrList,
     rate_limits: limit::Limits,
+    /// `[cache]`: where cached routes keep their responses.
+    cache: Option<cache::Cache>,
+    /// The proxy itself, for a stale entry's refresh, which outlives the request.
+    me: std::sync::Weak<Proxy>,
 }
 
 /// Where a request's walk ended, short of a failure. Moved once, from the walk to the
@@ -146,6 +151,8 @@ enum Outcome<'a> {
     Moved(String),
     /// An HTTP-01 validation: the token's key authorization.
     Challenge(String),
+    /// From the cache.
+    Cached(Box<cache::Hit>, &'a RouteConfig),
     /// Boxed: a file answer's head would make every request's outcome larger.
     File(Box<files::FileAnswer>, &'a RouteConfig),
     Forwarded {
@@ -162,6 +169,9 @@ struct Trail<'a> {
     route: Option<&'a RouteConfig>,
     /// Its route's rate limit count.
     counted: Option<limit::Counted>,
+    /// A cached route's `Cache-Status`, and the fill its upstream's body goes to.
+    cache_status: Option<String>,
+    fill: Option<cache::entry::Filler>,
 }
 
 impl Proxy {
@@ -172,6 +182,16 @@ impl Proxy {
         access_log: Arc<AccessLog>,
         share: WorkerShare,
         records: &[usize],
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Proxy::build(config, access_log, share, records, me.clone()))
+    }
+
+    fn build(
+        config: &Config,
+        access_log: Arc<AccessLog>,
+        share: WorkerShare,
+        records: &[usize],
+        me: std::sync::Weak<Proxy>,
     ) -> Self {
         let upstreams = crate::table::assignment::per_upstream(config, records)
             .into_iter()
@@ -193,6 +213,8 @@ impl Proxy {
             counters: share.counters(),
             trusted_proxies: config.gateway.trusted_proxies.clone(),
             rate_limits: limit::Limits::new(&config.routes, share, config.redis.as_ref()),
+            cache: config.cache.as_ref().map(cache::Cache::new),
+            me,
         }
     }
 
@@ -279,11 +301,24 @@ impl Proxy {
                 None,
             ),
             Ok(Outcome::Moved(location)) => (answer::moved(log, &location), None, None),
+            Ok(Outcome::Cached(hit, route)) => {
+                let mut response = cached_response(log, *hit);
+                response_rewrite::edit_headers(response.headers_mut(), route);
+                (response, None, Some(route))
+            }
             Ok(Outcome::Challenge(key_authorization)) => {
                 (answer::challenge(log, key_authorization), None, None)
             }
             Err(failure) => (answer::failure(log, failure, upgrade), None, None),
         };
+        if let Some(fill) = trail.fill.take() {
+            response.body_mut().fill_cache(fill);
+        }
+        if let Some(status) = trail.cache_status.take() {
+            if let Ok(value) = HeaderValue::from_str(&status) {
+                response.headers_mut().insert(CACHE_STATUS.clone(), value);
+            }
+        }
         // An error page is the answer's body from here on: compressed like any other.
         if let Some(route) = trail.route.filter(|r| !r.error_pages.is_empty()) {
             answer::error_page(&mut response, &route.error_pages);
@@ -342,6 +377,24 @@ impl Proxy {
                 return Err(failure);
             }
         }
+        let mut pending = None;
+        if let (Some(cache), Some(settings)) = (&self.cache, route.cache) {
+            match cache.lookup(head, settings).await {
+                cache::Lookup::Hit(hit) => {
+                    trail.cache_status = Some(hit.cache_status.clone());
+                    return Ok(Outcome::Cached(Box::new(hit), route));
+                }
+                cache::Lookup::Stale(hit, refresh) => {
+                    self.refresh_in_background(head, conn.client, *refresh);
+                    trail.cache_status = Some(hit.cache_status.clone());
+                    return Ok(Outcome::Cached(Box::new(hit), route));
+                }
+                cache::Lookup::Forward(p) => {
+                    trail.cache_status = Some(p.status.clone());
+                    pending = Some(p);
+                }
+            }
+        }
         let upstream = match &route.action {
             RouteAction::Redirect(redirect) => {
                 return Ok(Outcome::Redirect(redirect, routed.host));
@@ -379,6 +432,9 @@ impl Proxy {
         let servers = upstream.servers();
         let affinity = upstream.affinity(&servers, conn.client.ip(), &head.uri, &head.headers);
         request_rewrite::request(head, conn, &routed, upgrade, request_id);
+        if let Some(p) = &pending {
+            p.prepare(head);
+        }
         let to = Forwarding {
             connector: &self.connector,
             upstream,
@@ -387,13 +443,136 @@ impl Proxy {
             body_limit: routed.route.max_body_size.or(self.max_body_size),
             upgrade,
         };
-        let answered = forward::forward(to, head, body, log).await?;
+        let forwarded = forward::forward(to, head, body, log).await;
+        let Some(mut p) = pending else {
+            return forwarded.map(|answered| Outcome::Forwarded {
+                answered,
+                route: routed.route,
+                upstream,
+            });
+        };
+        let answered = match forwarded {
+            Ok(answered) => answered,
+            Err(failure) => {
+                if let Some(hit) = p.stale_if_error(None) {
+                    log.error = Some(failure.reason());
+                    trail.cache_status = Some(hit.cache_status.clone());
+                    return Ok(Outcome::Cached(Box::new(hit), route));
+                }
+                return Err(failure);
+            }
+        };
+        if let forward::Reply::Response(response) = &answered.reply {
+            let mut headers = response.headers().clone();
+            hop_by_hop::strip_hop_by_hop(&mut headers);
+            match p.answered(response.status(), &headers) {
+                cache::After::Serve(hit) => {
+                    trail.cache_status = Some(hit.cache_status.clone());
+                    return Ok(Outcome::Cached(Box::new(hit), route));
+                }
+                cache::After::Pass(fill) => trail.fill = fill,
+            }
+        }
+        trail.cache_status = Some(p.status.clone());
         Ok(Outcome::Forwarded {
             answered,
             route: routed.route,
             upstream,
         })
     }
+}
+
+impl Proxy {
+    /// A stale entry's refresh, after the stale answer went out: a task of its own, as
+    /// the request that started it is over.
+    fn refresh_in_background(
+        &self,
+        head: &http::request::Parts,
+        client: SocketAddr,
+        refresh: cache::Pending,
+    ) {
+        let Some(proxy) = self.me.upgrade() else {
+            return;
+        };
+        // Always a GET: a HEAD that found the entry stale refreshes it whole.
+        let Ok(request) = Request::get(head.uri.clone()).version(head.version).body(()) else {
+            return;
+        };
+        let (mut copy, ()) = request.into_parts();
+        copy.headers = head.headers.clone();
+        tokio::spawn(async move { proxy.refresh(copy, client, refresh).await });
+    }
+
+    /// The route's upstream asked again (conditionally); a `304` refreshes the entry, a
+    /// new response replaces it (its body read to the end into the cache).
+    async fn refresh(
+        &self,
+        mut head: http::request::Parts,
+        client: SocketAddr,
+        mut pending: cache::Pending,
+    ) {
+        let request_id = request_rewrite::request_id(&head.headers);
+        let mut log = RequestLog::new(self.access_log.clone(), client, &head);
+        log.request_id = Some(request_id.clone());
+        log.metrics = Some(self.unrouted);
+        let Ok(routed) = self.routes.route(&mut head) else {
+            return;
+        };
+        let RouteAction::Forward(index) = &routed.route.action else {
+            return;
+        };
+        let upstream = &self.upstreams[*index];
+        log.metrics = Some(upstream.requests);
+        let servers = upstream.servers();
+        let affinity = upstream.affinity(&servers, client.ip(), &head.uri, &head.headers);
+        let conn = ConnInfo::new(client, false);
+        request_rewrite::request(&mut head, &conn, &routed, false, &request_id);
+        pending.prepare(&mut head);
+        let to = Forwarding {
+            connector: &self.connector,
+            upstream,
+            servers: &servers,
+            affinity: &affinity,
+            body_limit: None,
+            upgrade: false,
+        };
+        let Ok(answered) = forward::forward(to, &mut head, RequestBody::empty(), &mut log).await
+        else {
+            return;
+        };
+        let forward::Reply::Response(response) = answered.reply else {
+            return;
+        };
+        let mut headers = response.headers().clone();
+        hop_by_hop::strip_hop_by_hop(&mut headers);
+        if let cache::After::Pass(Some(filler)) = pending.answered(response.status(), &headers) {
+            let read_timeout = upstream.config.read_timeout;
+            let mut body = ResponseBody::upstream(response.into_body(), read_timeout, log);
+            body.fill_cache(filler);
+            while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+                if frame.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// `Cache-Status` (RFC 9211).
+static CACHE_STATUS: header::HeaderName = header::HeaderName::from_static("cache-status");
+
+/// A response from the cache.
+fn cached_response(mut log: RequestLog, hit: cache::Hit) -> Response<ResponseBody> {
+    log.status = hit.status.as_u16();
+    let body = match hit.body {
+        cache::HitBody::Stored(part) => ResponseBody::file(part, log),
+        cache::HitBody::Tail(tail) => ResponseBody::tail(tail, log),
+        cache::HitBody::None => ResponseBody::fixed(bytes::Bytes::new(), log),
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = hit.status;
+    *response.headers_mut() = hit.headers;
+    response
 }
 
 /// A file answer as a response, its body read from the file as the client takes it.

@@ -53,11 +53,17 @@ pub fn response(
     if let Some(cookie) = answered.cookie {
         headers.append(header::SET_COOKIE, cookie);
     }
+    edit_headers(headers, route);
+    (response, tunnel)
+}
+
+/// The route's `remove_response_headers`, then its `response_headers` (also on answers
+/// from the cache).
+pub fn edit_headers(headers: &mut http::HeaderMap, route: &RouteConfig) {
     for name in &route.remove_response_headers {
         headers.remove(name);
     }
     for (name, value) in &route.response_headers {
         headers.insert(name, value.clone());
     }
-    (response, tunnel)
 }

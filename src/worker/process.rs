@@ -105,7 +105,7 @@ async fn run(config_path: &Path, args: &WorkerArgs) -> std::io::Result<()> {
         config.gateway.access_log_format,
     )?);
     let share = table.share(args.record);
-    let proxy = Arc::new(Proxy::new(&config, log.clone(), share, &args.records));
+    let proxy = Proxy::new(&config, log.clone(), share, &args.records);
 
     let shutdown = CancellationToken::new();
     let (say, mut said) = mpsc::unbounded_channel::<FromWorker>();

@@ -1,0 +1,515 @@
+//! Cached responses on disk, one file per key (or per variant of a key), shared by every
+//! worker and kept across reloads, restarts and upgrades:
+//!
+//! ```text
+//! DIR/ab/abcdef…        SHA-256 of the key: "GWCACHE1", body length (u64 LE), head length
+//!                       (u32 LE), the head (a JSON line of [`Meta`], then the header lines),
+//!                       the body
+//! DIR/ab/abcdef….fill   the same, being written by the one request that fills it; renamed
+//!                       over the entry once complete, so no reader ever sees a partial one
+//! DIR/ab/abcdef…        (for a key whose response has `Vary`) "GWVARY01" and the names it
+//!                       varies on; each variant is an entry under the key plus the values
+//! ```
+//!
+//! A fill's body length reads [`FILLING`] until it is complete; other requests for the key
+//! stream from the `.fill` as it grows (request coalescing across workers). A fill given
+//! up (a response not to store, an upstream error, too large) is marked [`ABANDONED`] and
+//! unlinked; one whose writer died stops growing, and is taken over after [`STALE_FILL`].
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const MAGIC: &[u8; 8] = b"GWCACHE1";
+const VARY_MAGIC: &[u8; 8] = b"GWVARY01";
+const PRELUDE: u64 = 20;
+/// The body length of a fill still being written.
+pub const FILLING: u64 = u64::MAX;
+/// The body length of a fill its writer gave up.
+pub const ABANDONED: u64 = u64::MAX - 1;
+/// A `.fill` that has not changed for this long lost its writer.
+pub const STALE_FILL: Duration = Duration::from_secs(30);
+/// The most a head may take (headers are bounded by the upstream's limits anyway).
+const MAX_HEAD: u64 = 1 << 20;
+
+/// What the cache knows of a stored response besides its headers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Meta {
+    /// The key it was stored under (host, path and query), for purge by prefix.
+    pub key: String,
+    pub status: u16,
+    /// When its response arrived, in seconds since the epoch.
+    pub response_time: i64,
+    /// Its age then (RFC 9111, 4.2.3).
+    pub initial_age: i64,
+    /// Seconds it is fresh from age 0.
+    pub lifetime: u64,
+    pub must_revalidate: bool,
+    /// The request's values of the headers the response varies on.
+    #[serde(default)]
+    pub vary: Vec<(String, String)>,
+}
+
+impl Meta {
+    /// Its age at `now`.
+    pub fn age(&self, now: i64) -> i64 {
+        self.initial_age + (now - self.response_time).max(0)
+    }
+
+    /// Seconds of freshness left at `now` (negative: stale for that long).
+    pub fn ttl(&self, now: i64) -> i64 {
+        self.lifetime as i64 - self.age(now)
+    }
+}
+
+/// A complete entry, open.
+pub struct Entry {
+    pub file: File,
+    pub meta: Meta,
+    pub headers: HeaderMap,
+    pub body_offset: u64,
+    pub body_len: u64,
+}
+
+/// What is on disk at a key's path.
+pub enum OnDisk {
+    Entry(Entry),
+    /// The key's responses vary on these request headers.
+    Vary(Vec<String>),
+    Nothing,
+}
+
+/// Where the entry of `key` lives under `dir`.
+pub fn path_of(dir: &Path, key: &str) -> PathBuf {
+    let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    dir.join(&hex[..2]).join(hex)
+}
+
+pub fn fill_path(path: &Path) -> PathBuf {
+    path.with_extension("fill")
+}
+
+/// Reads what is at `path`: an entry whose body is complete, a Vary marker, or nothing
+/// usable.
+pub fn read(path: &Path) -> OnDisk {
+    let Ok(file) = File::open(path) else {
+        return OnDisk::Nothing;
+    };
+    let mut first = vec![0u8; 4096];
+    let Ok(n) = file.read_at(&mut first, 0) else {
+        return OnDisk::Nothing;
+    };
+    first.truncate(n);
+    if first.starts_with(VARY_MAGIC) {
+        let names = String::from_utf8_lossy(&first[8..]);
+        return OnDisk::Vary(names.lines().map(str::to_string).collect());
+    }
+    match read_head(&file, &first) {
+        Some((meta, headers, body_len, head_len)) if body_len < ABANDONED => {
+            let body_offset = PRELUDE + head_len;
+            let size = file.metadata().map_or(0, |m| m.len());
+            if size != body_offset + body_len {
+                return OnDisk::Nothing;
+            }
+            OnDisk::Entry(Entry {
+                file,
+                meta,
+                headers,
+                body_offset,
+                body_len,
+            })
+        }
+        _ => OnDisk::Nothing,
+    }
+}
+
+/// The prelude and head: (meta, headers, body length, head length). `first` is what was
+/// read from the start already.
+fn read_head(file: &File, first: &[u8]) -> Option<(Meta, HeaderMap, u64, u64)> {
+    if first.len() < PRELUDE as usize || &first[..8] != MAGIC {
+        return None;
+    }
+    let body_len = u64::from_le_bytes(first[8..16].try_into().ok()?);
+    let head_len = u32::from_le_bytes(first[16..20].try_into().ok()?) as u64;
+    if head_len == 0 || head_len > MAX_HEAD {
+        return None;
+    }
+    let end = (PRELUDE + head_len) as usize;
+    let head = if end <= first.len() {
+        first[PRELUDE as usize..end].to_vec()
+    } else {
+        let mut head = vec![0; head_len as usize];
+        file.read_exact_at(&mut head, PRELUDE).ok()?;
+        head
+    };
+    let (meta, headers) = decode_head(&head)?;
+    Some((meta, headers, body_len, head_len))
+}
+
+fn encode_head(meta: &Meta, headers: &HeaderMap) -> Vec<u8> {
+    let mut out = serde_json::to_vec(meta).unwrap_or_default();
+    out.push(b'\n');
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+fn decode_head(head: &[u8]) -> Option<(Meta, HeaderMap)> {
+    let newline = head.iter().position(|&b| b == b'\n')?;
+    let meta: Meta = serde_json::from_slice(&head[..newline]).ok()?;
+    let mut headers = HeaderMap::new();
+    for line in head[newline + 1..].split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        let colon = line.iter().position(|&b| b == b':')?;
+        let name = HeaderName::from_bytes(&line[..colon]).ok()?;
+        let value = HeaderValue::from_bytes(line[colon + 1..].trim_ascii_start()).ok()?;
+        headers.append(name, value);
+    }
+    Some((meta, headers))
+}
+
+/// Writes `bytes` as `path` whole: a file beside it, renamed over it.
+fn replace_whole(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let staged = path.with_extension(format!("new{}", fastrand::u32(..)));
+    let result = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&staged)
+        .and_then(|mut f| f.write_all(bytes))
+        .and_then(|()| std::fs::rename(&staged, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&staged);
+    }
+    result
+}
+
+/// Marks `path` as the place of a key whose responses vary on `names`.
+pub fn write_vary(path: &Path, names: &[String]) -> io::Result<()> {
+    let mut bytes = VARY_MAGIC.to_vec();
+    bytes.extend_from_slice(names.join("\n").as_bytes());
+    replace_whole(path, &bytes)
+}
+
+/// An entry's head replaced (a `304` refreshed it): the body copied into a new file by the
+/// kernel, renamed over the old one.
+pub fn rewrite_head(entry: &Entry, path: &Path, meta: &Meta, headers: &HeaderMap) -> io::Result<()> {
+    let staged = path.with_extension(format!("new{}", fastrand::u32(..)));
+    let head = encode_head(meta, headers);
+    let result = (|| {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&staged)?;
+        let mut prelude = MAGIC.to_vec();
+        prelude.extend_from_slice(&entry.body_len.to_le_bytes());
+        prelude.extend_from_slice(&(head.len() as u32).to_le_bytes());
+        prelude.extend_from_slice(&head);
+        file.write_all_at(&prelude, 0)?;
+        let mut copied = 0;
+        let mut chunk = vec![0u8; 64 * 1024];
+        while copied < entry.body_len {
+            let want = (entry.body_len - copied).min(chunk.len() as u64) as usize;
+            let n = entry.file.read_at(&mut chunk[..want], entry.body_offset + copied)?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            file.write_all_at(&chunk[..n], prelude.len() as u64 + copied)?;
+            copied += n as u64;
+        }
+        std::fs::rename(&staged, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&staged);
+    }
+    result
+}
+
+/// The one writer of a key's entry.
+pub struct Filler {
+    file: File,
+    fill: PathBuf,
+    path: PathBuf,
+    body_offset: u64,
+    written: u64,
+    max: u64,
+    done: bool,
+}
+
+impl Filler {
+    /// The right to fill `path`, or `None` while another request fills it. A fill that
+    /// has not changed for [`STALE_FILL`] is taken over.
+    pub fn begin(path: &Path, max: u64) -> io::Result<Option<Filler>> {
+        let fill = fill_path(path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&fill)
+            {
+                Ok(file) => {
+                    return Ok(Some(Filler {
+                        file,
+                        fill,
+                        path: path.to_path_buf(),
+                        body_offset: 0,
+                        written: 0,
+                        max,
+                        done: false,
+                    }))
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let idle = std::fs::metadata(&fill)
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok());
+                    if idle.is_some_and(|idle| idle > STALE_FILL) {
+                        let _ = std::fs::remove_file(&fill);
+                        continue;
+                    }
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// The most it stores.
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+
+    /// The complete entry goes to `path` instead (a variant of the key).
+    pub fn retarget(&mut self, path: &Path) {
+        if let Some(parent) = path.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        self.path = path.to_path_buf();
+    }
+
+    /// The head: from now on waiting requests can answer.
+    pub fn head(&mut self, meta: &Meta, headers: &HeaderMap) -> io::Result<()> {
+        let head = encode_head(meta, headers);
+        let mut prelude = MAGIC.to_vec();
+        prelude.extend_from_slice(&FILLING.to_le_bytes());
+        prelude.extend_from_slice(&(head.len() as u32).to_le_bytes());
+        prelude.extend_from_slice(&head);
+        self.file.write_all_at(&prelude, 0)?;
+        self.body_offset = prelude.len() as u64;
+        Ok(())
+    }
+
+    /// More of the body; `false` once it is larger than the cache takes (the fill is
+    /// given up).
+    pub fn write(&mut self, data: &[u8]) -> bool {
+        if self.written + data.len() as u64 > self.max {
+            return false;
+        }
+        match self.file.write_all_at(data, self.body_offset + self.written) {
+            Ok(()) => {
+                self.written += data.len() as u64;
+                true
+            }
+            Err(e) => {
+                tracing::warn!("cache: {}: {e}", self.fill.display());
+                false
+            }
+        }
+    }
+
+    /// The body is complete: the entry takes its place (whole, or not at all).
+    pub fn finish(mut self) -> io::Result<u64> {
+        self.file.write_all_at(&self.written.to_le_bytes(), 8)?;
+        std::fs::rename(&self.fill, &self.path)?;
+        self.done = true;
+        Ok(self.body_offset + self.written)
+    }
+}
+
+impl Drop for Filler {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.file.write_all_at(&ABANDONED.to_le_bytes(), 8);
+            let _ = std::fs::remove_file(&self.fill);
+        }
+    }
+}
+
+/// A request reading a fill another request writes.
+pub struct Tail {
+    file: File,
+    offset: u64,
+    body_offset: u64,
+    /// When it last grew (or started).
+    grew: tokio::time::Instant,
+    /// How long it may stand still.
+    patience: Duration,
+    tick: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// How often a waiting request looks at the fill again.
+const TICK: Duration = Duration::from_millis(2);
+
+impl Tail {
+    /// Waits for the fill at `path` to have its head, for `patience` at most: `None` when
+    /// it is given up, gone, or too slow (the request then goes upstream itself).
+    pub async fn head(path: &Path, patience: Duration) -> Option<(Tail, Meta, HeaderMap)> {
+        let fill = fill_path(path);
+        let file = File::open(&fill).ok()?;
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let mut first = vec![0u8; 4096];
+            let n = file.read_at(&mut first, 0).ok()?;
+            first.truncate(n);
+            if let Some((meta, headers, body_len, head_len)) = read_head(&file, &first) {
+                if body_len == ABANDONED {
+                    return None;
+                }
+                let body_offset = PRELUDE + head_len;
+                let tail = Tail {
+                    file,
+                    offset: body_offset,
+                    body_offset,
+                    grew: tokio::time::Instant::now(),
+                    patience,
+                    tick: None,
+                };
+                return Some((tail, meta, headers));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(TICK).await;
+        }
+    }
+
+    /// The next piece of the body; `None` at its end.
+    pub fn poll_chunk(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<io::Result<Bytes>>> {
+        use std::task::Poll;
+        loop {
+            let mut chunk = vec![0u8; 64 * 1024];
+            let n = match self.file.read_at(&mut chunk, self.offset) {
+                Ok(n) => n,
+                Err(e) => return Poll::Ready(Some(Err(e))),
+            };
+            if n > 0 {
+                self.offset += n as u64;
+                self.grew = tokio::time::Instant::now();
+                chunk.truncate(n);
+                return Poll::Ready(Some(Ok(Bytes::from(chunk))));
+            }
+            let mut len = [0u8; 8];
+            if let Err(e) = self.file.read_exact_at(&mut len, 8) {
+                return Poll::Ready(Some(Err(e)));
+            }
+            match u64::from_le_bytes(len) {
+                ABANDONED => {
+                    return Poll::Ready(Some(Err(io::Error::other(
+                        "the request filling the cache gave up",
+                    ))))
+                }
+                FILLING => {}
+                len if self.offset >= self.body_offset + len => return Poll::Ready(None),
+                // Complete, but more was written than read: read again.
+                _ => continue,
+            }
+            if self.grew.elapsed() > self.patience {
+                return Poll::Ready(Some(Err(io::Error::other(
+                    "the response filling the cache stopped coming",
+                ))));
+            }
+            let tick = self
+                .tick
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(TICK)));
+            tick.as_mut().reset(tokio::time::Instant::now() + TICK);
+            if tick.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+use std::future::Future;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> Meta {
+        Meta {
+            key: "example.com/a?b".into(),
+            status: 200,
+            response_time: 100,
+            initial_age: 3,
+            lifetime: 60,
+            must_revalidate: false,
+            vary: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_entry_is_read_back_only_once_complete_and_a_given_up_fill_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path_of(dir.path(), "example.com/a?b");
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", "text/plain".parse().unwrap());
+        headers.append("x-many", "1".parse().unwrap());
+        headers.append("x-many", "2".parse().unwrap());
+
+        let mut fill = Filler::begin(&path, 1 << 20).unwrap().unwrap();
+        assert!(Filler::begin(&path, 1 << 20).unwrap().is_none(), "one filler");
+        fill.head(&meta(), &headers).unwrap();
+        assert!(fill.write(b"hello "));
+        assert!(matches!(read(&path), OnDisk::Nothing), "not complete yet");
+        assert!(fill.write(b"world"));
+        fill.finish().unwrap();
+        let OnDisk::Entry(entry) = read(&path) else {
+            panic!("no entry")
+        };
+        assert_eq!(entry.meta, meta());
+        assert_eq!(entry.headers, headers);
+        assert_eq!(entry.body_len, 11);
+        let mut body = vec![0; 11];
+        entry.file.read_exact_at(&mut body, entry.body_offset).unwrap();
+        assert_eq!(body, b"hello world");
+        assert_eq!(entry.meta.age(110), 13);
+        assert_eq!(entry.meta.ttl(110), 47);
+
+        let other = path_of(dir.path(), "example.com/other");
+        let mut fill = Filler::begin(&other, 4).unwrap().unwrap();
+        fill.head(&meta(), &headers).unwrap();
+        assert!(!fill.write(b"too long"), "over max_object_size");
+        drop(fill);
+        assert!(!fill_path(&other).exists());
+        assert!(matches!(read(&other), OnDisk::Nothing));
+
+        write_vary(&other, &["accept-language".into()]).unwrap();
+        assert!(matches!(read(&other), OnDisk::Vary(v) if v == ["accept-language"]));
+    }
+}

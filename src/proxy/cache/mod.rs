@@ -1,0 +1,475 @@
+//! The cache stage: a route with `cache` answers from the shared cache on disk when it
+//! can, and stores what its upstream answers when RFC 9111 lets a shared cache.
+//!
+//! ```text
+//! lookup ─► fresh entry ─────────────────────────────► Hit (sendfile from the entry)
+//!        ─► stale, within stale_while_revalidate ────► Hit, and one background refresh
+//!        ─► another request fills the key ───────────► Hit streamed from its fill
+//!        ─► stale or missing, this request fills ────► forward (conditional when stale)
+//!              304 ─► entry refreshed, served; 5xx/error within stale_if_error ─► stale
+//!              storable ─► the body is written to the fill as it goes to the client
+//! ```
+//!
+//! - `rules.rs`: what may be stored, freshness and age (RFC 9111);
+//! - `entry.rs`: the files, fills and the requests that stream from a fill.
+
+pub mod entry;
+pub mod rules;
+
+use crate::config::{CacheConfig, RouteCache};
+use entry::{Entry, Filler, Meta, OnDisk, Tail};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, StatusCode};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long a request waits for the head of a response another request is fetching for
+/// the same key, before it goes upstream itself (nginx's proxy_cache_lock_timeout).
+const COLLAPSE_WAIT: Duration = Duration::from_secs(5);
+
+/// A worker's view of the cache: where the entries are.
+pub struct Cache {
+    dir: PathBuf,
+    max_object_size: u64,
+}
+
+/// Seconds since the epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A response from the cache.
+pub struct Hit {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: HitBody,
+    /// `Cache-Status`.
+    pub cache_status: String,
+}
+
+pub enum HitBody {
+    /// A complete entry's body.
+    Stored(crate::proxy::files::FilePart),
+    /// Streamed from a fill as another request writes it.
+    Tail(Box<Tail>),
+    None,
+}
+
+/// What a request that goes upstream carries for the cache.
+pub struct Pending {
+    settings: RouteCache,
+    key: String,
+    /// Where its entry goes (the variant's place when the key varies).
+    path: PathBuf,
+    /// The key's own place (a Vary marker there when the response varies).
+    base: PathBuf,
+    filler: Option<Filler>,
+    /// The stale entry being revalidated.
+    stale: Option<Entry>,
+    request_time: i64,
+    /// `Cache-Status` so far (`gateway; fwd=miss`...).
+    pub status: String,
+    /// The request's method and headers, as the client sent them (Vary, Authorization).
+    method: Method,
+    request: HeaderMap,
+    dir: PathBuf,
+}
+
+pub enum Lookup {
+    Hit(Hit),
+    /// A stale entry served now, and the request that refreshes it in the background.
+    Stale(Hit, Box<Pending>),
+    Forward(Box<Pending>),
+}
+
+/// The key: host, normalized path and query.
+fn key_of(head: &http::request::Parts) -> String {
+    let host = head
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            head.headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let path_and_query = head.uri.path_and_query().map_or("/", |p| p.as_str());
+    format!("{host}{path_and_query}")
+}
+
+/// The variant key: the key and the request's values of the headers a response varies on.
+fn variant_key(key: &str, names: &[String], request: &HeaderMap) -> String {
+    let mut out = key.to_string();
+    for name in names {
+        out.push('\n');
+        out.push_str(name);
+        out.push(':');
+        let values: Vec<&str> = request
+            .get_all(name.as_str())
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        out.push_str(&values.join(","));
+    }
+    out
+}
+
+/// Request headers a fill does not pass on: it wants the whole response to store (a
+/// conditional of its own is added when it revalidates).
+const NOT_FOR_A_FILL: [header::HeaderName; 6] = [
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+    header::RANGE,
+];
+
+impl Cache {
+    pub fn new(config: &CacheConfig) -> Cache {
+        Cache {
+            dir: config.dir.clone(),
+            max_object_size: config.max_object_size,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The stage's entry point, for a request on a route with `settings`.
+    pub async fn lookup(&self, head: &http::request::Parts, settings: RouteCache) -> Lookup {
+        let now = now();
+        let key = key_of(head);
+        let base = entry::path_of(&self.dir, &key);
+        let mut pending = Pending {
+            settings,
+            key: key.clone(),
+            path: base.clone(),
+            base: base.clone(),
+            filler: None,
+            stale: None,
+            request_time: now,
+            status: "gateway; fwd=miss".into(),
+            method: head.method.clone(),
+            request: head.headers.clone(),
+            dir: self.dir.clone(),
+        };
+        if head.method != Method::GET && head.method != Method::HEAD {
+            pending.status = "gateway; fwd=method".into();
+            return Lookup::Forward(Box::new(pending));
+        }
+        let found = match entry::read(&base) {
+            OnDisk::Vary(names) => {
+                pending.path = entry::path_of(&self.dir, &variant_key(&key, &names, &head.headers));
+                match entry::read(&pending.path) {
+                    OnDisk::Entry(e) => Some(e),
+                    _ => None,
+                }
+            }
+            OnDisk::Entry(e) => Some(e),
+            OnDisk::Nothing => None,
+        };
+        let head_only = head.method == Method::HEAD;
+        if let Some(found) = found {
+            let ttl = found.meta.ttl(now);
+            if ttl > 0 {
+                touch(&found.file);
+                return Lookup::Hit(hit(found, now, head_only, format!("gateway; hit; ttl={ttl}")));
+            }
+            let stale_for = -ttl;
+            let revalidating = !found.meta.must_revalidate
+                && stale_for <= settings.stale_while_revalidate.as_secs() as i64;
+            if revalidating {
+                let status = format!("gateway; hit; ttl={ttl}; detail=stale-while-revalidate");
+                // One refresh in the background (by whoever takes the fill); this request
+                // is answered with the stale entry now.
+                if let Ok(Some(filler)) = Filler::begin(&pending.path, self.max_object_size) {
+                    let served = hit(clone_entry(&found), now, head_only, status);
+                    pending.filler = Some(filler);
+                    pending.stale = Some(found);
+                    pending.status = "gateway; fwd=stale".into();
+                    return Lookup::Stale(served, Box::new(pending));
+                }
+                return Lookup::Hit(hit(found, now, head_only, status));
+            }
+            pending.stale = Some(found);
+            pending.status = "gateway; fwd=stale".into();
+        }
+        match Filler::begin(&pending.path, self.max_object_size) {
+            Ok(Some(filler)) => pending.filler = Some(filler),
+            Ok(None) => {
+                // Another request fetches this key: stream from it.
+                if let Some((tail, meta, headers)) = Tail::head(&pending.path, COLLAPSE_WAIT).await {
+                    if same_variant(&meta, &headers, &head.headers) {
+                        let status = "gateway; fwd=miss; collapsed".to_string();
+                        return Lookup::Hit(collapsed(tail, meta, headers, now, head_only, status));
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("cache: {}: {e}", self.dir.display()),
+        }
+        Lookup::Forward(Box::new(pending))
+    }
+}
+
+fn clone_entry(e: &Entry) -> Entry {
+    Entry {
+        file: e.file.try_clone().expect("clone of an open file"),
+        meta: e.meta.clone(),
+        headers: e.headers.clone(),
+        body_offset: e.body_offset,
+        body_len: e.body_len,
+    }
+}
+
+/// Marks the entry used (at most once a minute): eviction takes the least recently used.
+fn touch(file: &std::fs::File) {
+    let old = file
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > Duration::from_secs(60));
+    if old {
+        let _ = file.set_modified(std::time::SystemTime::now());
+    }
+}
+
+/// Whether a fill's response fits this request's variant: it does not vary, or varies
+/// on headers this request has the same values of.
+fn same_variant(meta: &Meta, headers: &HeaderMap, request: &HeaderMap) -> bool {
+    let names = rules::vary_names(headers);
+    names.is_empty() || variant_key(&meta.key, &names, request) == meta_variant(meta, &names)
+}
+
+fn meta_variant(meta: &Meta, names: &[String]) -> String {
+    let mut out = meta.key.clone();
+    for name in names {
+        out.push('\n');
+        out.push_str(name);
+        out.push(':');
+        let value = meta
+            .vary
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or("", |(_, v)| v.as_str());
+        out.push_str(value);
+    }
+    out
+}
+
+fn with_age(mut headers: HeaderMap, meta: &Meta, now: i64) -> HeaderMap {
+    headers.insert(header::AGE, HeaderValue::from(meta.age(now).max(0)));
+    headers
+}
+
+fn hit(e: Entry, now: i64, head_only: bool, cache_status: String) -> Hit {
+    let body = if head_only || e.body_len == 0 {
+        HitBody::None
+    } else {
+        HitBody::Stored(crate::proxy::files::FilePart {
+            file: e.file,
+            offset: e.body_offset,
+            len: e.body_len,
+        })
+    };
+    Hit {
+        status: StatusCode::from_u16(e.meta.status).unwrap_or(StatusCode::OK),
+        headers: with_age(e.headers, &e.meta, now),
+        body,
+        cache_status,
+    }
+}
+
+fn collapsed(
+    tail: Tail,
+    meta: Meta,
+    headers: HeaderMap,
+    now: i64,
+    head_only: bool,
+    cache_status: String,
+) -> Hit {
+    Hit {
+        status: StatusCode::from_u16(meta.status).unwrap_or(StatusCode::OK),
+        headers: with_age(headers, &meta, now),
+        body: if head_only {
+            HitBody::None
+        } else {
+            HitBody::Tail(Box::new(tail))
+        },
+        cache_status,
+    }
+}
+
+/// What follows the upstream's answer.
+pub enum After {
+    /// Serve this from the cache instead (a refreshed or a stale entry).
+    Serve(Hit),
+    /// Pass the upstream's response on; with a filler, its body is stored as it goes.
+    Pass(Option<Filler>),
+}
+
+impl Pending {
+    /// The upstream request of a fill: no conditionals or range of the client's; the
+    /// stale entry's validators instead.
+    pub fn prepare(&self, head: &mut http::request::Parts) {
+        if self.filler.is_none() {
+            return;
+        }
+        for name in NOT_FOR_A_FILL {
+            head.headers.remove(name);
+        }
+        if let Some(stale) = &self.stale {
+            if let Some(etag) = stale.headers.get(header::ETAG) {
+                head.headers.insert(header::IF_NONE_MATCH, etag.clone());
+            }
+            if let Some(modified) = stale.headers.get(header::LAST_MODIFIED) {
+                head.headers
+                    .insert(header::IF_MODIFIED_SINCE, modified.clone());
+            }
+        }
+    }
+
+    /// The stale entry, when the upstream failed (`status`: its 5xx, or none for a
+    /// connect error or timeout) and `stale_if_error` allows it.
+    pub fn stale_if_error(&mut self, status: Option<StatusCode>) -> Option<Hit> {
+        let now = now();
+        let stale = self.stale.as_ref()?;
+        let stale_for = -stale.meta.ttl(now);
+        if stale.meta.must_revalidate || stale_for > self.settings.stale_if_error.as_secs() as i64
+        {
+            return None;
+        }
+        let stale = self.stale.take()?;
+        let fwd_status = status.map_or(String::new(), |s| format!("; fwd-status={}", s.as_u16()));
+        let cache_status =
+            format!("gateway; fwd=stale{fwd_status}; ttl={}; detail=stale-if-error", -stale_for);
+        Some(hit(stale, now, self.method == Method::HEAD, cache_status))
+    }
+
+    /// The upstream answered with `status` and `headers` (hop-by-hop fields gone).
+    pub fn answered(&mut self, status: StatusCode, headers: &HeaderMap) -> After {
+        let now = now();
+        if status == StatusCode::NOT_MODIFIED && self.stale.is_some() {
+            if let Some(hit) = self.refresh(headers, now) {
+                return After::Serve(hit);
+            }
+        }
+        if status.is_server_error() {
+            if let Some(hit) = self.stale_if_error(Some(status)) {
+                return After::Serve(hit);
+            }
+        }
+        let Some(mut filler) = self.filler.take() else {
+            return After::Pass(None);
+        };
+        let storable = rules::storable(
+            &self.method,
+            &self.request,
+            status,
+            headers,
+            self.settings.ttl,
+            now,
+        );
+        let freshness = match storable {
+            Ok(f) => f,
+            Err(why) => {
+                self.status.push_str(&format!("; detail={}", why.replace(' ', "-")));
+                return After::Pass(None);
+            }
+        };
+        let too_large = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .is_some_and(|n| n > filler.max());
+        if too_large {
+            self.status.push_str("; detail=too-large");
+            return After::Pass(None);
+        }
+        let names = rules::vary_names(headers);
+        let mut vary = Vec::new();
+        if !names.is_empty() {
+            let variant = variant_key(&self.key, &names, &self.request);
+            self.path = entry::path_of(&self.dir, &variant);
+            if let Err(e) = entry::write_vary(&self.base, &names) {
+                tracing::warn!("cache: {}: {e}", self.base.display());
+                return After::Pass(None);
+            }
+            filler.retarget(&self.path);
+            for name in &names {
+                let values: Vec<&str> = (self.request.get_all(name.as_str()).iter())
+                    .filter_map(|v| v.to_str().ok())
+                    .collect();
+                vary.push((name.clone(), values.join(",")));
+            }
+        }
+        let meta = Meta {
+            key: self.key.clone(),
+            status: status.as_u16(),
+            response_time: now,
+            initial_age: rules::initial_age(headers, self.request_time, now),
+            lifetime: freshness.lifetime,
+            must_revalidate: freshness.must_revalidate,
+            vary,
+        };
+        if let Err(e) = filler.head(&meta, headers) {
+            tracing::warn!("cache: {e}");
+            return After::Pass(None);
+        }
+        if self.stale.is_some() {
+            self.status = format!("gateway; fwd=stale; fwd-status={}; stored", status.as_u16());
+        } else {
+            self.status.push_str("; stored");
+        }
+        After::Pass(Some(filler))
+    }
+
+    /// A `304` for the stale entry: its headers updated, fresh again, and served.
+    fn refresh(&mut self, fresh: &HeaderMap, now: i64) -> Option<Hit> {
+        let stale = self.stale.take()?;
+        let mut headers = stale.headers.clone();
+        for name in fresh.keys() {
+            if name == header::CONTENT_LENGTH {
+                continue;
+            }
+            headers.remove(name);
+            for value in fresh.get_all(name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        let status = StatusCode::from_u16(stale.meta.status).unwrap_or(StatusCode::OK);
+        let freshness = rules::storable(
+            &Method::GET,
+            &self.request,
+            status,
+            &headers,
+            self.settings.ttl,
+            now,
+        )
+        .ok()?;
+        let meta = Meta {
+            response_time: now,
+            initial_age: rules::initial_age(fresh, self.request_time, now),
+            lifetime: freshness.lifetime,
+            must_revalidate: freshness.must_revalidate,
+            ..stale.meta.clone()
+        };
+        if let Err(e) = entry::rewrite_head(&stale, &self.path, &meta, &headers) {
+            tracing::warn!("cache: {}: {e}", self.path.display());
+        }
+        self.filler = None;
+        let refreshed = Entry {
+            meta,
+            headers,
+            ..stale
+        };
+        let cache_status = format!("gateway; fwd=stale; fwd-status=304; ttl={}", refreshed.meta.ttl(now));
+        Some(hit(refreshed, now, self.method == Method::HEAD, cache_status))
+    }
+}
