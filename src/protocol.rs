@@ -287,6 +287,11 @@ pub enum Request {
         upstream: String,
         server: crate::config::AddedServer,
     },
+    /// Remove the cached response of a URL, or with `prefix` every one under it.
+    Purge {
+        url: String,
+        prefix: bool,
+    },
     /// Take a server out of an upstream, without a new generation; with `wait`, answer
     /// once nothing is in flight on it any more.
     RemoveServer {
@@ -328,6 +333,14 @@ impl Request {
                     backup: backup == "backup",
                 },
             }),
+            ["purge", url] => Some(Request::Purge {
+                url: url.to_string(),
+                prefix: false,
+            }),
+            ["purge-prefix", url] => Some(Request::Purge {
+                url: url.to_string(),
+                prefix: true,
+            }),
             ["remove-server", u, a, wait @ ("wait" | "now")] => Some(Request::RemoveServer {
                 upstream: u.to_string(),
                 addr: a.parse().ok()?,
@@ -359,6 +372,8 @@ impl Request {
                 server.weight,
                 if server.backup { "backup" } else { "primary" }
             ),
+            Request::Purge { url, prefix: false } => format!("purge {url}\n"),
+            Request::Purge { url, prefix: true } => format!("purge-prefix {url}\n"),
             Request::RemoveServer {
                 upstream,
                 addr,
@@ -383,6 +398,9 @@ pub struct Reply {
     /// After an upgrade: the new gateway's version and its supervisor's pid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgraded_to: Option<String>,
+    /// After a purge: how many cached responses went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purged: Option<usize>,
 }
 
 impl Reply {

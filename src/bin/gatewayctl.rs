@@ -46,6 +46,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Remove a cached response (from every worker: the cache is shared).
+    Purge {
+        /// http://HOST/PATH?QUERY as clients ask for it.
+        url: String,
+        /// Every response whose URL starts with URL.
+        #[arg(long)]
+        prefix: bool,
+    },
     /// Stop gracefully: stop accepting, finish in-flight requests, exit.
     Stop {
         /// Do not wait for in-flight requests.
@@ -123,6 +131,10 @@ fn main() -> ExitCode {
         Command::Reload => Request::Reload,
         Command::Upgrade => Request::Upgrade,
         Command::Status { .. } | Command::Certs { .. } => Request::Status,
+        Command::Purge { ref url, prefix } => Request::Purge {
+            url: url.clone(),
+            prefix,
+        },
         Command::Stop { now } => Request::Stop { now },
         Command::Drain {
             ref upstream,
@@ -224,6 +236,12 @@ fn main() -> ExitCode {
             } else {
                 table(&status)
             }
+        }
+        Command::Purge { url, .. } => {
+            format!(
+                "purged {} cached responses of {url}\n",
+                reply.purged.unwrap_or(0)
+            )
         }
         Command::Certs { json } => {
             let certificates = reply.status.unwrap_or_default().certificates;

@@ -36,7 +36,9 @@ impl Validator<'_> {
             }
             None => base.join("cache"),
         };
-        let max_size = self.size(&section.max_size, "cache.max_size").unwrap_or(1 << 30);
+        let max_size = self
+            .size(&section.max_size, "cache.max_size")
+            .unwrap_or(1 << 30);
         let max_object_size = self
             .size(&section.max_object_size, "cache.max_object_size")
             .unwrap_or(64 << 20);

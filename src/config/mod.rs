@@ -39,8 +39,8 @@ mod upstreams;
 mod validate;
 
 pub use access::{AccessList, Cidr, CidrList};
-pub use cache::{CacheConfig, RouteCache};
 pub use acme::{dns_name, AcmeConfig, AcmeStorage, Challenge, DEFAULT_DIRECTORY};
+pub use cache::{CacheConfig, RouteCache};
 pub use compression::{Coding, CompressionConfig, DEFAULT_ALGORITHMS};
 pub use gateway::*;
 pub use limits::{RateKey, RateLimit, RateScope, RedisConfig, MAX_LIMITED_ROUTES};

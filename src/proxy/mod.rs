@@ -495,7 +495,10 @@ impl Proxy {
             return;
         };
         // Always a GET: a HEAD that found the entry stale refreshes it whole.
-        let Ok(request) = Request::get(head.uri.clone()).version(head.version).body(()) else {
+        let Ok(request) = Request::get(head.uri.clone())
+            .version(head.version)
+            .body(())
+        else {
             return;
         };
         let (mut copy, ()) = request.into_parts();
@@ -515,7 +518,7 @@ impl Proxy {
         let mut log = RequestLog::new(self.access_log.clone(), client, &head);
         log.request_id = Some(request_id.clone());
         log.metrics = Some(self.unrouted);
-        let Ok(routed) = self.routes.route(&mut head) else {
+        let Ok(routed) = self.routes.route(&head) else {
             return;
         };
         let RouteAction::Forward(index) = &routed.route.action else {

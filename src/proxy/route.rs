@@ -244,6 +244,7 @@ mod tests {
             access: Default::default(),
             error_pages: Vec::new(),
             rate_limit: None,
+            cache: None,
         }
     }
 

@@ -76,6 +76,7 @@ pub async fn serve(
                         server,
                         change,
                     }) => status.change_server(&upstream, &server, change),
+                    Some(Request::Purge { url, prefix }) => status.purge(&url, prefix),
                     Some(request) => {
                         let (tx, rx) = oneshot::channel();
                         let _ = events.send(Event::Control(request, tx));

@@ -10,6 +10,7 @@
 //!   control socket, the admin listener, active health checks, and what status shows.
 
 mod admin;
+mod cache;
 mod control;
 mod file_watch;
 mod health;
@@ -125,6 +126,8 @@ struct Supervisor {
     /// The ACME client waits for these workers to serve with the state of this number.
     acme_waiting: Option<(u64, Vec<u32>, oneshot::Sender<()>)>,
     acme_board: crate::acme::Board,
+    /// What the cache's entries take on disk, as last counted.
+    cache_bytes: cache::Stored,
     /// This program's path as it was at start: what `upgrade` runs (the binary there now).
     program: PathBuf,
     /// The control socket's accept loop and descriptor, while this supervisor serves it.
@@ -262,11 +265,13 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
         }));
         let check_failures = LastFailures::default();
         let acme_board = crate::acme::Board::default();
+        let cache_bytes = cache::Stored::default();
         let source = StatusSource {
             view: view_rx,
             table,
             check_failures: check_failures.clone(),
             acme: acme_board.clone(),
+            cache_bytes: cache_bytes.clone(),
         };
         // The admin listener handed over serves on if the file still has its address
         // (else it is closed here, and the new address bound).
@@ -299,6 +304,7 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
         tokio::spawn(forward_signals(tx.clone()));
         tokio::spawn(file_watch::run(view.subscribe(), tx.clone()));
         tokio::spawn(resolve_again(view.subscribe(), tx.clone()));
+        tokio::spawn(cache::keep_in_size(view.subscribe(), cache_bytes.clone()));
         tokio::spawn(every(crate::tls::tickets::ROTATION, tx.clone(), || {
             Event::RotateTicketKeys
         }));
@@ -339,6 +345,7 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
             acme_serial: 0,
             acme_waiting: None,
             acme_board,
+            cache_bytes,
             program,
             control_task: Some(control_task),
             control_fd: Some(control_fd),
@@ -550,7 +557,7 @@ impl Supervisor {
     ) -> Reply {
         match request {
             // The control socket answers this itself from the published snapshot.
-            Request::Status | Request::Server { .. } => {
+            Request::Status | Request::Server { .. } | Request::Purge { .. } => {
                 Reply::failed("answered by the control socket")
             }
             Request::Upgrade => Reply::failed("answered by start_upgrade"),
@@ -615,6 +622,7 @@ impl Supervisor {
             table: self.table,
             check_failures: self.check_failures.clone(),
             acme: self.acme_board.clone(),
+            cache_bytes: self.cache_bytes.clone(),
         }
     }
 

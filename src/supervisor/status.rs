@@ -47,6 +47,8 @@ pub struct StatusSource {
     pub check_failures: LastFailures,
     /// The ACME client's entries.
     pub acme: crate::acme::Board,
+    /// What the cache's entries take on disk.
+    pub cache_bytes: super::cache::Stored,
 }
 
 impl StatusSource {
@@ -91,6 +93,33 @@ impl StatusSource {
         Reply {
             ok: true,
             generation: Some(view.generation),
+            ..Reply::default()
+        }
+    }
+
+    /// `gatewayctl purge`: the cache is on disk, shared by every worker; removing the
+    /// entries is all it takes.
+    pub fn purge(&self, url: &str, prefix: bool) -> Reply {
+        let Some(cache) = self.view.borrow().config.cache.clone() else {
+            return Reply::failed("no [cache] in the config");
+        };
+        let uri: http::Uri = match url.parse() {
+            Ok(uri) => uri,
+            Err(e) => return Reply::failed(format!("{url}: not a URL: {e}")),
+        };
+        let Some(authority) = uri.authority() else {
+            return Reply::failed(format!("{url}: give the host too, as http://HOST/PATH"));
+        };
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let key = format!("{}{path}", authority.as_str().to_ascii_lowercase());
+        let purged = crate::proxy::cache::entry::purge(&cache.dir, &key, prefix);
+        tracing::info!(
+            "purged {purged} cached responses of {key}{}",
+            if prefix { "*" } else { "" }
+        );
+        Reply {
+            ok: true,
+            purged: Some(purged),
             ..Reply::default()
         }
     }
@@ -431,6 +460,11 @@ impl StatusSource {
                     }
                 }
             }
+        }
+        if self.view.borrow().config.cache.is_some() {
+            let bytes = "gateway_cache_bytes";
+            out.family(bytes, "gauge", "Bytes the cache's entries take on disk.");
+            out.sample(bytes, &[], self.cache_bytes.load(Relaxed));
         }
         let expiry = "gateway_tls_certificate_expiry_seconds";
         out.family(

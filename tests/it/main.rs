@@ -3,6 +3,7 @@
 mod access;
 mod acme;
 mod balancing;
+mod cache;
 mod cli;
 mod common;
 mod deploy;

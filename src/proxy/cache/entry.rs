@@ -12,9 +12,11 @@
 //! ```
 //!
 //! A fill's body length reads [`FILLING`] until it is complete; other requests for the key
-//! stream from the `.fill` as it grows (request coalescing across workers). A fill given
-//! up (a response not to store, an upstream error, too large) is marked [`ABANDONED`] and
-//! unlinked; one whose writer died stops growing, and is taken over after [`STALE_FILL`].
+//! stream from the `.fill` as it grows (request coalescing across workers). Its writer
+//! holds an exclusive `flock` on it, which the kernel releases if the writer dies: a fill
+//! nobody holds is taken over, and whoever streams from it stops (the entry never becomes
+//! complete). A fill given up (a response not to store, an upstream error, too large) is
+//! marked [`ABANDONED`] and unlinked.
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -32,8 +34,9 @@ const PRELUDE: u64 = 20;
 pub const FILLING: u64 = u64::MAX;
 /// The body length of a fill its writer gave up.
 pub const ABANDONED: u64 = u64::MAX - 1;
-/// A `.fill` that has not changed for this long lost its writer.
-pub const STALE_FILL: Duration = Duration::from_secs(30);
+/// A fill just created may not be locked yet by its writer: younger than this, it is
+/// taken for alive.
+const JUST_CREATED: Duration = Duration::from_secs(1);
 /// The most a head may take (headers are bounded by the upstream's limits anyway).
 const MAX_HEAD: u64 = 1 << 20;
 
@@ -209,7 +212,12 @@ pub fn write_vary(path: &Path, names: &[String]) -> io::Result<()> {
 
 /// An entry's head replaced (a `304` refreshed it): the body copied into a new file by the
 /// kernel, renamed over the old one.
-pub fn rewrite_head(entry: &Entry, path: &Path, meta: &Meta, headers: &HeaderMap) -> io::Result<()> {
+pub fn rewrite_head(
+    entry: &Entry,
+    path: &Path,
+    meta: &Meta,
+    headers: &HeaderMap,
+) -> io::Result<()> {
     let staged = path.with_extension(format!("new{}", fastrand::u32(..)));
     let head = encode_head(meta, headers);
     let result = (|| {
@@ -227,7 +235,9 @@ pub fn rewrite_head(entry: &Entry, path: &Path, meta: &Meta, headers: &HeaderMap
         let mut chunk = vec![0u8; 64 * 1024];
         while copied < entry.body_len {
             let want = (entry.body_len - copied).min(chunk.len() as u64) as usize;
-            let n = entry.file.read_at(&mut chunk[..want], entry.body_offset + copied)?;
+            let n = entry
+                .file
+                .read_at(&mut chunk[..want], entry.body_offset + copied)?;
             if n == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
@@ -254,8 +264,8 @@ pub struct Filler {
 }
 
 impl Filler {
-    /// The right to fill `path`, or `None` while another request fills it. A fill that
-    /// has not changed for [`STALE_FILL`] is taken over.
+    /// The right to fill `path`, or `None` while another request fills it. A fill whose
+    /// writer died (no lock on it) is taken over.
     pub fn begin(path: &Path, max: u64) -> io::Result<Option<Filler>> {
         let fill = fill_path(path);
         if let Some(parent) = path.parent() {
@@ -270,6 +280,7 @@ impl Filler {
                 .open(&fill)
             {
                 Ok(file) => {
+                    file.try_lock().map_err(io::Error::from)?;
                     return Ok(Some(Filler {
                         file,
                         fill,
@@ -278,18 +289,13 @@ impl Filler {
                         written: 0,
                         max,
                         done: false,
-                    }))
+                    }));
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    let idle = std::fs::metadata(&fill)
-                        .and_then(|m| m.modified())
-                        .ok()
-                        .and_then(|t| t.elapsed().ok());
-                    if idle.is_some_and(|idle| idle > STALE_FILL) {
-                        let _ = std::fs::remove_file(&fill);
-                        continue;
+                    if !writer_gone(&fill) {
+                        return Ok(None);
                     }
-                    return Ok(None);
+                    let _ = std::fs::remove_file(&fill);
                 }
                 Err(e) => return Err(e),
             }
@@ -328,7 +334,10 @@ impl Filler {
         if self.written + data.len() as u64 > self.max {
             return false;
         }
-        match self.file.write_all_at(data, self.body_offset + self.written) {
+        match self
+            .file
+            .write_all_at(data, self.body_offset + self.written)
+        {
             Ok(()) => {
                 self.written += data.len() as u64;
                 true
@@ -356,6 +365,33 @@ impl Drop for Filler {
             let _ = std::fs::remove_file(&self.fill);
         }
     }
+}
+
+/// Whether the fill at `fill` has lost its writer: nobody holds its lock, and it is not
+/// brand new.
+fn writer_gone(fill: &Path) -> bool {
+    let Ok(file) = File::open(fill) else {
+        return false;
+    };
+    let young = file
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_none_or(|age| age < JUST_CREATED);
+    !young && file.try_lock_shared().is_ok()
+}
+
+/// Whether the writer of the open fill `file` has gone without finishing: nobody holds
+/// its lock, and its length still says it is being filled (a writer that just finished
+/// wrote the length before letting go).
+fn abandoned_by_writer(file: &File) -> bool {
+    if file.try_lock_shared().is_err() {
+        return false;
+    }
+    let _ = file.unlock();
+    let mut len = [0u8; 8];
+    file.read_exact_at(&mut len, 8).is_err() || u64::from_le_bytes(len) == FILLING
 }
 
 /// A request reading a fill another request writes.
@@ -399,7 +435,7 @@ impl Tail {
                 };
                 return Some((tail, meta, headers));
             }
-            if tokio::time::Instant::now() >= deadline {
+            if tokio::time::Instant::now() >= deadline || abandoned_by_writer(&file) {
                 return None;
             }
             tokio::time::sleep(TICK).await;
@@ -439,6 +475,11 @@ impl Tail {
                 // Complete, but more was written than read: read again.
                 _ => continue,
             }
+            if abandoned_by_writer(&self.file) {
+                return Poll::Ready(Some(Err(io::Error::other(
+                    "the request filling the cache is gone",
+                ))));
+            }
             if self.grew.elapsed() > self.patience {
                 return Poll::Ready(Some(Err(io::Error::other(
                     "the response filling the cache stopped coming",
@@ -456,6 +497,65 @@ impl Tail {
 }
 
 use std::future::Future;
+
+/// A complete entry or Vary marker on disk (fills and half-written files are not listed).
+pub struct Listed {
+    pub path: PathBuf,
+    pub size: u64,
+    pub used: std::time::SystemTime,
+}
+
+/// Every entry and marker under `dir`.
+pub fn list(dir: &Path) -> Vec<Listed> {
+    let mut out = Vec::new();
+    let Ok(subdirs) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for sub in subdirs.flatten() {
+        let Ok(files) = std::fs::read_dir(sub.path()) else {
+            continue;
+        };
+        for file in files.flatten() {
+            let name = file.file_name();
+            if name.len() != 64 {
+                continue; // a fill, or a file being renamed into place
+            }
+            if let Ok(meta) = file.metadata() {
+                out.push(Listed {
+                    path: file.path(),
+                    size: meta.len(),
+                    used: meta.modified().unwrap_or(std::time::UNIX_EPOCH),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Removes the entry of `key` (with every variant when it varies), or with `prefix` every
+/// entry whose key starts with it; how many went.
+pub fn purge(dir: &Path, key: &str, prefix: bool) -> usize {
+    let mut removed = 0;
+    let base = path_of(dir, key);
+    let varies = matches!(read(&base), OnDisk::Vary(_));
+    if !prefix && !varies {
+        return usize::from(std::fs::remove_file(&base).is_ok());
+    }
+    for listed in list(dir) {
+        let matches = match read(&listed.path) {
+            OnDisk::Entry(e) if prefix => e.meta.key.starts_with(key),
+            OnDisk::Entry(e) => e.meta.key == key,
+            // A marker has no key of its own: the exact one is known; with a prefix,
+            // its variants go and it is left to point at nothing.
+            OnDisk::Vary(_) => listed.path == base,
+            OnDisk::Nothing => false,
+        };
+        if matches && std::fs::remove_file(&listed.path).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
 
 #[cfg(test)]
 mod tests {
@@ -483,7 +583,10 @@ mod tests {
         headers.append("x-many", "2".parse().unwrap());
 
         let mut fill = Filler::begin(&path, 1 << 20).unwrap().unwrap();
-        assert!(Filler::begin(&path, 1 << 20).unwrap().is_none(), "one filler");
+        assert!(
+            Filler::begin(&path, 1 << 20).unwrap().is_none(),
+            "one filler"
+        );
         fill.head(&meta(), &headers).unwrap();
         assert!(fill.write(b"hello "));
         assert!(matches!(read(&path), OnDisk::Nothing), "not complete yet");
@@ -496,7 +599,10 @@ mod tests {
         assert_eq!(entry.headers, headers);
         assert_eq!(entry.body_len, 11);
         let mut body = vec![0; 11];
-        entry.file.read_exact_at(&mut body, entry.body_offset).unwrap();
+        entry
+            .file
+            .read_exact_at(&mut body, entry.body_offset)
+            .unwrap();
         assert_eq!(body, b"hello world");
         assert_eq!(entry.meta.age(110), 13);
         assert_eq!(entry.meta.ttl(110), 47);

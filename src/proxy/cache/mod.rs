@@ -180,7 +180,12 @@ impl Cache {
             let ttl = found.meta.ttl(now);
             if ttl > 0 {
                 touch(&found.file);
-                return Lookup::Hit(hit(found, now, head_only, format!("gateway; hit; ttl={ttl}")));
+                return Lookup::Hit(hit(
+                    found,
+                    now,
+                    head_only,
+                    format!("gateway; hit; ttl={ttl}"),
+                ));
             }
             let stale_for = -ttl;
             let revalidating = !found.meta.must_revalidate
@@ -205,7 +210,8 @@ impl Cache {
             Ok(Some(filler)) => pending.filler = Some(filler),
             Ok(None) => {
                 // Another request fetches this key: stream from it.
-                if let Some((tail, meta, headers)) = Tail::head(&pending.path, COLLAPSE_WAIT).await {
+                if let Some((tail, meta, headers)) = Tail::head(&pending.path, COLLAPSE_WAIT).await
+                {
                     if same_variant(&meta, &headers, &head.headers) {
                         let status = "gateway; fwd=miss; collapsed".to_string();
                         return Lookup::Hit(collapsed(tail, meta, headers, now, head_only, status));
@@ -342,14 +348,15 @@ impl Pending {
         let now = now();
         let stale = self.stale.as_ref()?;
         let stale_for = -stale.meta.ttl(now);
-        if stale.meta.must_revalidate || stale_for > self.settings.stale_if_error.as_secs() as i64
-        {
+        if stale.meta.must_revalidate || stale_for > self.settings.stale_if_error.as_secs() as i64 {
             return None;
         }
         let stale = self.stale.take()?;
         let fwd_status = status.map_or(String::new(), |s| format!("; fwd-status={}", s.as_u16()));
-        let cache_status =
-            format!("gateway; fwd=stale{fwd_status}; ttl={}; detail=stale-if-error", -stale_for);
+        let cache_status = format!(
+            "gateway; fwd=stale{fwd_status}; ttl={}; detail=stale-if-error",
+            -stale_for
+        );
         Some(hit(stale, now, self.method == Method::HEAD, cache_status))
     }
 
@@ -380,7 +387,8 @@ impl Pending {
         let freshness = match storable {
             Ok(f) => f,
             Err(why) => {
-                self.status.push_str(&format!("; detail={}", why.replace(' ', "-")));
+                self.status
+                    .push_str(&format!("; detail={}", why.replace(' ', "-")));
                 return After::Pass(None);
             }
         };
@@ -469,7 +477,15 @@ impl Pending {
             headers,
             ..stale
         };
-        let cache_status = format!("gateway; fwd=stale; fwd-status=304; ttl={}", refreshed.meta.ttl(now));
-        Some(hit(refreshed, now, self.method == Method::HEAD, cache_status))
+        let cache_status = format!(
+            "gateway; fwd=stale; fwd-status=304; ttl={}",
+            refreshed.meta.ttl(now)
+        );
+        Some(hit(
+            refreshed,
+            now,
+            self.method == Method::HEAD,
+            cache_status,
+        ))
     }
 }

@@ -105,13 +105,16 @@ pub fn storable(
     } else if let Some(expires) = response.get(header::EXPIRES) {
         // An invalid Expires is a time in the past (RFC 9111, 5.3).
         let expires = http_date(expires).unwrap_or(0);
-        let date = response.get(header::DATE).and_then(http_date).unwrap_or(now);
+        let date = response
+            .get(header::DATE)
+            .and_then(http_date)
+            .unwrap_or(now);
         (expires - date).max(0) as u64
     } else {
         ttl.as_secs()
     };
-    let validator = response.contains_key(header::ETAG)
-        || response.contains_key(header::LAST_MODIFIED);
+    let validator =
+        response.contains_key(header::ETAG) || response.contains_key(header::LAST_MODIFIED);
     if lifetime == 0 && !validator {
         return Err("no freshness");
     }
@@ -170,7 +173,11 @@ mod tests {
         h
     }
 
-    fn decide(req: &[(&str, &str)], status: u16, resp: &[(&str, &str)]) -> Result<u64, &'static str> {
+    fn decide(
+        req: &[(&str, &str)],
+        status: u16,
+        resp: &[(&str, &str)],
+    ) -> Result<u64, &'static str> {
         storable(
             &Method::GET,
             &headers(req),
@@ -184,38 +191,90 @@ mod tests {
 
     #[test]
     fn what_a_shared_cache_stores_and_for_how_long() {
-        assert_eq!(decide(&[], 200, &[]), Ok(10), "ttl when the response says nothing");
+        assert_eq!(
+            decide(&[], 200, &[]),
+            Ok(10),
+            "ttl when the response says nothing"
+        );
         assert_eq!(decide(&[], 200, &[("cache-control", "max-age=60")]), Ok(60));
         assert_eq!(
             decide(&[], 200, &[("cache-control", "max-age=60, s-maxage=5")]),
             Ok(5),
             "s-maxage first in a shared cache"
         );
-        assert_eq!(decide(&[], 404, &[("cache-control", "MAX-AGE=\"7\"")]), Ok(7));
+        assert_eq!(
+            decide(&[], 404, &[("cache-control", "MAX-AGE=\"7\"")]),
+            Ok(7)
+        );
         assert_eq!(
             decide(
                 &[],
                 200,
-                &[("date", "Sun, 06 Nov 1994 08:49:37 GMT"), ("expires", "Sun, 06 Nov 1994 08:50:37 GMT")]
+                &[
+                    ("date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+                    ("expires", "Sun, 06 Nov 1994 08:50:37 GMT")
+                ]
             ),
             Ok(60)
         );
         assert_eq!(decide(&[], 200, &[("expires", "0")]), Err("no freshness"));
-        assert_eq!(decide(&[], 500, &[("cache-control", "max-age=60")]), Err("status"));
-        assert_eq!(decide(&[], 206, &[]), Err("status"));
-        assert_eq!(decide(&[], 200, &[("cache-control", "no-store")]), Err("no-store"));
-        assert_eq!(decide(&[], 200, &[("cache-control", "private, max-age=9")]), Err("private"));
-        assert_eq!(decide(&[], 200, &[("set-cookie", "a=1")]), Err("set-cookie"));
-        assert_eq!(decide(&[("cache-control", "no-store")], 200, &[]), Err("request no-store"));
-        assert_eq!(decide(&[("authorization", "Basic x")], 200, &[]), Err("authorization"));
         assert_eq!(
-            decide(&[("authorization", "Basic x")], 200, &[("cache-control", "public, max-age=3")]),
+            decide(&[], 500, &[("cache-control", "max-age=60")]),
+            Err("status")
+        );
+        assert_eq!(decide(&[], 206, &[]), Err("status"));
+        assert_eq!(
+            decide(&[], 200, &[("cache-control", "no-store")]),
+            Err("no-store")
+        );
+        assert_eq!(
+            decide(&[], 200, &[("cache-control", "private, max-age=9")]),
+            Err("private")
+        );
+        assert_eq!(
+            decide(&[], 200, &[("set-cookie", "a=1")]),
+            Err("set-cookie")
+        );
+        assert_eq!(
+            decide(&[("cache-control", "no-store")], 200, &[]),
+            Err("request no-store")
+        );
+        assert_eq!(
+            decide(&[("authorization", "Basic x")], 200, &[]),
+            Err("authorization")
+        );
+        assert_eq!(
+            decide(
+                &[("authorization", "Basic x")],
+                200,
+                &[("cache-control", "public, max-age=3")]
+            ),
             Ok(3)
         );
-        assert_eq!(decide(&[], 200, &[("vary", "Accept-Encoding, *")]), Err("vary *"));
-        assert_eq!(decide(&[], 200, &[("cache-control", "no-cache"), ("etag", "\"a\"")]), Ok(0));
-        assert_eq!(decide(&[], 200, &[("cache-control", "no-cache")]), Err("no freshness"));
-        let post = storable(&Method::POST, &HeaderMap::new(), StatusCode::OK, &HeaderMap::new(), Duration::from_secs(9), 0);
+        assert_eq!(
+            decide(&[], 200, &[("vary", "Accept-Encoding, *")]),
+            Err("vary *")
+        );
+        assert_eq!(
+            decide(
+                &[],
+                200,
+                &[("cache-control", "no-cache"), ("etag", "\"a\"")]
+            ),
+            Ok(0)
+        );
+        assert_eq!(
+            decide(&[], 200, &[("cache-control", "no-cache")]),
+            Err("no freshness")
+        );
+        let post = storable(
+            &Method::POST,
+            &HeaderMap::new(),
+            StatusCode::OK,
+            &HeaderMap::new(),
+            Duration::from_secs(9),
+            0,
+        );
         assert_eq!(post, Err("method"));
     }
 
@@ -224,7 +283,11 @@ mod tests {
         let h = headers(&[("age", "5"), ("date", "Sun, 06 Nov 1994 08:49:37 GMT")]);
         let date = 784111777;
         assert_eq!(initial_age(&h, date, date + 2), 7);
-        assert_eq!(initial_age(&h, date + 19, date + 20), 20, "the Date says older");
+        assert_eq!(
+            initial_age(&h, date + 19, date + 20),
+            20,
+            "the Date says older"
+        );
         assert_eq!(initial_age(&HeaderMap::new(), 100, 100), 0);
     }
 
