@@ -568,6 +568,7 @@ static CACHE_STATUS: header::HeaderName = header::HeaderName::from_static("cache
 fn cached_response(mut log: RequestLog, hit: cache::Hit) -> Response<ResponseBody> {
     log.status = hit.status.as_u16();
     let body = match hit.body {
+        cache::HitBody::Inline(bytes) => ResponseBody::fixed(bytes, log),
         cache::HitBody::Stored(part) => ResponseBody::file(part, log),
         cache::HitBody::Tail(tail) => ResponseBody::tail(tail, log),
         cache::HitBody::None => ResponseBody::fixed(bytes::Bytes::new(), log),

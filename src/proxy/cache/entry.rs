@@ -30,6 +30,8 @@ use std::time::Duration;
 const MAGIC: &[u8; 8] = b"GWCACHE1";
 const VARY_MAGIC: &[u8; 8] = b"GWVARY01";
 const PRELUDE: u64 = 20;
+/// The first read of an entry: its head, and the whole of a small body.
+const FIRST_READ: usize = 8192;
 /// The body length of a fill still being written.
 pub const FILLING: u64 = u64::MAX;
 /// The body length of a fill its writer gave up.
@@ -77,6 +79,10 @@ pub struct Entry {
     pub headers: HeaderMap,
     pub body_offset: u64,
     pub body_len: u64,
+    /// When it was last marked used (its modification time).
+    pub used: std::time::SystemTime,
+    /// The body, when the first read of the file took it all.
+    pub inline: Option<Bytes>,
 }
 
 /// What is on disk at a key's path.
@@ -89,9 +95,16 @@ pub enum OnDisk {
 
 /// Where the entry of `key` lives under `dir`.
 pub fn path_of(dir: &Path, key: &str) -> PathBuf {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
-    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    dir.join(&hex[..2]).join(hex)
+    let mut hex = String::with_capacity(64);
+    for b in digest.as_ref() {
+        hex.push(HEX[usize::from(b >> 4)] as char);
+        hex.push(HEX[usize::from(b & 15)] as char);
+    }
+    let mut path = dir.join(&hex[..2]);
+    path.push(hex);
+    path
 }
 
 pub fn fill_path(path: &Path) -> PathBuf {
@@ -104,7 +117,7 @@ pub fn read(path: &Path) -> OnDisk {
     let Ok(file) = File::open(path) else {
         return OnDisk::Nothing;
     };
-    let mut first = vec![0u8; 4096];
+    let mut first = vec![0u8; FIRST_READ];
     let Ok(n) = file.read_at(&mut first, 0) else {
         return OnDisk::Nothing;
     };
@@ -116,16 +129,23 @@ pub fn read(path: &Path) -> OnDisk {
     match read_head(&file, &first) {
         Some((meta, headers, body_len, head_len)) if body_len < ABANDONED => {
             let body_offset = PRELUDE + head_len;
-            let size = file.metadata().map_or(0, |m| m.len());
-            if size != body_offset + body_len {
+            let Ok(stat) = file.metadata() else {
+                return OnDisk::Nothing;
+            };
+            if stat.len() != body_offset + body_len {
                 return OnDisk::Nothing;
             }
+            let end = body_offset + body_len;
+            let inline = (end <= first.len() as u64)
+                .then(|| Bytes::copy_from_slice(&first[body_offset as usize..end as usize]));
             OnDisk::Entry(Entry {
                 file,
                 meta,
                 headers,
                 body_offset,
                 body_len,
+                used: stat.modified().unwrap_or(std::time::UNIX_EPOCH),
+                inline,
             })
         }
         _ => OnDisk::Nothing,

@@ -50,6 +50,8 @@ pub struct Hit {
 }
 
 pub enum HitBody {
+    /// A small entry's body, read with its head.
+    Inline(bytes::Bytes),
     /// A complete entry's body.
     Stored(crate::proxy::files::FilePart),
     /// Streamed from a fill as another request writes it.
@@ -147,39 +149,40 @@ impl Cache {
         let now = now();
         let key = key_of(head);
         let base = entry::path_of(&self.dir, &key);
-        let mut pending = Pending {
+        // Made only when the request goes upstream: a hit copies nothing of the request.
+        let pending = |path: PathBuf, status: &str| Pending {
             settings,
             key: key.clone(),
-            path: base.clone(),
+            path,
             base: base.clone(),
             filler: None,
             stale: None,
             request_time: now,
-            status: "gateway; fwd=miss".into(),
+            status: status.to_string(),
             method: head.method.clone(),
             request: head.headers.clone(),
             dir: self.dir.clone(),
         };
         if head.method != Method::GET && head.method != Method::HEAD {
-            pending.status = "gateway; fwd=method".into();
-            return Lookup::Forward(Box::new(pending));
+            return Lookup::Forward(Box::new(pending(base.clone(), "gateway; fwd=method")));
         }
-        let found = match entry::read(&base) {
+        let (path, found) = match entry::read(&base) {
             OnDisk::Vary(names) => {
-                pending.path = entry::path_of(&self.dir, &variant_key(&key, &names, &head.headers));
-                match entry::read(&pending.path) {
-                    OnDisk::Entry(e) => Some(e),
-                    _ => None,
+                let path = entry::path_of(&self.dir, &variant_key(&key, &names, &head.headers));
+                match entry::read(&path) {
+                    OnDisk::Entry(e) => (path, Some(e)),
+                    _ => (path, None),
                 }
             }
-            OnDisk::Entry(e) => Some(e),
-            OnDisk::Nothing => None,
+            OnDisk::Entry(e) => (base.clone(), Some(e)),
+            OnDisk::Nothing => (base.clone(), None),
         };
         let head_only = head.method == Method::HEAD;
+        let mut forward = pending(path, "gateway; fwd=miss");
         if let Some(found) = found {
             let ttl = found.meta.ttl(now);
             if ttl > 0 {
-                touch(&found.file);
+                touch(&found);
                 return Lookup::Hit(hit(
                     found,
                     now,
@@ -194,23 +197,23 @@ impl Cache {
                 let status = format!("gateway; hit; ttl={ttl}; detail=stale-while-revalidate");
                 // One refresh in the background (by whoever takes the fill); this request
                 // is answered with the stale entry now.
-                if let Ok(Some(filler)) = Filler::begin(&pending.path, self.max_object_size) {
+                if let Ok(Some(filler)) = Filler::begin(&forward.path, self.max_object_size) {
                     let served = hit(clone_entry(&found), now, head_only, status);
-                    pending.filler = Some(filler);
-                    pending.stale = Some(found);
-                    pending.status = "gateway; fwd=stale".into();
-                    return Lookup::Stale(served, Box::new(pending));
+                    forward.filler = Some(filler);
+                    forward.stale = Some(found);
+                    forward.status = "gateway; fwd=stale".into();
+                    return Lookup::Stale(served, Box::new(forward));
                 }
                 return Lookup::Hit(hit(found, now, head_only, status));
             }
-            pending.stale = Some(found);
-            pending.status = "gateway; fwd=stale".into();
+            forward.stale = Some(found);
+            forward.status = "gateway; fwd=stale".into();
         }
-        match Filler::begin(&pending.path, self.max_object_size) {
-            Ok(Some(filler)) => pending.filler = Some(filler),
+        match Filler::begin(&forward.path, self.max_object_size) {
+            Ok(Some(filler)) => forward.filler = Some(filler),
             Ok(None) => {
                 // Another request fetches this key: stream from it.
-                if let Some((tail, meta, headers)) = Tail::head(&pending.path, COLLAPSE_WAIT).await
+                if let Some((tail, meta, headers)) = Tail::head(&forward.path, COLLAPSE_WAIT).await
                 {
                     if same_variant(&meta, &headers, &head.headers) {
                         let status = "gateway; fwd=miss; collapsed".to_string();
@@ -220,7 +223,7 @@ impl Cache {
             }
             Err(e) => tracing::warn!("cache: {}: {e}", self.dir.display()),
         }
-        Lookup::Forward(Box::new(pending))
+        Lookup::Forward(Box::new(forward))
     }
 }
 
@@ -231,19 +234,19 @@ fn clone_entry(e: &Entry) -> Entry {
         headers: e.headers.clone(),
         body_offset: e.body_offset,
         body_len: e.body_len,
+        used: e.used,
+        inline: e.inline.clone(),
     }
 }
 
 /// Marks the entry used (at most once a minute): eviction takes the least recently used.
-fn touch(file: &std::fs::File) {
-    let old = file
-        .metadata()
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.elapsed().ok())
-        .is_some_and(|age| age > Duration::from_secs(60));
+fn touch(e: &Entry) {
+    let old = e
+        .used
+        .elapsed()
+        .is_ok_and(|age| age > Duration::from_secs(60));
     if old {
-        let _ = file.set_modified(std::time::SystemTime::now());
+        let _ = e.file.set_modified(std::time::SystemTime::now());
     }
 }
 
@@ -278,6 +281,8 @@ fn with_age(mut headers: HeaderMap, meta: &Meta, now: i64) -> HeaderMap {
 fn hit(e: Entry, now: i64, head_only: bool, cache_status: String) -> Hit {
     let body = if head_only || e.body_len == 0 {
         HitBody::None
+    } else if let Some(bytes) = e.inline {
+        HitBody::Inline(bytes)
     } else {
         HitBody::Stored(crate::proxy::files::FilePart {
             file: e.file,
