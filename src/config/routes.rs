@@ -377,6 +377,15 @@ impl Validator<'_> {
                 if r.upstream.is_none() {
                     self.error(c.span(), &key("cache"), "only for a route with an upstream");
                 }
+                if routes.iter().filter(|o| o.cache.is_some()).count()
+                    == crate::table::CACHED_ROUTES
+                {
+                    let message = format!(
+                        "at most {} routes may have a cache",
+                        crate::table::CACHED_ROUTES
+                    );
+                    self.error(c.span(), &key("cache"), message);
+                }
                 self.route_cache(c.get_ref(), &key("cache"))
             });
             let route = RouteConfig {

@@ -138,6 +138,8 @@ pub struct Proxy {
     rate_limits: limit::Limits,
     /// `[cache]`: where cached routes keep their responses.
     cache: Option<cache::Cache>,
+    /// Each route's answer counts by cache outcome (routes with `cache`).
+    cache_counts: Vec<Option<&'static cache::Counts>>,
     /// The proxy itself, for a stale entry's refresh, which outlives the request.
     me: std::sync::Weak<Proxy>,
 }
@@ -172,6 +174,8 @@ struct Trail<'a> {
     /// A cached route's `Cache-Status`, and the fill its upstream's body goes to.
     cache_status: Option<String>,
     fill: Option<cache::entry::Filler>,
+    /// The route's place in the config.
+    route_index: Option<usize>,
 }
 
 impl Proxy {
@@ -214,6 +218,7 @@ impl Proxy {
             trusted_proxies: config.gateway.trusted_proxies.clone(),
             rate_limits: limit::Limits::new(&config.routes, share, config.redis.as_ref()),
             cache: config.cache.as_ref().map(cache::Cache::new),
+            cache_counts: cache::slots(&config.routes, |slot| share.cache_outcomes(slot)),
             me,
         }
     }
@@ -315,6 +320,9 @@ impl Proxy {
             response.body_mut().fill_cache(fill);
         }
         if let Some(status) = trail.cache_status.take() {
+            if let Some(Some(counts)) = trail.route_index.map(|i| self.cache_counts[i]) {
+                counts[cache::outcome(&status)].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             if let Ok(value) = HeaderValue::from_str(&status) {
                 response.headers_mut().insert(CACHE_STATUS.clone(), value);
             }
@@ -362,6 +370,7 @@ impl Proxy {
         let routed = self.routes.route(head)?;
         let route = routed.route;
         trail.route = Some(route);
+        trail.route_index = Some(routed.index);
         // Access lists: before anything else is done for the request.
         if !route.access.lets_in(conn.client.ip()) {
             return Err(Failure::Forbidden);

@@ -461,10 +461,30 @@ impl StatusSource {
                 }
             }
         }
-        if self.view.borrow().config.cache.is_some() {
+        let view = self.view.borrow().clone();
+        if view.config.cache.is_some() {
             let bytes = "gateway_cache_bytes";
             out.family(bytes, "gauge", "Bytes the cache's entries take on disk.");
             out.sample(bytes, &[], self.cache_bytes.load(Relaxed));
+            let requests = "gateway_cache_requests_total";
+            out.family(
+                requests,
+                "counter",
+                "Answers of cached routes by what the cache did; the route as host and path.",
+            );
+            let slots =
+                crate::proxy::cache::slots(&view.config.routes, |s| self.table.cache_outcomes(s));
+            for (r, counts) in view.config.routes.iter().zip(slots) {
+                let Some(counts) = counts else { continue };
+                let route = route_label(r);
+                for (status, n) in crate::table::CACHE_OUTCOMES.iter().zip(counts) {
+                    out.sample(
+                        requests,
+                        &[("route", &route), ("status", status)],
+                        n.load(Relaxed),
+                    );
+                }
+            }
         }
         let expiry = "gateway_tls_certificate_expiry_seconds";
         out.family(
@@ -538,13 +558,17 @@ impl StatusSource {
         for (index, refused) in
             crate::proxy::limit::Limits::refused(&view.config.routes, |r| table.rate_region(r))
         {
-            let r = &view.config.routes[index];
-            let path = match &r.matching.path_regex {
-                Some(re) => format!("~{}", re.as_str()),
-                None => r.path_prefix.clone(),
-            };
-            out.sample(limited, &[("route", &format!("{}{path}", r.host))], refused);
+            let route = route_label(&view.config.routes[index]);
+            out.sample(limited, &[("route", &route)], refused);
         }
+    }
+}
+
+/// A route as metrics label it: its host and path (`~regex` for a regex route).
+fn route_label(r: &crate::config::RouteConfig) -> String {
+    match &r.matching.path_regex {
+        Some(re) => format!("{}~{}", r.host, re.as_str()),
+        None => format!("{}{}", r.host, r.path_prefix),
     }
 }
 

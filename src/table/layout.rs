@@ -39,4 +39,12 @@ pub struct TableMemory {
     pub rates: [RateRegion; RATE_REGIONS],
     /// Set while the workers find Redis unreachable (global limits count per gateway).
     pub redis_down: AtomicBool,
+    /// Answers of each cached route (the how-manyth with `cache`) by outcome.
+    pub cache_outcomes: [[AtomicU64; CACHE_OUTCOMES.len()]; CACHED_ROUTES],
 }
+
+/// Routes with `cache` the table counts for.
+pub const CACHED_ROUTES: usize = 64;
+/// What a cached route's answer was, as `/metrics` labels it.
+pub const CACHE_OUTCOMES: [&str; 6] =
+    ["hit", "stale", "revalidated", "miss", "collapsed", "bypass"];

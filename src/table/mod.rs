@@ -31,7 +31,7 @@ pub mod upstream;
 pub mod worker;
 
 pub use assignment::{Assignments, RecordKey};
-pub use layout::{SERVER_RECORDS, UPSTREAM_RECORDS, WORKER_RECORDS};
+pub use layout::{CACHED_ROUTES, CACHE_OUTCOMES, SERVER_RECORDS, UPSTREAM_RECORDS, WORKER_RECORDS};
 pub use metrics::{Histogram, RequestMetrics, LATENCY_BUCKETS};
 pub use server::{ServerRecord, LATENCY_DECAY_MS};
 pub use upstream::{RetryBudget, UpstreamRecord, BUDGET_MIN_RETRIES};
@@ -40,7 +40,7 @@ pub use worker::WorkerRecord;
 use layout::{TableMemory, MAGIC};
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 /// The table as one process holds it: mapped for the life of the process.
 pub struct Table {
@@ -127,6 +127,14 @@ impl Table {
         &self.memory.rates[region]
     }
 
+    /// The answer counts of cached route `slot` (the how-manyth with `cache`).
+    pub fn cache_outcomes(
+        &self,
+        slot: usize,
+    ) -> &'static [AtomicU64; layout::CACHE_OUTCOMES.len()] {
+        &self.memory.cache_outcomes[slot]
+    }
+
     /// Whether the workers find Redis unreachable.
     pub fn redis_down(&self) -> bool {
         self.memory.redis_down.load(Relaxed)
@@ -191,6 +199,14 @@ impl WorkerShare {
     /// The rate limit counts of limited route `region` (the how-manyth with a limit).
     pub fn rate_region(&self, region: usize) -> &'static rate::RateRegion {
         &self.memory.rates[region]
+    }
+
+    /// The answer counts of cached route `slot` (the how-manyth with `cache`).
+    pub fn cache_outcomes(
+        &self,
+        slot: usize,
+    ) -> &'static [AtomicU64; layout::CACHE_OUTCOMES.len()] {
+        &self.memory.cache_outcomes[slot]
     }
 
     /// Microseconds since the table's rate epoch, and the key to hash client keys with.

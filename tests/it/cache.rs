@@ -120,7 +120,7 @@ fn cached_gateway(
     route: &str,
 ) -> Gateway {
     Gateway::start(&format!(
-        "[gateway]\nworkers = {workers}\n\n[cache]\ndir = \"cache\"\n{cache}\n\n\
+        "[gateway]\nworkers = {workers}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[cache]\ndir = \"cache\"\n{cache}\n\n\
          [[route]]\nupstream = \"app\"\ncache = {{ {route} }}\n\n\
          [upstream.app]\nservers = [ {{ address = \"{backend}\" }} ]\n"
     ))
@@ -203,6 +203,14 @@ async fn what_rfc_9111_lets_a_shared_cache_store_is_stored_and_nothing_else() {
     let post = client().post(gw.url("/fresh")).send().await.unwrap();
     assert_eq!(post.headers()["cache-status"], "gateway; fwd=method");
     assert_eq!(asked(&backend, "/fresh"), 2);
+
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    for (status, n) in [("hit", 3), ("miss", 11), ("bypass", 1), ("stale", 0)] {
+        let line =
+            format!("gateway_cache_requests_total{{route=\"*/\",status=\"{status}\"}} {n}\n");
+        assert!(metrics.contains(&line), "{line}{metrics}");
+    }
+    assert!(metrics.contains("gateway_cache_bytes "), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

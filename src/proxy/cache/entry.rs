@@ -85,7 +85,9 @@ pub struct Entry {
     pub inline: Option<Bytes>,
 }
 
-/// What is on disk at a key's path.
+/// What is on disk at a key's path. Returned once per lookup and taken apart at once:
+/// boxing the entry would cost an allocation per hit.
+#[allow(clippy::large_enum_variant)]
 pub enum OnDisk {
     Entry(Entry),
     /// The key's responses vary on these request headers.

@@ -33,6 +33,49 @@ pub struct Cache {
     max_object_size: u64,
 }
 
+/// Each route's cache counts (routes without `cache`: none), the n-th cached route
+/// counting in the table's n-th slot.
+pub fn slots(
+    routes: &[crate::config::RouteConfig],
+    slot: impl Fn(usize) -> &'static Counts,
+) -> Vec<Option<&'static Counts>> {
+    let mut n = 0;
+    routes
+        .iter()
+        .map(|r| {
+            r.cache.map(|_| {
+                n += 1;
+                slot(n - 1)
+            })
+        })
+        .collect()
+}
+
+pub type Counts = [std::sync::atomic::AtomicU64; crate::table::CACHE_OUTCOMES.len()];
+
+/// Which of [`crate::table::CACHE_OUTCOMES`] a `Cache-Status` says.
+pub fn outcome(cache_status: &str) -> usize {
+    let is = |word| {
+        crate::table::CACHE_OUTCOMES
+            .iter()
+            .position(|o| *o == word)
+            .unwrap_or(0)
+    };
+    if cache_status.contains("collapsed") {
+        is("collapsed")
+    } else if cache_status.contains("stale-") {
+        is("stale")
+    } else if cache_status.starts_with("gateway; hit") {
+        is("hit")
+    } else if cache_status.contains("fwd-status=304") {
+        is("revalidated")
+    } else if cache_status.contains("fwd=method") {
+        is("bypass")
+    } else {
+        is("miss")
+    }
+}
+
 /// Seconds since the epoch.
 pub fn now() -> i64 {
     std::time::SystemTime::now()
