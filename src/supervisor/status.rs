@@ -111,7 +111,8 @@ impl StatusSource {
             return Reply::failed(format!("{url}: give the host too, as http://HOST/PATH"));
         };
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        let key = format!("{}{path}", authority.as_str().to_ascii_lowercase());
+        let host = crate::proxy::route::host_without_port(authority.as_str());
+        let key = format!("{}{path}", host.to_ascii_lowercase());
         let purged = crate::proxy::cache::entry::purge(&cache.dir, &key, prefix);
         tracing::info!(
             "purged {purged} cached responses of {key}{}",

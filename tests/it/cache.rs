@@ -408,3 +408,26 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_outlive_a_reload_and_a_restart() {
+    let backend = origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[cache]\ndir = \"{}\"\n\n[[route]]\nupstream = \"app\"\ncache = {{ ttl = \"30s\" }}\n\n\
+         [upstream.app]\nservers = [ {{ address = \"{}\" }} ]\n",
+        dir.path().display(),
+        backend.addr
+    );
+    let gw = Gateway::start(&config);
+    assert!(get(&gw, "/fresh", &[]).await.1.contains("stored"));
+    let (code, _, err) = gw.ctl(&["reload"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(get(&gw, "/fresh", &[]).await.1.starts_with("gateway; hit"));
+    drop(gw);
+    let again = Gateway::start(&config);
+    let (_, cs, _, body) = get(&again, "/fresh", &[]).await;
+    assert!(cs.starts_with("gateway; hit"), "{cs}");
+    assert_eq!(body, "fresh 0");
+    assert_eq!(asked(&backend, "/fresh"), 1);
+}

@@ -426,10 +426,17 @@ pub struct Tail {
     /// How long it may stand still.
     patience: Duration,
     tick: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// The next wait while the fill stands still.
+    wait: Duration,
+    /// Read into, reused: a waiting request allocates nothing while nothing comes.
+    buffer: Vec<u8>,
 }
 
-/// How often a waiting request looks at the fill again.
+/// How often a waiting request looks at the fill again: soon after it last grew, then
+/// less and less often (up to [`SLOWEST_TICK`]) while it stands still, so that a hundred
+/// requests waiting on a slow upstream cost little.
 const TICK: Duration = Duration::from_millis(2);
+const SLOWEST_TICK: Duration = Duration::from_millis(50);
 
 impl Tail {
     /// Waits for the fill at `path` to have its head, for `patience` at most: `None` when
@@ -438,6 +445,7 @@ impl Tail {
         let fill = fill_path(path);
         let file = File::open(&fill).ok()?;
         let deadline = tokio::time::Instant::now() + patience;
+        let mut tick = TICK;
         loop {
             let mut first = vec![0u8; 4096];
             let n = file.read_at(&mut first, 0).ok()?;
@@ -454,13 +462,16 @@ impl Tail {
                     grew: tokio::time::Instant::now(),
                     patience,
                     tick: None,
+                    wait: TICK,
+                    buffer: Vec::new(),
                 };
                 return Some((tail, meta, headers));
             }
             if tokio::time::Instant::now() >= deadline || abandoned_by_writer(&file) {
                 return None;
             }
-            tokio::time::sleep(TICK).await;
+            tokio::time::sleep(tick).await;
+            tick = (tick * 2).min(SLOWEST_TICK);
         }
     }
 
@@ -471,16 +482,16 @@ impl Tail {
     ) -> std::task::Poll<Option<io::Result<Bytes>>> {
         use std::task::Poll;
         loop {
-            let mut chunk = vec![0u8; 64 * 1024];
-            let n = match self.file.read_at(&mut chunk, self.offset) {
+            self.buffer.resize(64 * 1024, 0);
+            let n = match self.file.read_at(&mut self.buffer, self.offset) {
                 Ok(n) => n,
                 Err(e) => return Poll::Ready(Some(Err(e))),
             };
             if n > 0 {
                 self.offset += n as u64;
                 self.grew = tokio::time::Instant::now();
-                chunk.truncate(n);
-                return Poll::Ready(Some(Ok(Bytes::from(chunk))));
+                self.wait = TICK;
+                return Poll::Ready(Some(Ok(Bytes::copy_from_slice(&self.buffer[..n]))));
             }
             let mut len = [0u8; 8];
             if let Err(e) = self.file.read_exact_at(&mut len, 8) {
@@ -507,10 +518,12 @@ impl Tail {
                     "the response filling the cache stopped coming",
                 ))));
             }
+            let wait = self.wait;
+            self.wait = (wait * 2).min(SLOWEST_TICK);
             let tick = self
                 .tick
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(TICK)));
-            tick.as_mut().reset(tokio::time::Instant::now() + TICK);
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(wait)));
+            tick.as_mut().reset(tokio::time::Instant::now() + wait);
             if tick.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }

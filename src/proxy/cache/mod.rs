@@ -129,22 +129,21 @@ pub enum Lookup {
     Forward(Box<Pending>),
 }
 
-/// The key: host, normalized path and query.
+/// The key: host (without port: the same site on every listener), normalized path and
+/// query.
 fn key_of(head: &http::request::Parts) -> String {
     let host = head
         .uri
         .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            head.headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+        .map(|a| a.as_str())
+        .or_else(|| head.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+        .unwrap_or_default();
+    let host = crate::proxy::route::host_without_port(host);
     let path_and_query = head.uri.path_and_query().map_or("/", |p| p.as_str());
-    format!("{host}{path_and_query}")
+    let mut key = String::with_capacity(host.len() + path_and_query.len());
+    key.extend(host.chars().map(|c| c.to_ascii_lowercase()));
+    key.push_str(path_and_query);
+    key
 }
 
 /// The variant key: the key and the request's values of the headers a response varies on.
