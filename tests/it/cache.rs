@@ -199,13 +199,15 @@ async fn what_rfc_9111_lets_a_shared_cache_store_is_stored_and_nothing_else() {
     // unless the response says it may be.
     let (_, cs, _, _) = get(&gw, "/other", &[("authorization", "Basic eDp5")]).await;
     assert_eq!(cs, "gateway; fwd=miss; detail=authorization");
+    let (_, cs, _, body) = get(&gw, "/fresh", &[("authorization", "Basic eDp5")]).await;
+    assert_eq!(cs, "gateway; fwd=miss; detail=authorization", "{body}");
     // POST goes through.
     let post = client().post(gw.url("/fresh")).send().await.unwrap();
     assert_eq!(post.headers()["cache-status"], "gateway; fwd=method");
-    assert_eq!(asked(&backend, "/fresh"), 2);
+    assert_eq!(asked(&backend, "/fresh"), 3);
 
     let (_, metrics) = gw.admin_get("/metrics").await;
-    for (status, n) in [("hit", 3), ("miss", 11), ("bypass", 1), ("stale", 0)] {
+    for (status, n) in [("hit", 3), ("miss", 12), ("bypass", 1), ("stale", 0)] {
         let line =
             format!("gateway_cache_requests_total{{route=\"*/\",status=\"{status}\"}} {n}\n");
         assert!(metrics.contains(&line), "{line}{metrics}");

@@ -219,6 +219,15 @@ impl Cache {
             OnDisk::Entry(e) => (base.clone(), Some(e)),
             OnDisk::Nothing => (base.clone(), None),
         };
+        // A request with credentials gets a stored answer only if it was stored for
+        // anyone (RFC 9111, 3.5).
+        let found = found.filter(|e| {
+            let d = rules::directives(&e.headers);
+            !head.headers.contains_key(header::AUTHORIZATION)
+                || d.public
+                || d.s_maxage.is_some()
+                || d.must_revalidate
+        });
         let head_only = head.method == Method::HEAD;
         let mut forward = pending(path, "gateway; fwd=miss");
         if let Some(found) = found {
