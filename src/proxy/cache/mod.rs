@@ -222,11 +222,10 @@ impl Cache {
         // A request with credentials gets a stored answer only if it was stored for
         // anyone (RFC 9111, 3.5).
         let found = found.filter(|e| {
-            let d = rules::directives(&e.headers);
-            !head.headers.contains_key(header::AUTHORIZATION)
-                || d.public
-                || d.s_maxage.is_some()
-                || d.must_revalidate
+            !head.headers.contains_key(header::AUTHORIZATION) || {
+                let d = rules::directives(&e.headers);
+                d.public || d.s_maxage.is_some() || d.must_revalidate
+            }
         });
         let head_only = head.method == Method::HEAD;
         let mut forward = pending(path, "gateway; fwd=miss");
