@@ -364,9 +364,9 @@ impl ResponseBody {
 
     /// Stores the upstream body in the cache as it goes out; the entry is complete only
     /// if the whole body passes.
-    pub fn fill_cache(&mut self, filler: super::cache::entry::Filler) {
+    pub fn fill_cache(&mut self, filler: Box<super::cache::entry::Filler>) {
         if matches!(self.source, Source::Upstream(_)) {
-            self.filling = Some(Box::new(filler));
+            self.filling = Some(filler);
         }
     }
 

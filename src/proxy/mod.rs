@@ -140,6 +140,8 @@ pub struct Proxy {
     cache: Option<cache::Cache>,
     /// Each route's answer counts by cache outcome (routes with `cache`).
     cache_counts: Vec<Option<&'static cache::Counts>>,
+    /// The config has ACME entries: plain requests may be HTTP-01 validations.
+    acme: bool,
     /// The proxy itself, for a stale entry's refresh, which outlives the request.
     me: std::sync::Weak<Proxy>,
 }
@@ -173,7 +175,8 @@ struct Trail<'a> {
     counted: Option<limit::Counted>,
     /// A cached route's `Cache-Status`, and the fill its upstream's body goes to.
     cache_status: Option<String>,
-    fill: Option<cache::entry::Filler>,
+    /// Boxed: every request's trail carries the place, few a fill.
+    fill: Option<Box<cache::entry::Filler>>,
     /// The route's place in the config.
     route_index: Option<usize>,
 }
@@ -219,6 +222,7 @@ impl Proxy {
             rate_limits: limit::Limits::new(&config.routes, share, config.redis.as_ref()),
             cache: config.cache.as_ref().map(cache::Cache::new),
             cache_counts: cache::slots(&config.routes, |slot| share.cache_outcomes(slot)),
+            acme: crate::acme::Plan::of(config).is_some(),
             me,
         }
     }
@@ -362,7 +366,7 @@ impl Proxy {
     ) -> Result<Outcome<'a>, Failure> {
         check::request(head, &self.limits)?;
         // HTTP-01 is answered ahead of every route (a redirect to https included).
-        if !conn.tls && head.uri.path().starts_with(crate::tls::acme::HTTP_PREFIX) {
+        if self.acme && !conn.tls && head.uri.path().starts_with(crate::tls::acme::HTTP_PREFIX) {
             if let Some(answer) = crate::tls::acme::http_answer(head.uri.path()) {
                 return Ok(Outcome::Challenge(answer));
             }

@@ -373,7 +373,7 @@ pub enum After {
     /// Serve this from the cache instead (a refreshed or a stale entry).
     Serve(Hit),
     /// Pass the upstream's response on; with a filler, its body is stored as it goes.
-    Pass(Option<Filler>),
+    Pass(Option<Box<Filler>>),
 }
 
 impl Pending {
@@ -490,7 +490,7 @@ impl Pending {
         } else {
             self.status.push_str("; stored");
         }
-        After::Pass(Some(filler))
+        After::Pass(Some(Box::new(filler)))
     }
 
     /// A `304` for the stale entry: its headers updated, fresh again, and served.
