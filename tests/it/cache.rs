@@ -12,8 +12,14 @@ use std::time::Duration;
 /// A backend whose answers depend on the path (see the match), counting what it serves.
 async fn origin() -> Backend {
     let counter = Arc::new(AtomicUsize::new(0));
+    let flaky = Arc::new(AtomicUsize::new(0));
     Backend::start(move |req| {
         let n = counter.fetch_add(1, Ordering::SeqCst);
+        let flaky_n = if req.uri().path() == "/flaky" {
+            flaky.fetch_add(1, Ordering::SeqCst)
+        } else {
+            0
+        };
         async move {
             let path = req.uri().path().to_string();
             let header = |name: &str| {
@@ -45,6 +51,15 @@ async fn origin() -> Backend {
                 "/error" => {
                     response = response.status(500).header("cache-control", "max-age=60");
                     format!("error {n}")
+                }
+                // Fine once, then failing.
+                "/flaky" if flaky_n == 0 => {
+                    response = response.header("cache-control", "max-age=1");
+                    format!("flaky {n}")
+                }
+                "/flaky" => {
+                    response = response.status(503);
+                    "down".to_string()
                 }
                 "/vary" => {
                     response = response
@@ -251,6 +266,17 @@ async fn a_stale_entry_is_revalidated_and_served_while_the_upstream_is_down() {
     assert_eq!(revalidation.header("if-none-match"), Some("\"v1\""));
     let (_, cs, _, _) = get(&gw, "/etag", &[]).await;
     assert!(cs.starts_with("gateway; hit"), "{cs}");
+
+    // A 5xx from the upstream: the stale entry instead.
+    assert_eq!(get(&gw, "/flaky", &[]).await.3, "flaky 2");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (status, cs, _, body) = get(&gw, "/flaky", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "flaky 2"));
+    assert!(
+        cs.contains("fwd-status=503") && cs.contains("stale-if-error"),
+        "{cs}"
+    );
+    assert_eq!(asked(&backend, "/flaky"), 2);
 
     // The upstream goes away: the stale entry serves within stale_if_error.
     drop(backend);
