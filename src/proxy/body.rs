@@ -328,6 +328,47 @@ pub struct ResponseBody {
     log: RequestLog,
 }
 
+impl Drop for ResponseBody {
+    /// A client that goes away while its answer fills the cache does not take the fill
+    /// with it: other requests may be streaming from it. The rest of the upstream's body
+    /// is read into the cache in a task of its own (within the upstream's read timeout).
+    fn drop(&mut self) {
+        let Some(mut filler) = self.filling.take() else {
+            return;
+        };
+        if !matches!(self.source, Source::Upstream(_))
+            || tokio::runtime::Handle::try_current().is_err()
+        {
+            return;
+        }
+        let Source::Upstream(mut upstream) =
+            std::mem::replace(&mut self.source, Source::Fixed(None))
+        else {
+            return;
+        };
+        let timeout = self.timer.timeout;
+        tokio::spawn(async move {
+            loop {
+                let next = std::future::poll_fn(|cx| Pin::new(&mut upstream).poll_frame(cx));
+                match tokio::time::timeout(timeout, next).await {
+                    Ok(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            if !filler.write(data) {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(None) => break,
+                    Ok(Some(Err(_))) | Err(_) => return,
+                }
+            }
+            if let Err(e) = filler.finish() {
+                tracing::warn!("cache: the entry was not stored: {e}");
+            }
+        });
+    }
+}
+
 /// A body's compression, and where it stands.
 struct Compressing {
     encoder: Encoder,

@@ -459,3 +459,33 @@ async fn entries_outlive_a_reload_and_a_restart() {
     assert_eq!(body, "fresh 0");
     assert_eq!(asked(&backend, "/fresh"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_mid_fill_does_not_cut_the_requests_streaming_from_it() {
+    let backend = origin().await;
+    let gw = cached_gateway(backend.addr, 1, "", "ttl = \"30s\"");
+    let url = gw.url("/trickle");
+    // The first client fills the entry and goes away after 300 ms.
+    let leaving = tokio::spawn(tokio::time::timeout(
+        Duration::from_millis(300),
+        async move {
+            let response = client().get(url).send().await.unwrap();
+            response.bytes().await
+        },
+    ));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, cs, _, body) = get(&gw, "/trickle", &[]).await;
+    assert!(
+        leaving.await.unwrap().is_err(),
+        "the first client left early"
+    );
+    assert_eq!((status, body.len()), (200, 20_000), "{cs}");
+    assert_eq!(cs, "gateway; fwd=miss; collapsed");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, cs, _, body) = get(&gw, "/trickle", &[]).await;
+    assert!(
+        cs.starts_with("gateway; hit") && body.len() == 20_000,
+        "{cs}"
+    );
+    assert_eq!(asked(&backend, "/trickle"), 1);
+}
