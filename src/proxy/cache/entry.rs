@@ -31,7 +31,7 @@ const MAGIC: &[u8; 8] = b"GWCACHE1";
 const VARY_MAGIC: &[u8; 8] = b"GWVARY01";
 const PRELUDE: u64 = 20;
 /// The first read of an entry: its head, and the whole of a small body.
-const FIRST_READ: usize = 8192;
+pub const FIRST_READ: usize = 8192;
 /// The body length of a fill still being written.
 pub const FILLING: u64 = u64::MAX;
 /// The body length of a fill its writer gave up.
@@ -81,6 +81,8 @@ pub struct Entry {
     pub body_len: u64,
     /// When it was last marked used (its modification time).
     pub used: std::time::SystemTime,
+    /// Its file's inode: another file at the same path is another entry.
+    pub inode: u64,
     /// The body, when the first read of the file took it all.
     pub inline: Option<Bytes>,
 }
@@ -147,6 +149,7 @@ pub fn read(path: &Path) -> OnDisk {
                 body_offset,
                 body_len,
                 used: stat.modified().unwrap_or(std::time::UNIX_EPOCH),
+                inode: std::os::unix::fs::MetadataExt::ino(&stat),
                 inline,
             })
         }

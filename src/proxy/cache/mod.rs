@@ -31,7 +31,24 @@ const COLLAPSE_WAIT: Duration = Duration::from_secs(5);
 pub struct Cache {
     dir: PathBuf,
     max_object_size: u64,
+    /// Small entries this worker answered from lately, head parsed and body read: a hit
+    /// on one costs a `stat` of its file (which says it is still the same file) instead
+    /// of reading and parsing it again.
+    hot: std::sync::Mutex<std::collections::HashMap<PathBuf, Hot>>,
 }
+
+/// A small entry held in memory, and which file it was read from.
+struct Hot {
+    inode: u64,
+    modified: std::time::SystemTime,
+    size: u64,
+    meta: Meta,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+}
+
+/// The most entries a worker holds in memory (each at most [`entry::FIRST_READ`]).
+const HOT_ENTRIES: usize = 256;
 
 /// Each route's cache counts (routes without `cache`: none), the n-th cached route
 /// counting in the table's n-th slot.
@@ -179,6 +196,7 @@ impl Cache {
         Cache {
             dir: config.dir.clone(),
             max_object_size: config.max_object_size,
+            hot: Default::default(),
         }
     }
 
@@ -208,6 +226,13 @@ impl Cache {
         if head.method != Method::GET && head.method != Method::HEAD {
             return Lookup::Forward(Box::new(pending(base.clone(), "gateway; fwd=method")));
         }
+        let head_only = head.method == Method::HEAD;
+        let plain = !head.headers.contains_key(header::AUTHORIZATION);
+        if plain {
+            if let Some(hit) = self.hot_hit(&base, now, head_only) {
+                return Lookup::Hit(hit);
+            }
+        }
         let (path, found) = match entry::read(&base) {
             OnDisk::Vary(names) => {
                 let path = entry::path_of(&self.dir, &variant_key(&key, &names, &head.headers));
@@ -227,12 +252,13 @@ impl Cache {
                 d.public || d.s_maxage.is_some() || d.must_revalidate
             }
         });
-        let head_only = head.method == Method::HEAD;
         let mut forward = pending(path, "gateway; fwd=miss");
         if let Some(found) = found {
             let ttl = found.meta.ttl(now);
             if ttl > 0 {
-                touch(&found);
+                if !touch(&found) && plain && forward.path == base {
+                    self.keep_hot(&base, &found);
+                }
                 return Lookup::Hit(hit(
                     found,
                     now,
@@ -285,19 +311,70 @@ fn clone_entry(e: &Entry) -> Entry {
         body_offset: e.body_offset,
         body_len: e.body_len,
         used: e.used,
+        inode: e.inode,
         inline: e.inline.clone(),
     }
 }
 
-/// Marks the entry used (at most once a minute): eviction takes the least recently used.
-fn touch(e: &Entry) {
-    let old = e
-        .used
-        .elapsed()
-        .is_ok_and(|age| age > Duration::from_secs(60));
+impl Cache {
+    /// A fresh hit on an entry held in memory whose file is still the one read.
+    fn hot_hit(&self, path: &Path, now: i64, head_only: bool) -> Option<Hit> {
+        use std::os::unix::fs::MetadataExt;
+        let stat = std::fs::metadata(path).ok()?;
+        let hot = self.hot.lock().unwrap_or_else(|p| p.into_inner());
+        let h = hot.get(path)?;
+        let same = h.inode == stat.ino()
+            && h.size == stat.len()
+            && stat.modified().is_ok_and(|m| m == h.modified);
+        let ttl = h.meta.ttl(now);
+        // Due to be marked used again: the disk path does that.
+        let used_lately = h.modified.elapsed().is_ok_and(|age| age <= TOUCH_EVERY);
+        if !same || ttl <= 0 || !used_lately {
+            return None;
+        }
+        Some(Hit {
+            status: StatusCode::from_u16(h.meta.status).unwrap_or(StatusCode::OK),
+            headers: with_age(h.headers.clone(), &h.meta, now),
+            body: if head_only || h.body.is_empty() {
+                HitBody::None
+            } else {
+                HitBody::Inline(h.body.clone())
+            },
+            cache_status: format!("gateway; hit; ttl={ttl}"),
+        })
+    }
+
+    /// Holds a small entry just read in memory.
+    fn keep_hot(&self, path: &Path, e: &Entry) {
+        let Some(body) = &e.inline else { return };
+        let mut hot = self.hot.lock().unwrap_or_else(|p| p.into_inner());
+        if hot.len() >= HOT_ENTRIES {
+            hot.clear();
+        }
+        hot.insert(
+            path.to_path_buf(),
+            Hot {
+                inode: e.inode,
+                modified: e.used,
+                size: e.body_offset + e.body_len,
+                meta: e.meta.clone(),
+                headers: e.headers.clone(),
+                body: body.clone(),
+            },
+        );
+    }
+}
+
+/// How often a hit marks its entry used (eviction takes the least recently used).
+const TOUCH_EVERY: Duration = Duration::from_secs(60);
+
+/// Marks the entry used, at most every [`TOUCH_EVERY`]; whether it did.
+fn touch(e: &Entry) -> bool {
+    let old = e.used.elapsed().is_ok_and(|age| age > TOUCH_EVERY);
     if old {
         let _ = e.file.set_modified(std::time::SystemTime::now());
     }
+    old
 }
 
 /// Whether a fill's response fits this request's variant: it does not vary, or varies
