@@ -393,11 +393,13 @@ impl Proxy {
         let mut pending = None;
         if let (Some(cache), Some(settings)) = (&self.cache, route.cache) {
             match cache.lookup(head, settings).await {
-                cache::Lookup::Hit(hit) => {
+                cache::Lookup::Hit(mut hit) => {
+                    cache::conditional(&mut hit, &head.headers);
                     trail.cache_status = Some(hit.cache_status.clone());
                     return Ok(Outcome::Cached(Box::new(hit), route));
                 }
-                cache::Lookup::Stale(hit, refresh) => {
+                cache::Lookup::Stale(mut hit, refresh) => {
+                    cache::conditional(&mut hit, &head.headers);
                     self.refresh_in_background(head, conn.client, *refresh);
                     trail.cache_status = Some(hit.cache_status.clone());
                     return Ok(Outcome::Cached(Box::new(hit), route));

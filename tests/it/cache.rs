@@ -252,6 +252,10 @@ async fn a_stale_entry_is_revalidated_and_served_while_the_upstream_is_down() {
     let backend = origin().await;
     let gw = cached_gateway(backend.addr, 1, "", "ttl = \"1s\", stale_if_error = \"1m\"");
     assert_eq!(get(&gw, "/etag", &[]).await.3, "etag 0");
+    // The client's own conditional request is answered from the entry.
+    let (status, cs, _, body) = get(&gw, "/etag", &[("if-none-match", "W/\"v1\"")]).await;
+    assert_eq!((status, body.as_str()), (304, ""), "{cs}");
+    assert!(cs.starts_with("gateway; hit"), "{cs}");
     tokio::time::sleep(Duration::from_millis(2100)).await;
     // Stale: asked again with its validator; the 304 makes it fresh.
     let (status, cs, _, body) = get(&gw, "/etag", &[]).await;

@@ -445,6 +445,41 @@ fn collapsed(
     }
 }
 
+/// A client's own conditional request answered from the entry, as nginx does: `304` when
+/// its `If-None-Match` names the entry's ETag (weak comparison), or, without one, when
+/// its `If-Modified-Since` is not older than the entry's `Last-Modified`.
+pub fn conditional(hit: &mut Hit, request: &HeaderMap) {
+    if hit.status != StatusCode::OK {
+        return;
+    }
+    let weak = |tag: &str| tag.trim().trim_start_matches("W/").to_string();
+    let not_modified = match request.get(header::IF_NONE_MATCH) {
+        Some(asked) => {
+            let etag = hit.headers.get(header::ETAG).and_then(|e| e.to_str().ok());
+            match (asked.to_str(), etag) {
+                (Ok(asked), Some(etag)) => asked
+                    .split(',')
+                    .any(|t| t.trim() == "*" || weak(t) == weak(etag)),
+                _ => false,
+            }
+        }
+        None => {
+            let since = request
+                .get(header::IF_MODIFIED_SINCE)
+                .and_then(rules::http_date);
+            let modified = hit
+                .headers
+                .get(header::LAST_MODIFIED)
+                .and_then(rules::http_date);
+            matches!((since, modified), (Some(since), Some(modified)) if modified <= since)
+        }
+    };
+    if not_modified {
+        hit.status = StatusCode::NOT_MODIFIED;
+        hit.body = HitBody::None;
+    }
+}
+
 /// What follows the upstream's answer.
 pub enum After {
     /// Serve this from the cache instead (a refreshed or a stale entry).
