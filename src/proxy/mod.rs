@@ -220,7 +220,7 @@ impl Proxy {
             counters: share.counters(),
             trusted_proxies: config.gateway.trusted_proxies.clone(),
             rate_limits: limit::Limits::new(&config.routes, share, config.redis.as_ref()),
-            cache: config.cache.as_ref().map(cache::Cache::new),
+            cache: (config.cache.as_ref()).map(|c| cache::Cache::new(c, share.cache_written())),
             cache_counts: cache::slots(&config.routes, |slot| share.cache_outcomes(slot)),
             acme: crate::acme::Plan::of(config).is_some(),
             me,

@@ -304,7 +304,11 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
         tokio::spawn(forward_signals(tx.clone()));
         tokio::spawn(file_watch::run(view.subscribe(), tx.clone()));
         tokio::spawn(resolve_again(view.subscribe(), tx.clone()));
-        tokio::spawn(cache::keep_in_size(view.subscribe(), cache_bytes.clone()));
+        tokio::spawn(cache::keep_in_size(
+            view.subscribe(),
+            table.cache_written(),
+            cache_bytes.clone(),
+        ));
         tokio::spawn(every(crate::tls::tickets::ROTATION, tx.clone(), || {
             Event::RotateTicketKeys
         }));

@@ -41,6 +41,9 @@ pub struct TableMemory {
     pub redis_down: AtomicBool,
     /// Answers of each cached route (the how-manyth with `cache`) by outcome.
     pub cache_outcomes: [[AtomicU64; CACHE_OUTCOMES.len()]; CACHED_ROUTES],
+    /// Bytes of cache entries the workers completed: the supervisor counts the entries on
+    /// disk only when these could have taken them past `max_size`.
+    pub cache_written: AtomicU64,
 }
 
 /// Routes with `cache` the table counts for.

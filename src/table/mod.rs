@@ -127,6 +127,11 @@ impl Table {
         &self.memory.rates[region]
     }
 
+    /// Bytes of cache entries completed so far (by every worker).
+    pub fn cache_written(&self) -> &'static AtomicU64 {
+        &self.memory.cache_written
+    }
+
     /// The answer counts of cached route `slot` (the how-manyth with `cache`).
     pub fn cache_outcomes(
         &self,
@@ -199,6 +204,11 @@ impl WorkerShare {
     /// The rate limit counts of limited route `region` (the how-manyth with a limit).
     pub fn rate_region(&self, region: usize) -> &'static rate::RateRegion {
         &self.memory.rates[region]
+    }
+
+    /// Bytes of cache entries completed so far (by every worker).
+    pub fn cache_written(&self) -> &'static AtomicU64 {
+        &self.memory.cache_written
     }
 
     /// The answer counts of cached route `slot` (the how-manyth with `cache`).

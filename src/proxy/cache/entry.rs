@@ -286,6 +286,8 @@ pub struct Filler {
     written: u64,
     max: u64,
     done: bool,
+    /// Where the bytes of a completed entry are added up.
+    counted: Option<&'static std::sync::atomic::AtomicU64>,
 }
 
 impl Filler {
@@ -314,6 +316,7 @@ impl Filler {
                         written: 0,
                         max,
                         done: false,
+                        counted: None,
                     }));
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -379,7 +382,17 @@ impl Filler {
         self.file.write_all_at(&self.written.to_le_bytes(), 8)?;
         std::fs::rename(&self.fill, &self.path)?;
         self.done = true;
-        Ok(self.body_offset + self.written)
+        let size = self.body_offset + self.written;
+        if let Some(counted) = self.counted {
+            counted.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(size)
+    }
+
+    /// Adds the entry's size to `counter` once it is complete.
+    pub fn count_into(mut self, counter: &'static std::sync::atomic::AtomicU64) -> Filler {
+        self.counted = Some(counter);
+        self
     }
 }
 

@@ -35,6 +35,8 @@ pub struct Cache {
     /// on one costs a `stat` of its file (which says it is still the same file) instead
     /// of reading and parsing it again.
     hot: std::sync::Mutex<std::collections::HashMap<PathBuf, Hot>>,
+    /// Bytes of entries completed, in the shared table (see `supervisor::cache`).
+    written: &'static std::sync::atomic::AtomicU64,
 }
 
 /// A small entry held in memory, and which file it was read from.
@@ -192,12 +194,19 @@ const NOT_FOR_A_FILL: [header::HeaderName; 6] = [
 ];
 
 impl Cache {
-    pub fn new(config: &CacheConfig) -> Cache {
+    pub fn new(config: &CacheConfig, written: &'static std::sync::atomic::AtomicU64) -> Cache {
         Cache {
             dir: config.dir.clone(),
             max_object_size: config.max_object_size,
             hot: Default::default(),
+            written,
         }
+    }
+
+    /// The right to fill `path`, its size counted when complete.
+    fn begin_fill(&self, path: &Path) -> std::io::Result<Option<Filler>> {
+        let filler = Filler::begin(path, self.max_object_size)?;
+        Ok(filler.map(|f| f.count_into(self.written)))
     }
 
     pub fn dir(&self) -> &Path {
@@ -273,7 +282,7 @@ impl Cache {
                 let status = format!("gateway; hit; ttl={ttl}; detail=stale-while-revalidate");
                 // One refresh in the background (by whoever takes the fill); this request
                 // is answered with the stale entry now.
-                if let Ok(Some(filler)) = Filler::begin(&forward.path, self.max_object_size) {
+                if let Ok(Some(filler)) = self.begin_fill(&forward.path) {
                     let served = hit(clone_entry(&found), now, head_only, status);
                     forward.filler = Some(filler);
                     forward.stale = Some(found);
@@ -285,7 +294,7 @@ impl Cache {
             forward.stale = Some(found);
             forward.status = "gateway; fwd=stale".into();
         }
-        match Filler::begin(&forward.path, self.max_object_size) {
+        match self.begin_fill(&forward.path) {
             Ok(Some(filler)) => forward.filler = Some(filler),
             Ok(None) => {
                 // Another request fetches this key: stream from it.
