@@ -12,7 +12,10 @@
 //!        ─► limit::Limits::check    the route's rate limit: 429
 //!           ├ a redirect route ─────────────────────────────────► answer::redirect
 //!           └ a root route: files::serve (or its fallback: index, upstream, 404)
-//!        (the cache goes here)
+//!        ─► cache::Cache::lookup    a route with `cache`: a hit (or a stale entry, a
+//!                                   fill another request streams) answered from disk;
+//!                                   else forwarded, conditionally when stale, and the
+//!                                   response stored as it streams (cache::Pending)
 //!        ─► request_rewrite::request the upstream's view: prefix, X-Forwarded-*, edits
 //!        ─► forward::forward        a server of the upstream (connector: pool or new
 //!                                   connection), retries, passive health
