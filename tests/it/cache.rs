@@ -338,10 +338,16 @@ async fn concurrent_misses_across_workers_make_one_upstream_request() {
     for c in clients {
         let (cs, len) = c.await.unwrap();
         assert_eq!(len, 100 * 1024, "{cs}");
+        // One stored it; the others streamed from its fill, or (when they came late,
+        // on a loaded machine) found the entry complete.
+        assert!(
+            cs.contains("stored") || cs.contains("collapsed") || cs.starts_with("gateway; hit"),
+            "{cs}"
+        );
         collapsed += usize::from(cs.contains("collapsed"));
     }
     assert_eq!(asked(&backend, "/slow"), 1);
-    assert!(collapsed >= 40, "{collapsed} collapsed");
+    assert!(collapsed >= 1, "none streamed from the fill");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
