@@ -91,6 +91,14 @@ pub fn set_cloexec(fd: RawFd, on: bool) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Seconds since the epoch, by the wall clock: certificates' validity, cached
+/// responses' ages.
+pub fn unix_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 /// Milliseconds on CLOCK_MONOTONIC: one clock for every process on the machine, so a
 /// deadline one worker writes into the shared table means the same to the others.
 pub fn monotonic_ms() -> u64 {

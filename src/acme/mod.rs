@@ -193,12 +193,7 @@ struct Held {
     renew_at: i64,
 }
 
-/// Seconds since the epoch.
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
+use crate::sys::unix_seconds as now;
 
 impl Shared {
     /// One entry, for as long as the plan holds: load, order when missing or due, renew.

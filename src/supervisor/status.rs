@@ -219,7 +219,7 @@ impl StatusSource {
     /// The listeners' certificates: each file's (read now, so a renewed file shows), then
     /// the ACME entries'.
     fn certificates(&self, config: &Config) -> Vec<CertificateStatus> {
-        let now = crate::acme::now();
+        let now = crate::sys::unix_seconds();
         let mut out = Vec::new();
         let files = config.listeners.iter().flat_map(|l| &l.tls);
         for files in files.filter_map(|t| match t {

@@ -95,12 +95,7 @@ pub fn outcome(cache_status: &str) -> usize {
     }
 }
 
-/// Seconds since the epoch.
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
+use crate::sys::unix_seconds as now;
 
 /// A response from the cache.
 pub struct Hit {
@@ -167,17 +162,25 @@ fn key_of(head: &http::request::Parts) -> String {
 
 /// The variant key: the key and the request's values of the headers a response varies on.
 fn variant_key(key: &str, names: &[String], request: &HeaderMap) -> String {
+    variant_of(key, names, |name| request_value(request, name))
+}
+
+/// A request header's values, as one.
+fn request_value(request: &HeaderMap, name: &str) -> String {
+    let values: Vec<&str> = (request.get_all(name).iter())
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    values.join(",")
+}
+
+/// `key`, then `name:value` for each of `names`, a line each.
+fn variant_of(key: &str, names: &[String], value_of: impl Fn(&str) -> String) -> String {
     let mut out = key.to_string();
     for name in names {
         out.push('\n');
         out.push_str(name);
         out.push(':');
-        let values: Vec<&str> = request
-            .get_all(name.as_str())
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        out.push_str(&values.join(","));
+        out.push_str(&value_of(name));
     }
     out
 }
@@ -394,19 +397,11 @@ fn same_variant(meta: &Meta, headers: &HeaderMap, request: &HeaderMap) -> bool {
 }
 
 fn meta_variant(meta: &Meta, names: &[String]) -> String {
-    let mut out = meta.key.clone();
-    for name in names {
-        out.push('\n');
-        out.push_str(name);
-        out.push(':');
-        let value = meta
-            .vary
-            .iter()
+    variant_of(&meta.key, names, |name| {
+        (meta.vary.iter())
             .find(|(n, _)| n == name)
-            .map_or("", |(_, v)| v.as_str());
-        out.push_str(value);
-    }
-    out
+            .map_or(String::new(), |(_, v)| v.clone())
+    })
 }
 
 fn with_age(mut headers: HeaderMap, meta: &Meta, now: i64) -> HeaderMap {
@@ -587,10 +582,7 @@ impl Pending {
             }
             filler.retarget(&self.path);
             for name in &names {
-                let values: Vec<&str> = (self.request.get_all(name.as_str()).iter())
-                    .filter_map(|v| v.to_str().ok())
-                    .collect();
-                vary.push((name.clone(), values.join(",")));
+                vary.push((name.clone(), request_value(&self.request, name)));
             }
         }
         let meta = Meta {
