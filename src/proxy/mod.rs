@@ -444,24 +444,16 @@ impl Proxy {
                 }
             }
         };
-        log.metrics = Some(upstream.requests);
-        // Read before the rewrite: the client's own Cookie and headers, and the path
-        // that matched (as nginx's $request_uri is the client's).
-        let servers = upstream.servers();
-        let affinity = upstream.affinity(&servers, conn.client.ip(), &head.uri, &head.headers);
-        request_rewrite::request(head, conn, &routed, upgrade, request_id);
-        if let Some(p) = &pending {
-            p.prepare(head);
-        }
-        let to = Forwarding {
-            connector: &self.connector,
+        let to = Upstreamward {
             upstream,
-            servers: &servers,
-            affinity: &affinity,
-            body_limit: routed.route.max_body_size.or(self.max_body_size),
+            routed: &routed,
+            conn,
             upgrade,
+            request_id,
+            body_limit: routed.route.max_body_size.or(self.max_body_size),
+            pending: pending.as_deref(),
         };
-        let forwarded = forward::forward(to, head, body, log).await;
+        let forwarded = self.ask_upstream(to, head, body, log).await;
         let Some(mut p) = pending else {
             return forwarded.map(|answered| Outcome::Forwarded {
                 answered,
@@ -481,9 +473,7 @@ impl Proxy {
             }
         };
         if let forward::Reply::Response(response) = &answered.reply {
-            let mut headers = response.headers().clone();
-            hop_by_hop::strip_hop_by_hop(&mut headers);
-            match p.answered(response.status(), &headers) {
+            match p.answered(response.status(), response.headers()) {
                 cache::After::Serve(hit) => {
                     trail.cache_status = Some(hit.cache_status.clone());
                     return Ok(Outcome::Cached(Box::new(hit), route));
@@ -500,7 +490,50 @@ impl Proxy {
     }
 }
 
+/// Where a request goes upstream, and what it carries there (see [`Proxy::ask_upstream`]).
+struct Upstreamward<'a> {
+    upstream: &'a Upstream,
+    routed: &'a route::Routed<'a>,
+    conn: &'a ConnInfo,
+    upgrade: bool,
+    request_id: &'a HeaderValue,
+    body_limit: Option<u64>,
+    /// A cached route's fill or refresh: its conditionals instead of the client's.
+    pending: Option<&'a cache::Pending>,
+}
+
 impl Proxy {
+    /// The upstream's view of the request (request_rewrite), then one of its servers
+    /// (forward): for a client's request, and for a stale entry's background refresh.
+    async fn ask_upstream(
+        &self,
+        to: Upstreamward<'_>,
+        head: &mut http::request::Parts,
+        body: RequestBody,
+        log: &mut RequestLog,
+    ) -> Result<Answered, Failure> {
+        let upstream = to.upstream;
+        log.metrics = Some(upstream.requests);
+        // Read before the rewrite: the client's own Cookie and headers, and the path
+        // that matched (as nginx's $request_uri is the client's).
+        let servers = upstream.servers();
+        let client = to.conn.client.ip();
+        let affinity = upstream.affinity(&servers, client, &head.uri, &head.headers);
+        request_rewrite::request(head, to.conn, to.routed, to.upgrade, to.request_id);
+        if let Some(p) = to.pending {
+            p.prepare(head);
+        }
+        let forwarding = Forwarding {
+            connector: &self.connector,
+            upstream,
+            servers: &servers,
+            affinity: &affinity,
+            body_limit: to.body_limit,
+            upgrade: to.upgrade,
+        };
+        forward::forward(forwarding, head, body, log).await
+    }
+
     /// A stale entry's refresh, after the stale answer went out: a task of its own, as
     /// the request that started it is over.
     fn refresh_in_background(
@@ -543,30 +576,27 @@ impl Proxy {
             return;
         };
         let upstream = &self.upstreams[*index];
-        log.metrics = Some(upstream.requests);
-        let servers = upstream.servers();
-        let affinity = upstream.affinity(&servers, client.ip(), &head.uri, &head.headers);
         let conn = ConnInfo::new(client, false);
-        request_rewrite::request(&mut head, &conn, &routed, false, &request_id);
-        pending.prepare(&mut head);
-        let to = Forwarding {
-            connector: &self.connector,
+        let to = Upstreamward {
             upstream,
-            servers: &servers,
-            affinity: &affinity,
-            body_limit: None,
+            routed: &routed,
+            conn: &conn,
             upgrade: false,
+            request_id: &request_id,
+            body_limit: None,
+            pending: Some(&pending),
         };
-        let Ok(answered) = forward::forward(to, &mut head, RequestBody::empty(), &mut log).await
+        let Ok(answered) = self
+            .ask_upstream(to, &mut head, RequestBody::empty(), &mut log)
+            .await
         else {
             return;
         };
         let forward::Reply::Response(response) = answered.reply else {
             return;
         };
-        let mut headers = response.headers().clone();
-        hop_by_hop::strip_hop_by_hop(&mut headers);
-        if let cache::After::Pass(Some(filler)) = pending.answered(response.status(), &headers) {
+        let answer = pending.answered(response.status(), response.headers());
+        if let cache::After::Pass(Some(filler)) = answer {
             let read_timeout = upstream.config.read_timeout;
             let mut body = ResponseBody::upstream(response.into_body(), read_timeout, log);
             body.fill_cache(filler);

@@ -285,8 +285,10 @@ impl Cache {
                 let status = format!("gateway; hit; ttl={ttl}; detail=stale-while-revalidate");
                 // One refresh in the background (by whoever takes the fill); this request
                 // is answered with the stale entry now.
-                if let Ok(Some(filler)) = self.begin_fill(&forward.path) {
-                    let served = hit(clone_entry(&found), now, head_only, status);
+                let refresh = (self.begin_fill(&forward.path).ok().flatten())
+                    .and_then(|filler| Some((filler, clone_entry(&found)?)));
+                if let Some((filler, copy)) = refresh {
+                    let served = hit(copy, now, head_only, status);
                     forward.filler = Some(filler);
                     forward.stale = Some(found);
                     forward.status = "gateway; fwd=stale".into();
@@ -315,9 +317,10 @@ impl Cache {
     }
 }
 
-fn clone_entry(e: &Entry) -> Entry {
-    Entry {
-        file: e.file.try_clone().expect("clone of an open file"),
+/// A second handle on an entry (`None` when the process is out of descriptors).
+fn clone_entry(e: &Entry) -> Option<Entry> {
+    Some(Entry {
+        file: e.file.try_clone().ok()?,
         meta: e.meta.clone(),
         headers: e.headers.clone(),
         body_offset: e.body_offset,
@@ -325,7 +328,7 @@ fn clone_entry(e: &Entry) -> Entry {
         used: e.used,
         inode: e.inode,
         inline: e.inline.clone(),
-    }
+    })
 }
 
 impl Cache {
@@ -531,8 +534,12 @@ impl Pending {
         Some(hit(stale, now, self.method == Method::HEAD, cache_status))
     }
 
-    /// The upstream answered with `status` and `headers` (hop-by-hop fields gone).
+    /// The upstream answered with `status` and `headers` (as it sent them: what is
+    /// stored has no hop-by-hop fields).
     pub fn answered(&mut self, status: StatusCode, headers: &HeaderMap) -> After {
+        let mut headers = headers.clone();
+        crate::proxy::hop_by_hop::strip_hop_by_hop(&mut headers);
+        let headers = &headers;
         let now = now();
         if status == StatusCode::NOT_MODIFIED && self.stale.is_some() {
             if let Some(hit) = self.refresh(headers, now) {
