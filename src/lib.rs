@@ -10,6 +10,8 @@
 //!               curl ─► admin listener (/healthz /readyz /status /metrics) ─► supervisor
 //!               supervisor ─► workers: spawn with inherited sockets, ready, drain, respawn
 //!               supervisor's ACME client ─► CA; certificates, challenges ─► workers
+//!               supervisor's apps ─► app instances (start, ready, drain, restart) ─►
+//!               their ready instances ─► workers, as servers
 //! shared state  supervisor (health checks) ─► table ◄─► workers (health, in flight,
 //!               counters; per upstream: round-robin position, retry budget), no locks
 //! ```
@@ -19,12 +21,14 @@
 //! runs the protocol engines; `proxy` is the request path's stages; `table` is the state
 //! all processes share; `upstream` holds the servers, the balancing policies, the pools
 //! and the connector; `tls` the rustls side, the shared ticket keys and what workers hold
-//! of ACME; `acme` the supervisor's ACME client and its storage.
+//! of ACME; `acme` the supervisor's ACME client and its storage; `apps` the instances of
+//! the apps the gateway runs.
 //! `sys` is the one module with unsafe code.
 #![deny(unsafe_code)]
 
 pub mod access_log;
 pub mod acme;
+pub mod apps;
 pub mod config;
 pub mod net;
 pub mod protocol;

@@ -98,6 +98,9 @@ pub enum ToWorker {
     /// The servers added and removed at run time: sent before the config, and again
     /// before [`ToWorker::Records`] when they change.
     Runtime(crate::config::RuntimeServers),
+    /// The ready instances of the apps the gateway runs: sent before the config, and
+    /// again before [`ToWorker::Records`] when they change.
+    Apps(crate::config::AppServers),
     /// The upstreams' servers changed (DNS answers or run-time changes sent just before):
     /// serve with them, in place, with these table records.
     Records(Vec<usize>),
@@ -140,6 +143,10 @@ impl ToWorker {
             ToWorker::Runtime(runtime) => {
                 let json = serde_json::to_string(runtime).unwrap_or_default();
                 format!("runtime {json}\n").into_bytes()
+            }
+            ToWorker::Apps(apps) => {
+                let json = serde_json::to_string(apps).unwrap_or_default();
+                format!("apps {json}\n").into_bytes()
             }
             ToWorker::Acme(serial, state) => {
                 let json = serde_json::to_string(state).unwrap_or_default();
@@ -210,6 +217,10 @@ impl ToWorker {
             (Some("runtime"), Some(_), _) => {
                 let json = line.trim_end().strip_prefix("runtime ").ok_or_else(bad)?;
                 ToWorker::Runtime(serde_json::from_str(json).map_err(|_| bad())?)
+            }
+            (Some("apps"), Some(_), _) => {
+                let json = line.trim_end().strip_prefix("apps ").ok_or_else(bad)?;
+                ToWorker::Apps(serde_json::from_str(json).map_err(|_| bad())?)
             }
             (Some("acme"), Some(serial), Some(_)) => {
                 let serial = serial.parse().map_err(|_| bad())?;
@@ -299,6 +310,10 @@ pub enum Request {
         addr: std::net::SocketAddr,
         wait: bool,
     },
+    /// Restart an app's instances one at a time; answered once all were replaced.
+    Restart {
+        app: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -341,6 +356,9 @@ impl Request {
                 url: url.to_string(),
                 prefix: true,
             }),
+            ["restart", app] => Some(Request::Restart {
+                app: app.to_string(),
+            }),
             ["remove-server", u, a, wait @ ("wait" | "now")] => Some(Request::RemoveServer {
                 upstream: u.to_string(),
                 addr: a.parse().ok()?,
@@ -372,6 +390,7 @@ impl Request {
                 server.weight,
                 if server.backup { "backup" } else { "primary" }
             ),
+            Request::Restart { app } => format!("restart {app}\n"),
             Request::Purge { url, prefix: false } => format!("purge {url}\n"),
             Request::Purge { url, prefix: true } => format!("purge-prefix {url}\n"),
             Request::RemoveServer {
@@ -426,6 +445,30 @@ pub struct Status {
     /// The listeners' certificates: from files, and obtained by ACME.
     #[serde(default)]
     pub certificates: Vec<CertificateStatus>,
+    /// The apps the gateway runs, by name.
+    #[serde(default)]
+    pub apps: BTreeMap<String, AppStatus>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AppStatus {
+    pub instances: Vec<AppInstanceStatus>,
+}
+
+/// One instance of an app (a process; during a restart an `INSTANCE` number has two).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppInstanceStatus {
+    /// Its `INSTANCE` number.
+    pub instance: usize,
+    /// For a stopped one, its last process's.
+    pub pid: u32,
+    pub port: u16,
+    /// `starting`, `ready`, `draining` or `stopped`.
+    pub state: String,
+    pub uptime_s: u64,
+    /// Processes started for this `INSTANCE` number after its first.
+    pub restarts: u64,
+    pub rss_bytes: u64,
 }
 
 /// One certificate of the listeners. Times are seconds since the epoch.

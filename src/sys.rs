@@ -1,5 +1,6 @@
 //! The one module with `unsafe` code: taking ownership of file descriptors a worker
-//! inherits from its supervisor, mapping the shared table, and the machine-wide clock.
+//! inherits from its supervisor, mapping the shared table, the machine-wide clock, and
+//! the process calls app instances need (dying with the supervisor, signalling a group).
 
 use crate::table::layout::TableMemory;
 use std::fs::File;
@@ -232,4 +233,36 @@ pub fn sendfile(out: RawFd, file: &File, offset: &mut u64, count: usize) -> std:
     }
     *offset = off as u64;
     Ok(sent as usize)
+}
+
+/// Makes the child `command` starts get `SIGKILL` when this process dies, so an app
+/// instance is never left behind by a supervisor that was killed. (The signal follows
+/// the thread that forks: the supervisor forks from its one runtime thread.)
+pub fn die_with_parent(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed: prctl, getppid and kill are, and it touches
+    // no memory but the `parent` it copied.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died before the prctl: nothing will send the signal.
+            if libc::getppid() != parent {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Sends `signal` to every process of the group `pgid` (an app instance and what it
+/// started). A group that is gone is no error.
+pub fn signal_group(pgid: u32, signal: libc::c_int) {
+    // SAFETY: kill only sends a signal; a negative pid names the process group.
+    unsafe {
+        libc::kill(-(pgid as libc::pid_t), signal);
+    }
 }

@@ -90,6 +90,14 @@ enum Command {
         #[arg(long)]
         backup: bool,
     },
+    /// Restart an app's instances one at a time (a new one ready before the old one
+    /// drains); returns once all were replaced.
+    Restart {
+        app: String,
+        /// How long to wait for it (then exit 1; the restart goes on).
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
     /// Take a server out of an upstream without a new generation of workers: it gets no
     /// new request and finishes what it has; kept out across reloads until added again.
     RemoveServer {
@@ -136,6 +144,7 @@ fn main() -> ExitCode {
             prefix,
         },
         Command::Stop { now } => Request::Stop { now },
+        Command::Restart { ref app, .. } => Request::Restart { app: app.clone() },
         Command::Drain {
             ref upstream,
             ref server,
@@ -174,13 +183,15 @@ fn main() -> ExitCode {
             wait,
         },
     };
-    // A reload waits for new workers to serve; remove-server --wait for its requests.
+    // A reload waits for new workers to serve; remove-server --wait for its requests;
+    // restart for every instance to be replaced.
     let patience = match cli.command {
         Command::RemoveServer {
             wait: true,
             timeout,
             ..
         } => timeout,
+        Command::Restart { timeout, .. } => timeout,
         _ => Duration::from_secs(60),
     };
     let reply = match ask(&socket, &request, patience) {
@@ -229,6 +240,7 @@ fn main() -> ExitCode {
         ),
         Command::Stop { now: false } => "stopping: in-flight requests are finishing\n".into(),
         Command::Stop { now: true } => "stopping now\n".into(),
+        Command::Restart { app, .. } => format!("restarted {app}: every instance was replaced\n"),
         Command::Status { json } => {
             let status = reply.status.unwrap_or_default();
             if json {
@@ -447,6 +459,28 @@ fn table(status: &Status) -> String {
                 s.failures_total,
                 s.latency_ms,
                 checks
+            );
+        }
+    }
+    for (name, app) in &status.apps {
+        out.push('\n');
+        let _ = writeln!(out, "app {name}");
+        let _ = writeln!(
+            out,
+            "  {:>8}  {:>8}  {:>6}  {:>9}  {:>8}  {:>8}  state",
+            "instance", "pid", "port", "uptime_s", "restarts", "rss_MiB"
+        );
+        for i in &app.instances {
+            let _ = writeln!(
+                out,
+                "  {:>8}  {:>8}  {:>6}  {:>9}  {:>8}  {:>8.1}  {}",
+                i.instance,
+                i.pid,
+                i.port,
+                i.uptime_s,
+                i.restarts,
+                i.rss_bytes as f64 / (1024.0 * 1024.0),
+                i.state
             );
         }
     }

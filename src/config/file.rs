@@ -23,6 +23,30 @@ pub struct FileConfig {
     pub redis: Option<RedisSection>,
     pub acme: Option<AcmeSection>,
     pub cache: Option<CacheSection>,
+    #[serde(default, rename = "app")]
+    pub apps: BTreeMap<Spanned<String>, Spanned<AppSection>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSection {
+    pub command: Spanned<Vec<String>>,
+    pub dir: Option<Spanned<String>>,
+    /// A number, or `"auto"`: the CPU count.
+    pub instances: Option<Spanned<Workers>>,
+    pub env: Option<Spanned<BTreeMap<String, String>>>,
+    pub port: Spanned<i64>,
+    pub ready: Option<ReadySection>,
+    pub stop_timeout: Option<Spanned<String>>,
+    pub max_memory: Option<Spanned<String>>,
+    pub log: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadySection {
+    pub path: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -224,6 +248,8 @@ pub struct ServerEntry {
     /// `host:port`; or `srv`, an SRV name whose records give targets, ports and weights.
     pub address: Option<Spanned<String>>,
     pub srv: Option<Spanned<String>>,
+    /// Every ready instance of the app of this name.
+    pub app: Option<Spanned<String>>,
     pub weight: Option<Spanned<i64>>,
     #[serde(default)]
     pub backup: bool,

@@ -23,6 +23,7 @@
 
 mod access;
 mod acme;
+mod apps;
 mod cache;
 mod compression;
 mod dns;
@@ -40,6 +41,7 @@ mod validate;
 
 pub use access::{AccessList, Cidr, CidrList};
 pub use acme::{dns_name, AcmeConfig, AcmeStorage, Challenge, DEFAULT_DIRECTORY};
+pub use apps::{AppConfig, AppServers, ReadyCheck, DEFAULT_STOP_TIMEOUT};
 pub use cache::{CacheConfig, RouteCache};
 pub use compression::{Coding, CompressionConfig, DEFAULT_ALGORITHMS};
 pub use gateway::*;
@@ -76,6 +78,8 @@ pub struct Config {
     pub acme: Option<AcmeConfig>,
     /// `[cache]`: where cached responses are kept.
     pub cache: Option<CacheConfig>,
+    /// `[app.NAME]`: the apps whose instances the supervisor runs.
+    pub apps: Vec<AppConfig>,
     /// What the server names resolved to when the file was read (an empty list for a
     /// name that did not resolve).
     pub answers: Answers,
@@ -188,8 +192,10 @@ pub fn with_servers(
     text: &str,
     answers: &Answers,
     runtime: &RuntimeServers,
+    apps: &AppServers,
 ) -> Result<Config, ConfigErrors> {
     let mut config = parse_with(path, text, Lookup::Answers(answers))?;
+    apps.apply(&mut config);
     runtime.clone().apply(&mut config);
     Ok(config)
 }
@@ -204,6 +210,7 @@ pub fn parse_with(path: &Path, text: &str, lookup: Lookup<'_>) -> Result<Config,
         resolver: Resolver::System,
         answers: Answers::new(),
         warnings: Vec::new(),
+        app_names: Vec::new(),
     };
     let raw: file::FileConfig = match deserialize(text) {
         Ok(raw) => raw,
@@ -236,6 +243,8 @@ struct Validator<'a> {
     resolver: Resolver,
     answers: Answers,
     warnings: Vec<String>,
+    /// The names of the file's `[app.NAME]` sections, for `{ app = NAME }` servers.
+    app_names: Vec<String>,
 }
 
 impl Validator<'_> {
@@ -245,6 +254,8 @@ impl Validator<'_> {
         let admin = self.admin_addr(raw.admin.as_ref());
         let listeners = self.listeners(&raw.listeners, base);
         let admin_at = self.admin_at(admin, raw.admin.as_ref(), &listeners);
+        let apps = self.apps(&raw.apps, base, &listeners);
+        self.app_names = apps.iter().map(|a| a.name.clone()).collect();
         let upstreams = raw
             .upstreams
             .iter()
@@ -278,6 +289,7 @@ impl Validator<'_> {
             redis,
             acme,
             cache,
+            apps,
             answers: std::mem::take(&mut self.answers),
             warnings: std::mem::take(&mut self.warnings),
         }

@@ -140,6 +140,8 @@ pub enum ServerSource {
     Dns,
     /// `gatewayctl add-server`.
     Runtime,
+    /// A ready instance of an app the gateway runs.
+    App,
 }
 
 impl ServerSource {
@@ -148,6 +150,7 @@ impl ServerSource {
             ServerSource::File => "file",
             ServerSource::Dns => "dns",
             ServerSource::Runtime => "runtime",
+            ServerSource::App => "app",
         }
     }
 }
@@ -197,36 +200,8 @@ impl Validator<'_> {
             );
         }
         for (i, s) in u.servers.get_ref().iter().enumerate() {
+            let entry_span = s.span();
             let s = s.get_ref();
-            let (written, span) = match (&s.address, &s.srv) {
-                (Some(address), None) => (address.get_ref().clone(), address.span()),
-                (None, Some(srv)) => (srv_key(srv.get_ref()), srv.span()),
-                (Some(address), Some(_)) => {
-                    self.error(
-                        address.span(),
-                        &key(&format!("servers[{i}]")),
-                        "a server has an address or an srv name, not both",
-                    );
-                    continue;
-                }
-                (None, None) => {
-                    self.error(
-                        u.servers.span(),
-                        &key(&format!("servers[{i}].address")),
-                        "required (or srv)",
-                    );
-                    continue;
-                }
-            };
-            let written = &written;
-            let shown = written.strip_prefix("srv:").unwrap_or(written).to_string();
-            let addrs = match self.addresses(written) {
-                Ok(addrs) => addrs,
-                Err(msg) => {
-                    self.error(span, &key(&format!("servers[{i}].address")), msg);
-                    Vec::new()
-                }
-            };
             let weight = match &s.weight {
                 None => 1,
                 Some(w) => match u32::try_from(*w.get_ref()) {
@@ -240,6 +215,46 @@ impl Validator<'_> {
                         1
                     }
                 },
+            };
+            let (written, span) = match (&s.address, &s.srv, &s.app) {
+                (Some(address), None, None) => (address.get_ref().clone(), address.span()),
+                (None, Some(srv), None) => (srv_key(srv.get_ref()), srv.span()),
+                (None, None, Some(app)) => {
+                    if !self.app_names.contains(app.get_ref()) {
+                        self.error(
+                            app.span(),
+                            &key(&format!("servers[{i}].app")),
+                            format!("no app {:?} (an [app.NAME] section)", app.get_ref()),
+                        );
+                    }
+                    servers.push(super::apps::placeholder(app.get_ref(), weight, s.backup));
+                    continue;
+                }
+                (None, None, None) => {
+                    self.error(
+                        entry_span,
+                        &key(&format!("servers[{i}].address")),
+                        "required (or srv, or app)",
+                    );
+                    continue;
+                }
+                _ => {
+                    self.error(
+                        entry_span,
+                        &key(&format!("servers[{i}]")),
+                        "a server has one of address, srv or app",
+                    );
+                    continue;
+                }
+            };
+            let written = &written;
+            let shown = written.strip_prefix("srv:").unwrap_or(written).to_string();
+            let addrs = match self.addresses(written) {
+                Ok(addrs) => addrs,
+                Err(msg) => {
+                    self.error(span, &key(&format!("servers[{i}].address")), msg);
+                    Vec::new()
+                }
             };
             // A name is every address it resolves to, each a server of its own; while it
             // resolves to none, one server that is never up stands for it.

@@ -10,6 +10,7 @@
 //!   control socket, the admin listener, active health checks, and what status shows.
 
 mod admin;
+mod apps;
 mod cache;
 mod control;
 mod file_watch;
@@ -71,6 +72,11 @@ pub enum Event {
     /// The ACME client changed its certificates or challenges: tell every worker, then
     /// answer.
     Acme(crate::tls::acme::AcmeState, oneshot::Sender<()>),
+    /// The apps' ready instances changed: serve with them, then answer.
+    AppServers(
+        crate::config::AppServers,
+        oneshot::Sender<crate::apps::Left>,
+    ),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -128,6 +134,10 @@ struct Supervisor {
     acme_board: crate::acme::Board,
     /// What the cache's entries take on disk, as last counted.
     cache_bytes: cache::Stored,
+    /// The instances of the apps the gateway runs, and those ready (servers).
+    apps: crate::apps::Apps,
+    app_servers: crate::config::AppServers,
+    apps_board: crate::apps::Board,
     /// This program's path as it was at start: what `upgrade` runs (the binary there now).
     program: PathBuf,
     /// The control socket's accept loop and descriptor, while this supervisor serves it.
@@ -266,12 +276,14 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
         let check_failures = LastFailures::default();
         let acme_board = crate::acme::Board::default();
         let cache_bytes = cache::Stored::default();
+        let apps_board = crate::apps::Board::default();
         let source = StatusSource {
             view: view_rx,
             table,
             check_failures: check_failures.clone(),
             acme: acme_board.clone(),
             cache_bytes: cache_bytes.clone(),
+            apps: apps_board.clone(),
         };
         // The admin listener handed over serves on if the file still has its address
         // (else it is closed here, and the new address bound).
@@ -314,6 +326,12 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
         }));
         tokio::spawn(every(WATCHDOG_TICK, tx.clone(), || Event::WatchdogTick));
         let now = crate::sys::monotonic_ms();
+        let events = tx.clone();
+        let publish: crate::apps::Publish = Box::new(move |servers, told| {
+            let _ = events.send(Event::AppServers(servers, told));
+        });
+        let apps =
+            crate::apps::Apps::start(config.apps.clone(), apps_board.clone(), table, publish);
         let mut supervisor = Supervisor {
             backoff: vec![Backoff::default(); config.gateway.workers],
             covered: BTreeMap::new(),
@@ -350,6 +368,9 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
             acme_waiting: None,
             acme_board,
             cache_bytes,
+            apps,
+            app_servers: Default::default(),
+            apps_board,
             program,
             control_task: Some(control_task),
             control_fd: Some(control_fd),
@@ -362,6 +383,8 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
                 .unwrap_or_default(),
             predecessor_running: handover.is_some(),
         };
+        // The workers serve once the apps' instances can take requests.
+        supervisor.wait_for_apps(&mut rx).await;
         if let Err(e) = supervisor.start_generation(&mut rx).await {
             tracing::error!("workers did not start: {e}");
             supervisor.kill_all();
@@ -396,6 +419,7 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
                 break;
             }
         }
+        supervisor.stop_apps(&mut rx).await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
@@ -424,6 +448,11 @@ impl Supervisor {
             Event::Exited { pid, status } => self.on_exit(pid, status),
             Event::Respawn { seat, generation } => self.respawn(seat, generation),
             Event::Control(Request::Upgrade, reply) => self.start_upgrade(Some(reply)),
+            Event::Control(Request::Restart { app }, reply) => self.restart_app(app, reply),
+            Event::AppServers(servers, told) => {
+                let left = self.change_app_servers(servers).await;
+                let _ = told.send(left);
+            }
             Event::Signal(Signal::Upgrade) => self.start_upgrade(None),
             Event::Upgraded(outcome) => self.on_upgraded(outcome).await,
             Event::PredecessorGone => {
@@ -454,7 +483,10 @@ impl Supervisor {
                 }
                 self.control(Request::Stop { now }, rx).await;
             }
-            Event::Signal(Signal::Reopen) => self.tell_all(&ToWorker::Reopen).await,
+            Event::Signal(Signal::Reopen) => {
+                self.tell_all(&ToWorker::Reopen).await;
+                self.apps.send(crate::apps::Command::Reopen);
+            }
             Event::RotateTicketKeys => match self.tickets.rotate() {
                 Ok(()) => {
                     self.tell_all(&ToWorker::Tickets(self.tickets.clone()))
@@ -486,7 +518,8 @@ impl Supervisor {
                         );
                     }
                 }
-                if let Err(e) = self.change_servers(answers, self.runtime.clone()).await {
+                let (runtime, apps) = (self.runtime.clone(), self.app_servers.clone());
+                if let Err(e) = self.change_servers(answers, runtime, apps).await {
                     tracing::error!("the new DNS answers are not used: {e}");
                 }
             }
@@ -565,6 +598,7 @@ impl Supervisor {
                 Reply::failed("answered by the control socket")
             }
             Request::Upgrade => Reply::failed("answered by start_upgrade"),
+            Request::Restart { .. } => Reply::failed("answered by restart_app"),
             Request::RemoveServer { .. } => Reply::failed("answered by remove_server"),
             Request::AddServer { .. } if self.stopping => Reply::failed("the gateway is stopping"),
             Request::AddServer { upstream, server } => self.add_server(&upstream, server).await,
@@ -594,6 +628,7 @@ impl Supervisor {
         self.stopping = true;
         if now {
             self.kill_all();
+            self.apps.send(crate::apps::Command::Kill);
             return;
         }
         tracing::info!("stopping: workers finish their requests");
@@ -627,6 +662,7 @@ impl Supervisor {
             check_failures: self.check_failures.clone(),
             acme: self.acme_board.clone(),
             cache_bytes: self.cache_bytes.clone(),
+            apps: self.apps_board.clone(),
         }
     }
 

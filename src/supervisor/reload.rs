@@ -29,6 +29,7 @@ impl Supervisor {
         // The servers added and removed at run time stay, while their upstream does.
         // The new workers are told them as they start; a failed reload puts them back.
         let before = self.runtime.clone();
+        self.app_servers.apply(&mut config);
         self.runtime.apply(&mut config);
         let switched = self.switch_to(config, text, rx).await;
         if switched.is_err() {
@@ -98,6 +99,8 @@ impl Supervisor {
             self.admin = admin;
         }
         self.follow_acme();
+        self.apps
+            .send(crate::apps::Command::Configure(self.config.apps.clone()));
         let timeout = self.config.gateway.shutdown_timeout;
         let mut old = Vec::new();
         for w in self

@@ -1,12 +1,12 @@
 //! Servers that change while the workers run: new DNS answers, `add-server` and
-//! `remove-server`. The running generation's workers are told the new servers and take
+//! `remove-server`, app instances that become ready or leave. The running generation's workers are told the new servers and take
 //! them in place (no new generation): the servers that stay keep their record, their
 //! state and the workers' idle connections to them; a new one joins through slow start;
 //! one that goes gets no new request and finishes what it has.
 
 use super::health::HealthChecks;
 use super::Supervisor;
-use crate::config::{self, AddedServer, Answers, RuntimeServers};
+use crate::config::{self, AddedServer, Answers, AppServers, RuntimeServers};
 use crate::protocol::{Reply, ToWorker};
 use crate::table;
 use std::net::SocketAddr;
@@ -18,15 +18,22 @@ use tokio::sync::oneshot;
 const WAIT_POLL: Duration = Duration::from_millis(50);
 
 impl Supervisor {
-    /// Serves with the servers `answers` and `runtime` make of the running config, in
-    /// place. Nothing changes when they do not make a valid config.
+    /// Serves with the servers `answers`, `runtime` and `apps` make of the running
+    /// config, in place. Nothing changes when they do not make a valid config.
     pub(super) async fn change_servers(
         &mut self,
         answers: Answers,
         runtime: RuntimeServers,
+        apps: AppServers,
     ) -> Result<(), String> {
-        let config = config::with_servers(&self.config_path, &self.config_text, &answers, &runtime)
-            .map_err(|e| e.to_string())?;
+        let config = config::with_servers(
+            &self.config_path,
+            &self.config_text,
+            &answers,
+            &runtime,
+            &apps,
+        )
+        .map_err(|e| e.to_string())?;
         let assigned = self
             .assignments
             .reassign(self.generation, table::assignment::record_keys(&config))?;
@@ -39,6 +46,7 @@ impl Supervisor {
         let messages = [
             ToWorker::Dns(answers),
             ToWorker::Runtime(runtime.clone()),
+            ToWorker::Apps(apps.clone()),
             ToWorker::Records(assigned.records.clone()),
         ];
         let generation = self.generation;
@@ -53,6 +61,7 @@ impl Supervisor {
         }
         self.config = Arc::new(config);
         self.runtime = runtime;
+        self.app_servers = apps;
         // Checks of servers that stay go on from the state they had.
         self.health = HealthChecks::start(
             &self.config,
@@ -71,7 +80,11 @@ impl Supervisor {
             return Reply::failed(e);
         }
         match self
-            .change_servers(self.config.answers.clone(), runtime)
+            .change_servers(
+                self.config.answers.clone(),
+                runtime,
+                self.app_servers.clone(),
+            )
             .await
         {
             Ok(()) => {
@@ -97,8 +110,12 @@ impl Supervisor {
             _ if self.stopping => Err("the gateway is stopping".to_string()),
             Err(e) => Err(e),
             Ok(()) => {
-                self.change_servers(self.config.answers.clone(), runtime)
-                    .await
+                self.change_servers(
+                    self.config.answers.clone(),
+                    runtime,
+                    self.app_servers.clone(),
+                )
+                .await
             }
         };
         if let Err(e) = removed {
@@ -116,6 +133,26 @@ impl Supervisor {
             }
             let _ = reply.send(done);
         });
+    }
+
+    /// The ready instances of the apps changed: serve with them. The answer gives the
+    /// table records of each instance that left, for its requests to be waited for.
+    pub(super) async fn change_app_servers(&mut self, apps: AppServers) -> crate::apps::Left {
+        let records = self.assignments.records(self.generation);
+        let mut left = crate::apps::Left::new();
+        for (upstream, _, records) in table::assignment::per_upstream(&self.config, &records) {
+            for (server, &record) in upstream.servers.iter().zip(records) {
+                let stays = apps.0.values().flatten().any(|&a| a == server.addr);
+                if server.source == config::ServerSource::App && !server.unresolved && !stays {
+                    left.entry(server.addr).or_default().push(record);
+                }
+            }
+        }
+        let (answers, runtime) = (self.config.answers.clone(), self.runtime.clone());
+        if let Err(e) = self.change_servers(answers, runtime, apps).await {
+            tracing::error!("the apps' instances are not used as servers: {e}");
+        }
+        left
     }
 
     /// The table record of `upstream`'s server at `addr` in the running generation.

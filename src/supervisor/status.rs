@@ -6,12 +6,13 @@
 use super::health::LastFailures;
 use crate::config::Config;
 use crate::protocol::{
-    CertificateStatus, DownReason, HealthCheckCounts, Reply, ServerChange, ServerState,
-    ServerStatus, Status, UpstreamStatus, WorkerState, WorkerStatus,
+    AppInstanceStatus, AppStatus, CertificateStatus, DownReason, HealthCheckCounts, Reply,
+    ServerChange, ServerState, ServerStatus, Status, UpstreamStatus, WorkerState, WorkerStatus,
 };
 use crate::table::assignment::per_upstream;
 use crate::table::{Histogram, Table, LATENCY_BUCKETS};
 use crate::tls::cert_info::CertInfo;
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -49,6 +50,8 @@ pub struct StatusSource {
     pub acme: crate::acme::Board,
     /// What the cache's entries take on disk.
     pub cache_bytes: super::cache::Stored,
+    /// The instances of the apps the gateway runs.
+    pub apps: crate::apps::Board,
 }
 
 impl StatusSource {
@@ -213,7 +216,30 @@ impl StatusSource {
             workers,
             upstreams,
             certificates: self.certificates(&view.config),
+            apps: self.apps(),
         }
+    }
+
+    fn apps(&self) -> BTreeMap<String, AppStatus> {
+        let apps = self.apps.get().into_iter().map(|(name, instances)| {
+            let instances = instances
+                .into_iter()
+                .map(|i| AppInstanceStatus {
+                    instance: i.instance,
+                    pid: i.pid,
+                    port: i.port,
+                    state: i.state.to_string(),
+                    uptime_s: i.started.map_or(0, |s| s.elapsed().as_secs()),
+                    restarts: i.restarts,
+                    rss_bytes: match i.started {
+                        Some(_) => crate::apps::rss_bytes(i.pid).unwrap_or(0),
+                        None => 0,
+                    },
+                })
+                .collect();
+            (name, AppStatus { instances })
+        });
+        apps.collect()
     }
 
     /// The listeners' certificates: each file's (read now, so a renewed file shows), then

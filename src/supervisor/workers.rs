@@ -143,6 +143,7 @@ impl Supervisor {
         ours.write_all(&ToWorker::Tickets(self.tickets.clone()).encode())?;
         ours.write_all(&ToWorker::Dns(self.config.answers.clone()).encode())?;
         ours.write_all(&ToWorker::Runtime(self.runtime.clone()).encode())?;
+        ours.write_all(&ToWorker::Apps(self.app_servers.clone()).encode())?;
         let acme = ToWorker::Acme(self.acme_serial, self.acme_state.clone());
         ours.write_all(&acme.encode())?;
         ours.write_all(&ToWorker::Config(self.config_text.clone()).encode())?;

@@ -64,12 +64,14 @@ async fn run(config_path: &Path, args: &WorkerArgs) -> std::io::Result<()> {
         text: String::new(),
         answers: crate::config::Answers::new(),
         runtime: crate::config::RuntimeServers::default(),
+        apps: crate::config::AppServers::default(),
     };
     servers.text = loop {
         match ToWorker::read(&mut commands).await? {
             Some(ToWorker::Tickets(keys)) => ticketer.set(&keys),
             Some(ToWorker::Dns(found)) => servers.answers = found,
             Some(ToWorker::Runtime(runtime)) => servers.runtime = runtime,
+            Some(ToWorker::Apps(apps)) => servers.apps = apps,
             Some(ToWorker::Acme(_, state)) => crate::tls::acme::hold(&state),
             Some(ToWorker::Config(text)) => break text,
             other => {
@@ -169,17 +171,24 @@ const TRIM_PERIOD: Duration = Duration::from_secs(2);
 const TRIM_AFTER_CLOSING: u64 = 256;
 
 /// What the worker's servers are made of: the config text and the supervisor's DNS
-/// answers and run-time changes (the latest it sent).
+/// answers, run-time changes and ready app instances (the latest it sent).
 struct Servers {
     path: std::path::PathBuf,
     text: String,
     answers: crate::config::Answers,
     runtime: crate::config::RuntimeServers,
+    apps: crate::config::AppServers,
 }
 
 impl Servers {
     fn config(&self) -> Result<crate::config::Config, crate::config::ConfigErrors> {
-        crate::config::with_servers(&self.path, &self.text, &self.answers, &self.runtime)
+        crate::config::with_servers(
+            &self.path,
+            &self.text,
+            &self.answers,
+            &self.runtime,
+            &self.apps,
+        )
     }
 }
 
@@ -217,6 +226,7 @@ async fn follow_commands(mut commands: BufReader<OwnedReadHalf>, mut on: Followi
             }
             Ok(Some(ToWorker::Dns(answers))) => on.servers.answers = answers,
             Ok(Some(ToWorker::Runtime(runtime))) => on.servers.runtime = runtime,
+            Ok(Some(ToWorker::Apps(apps))) => on.servers.apps = apps,
             Ok(Some(ToWorker::Records(records))) => match on.servers.config() {
                 Ok(config) if crate::table::assignment::fits(&config, &records) => {
                     on.proxy.replace_servers(&config, on.share, &records);
