@@ -524,8 +524,10 @@ impl Runner {
                     ports.end - 1
                 )
             })?;
-        let mut child = instance::spawn(&app.config, slot, port, &app.log)
-            .map_err(|e| format!("{:?}: {e}", app.config.command[0]))?;
+        let mut child = instance::spawn(&app.config, slot, port, &app.log).map_err(|e| {
+            let (program, dir) = (&app.config.command[0], app.config.dir.display());
+            format!("{program:?} in {dir}: {e}")
+        })?;
         let pid = child.id().unwrap_or(0);
         let id = self.next_id;
         self.next_id += 1;

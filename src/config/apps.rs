@@ -163,6 +163,8 @@ impl Validator<'_> {
     fn app(&mut self, name: &str, a: &file::AppSection, base: &Path) -> AppConfig {
         let key = |k: &str| format!("app.{name}.{k}");
         let dir = match &a.dir {
+            // The directory of a config file named without one.
+            None if base.as_os_str().is_empty() => PathBuf::from("."),
             None => base.to_path_buf(),
             Some(d) => {
                 let dir = base.join(d.get_ref());
