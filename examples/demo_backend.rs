@@ -1,7 +1,8 @@
 //! A small backend for `make run`: answers every request with its own name, so
 //! `curl localhost:8080/` shows which backend the gateway picked.
 //!
-//! Usage: `demo_backend NAME ADDRESS` (e.g. `demo_backend a 127.0.0.1:3001`).
+//! Usage: `demo_backend NAME ADDRESS` (e.g. `demo_backend a 127.0.0.1:3001`); without an
+//! address, 127.0.0.1 and the `PORT` variable (as an app the gateway runs).
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -15,7 +16,10 @@ use std::convert::Infallible;
 async fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let name = args.next().unwrap_or_else(|| "demo".into());
-    let addr = args.next().unwrap_or_else(|| "127.0.0.1:3001".into());
+    let addr = args
+        .next()
+        .or_else(|| std::env::var("PORT").ok().map(|p| format!("127.0.0.1:{p}")))
+        .unwrap_or_else(|| "127.0.0.1:3001".into());
     let listener = match tokio::net::TcpListener::bind(&addr).await {
         Ok(listener) => listener,
         Err(e) => {

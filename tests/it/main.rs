@@ -2,6 +2,7 @@
 
 mod access;
 mod acme;
+mod apps;
 mod balancing;
 mod cache;
 mod cli;
