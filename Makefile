@@ -40,6 +40,7 @@ bench: build
 	bash benches/files.sh
 	bash benches/limits.sh
 	bash benches/cache.sh
+	bash benches/apps.sh
 
 # round_robin, least_conn and least_time (and nginx's least_conn) with one slow, then
 # stuck, backend of three: latency percentiles and the slow server's share.

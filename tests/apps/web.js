@@ -51,11 +51,14 @@ server.on('upgrade', (req, socket) => {
   socket.on('data', (data) => socket.write(data));
 });
 
-server.listen(port, '127.0.0.1', () => console.log(`instance ${instance} listening on ${port}`));
+server.listen(port, process.env.HOST || '127.0.0.1', () => console.log(`instance ${instance} listening on ${port}`));
 
-// Graceful: finish what is in flight, then exit.
-process.on('SIGTERM', () => {
-  console.log(`instance ${instance} got SIGTERM`);
-  server.close(() => process.exit(0));
-  server.closeIdleConnections();
-});
+// Graceful on SIGTERM (the gateway's) and SIGINT (PM2's): finish what is in flight,
+// then exit. With GRACEFUL=0, Node's default: exit at once.
+for (const signal of process.env.GRACEFUL === '0' ? [] : ['SIGTERM', 'SIGINT']) {
+  process.on(signal, () => {
+    console.log(`instance ${instance} got ${signal}`);
+    server.close(() => process.exit(0));
+    server.closeIdleConnections();
+  });
+}
