@@ -526,6 +526,30 @@ impl StatusSource {
                 }
             }
         }
+        let instances = "gateway_app_instances";
+        out.family(
+            instances,
+            "gauge",
+            "Instances of each app the gateway runs, by state.",
+        );
+        let restarts = "gateway_app_restarts_total";
+        out.family(
+            restarts,
+            "counter",
+            "Instances of each app started again (crash, memory, restart, reload).",
+        );
+        for (name, app) in &status.apps {
+            for state in ["starting", "ready", "draining", "stopped"] {
+                let n = app.instances.iter().filter(|i| i.state == state).count();
+                out.sample(instances, &[("app", name), ("state", state)], n);
+            }
+            let ready = app.instances.iter().filter(|i| i.state != "draining");
+            out.sample(
+                restarts,
+                &[("app", name)],
+                ready.map(|i| i.restarts).sum::<u64>(),
+            );
+        }
         self.request_metrics(&mut out);
         out.text
     }

@@ -4,7 +4,6 @@
 
 use crate::common::*;
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 /// `node` is there (Debian's `nodejs`; `.ci/run` installs it), or the test says it skips.
@@ -19,21 +18,6 @@ fn node() -> bool {
     found
 }
 
-/// A first port with `2 × instances` free ports from it, apart from every other test's
-/// (below the ephemeral range, where port-0 listeners land).
-fn ports(instances: u16) -> u16 {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    loop {
-        let offset = NEXT.fetch_add(2 * instances, Ordering::SeqCst);
-        let first = 20_000 + (std::process::id() % 40) as u16 * 250 + offset % 250;
-        let free = (first..first + 2 * instances)
-            .all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
-        if free {
-            return first;
-        }
-    }
-}
-
 fn node_app(instances: u16, extra: &str) -> String {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/apps");
     format!(
@@ -41,7 +25,7 @@ fn node_app(instances: u16, extra: &str) -> String {
          [app.web]\ncommand = [\"node\", \"web.js\"]\ndir = \"{dir}\"\ninstances = {instances}\n\
          port = {}\nready = {{ path = \"/healthz\", timeout = \"10s\" }}\nstop_timeout = \"3s\"\n\
          log = \"web.log\"\n{extra}",
-        ports(instances)
+        free_port_range(2 * instances)
     )
 }
 
@@ -199,7 +183,7 @@ async fn a_crashing_instance_comes_back_and_a_crash_loop_waits_longer_each_time(
     let gw = Gateway::start(&format!(
         "{}\n[upstream.loop]\nservers = [{{ app = \"loop\" }}]\n\n[app.loop]\ncommand = [\"sh\", \"-c\", \"echo starting; exit 3\"]\ninstances = 1\nport = {}\n",
         node_app(2, ""),
-        ports(1)
+        free_port_range(2)
     ));
     let before = ready_pids(&gw);
     let (status, _) = get_fresh(gw.url("/crash")).await;
@@ -386,10 +370,10 @@ async fn no_instance_outlives_a_gateway_killed_with_sigkill() {
         .unwrap()
         .join("examples/demo_backend");
     let gw = Gateway::start(&format!(
-        "[[route]]\nupstream = \"demo\"\n\n[upstream.demo]\nservers = [{{ app = \"demo\" }}]\n\n\
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[route]]\nupstream = \"demo\"\n\n[upstream.demo]\nservers = [{{ app = \"demo\" }}]\n\n\
          [app.demo]\ncommand = [\"{}\", \"d\"]\ninstances = 3\nport = {}\n",
         demo.display(),
-        ports(3)
+        free_port_range(6)
     ));
     let body = get_text(gw.url("/")).await;
     assert!(body.starts_with("hello from backend d"), "{body}");
@@ -401,6 +385,14 @@ async fn no_instance_outlives_a_gateway_killed_with_sigkill() {
         .map(|i| i["pid"].as_u64().unwrap())
         .collect();
     assert_eq!(pids.len(), 3);
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    for line in [
+        "gateway_app_instances{app=\"demo\",state=\"ready\"} 3",
+        "gateway_app_instances{app=\"demo\",state=\"stopped\"} 0",
+        "gateway_app_restarts_total{app=\"demo\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
     signal(gw.child.id() as u64, "KILL");
     wait_until("every instance is gone", Duration::from_secs(5), || {
         pids.iter().all(|&p| !alive(p))

@@ -600,3 +600,18 @@ pub fn generation_and_pids(gw: &Gateway) -> (u64, Vec<u64>) {
     pids.sort();
     (status["generation"].as_u64().unwrap(), pids)
 }
+
+/// A first port with `count` free ports from it, apart from every other test's (below
+/// the ephemeral range, where port-0 listeners land): an app's instances listen there.
+pub fn free_port_range(count: u16) -> u16 {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    loop {
+        let offset = NEXT.fetch_add(count, Ordering::SeqCst);
+        let first = 20_000 + (std::process::id() % 40) as u16 * 250 + offset % 250;
+        let free =
+            (first..first + count).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if free {
+            return first;
+        }
+    }
+}

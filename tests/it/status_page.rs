@@ -46,11 +46,19 @@ async fn the_status_page_shows_workers_and_servers_with_their_states_in_a_browse
         "[gateway]\nworkers = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nlisten = \"127.0.0.1:0\"\n\
          tls = [{{ cert = \"{}\", key = \"{}\" }}, {{ acme = [\"waiting.example\"] }}]\n\
          [acme]\ndirectory = \"https://127.0.0.1:1/dir\"\nstorage = \"{}\"\n\
-         {}[upstream.app.health_check]\ninterval = \"100ms\"\nfall = 1\n",
+         {}[upstream.app.health_check]\ninterval = \"100ms\"\nfall = 1\n\
+         [upstream.demo]\nservers = [{{ app = \"demo\" }}]\n\
+         [app.demo]\ncommand = [\"{}\", \"d\"]\ninstances = 2\nport = {}\n",
         cert.display(),
         key.display(),
         certs.path().join("acme").display(),
-        upstream_config("app", &[a.addr, b.addr, dead], "")
+        upstream_config("app", &[a.addr, b.addr, dead], ""),
+        gateway_bin()
+            .parent()
+            .unwrap()
+            .join("examples/demo_backend")
+            .display(),
+        free_port_range(4),
     ));
     for _ in 0..6 {
         get_fresh(gw.url("/")).await;
@@ -83,6 +91,13 @@ async fn the_status_page_shows_workers_and_servers_with_their_states_in_a_browse
         "two serving workers:\n{dom}"
     );
     assert!(dom.contains("generation 1"), "{dom}");
+    assert!(dom.contains("<h2>App demo</h2>"), "{dom}");
+    assert_eq!(
+        dom.matches("<span class=\"state state-up\">ready</span>")
+            .count(),
+        2,
+        "two ready instances:\n{dom}"
+    );
     assert!(dom.contains("<td>page.example</td><td>file</td>"), "{dom}");
     let (code, table, _) = gw.ctl(&["certs"]);
     assert_eq!(code, 0);
