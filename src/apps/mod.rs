@@ -46,8 +46,9 @@ pub enum Command {
     Restart(String, oneshot::Sender<Result<(), String>>),
     /// Reopen the apps' logs (`SIGUSR1`).
     Reopen,
-    /// Answered once every instance started has become ready or failed once.
-    WhenStarted(oneshot::Sender<()>),
+    /// Answered once every instance started has become ready or failed once: whether
+    /// all are ready.
+    WhenStarted(oneshot::Sender<bool>),
     /// Stop every instance (`SIGTERM`, then `SIGKILL` after `stop_timeout`); answered
     /// once all have exited.
     Stop(oneshot::Sender<()>),
@@ -110,6 +111,7 @@ impl Apps {
             published: AppServers::default(),
             started_waiters: Vec::new(),
             stopped_waiter: None,
+            closing: false,
         };
         runner.configure(apps);
         tokio::spawn(runner.run(commands_rx, events_rx));
@@ -138,8 +140,10 @@ struct Runner {
     table: &'static Table,
     board: Board,
     published: AppServers,
-    started_waiters: Vec<oneshot::Sender<()>>,
+    started_waiters: Vec<oneshot::Sender<bool>>,
     stopped_waiter: Option<oneshot::Sender<()>>,
+    /// Stopping or killed: nothing starts any more.
+    closing: bool,
 }
 
 struct App {
@@ -231,9 +235,9 @@ impl Runner {
                 _ = memory.tick() => self.check_memory().await,
             }
             self.show();
-            if self.started() {
+            if let Some(all_ready) = self.started() {
                 for waiter in self.started_waiters.drain(..) {
-                    let _ = waiter.send(());
+                    let _ = waiter.send(all_ready);
                 }
             }
             if self.stopped_waiter.is_some() && self.instances.is_empty() {
@@ -260,7 +264,7 @@ impl Runner {
                     let _ = reply.send(Err(format!("no app {name:?}")));
                     return;
                 };
-                if self.stopped_waiter.is_some() {
+                if self.closing {
                     let _ = reply.send(Err("the gateway is stopping".into()));
                     return;
                 }
@@ -277,6 +281,7 @@ impl Runner {
             Command::WhenStarted(reply) => self.started_waiters.push(reply),
             Command::Stop(reply) => {
                 self.stopped_waiter = Some(reply);
+                self.closing = true;
                 for app in self.apps.values_mut() {
                     app.rolling.clear();
                     for waiter in app.waiters.drain(..) {
@@ -288,7 +293,14 @@ impl Runner {
                     self.terminate(id);
                 }
             }
-            Command::Kill => self.kill_all(),
+            Command::Kill => {
+                self.closing = true;
+                for i in &mut self.instances {
+                    i.state = State::Leaving;
+                    i.stopping = true;
+                }
+                self.kill_all();
+            }
         }
     }
 
@@ -374,7 +386,7 @@ impl Runner {
                     .instances
                     .iter()
                     .any(|i| i.app == app && i.slot == slot);
-                if slot < a.config.instances && !live && self.stopped_waiter.is_none() {
+                if slot < a.config.instances && !live && !self.closing {
                     a.slots[slot].restarts += 1;
                     self.start_or_retry(&app, slot);
                 }
@@ -447,7 +459,7 @@ impl Runner {
         if gone.state == State::Ready {
             self.publish().await;
         }
-        if self.stopped_waiter.is_some() {
+        if self.closing {
             return;
         }
         let why = gone.failed.clone().unwrap_or_else(|| status.clone());
@@ -755,7 +767,7 @@ impl Runner {
                     .collect(),
             );
         }
-        if servers == self.published || self.stopped_waiter.is_some() {
+        if servers == self.published || self.closing {
             return Left::new();
         }
         self.published = servers.clone();
@@ -764,18 +776,22 @@ impl Runner {
         rx.await.unwrap_or_default()
     }
 
-    /// Whether every instance was tried and is ready or failed since.
-    fn started(&self) -> bool {
-        self.apps.iter().all(|(name, app)| {
-            app.slots.iter().enumerate().all(|(slot, s)| {
-                s.tried
-                    && (s.crashes_in_a_row > 0
-                        || self
-                            .instances
-                            .iter()
-                            .any(|i| &i.app == name && i.slot == slot && i.state == State::Ready))
-            })
-        })
+    /// Once every instance was tried and is ready or failed since: whether all are ready.
+    fn started(&self) -> Option<bool> {
+        let mut all_ready = true;
+        for (name, app) in &self.apps {
+            for (slot, s) in app.slots.iter().enumerate() {
+                let ready = self
+                    .instances
+                    .iter()
+                    .any(|i| &i.app == name && i.slot == slot && i.state == State::Ready);
+                if !s.tried || !(ready || s.crashes_in_a_row > 0) {
+                    return None;
+                }
+                all_ready &= ready;
+            }
+        }
+        Some(all_ready)
     }
 
     fn show(&self) {

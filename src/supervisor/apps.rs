@@ -14,29 +14,35 @@ impl Supervisor {
     /// Waits until every instance of every app is ready (or has failed once), serving
     /// their servers meanwhile; other events wait for the event loop. At start this means
     /// the first requests find the app; after an upgrade, that the new gateway's own
-    /// instances serve before its workers do.
-    pub(super) async fn wait_for_apps(&mut self, rx: &mut mpsc::UnboundedReceiver<Event>) {
+    /// instances serve before its workers do. Says why when not all are ready.
+    pub(super) async fn wait_for_apps(
+        &mut self,
+        rx: &mut mpsc::UnboundedReceiver<Event>,
+    ) -> Result<(), String> {
         if self.config.apps.is_empty() {
-            return;
+            return Ok(());
         }
         let longest = self.config.apps.iter().map(|a| a.ready.timeout).max();
         let deadline = tokio::time::Instant::now() + longest.unwrap_or_default() + START_MARGIN;
         let (tx, mut started) = oneshot::channel();
         self.apps.send(Command::WhenStarted(tx));
+        let not_ready = "the apps' instances are not all ready (see the log above)";
         loop {
             tokio::select! {
-                _ = &mut started => return,
-                _ = tokio::time::sleep_until(deadline) => {
-                    tracing::warn!("the apps' instances are not all ready: the workers serve anyway");
-                    return;
+                all_ready = &mut started => {
+                    return match all_ready {
+                        Ok(true) => Ok(()),
+                        _ => Err(not_ready.into()),
+                    };
                 }
+                _ = tokio::time::sleep_until(deadline) => return Err(not_ready.into()),
                 event = rx.recv() => match event {
                     Some(Event::AppServers(servers, told)) => {
                         let left = self.change_app_servers(servers).await;
                         let _ = told.send(left);
                     }
                     Some(other) => self.deferred.push(other),
-                    None => return,
+                    None => return Err("the supervisor's events ended".into()),
                 },
             }
         }
@@ -68,9 +74,6 @@ impl Supervisor {
     /// Stops every instance once the workers are gone (they finished their requests),
     /// answering the apps' last changes of servers meanwhile.
     pub(super) async fn stop_apps(&mut self, rx: &mut mpsc::UnboundedReceiver<Event>) {
-        if self.config.apps.is_empty() {
-            return;
-        }
         let (tx, mut stopped) = oneshot::channel();
         self.apps.send(Command::Stop(tx));
         loop {

@@ -383,8 +383,18 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
                 .unwrap_or_default(),
             predecessor_running: handover.is_some(),
         };
-        // The workers serve once the apps' instances can take requests.
-        supervisor.wait_for_apps(&mut rx).await;
+        // The workers serve once the apps' instances can take requests. After an
+        // upgrade, a new supervisor whose instances are not ready is refused (the old
+        // one keeps serving); at a first start the workers serve anyway while the
+        // instances keep trying.
+        if let Err(e) = supervisor.wait_for_apps(&mut rx).await {
+            if handover.is_some() {
+                tracing::error!("upgrade: {e}");
+                supervisor.apps.send(crate::apps::Command::Kill);
+                return ExitCode::from(1);
+            }
+            tracing::warn!("{e}: the workers serve anyway");
+        }
         if let Err(e) = supervisor.start_generation(&mut rx).await {
             tracing::error!("workers did not start: {e}");
             supervisor.kill_all();

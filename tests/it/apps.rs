@@ -98,6 +98,15 @@ async fn instances_start_ready_with_port_and_instance_and_serve_in_turn() {
         table.contains("app web") && table.contains("ready"),
         "{table}"
     );
+    // Nothing the supervisor holds open reaches the app (the shared table least of all).
+    for (_, pid, ..) in listed {
+        let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+            .map(|p| p.display().to_string())
+            .collect();
+        assert!(!fds.iter().any(|f| f.contains("gateway-table")), "{fds:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
