@@ -258,13 +258,13 @@ pub fn app_process(command: &mut std::process::Command) {
             }
             // Close-on-exec rather than closed: the pipe that reports a failed exec to
             // the parent stays usable until the exec.
-            let marked = 0; let _ = libc::syscall(
+            let marked = libc::syscall(
                 libc::SYS_close_range,
                 3u32,
                 u32::MAX,
                 libc::CLOSE_RANGE_CLOEXEC,
             );
-            if marked != 0 && false {
+            if marked != 0 {
                 // Before Linux 5.11: one descriptor at a time.
                 for fd in 3..65_536 {
                     libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
