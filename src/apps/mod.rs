@@ -328,6 +328,7 @@ impl Runner {
         }
         for config in apps {
             let name = config.name.clone();
+            let mut changed = false;
             let (from, to) = match self.apps.get_mut(&name) {
                 None => {
                     let log = AppLog::open(config.log.clone());
@@ -345,11 +346,10 @@ impl Runner {
                     (0, self.apps[&name].config.instances)
                 }
                 Some(app) => {
-                    if app.log.path() != config.log.as_ref() {
-                        app.log = AppLog::open(config.log.clone());
-                    }
+                    app.log.retarget(config.log.clone());
                     let from = app.config.instances;
-                    if !app.config.same_program(&config) {
+                    changed = !app.config.same_program(&config);
+                    if changed {
                         tracing::info!(
                             app = name,
                             "the app's command, dir, env or port changed: its instances restart one at a time"
@@ -368,7 +368,21 @@ impl Runner {
                     app.slots.truncate(to);
                 }
             }
-            for slot in from..to {
+            // An instance still starting runs the old program: it starts again now
+            // (one that is ready is replaced rolling).
+            let replacement = self.apps[&name].replacing.map(|(_, id)| id);
+            let stale = |i: &Instance| {
+                changed && i.app == name && i.state == State::Starting && Some(i.id) != replacement
+            };
+            let mut again: Vec<usize> = self
+                .instances
+                .iter()
+                .filter(|i| stale(i) && i.slot < to)
+                .map(|i| i.slot)
+                .collect();
+            self.retire(stale);
+            again.extend(from..to);
+            for slot in again {
                 self.start_or_retry(&name, slot);
             }
         }

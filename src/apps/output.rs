@@ -12,40 +12,46 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 const MAX_LINE: usize = 16 * 1024;
 
 pub struct AppLog {
-    path: Option<PathBuf>,
-    file: Mutex<Option<std::fs::File>>,
+    /// The path (none: the gateway's stderr) and the file open at it.
+    target: Mutex<(Option<PathBuf>, Option<std::fs::File>)>,
 }
 
 impl AppLog {
     pub fn open(path: Option<PathBuf>) -> Arc<AppLog> {
         let log = AppLog {
-            path,
-            file: Mutex::new(None),
+            target: Mutex::new((path, None)),
         };
         log.reopen();
         Arc::new(log)
     }
 
-    pub fn path(&self) -> Option<&PathBuf> {
-        self.path.as_ref()
+    /// Writes to `path` from now on (a reload changed `log`), the running instances'
+    /// lines included.
+    pub fn retarget(&self, path: Option<PathBuf>) {
+        let mut target = self.target.lock().unwrap_or_else(|p| p.into_inner());
+        if target.0 != path {
+            *target = (path, None);
+            drop(target);
+            self.reopen();
+        }
     }
 
     /// Opens the file again (after logrotate moved it). On failure the lines go to the
     /// gateway's stderr until the next reopen.
     pub fn reopen(&self) {
-        let Some(path) = &self.path else { return };
+        let mut target = self.target.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(path) = target.0.clone() else { return };
         let opened = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(path);
-        let file = match opened {
+            .open(&path);
+        target.1 = match opened {
             Ok(f) => Some(f),
             Err(e) => {
                 tracing::error!("app log {}: {e}", path.display());
                 None
             }
         };
-        *self.file.lock().unwrap_or_else(|p| p.into_inner()) = file;
     }
 
     fn write(&self, prefix: &str, line: &[u8]) {
@@ -54,8 +60,8 @@ impl AppLog {
         let _ = write!(out, "{now} {prefix}: ");
         out.extend_from_slice(line);
         out.push(b'\n');
-        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        let written = match file.as_mut() {
+        let mut target = self.target.lock().unwrap_or_else(|p| p.into_inner());
+        let written = match target.1.as_mut() {
             Some(f) => f.write_all(&out),
             None => std::io::stderr().write_all(&out),
         };
