@@ -132,9 +132,16 @@ mod tests {
         // Reopened after a rotation: the lines go to the new file.
         std::fs::rename(&path, dir.path().join("app.log.1")).unwrap();
         log.reopen();
-        copy_lines(&b"after\n"[..], log, "web#0 1 err".into()).await;
+        copy_lines(&b"after\n"[..], log.clone(), "web#0 1 err".into()).await;
         assert!(std::fs::read_to_string(&path)
             .unwrap()
             .ends_with("web#0 1 err: after\n"));
+        // A reload names another file: the same instances' lines go there.
+        let other = dir.path().join("other.log");
+        log.retarget(Some(other.clone()));
+        copy_lines(&b"moved\n"[..], log, "web#0 1 out".into()).await;
+        assert!(std::fs::read_to_string(&other)
+            .unwrap()
+            .ends_with("out: moved\n"));
     }
 }
