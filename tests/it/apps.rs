@@ -23,7 +23,7 @@ fn node_app(instances: u16, extra: &str) -> String {
     format!(
         "[[route]]\nupstream = \"web\"\n\n[upstream.web]\nservers = [{{ app = \"web\" }}]\n\n\
          [app.web]\ncommand = [\"node\", \"web.js\"]\ndir = \"{dir}\"\ninstances = {instances}\n\
-         port = {}\nready = {{ path = \"/healthz\", timeout = \"10s\" }}\nstop_timeout = \"3s\"\n\
+         port = {}\nready = {{ path = \"/healthz\", timeout = \"10s\" }}\nstop_timeout = \"5s\"\n\
          log = \"web.log\"\n{extra}",
         free_port_range(2 * instances)
     )
@@ -139,6 +139,9 @@ async fn four_instances_restart_one_at_a_time_under_load_without_a_failed_reques
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("restarted web"), "{out}");
     let took = started.elapsed();
+    // The WebSocket still works on its draining instance (it ends at stop_timeout).
+    assert_eq!(echo(&mut ws, b"during").unwrap(), b"during");
+    assert!(instances(&gw).iter().any(|i| i.3 == "draining"));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let served = load.stop_without_failures(100).await;
 
@@ -166,9 +169,6 @@ async fn four_instances_restart_one_at_a_time_under_load_without_a_failed_reques
             "{order:?}"
         );
     }
-    // The WebSocket still works on its draining instance, then ends at stop_timeout.
-    assert_eq!(echo(&mut ws, b"during").unwrap(), b"during");
-    assert!(instances(&gw).iter().any(|i| i.3 == "draining"));
     wait_until(
         "the old instance is killed at stop_timeout",
         Duration::from_secs(10),
