@@ -114,15 +114,15 @@ stop_both() {
   wait "$GATEWAY" "$NGINX" 2>/dev/null || true
 }
 
-printf "%-56s %10s %10s\n" "rolling restarts of $INSTANCES instances under load" requests failed
+printf "%-66s %10s %10s\n" "rolling restarts of $INSTANCES instances under load" requests failed
 for graceful in 1 0; do
   if [ $graceful = 1 ]; then app="graceful app"; else app="app exiting at once on a signal"; fi
   start_both $graceful
   for round in $(seq 1 "$ROUNDS"); do
     read -r req err < <(under_load "http://127.0.0.1:18610/slow?ms=$WORK_MS" ./target/release/gatewayctl -s "$WORK/gateway.sock" restart web)
-    printf "%-56s %10s %10s\n" "$app, round $round: gateway runs it" "$req" "$err"
+    printf "%-66s %10s %10s\n" "$app, round $round: gateway runs it" "$req" "$err"
     read -r req err < <(under_load "http://127.0.0.1:18630/slow?ms=$WORK_MS" env PM2_HOME="$WORK/pm2" "$PM2" reload web)
-    printf "%-56s %10s %10s\n" "$app, round $round: PM2 cluster behind nginx" "$req" "$err"
+    printf "%-66s %10s %10s\n" "$app, round $round: PM2 cluster behind nginx" "$req" "$err"
   done
   stop_both
 done

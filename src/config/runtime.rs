@@ -64,16 +64,16 @@ impl RuntimeServers {
         let Some(server) = running.iter().find(|s| s.addr == addr && !s.unresolved) else {
             return Err(format!("{addr} is not a server of {upstream}"));
         };
-        if server.source == ServerSource::App {
-            return Err(format!(
-                "{addr} is an instance of app {}: the gateway runs it (gatewayctl restart restarts it)",
-                server.entry.as_deref().unwrap_or_default().trim_start_matches("app:")
-            ));
-        }
+        let app = server.entry.as_deref().unwrap_or_default();
         let changes = self.0.entry(upstream.to_string()).or_default();
         match server.source {
-            ServerSource::Runtime | ServerSource::App => changes.added.retain(|s| s.addr != addr),
+            ServerSource::Runtime => changes.added.retain(|s| s.addr != addr),
             ServerSource::File | ServerSource::Dns => changes.removed.push(addr),
+            ServerSource::App => {
+                return Err(format!(
+                    "{addr} is an instance of {app}: the gateway runs it (`gatewayctl restart` replaces its instances)"
+                ))
+            }
         }
         Ok(())
     }

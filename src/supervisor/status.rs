@@ -329,7 +329,10 @@ impl StatusSource {
             for s in &upstream.servers {
                 if s.down_reason == Some(DownReason::Unresolved) {
                     let entry = s.name.as_deref().unwrap_or(&s.address);
-                    problems.push(format!("upstream {name}: {entry} does not resolve"));
+                    problems.push(match entry.strip_prefix("app:") {
+                        Some(app) => format!("upstream {name}: app {app} has no ready instance"),
+                        None => format!("upstream {name}: {entry} does not resolve"),
+                    });
                 }
             }
         }

@@ -98,6 +98,11 @@ async fn instances_start_ready_with_port_and_instance_and_serve_in_turn() {
         table.contains("app web") && table.contains("ready"),
         "{table}"
     );
+    // The gateway runs them: they are not removed by hand.
+    let first = format!("127.0.0.1:{}", listed[0].2);
+    let (code, _, err) = gw.ctl(&["remove-server", "web", &first]);
+    assert_eq!(code, 1);
+    assert!(err.contains("is an instance of app:web"), "{err}");
     // Nothing the supervisor holds open reaches the app (the shared table least of all).
     for (_, pid, ..) in listed {
         let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -190,7 +195,7 @@ async fn a_crashing_instance_comes_back_and_a_crash_loop_waits_longer_each_time(
         return;
     }
     let gw = Gateway::start(&format!(
-        "{}\n[upstream.loop]\nservers = [{{ app = \"loop\" }}]\n\n[app.loop]\ncommand = [\"sh\", \"-c\", \"echo starting; exit 3\"]\ninstances = 1\nport = {}\n",
+        "[admin]\nlisten = \"127.0.0.1:0\"\n{}\n[upstream.loop]\nservers = [{{ app = \"loop\" }}]\n\n[app.loop]\ncommand = [\"sh\", \"-c\", \"echo starting; exit 3\"]\ninstances = 1\nport = {}\n",
         node_app(2, ""),
         free_port_range(2)
     ));
@@ -228,6 +233,13 @@ async fn a_crashing_instance_comes_back_and_a_crash_loop_waits_longer_each_time(
     let looping = &status["apps"]["loop"]["instances"][0];
     assert!(looping["restarts"].as_u64().unwrap() >= 3, "{looping}");
     assert_eq!(status["upstreams"]["loop"]["servers"][0]["state"], "down");
+    assert_eq!(status["upstreams"]["loop"]["servers"][0]["source"], "app");
+    let (code, why) = gw.admin_get("/readyz").await;
+    assert_eq!(code, 503);
+    assert!(
+        why.contains("upstream loop: app loop has no ready instance"),
+        "{why}"
+    );
     let app_log = std::fs::read_to_string(gw.dir.path().join("web.log")).unwrap();
     assert!(app_log.contains("listening on"), "{app_log}");
 }
