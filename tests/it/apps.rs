@@ -48,6 +48,15 @@ fn instances(gw: &Gateway) -> Vec<(u64, u64, u64, String, u64)> {
         .collect()
 }
 
+/// Waits until none of `pids` runs any more.
+async fn wait_exited(what: &str, pids: &[u64]) {
+    let what = format!("{what} exited");
+    wait_until(&what, Duration::from_secs(10), || {
+        pids.iter().all(|&p| !alive(p))
+    })
+    .await;
+}
+
 fn ready_pids(gw: &Gateway) -> Vec<u64> {
     let mut pids: Vec<u64> = instances(gw)
         .into_iter()
@@ -180,12 +189,7 @@ async fn four_instances_restart_one_at_a_time_under_load_without_a_failed_reques
         || echo(&mut ws, b"x").is_err(),
     )
     .await;
-    wait_until(
-        "the old instances are gone",
-        Duration::from_secs(10),
-        || before.iter().all(|&p| !alive(p)),
-    )
-    .await;
+    wait_exited("the old instances", &before).await;
     eprintln!("{served} requests, 0 failed, restart of 4 instances took {took:?}");
 }
 
@@ -298,10 +302,7 @@ async fn an_instance_above_max_memory_is_replaced_rolling() {
         .filter(|p| !ready_pids(&gw).contains(p))
         .collect();
     assert!(!replaced.is_empty());
-    wait_until("the big instance exits", Duration::from_secs(10), || {
-        replaced.iter().all(|&p| !alive(p))
-    })
-    .await;
+    wait_exited("the big instance", &replaced).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -415,10 +416,7 @@ async fn no_instance_outlives_a_gateway_killed_with_sigkill() {
         assert!(metrics.contains(line), "{line} in\n{metrics}");
     }
     signal(gw.child.id() as u64, "KILL");
-    wait_until("every instance is gone", Duration::from_secs(5), || {
-        pids.iter().all(|&p| !alive(p))
-    })
-    .await;
+    wait_exited("every instance", &pids).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -437,12 +435,7 @@ async fn an_upgrade_replaces_the_instances_without_a_failed_request() {
     let after = ready_pids(&gw);
     assert_eq!(after.len(), 2);
     assert!(after.iter().all(|p| !before.contains(p)));
-    wait_until(
-        "the old instances stop with the old supervisor",
-        Duration::from_secs(10),
-        || before.iter().all(|&p| !alive(p)),
-    )
-    .await;
+    wait_exited("the old supervisor's instances", &before).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
