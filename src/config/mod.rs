@@ -212,21 +212,36 @@ pub fn parse_with(path: &Path, text: &str, lookup: Lookup<'_>) -> Result<Config,
         warnings: Vec::new(),
         app_names: Vec::new(),
     };
-    let raw: file::FileConfig = match deserialize(text) {
-        Ok(raw) => raw,
-        Err(problems) => {
-            for (span, message) in problems {
-                let key = key_at(text, span.start);
-                v.error(span, &key, message);
-            }
-            return Err(ConfigErrors(v.errors));
-        }
+    let (raw, problems) = deserialize(text);
+    for (span, message) in problems {
+        let key = key_at(text, span.start);
+        v.error(span, &key, message);
+    }
+    let Some(raw) = raw else {
+        return Err(ConfigErrors(v.errors));
     };
     let base = path
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
+    let structural = v.errors.len();
     let config = v.build(raw, &base);
+    // The semantic errors come too, so one check names every error; but not one about a
+    // key whose line was blanked, or about the entry holding it: it follows from the
+    // blanking (`upstream = 5` blanked leaves a route without an upstream).
+    let blanked: Vec<String> = v.errors[..structural]
+        .iter()
+        .map(|e| e.key.clone())
+        .collect();
+    let mut at = 0;
+    v.errors.retain(|e| {
+        at += 1;
+        let follows = blanked
+            .iter()
+            .any(|k| *k == e.key || k.starts_with(&format!("{}.", e.key)));
+        at <= structural || !follows
+    });
+    v.errors.sort_by_key(|e| (e.line, e.column));
     if v.errors.is_empty() {
         Ok(config)
     } else {
@@ -307,23 +322,25 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// The file as its serde types, or every structural error it has: a syntax error is
+/// The file as its serde types and every structural error it has: a syntax error is
 /// reported alone (what follows it cannot be read reliably), but after an unknown key or a
 /// value of the wrong type the line is blanked and the file read again, so one `gateway
-/// check` names them all. Blanking keeps every offset, so each error keeps its place.
-fn deserialize(text: &str) -> Result<file::FileConfig, Vec<(Range<usize>, String)>> {
+/// check` names them all; the file read with those lines blanked is returned too, for
+/// the semantic checks. Blanking keeps every offset, so each error keeps its place.
+fn deserialize(text: &str) -> (Option<file::FileConfig>, Vec<(Range<usize>, String)>) {
     if let Err(e) = text.parse::<toml::Table>() {
-        return Err(vec![(
-            e.span().unwrap_or(0..0),
-            e.message().trim().to_string(),
-        )]);
+        let problem = (e.span().unwrap_or(0..0), e.message().trim().to_string());
+        return (None, vec![problem]);
     }
     let mut text = text.to_string();
     let mut problems = Vec::new();
+    let mut read = None;
     for _ in 0..64 {
         let e = match toml::from_str::<file::FileConfig>(&text) {
-            Ok(raw) if problems.is_empty() => return Ok(raw),
-            Ok(_) => break,
+            Ok(raw) => {
+                read = Some(raw);
+                break;
+            }
             Err(e) => e,
         };
         let message = e.message().trim().to_string();
@@ -350,7 +367,7 @@ fn deserialize(text: &str) -> Result<file::FileConfig, Vec<(Range<usize>, String
         text = blanked;
     }
     problems.sort_by_key(|(span, _)| span.start);
-    Err(problems)
+    (read, problems)
 }
 
 /// The dotted key the text at `offset` belongs to, as the semantic errors name keys
@@ -379,6 +396,16 @@ fn key_at(text: &str, offset: usize) -> String {
         }
     }
     if on_header {
+        // A header that is not one (`[[listener]`, a syntax error) names its table as
+        // written.
+        let header = text[line_start..line_end].trim();
+        let whole = (header.starts_with("[[") && header.ends_with("]]"))
+            || (!header.starts_with("[[") && header.ends_with(']'));
+        if !whole {
+            return header
+                .trim_matches(|c: char| c == '[' || c == ']' || c.is_whitespace())
+                .to_string();
+        }
         return table;
     }
     let line = &text[line_start..line_end];
@@ -760,6 +787,36 @@ read_timeout = "5 parsecs"
         // A required key of the wrong type is one error, not two.
         let errs = check(&MINIMAL.replace("upstream = \"app\"", "upstream = 5")).unwrap_err();
         assert_eq!(errs.len(), 1, "{errs:#?}");
+        // A syntax error in a table header names the table as written.
+        let errs =
+            check("[gateway]\nworkers = 1\n\n[[listener]\nlisten = \"127.0.0.1:1\"\n").unwrap_err();
+        assert!(
+            errs[0].contains(":4:12: listener: unclosed array table"),
+            "{errs:#?}"
+        );
+    }
+
+    #[test]
+    fn structural_and_semantic_errors_are_reported_together() {
+        // An unknown key, a wrong type, an unknown policy and an undefined upstream: all
+        // four at once, in file order.
+        let text = "[gateway]\nbogus = 1\n[[listener]]\nlisten = \"127.0.0.1:8080\"\n[[route]]\nupstream = \"nope\"\n\
+                    [upstream.app]\npolicy = \"fastest\"\nretries = \"3\"\nservers = [{ address = \"127.0.0.1:1\" }]\n";
+        let errs = check(text).unwrap_err();
+        let keys: Vec<&str> = errs
+            .iter()
+            .map(|e| e.split(": ").nth(1).unwrap_or_default())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "gateway.bogus",
+                "route[0].upstream",
+                "upstream.app.policy",
+                "upstream.app.retries"
+            ],
+            "{errs:#?}"
+        );
     }
 
     #[test]
