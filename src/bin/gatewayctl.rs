@@ -114,6 +114,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let config_file = match (&cli.socket, &cli.config) {
+        (None, config) => Some(
+            config
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("conf/gateway.toml")),
+        ),
+        (Some(_), _) => None,
+    };
     let socket = match (cli.socket, cli.config) {
         (Some(s), None) => s,
         (Some(_), Some(_)) => {
@@ -122,8 +130,14 @@ fn main() -> ExitCode {
         }
         (None, config) => {
             let file = config.unwrap_or_else(|| PathBuf::from("conf/gateway.toml"));
-            match gateway::config::load(&file) {
-                Ok(c) => c.gateway.control_socket,
+            // Only the socket is read: a file broken elsewhere still reaches the gateway,
+            // and `reload` prints what the gateway says is wrong with it.
+            match gateway::config::control_socket_of(&file).ok_or_else(|| {
+                gateway::config::load(&file)
+                    .err()
+                    .map_or_else(|| "unreadable".to_string(), |e| e.to_string())
+            }) {
+                Ok(socket) => socket,
                 Err(e) => {
                     // The file is the problem, not the gateway: say what is wrong with it.
                     eprintln!(
@@ -221,6 +235,13 @@ fn main() -> ExitCode {
                 "gatewayctl: cannot reach the gateway at {}: {e}",
                 socket.display()
             );
+            // The file that named the socket may be why: say what is wrong with it.
+            if let Some(Err(problems)) = config_file.as_deref().map(gateway::config::load) {
+                eprintln!(
+                    "and {} is not a valid config:\n{problems}",
+                    config_file.unwrap_or_default().display()
+                );
+            }
             return ExitCode::from(2);
         }
     };

@@ -146,6 +146,22 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     load_with_text(path).map(|(config, _)| config)
 }
 
+/// Where the gateway of the config file `path` listens for `gatewayctl`, read from the
+/// file even when the rest of it is invalid, so that a reload of a broken file reaches
+/// the gateway (which says what is wrong and keeps serving). `None` when the file cannot
+/// be read as TOML at all.
+pub fn control_socket_of(path: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let text = env::substitute(&text, |name| std::env::var(name).ok()).ok()?;
+    let table: toml::Table = text.parse().ok()?;
+    let socket = table
+        .get("gateway")
+        .and_then(|g| g.get("control_socket"))
+        .and_then(|s| s.as_str())
+        .unwrap_or(DEFAULT_CONTROL_SOCKET);
+    Some(path.parent().unwrap_or(Path::new("")).join(socket))
+}
+
 /// Like [`load`], and also returns the text that was validated, so the very same text can
 /// be handed on (to workers) without reading the file again.
 pub fn load_with_text(path: &Path) -> Result<(Config, String), ConfigErrors> {

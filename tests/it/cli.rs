@@ -182,15 +182,31 @@ async fn gatewayctl_reads_the_socket_from_a_config_file_and_names_its_errors() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("upstream app"));
+    // A broken file whose gateway does not run: unreachable, and what is wrong with it.
     let dir = tempfile::tempdir().unwrap();
     let bad = write(&dir, BAD);
     let out = ctl(&["-c", bad.to_str().unwrap(), "status"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot reach the gateway")
+            && err.contains("is not a valid config")
+            && err.contains("gw.toml:"),
+        "{err}"
+    );
+    // The running gateway's own file, broken: `reload` reaches it, prints its errors,
+    // and the gateway logs the failed reload and keeps serving.
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{good}\n[upstream.x]\npolicy = \"fastest\"\nservers = [{{ address = \"127.0.0.1:1\" }}]\n")).unwrap();
+    let out = ctl(&["-c", config.to_str().unwrap(), "reload"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("is not a valid config") && err.contains("gw.toml:"),
+        err.contains("upstream.x.policy: unknown policy \"fastest\""),
         "{err}"
     );
+    assert!(gw.stderr().contains("reload failed"), "{}", gw.stderr());
+    assert_eq!(get_text(gw.url("/")).await, "a");
 }
 
 /// `${NAME}` and `${NAME:-default}` come from the environment; an unset name without a
