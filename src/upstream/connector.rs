@@ -80,17 +80,16 @@ impl Connector {
                 Ok(response) => return Ok(response),
                 Err(SendError::NotSent(back, _)) if reused => body = back,
                 Err(SendError::NotSent(back, e)) => {
-                    return Err(TryError::NotSent(back, ConnectError::Io(addr, e)))
+                    return Err(TryError::NotSent(back, ConnectError::NotTaken(addr, e)))
                 }
                 Err(SendError::Failed(ExchangeError::Closed(_))) if replayable && reused => {
                     body = B::default();
                     replayed = true;
                 }
                 Err(SendError::Failed(ExchangeError::Closed(why))) if replayable && replayed => {
-                    let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, why);
                     return Err(TryError::NotSent(
                         B::default(),
-                        ConnectError::Io(addr, reset),
+                        ConnectError::Closing(addr, why),
                     ));
                 }
                 Err(SendError::Failed(e)) => return Err(TryError::Failed(e)),

@@ -36,6 +36,13 @@ pub enum ConnectError {
     Timeout(SocketAddr),
     #[error("connect to {0} failed: {1}")]
     Io(SocketAddr, io::Error),
+    /// A new connection took no byte of the request.
+    #[error("{0} accepted the connection but took no byte of the request: {1}")]
+    NotTaken(SocketAddr, io::Error),
+    /// A pooled connection and then a new one were closed before any response byte: the
+    /// server is going away (killed, restarting).
+    #[error("{0} closed a pooled connection and then a new one before answering: {1}")]
+    Closing(SocketAddr, String),
 }
 
 impl ConnectError {

@@ -505,4 +505,13 @@ async fn a_get_reset_twice_by_a_dying_server_goes_to_another() {
             gw.access_log()
         );
     }
+    // The log says what happened: resets, not a failed connect.
+    let log = gw.stderr();
+    assert!(
+        log.contains(&format!(
+            "{going} closed a pooled connection and then a new one before answering"
+        )),
+        "{log}"
+    );
+    assert!(!log.contains(&format!("connect to {going} failed")), "{log}");
 }
