@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN ?= target/release
 
-.PHONY: build run test bench bench-balance lint fmt clean install toolchain
+.PHONY: build run test bench bench-balance lint fmt clean install install-files toolchain
 
 PREFIX ?= /usr/local
 
@@ -50,9 +50,16 @@ bench-balance: build
 # gateway and gatewayctl on the PATH ($(PREFIX)/bin), the systemd unit and sysusers entry.
 install: toolchain
 	$(CARGO) build --release --bins
-	install -D -m 0755 target/release/gateway $(DESTDIR)$(PREFIX)/bin/gateway
-	install -D -m 0755 target/release/gatewayctl $(DESTDIR)$(PREFIX)/bin/gatewayctl
-	install -D -m 0644 docker/gateway.service $(DESTDIR)$(PREFIX)/lib/systemd/system/gateway.service
+	$(MAKE) install-files
+
+# The binaries of $(BIN), stripped of their debug info (the release profile keeps it for
+# profiles: 84 and 34 MB, 14 and 6 stripped), and the systemd unit, which runs them from $(PREFIX)/bin.
+install-files:
+	install -D -m 0755 -s $(BIN)/gateway $(DESTDIR)$(PREFIX)/bin/gateway
+	install -D -m 0755 -s $(BIN)/gatewayctl $(DESTDIR)$(PREFIX)/bin/gatewayctl
+	install -d $(DESTDIR)$(PREFIX)/lib/systemd/system
+	sed 's|/usr/local/bin/|$(PREFIX)/bin/|g' docker/gateway.service > $(DESTDIR)$(PREFIX)/lib/systemd/system/gateway.service
+	chmod 0644 $(DESTDIR)$(PREFIX)/lib/systemd/system/gateway.service
 	install -D -m 0644 docker/gateway.sysusers $(DESTDIR)$(PREFIX)/lib/sysusers.d/gateway.conf
 
 clean:

@@ -24,6 +24,18 @@ fn main() {
         .is_some_and(|out| out.status.success() && !out.stdout.is_empty());
     let suffix = if dirty { "-modified" } else { "" };
     println!("cargo:rustc-env=GATEWAY_GIT_COMMIT={commit}{suffix}");
+    // Again when the commit moves (HEAD, the branch it names, packed refs) or the sources
+    // change (they recompile the crate anyway, and say whether it is "-modified"); not
+    // for .git/index, which a checkout of a config file or a `git add` changes: that
+    // recompiled the whole crate for nothing.
     println!("cargo:rerun-if-changed=.git/HEAD");
-    println!("cargo:rerun-if-changed=.git/index");
+    let head = std::fs::read_to_string(".git/HEAD").unwrap_or_default();
+    if let Some(branch) = head.trim().strip_prefix("ref: ") {
+        println!("cargo:rerun-if-changed=.git/{branch}");
+    }
+    // A path that does not exist would make every build run this again.
+    if std::path::Path::new(".git/packed-refs").exists() {
+        println!("cargo:rerun-if-changed=.git/packed-refs");
+    }
+    println!("cargo:rerun-if-changed=src");
 }

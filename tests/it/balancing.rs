@@ -513,5 +513,8 @@ async fn a_get_reset_twice_by_a_dying_server_goes_to_another() {
         )),
         "{log}"
     );
-    assert!(!log.contains(&format!("connect to {going} failed")), "{log}");
+    assert!(
+        !log.contains(&format!("connect to {going} failed")),
+        "{log}"
+    );
 }

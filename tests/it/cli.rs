@@ -239,3 +239,97 @@ fn environment_references_are_replaced_or_reported_where_they_are() {
         "{err}"
     );
 }
+
+/// The build script runs again when the commit or the sources change, not when
+/// `.git/index` does (a checkout of a config file, a `git add`): that recompiled the
+/// crate for 1-2 minutes before `make run`. Read from what the script told cargo.
+#[test]
+fn the_build_does_not_redo_the_crate_for_a_git_index_change() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    if !root.join(".git").exists() {
+        eprintln!("skipped: not built from a git checkout");
+        return;
+    }
+    let build = gateway_bin().parent().unwrap().join("build");
+    let newest = std::fs::read_dir(&build)
+        .unwrap()
+        .filter_map(|e| {
+            let output = e.ok()?.path().join("output");
+            let text = std::fs::read_to_string(&output).ok()?;
+            let modified = std::fs::metadata(&output).ok()?.modified().ok()?;
+            text.contains("GATEWAY_GIT_COMMIT")
+                .then_some((modified, text))
+        })
+        .max_by_key(|(modified, _)| *modified)
+        .map(|(_, text)| text)
+        .expect("the build script's output");
+    assert!(
+        newest.contains("cargo:rerun-if-changed=.git/HEAD"),
+        "{newest}"
+    );
+    assert!(newest.contains("cargo:rerun-if-changed=src"), "{newest}");
+    assert!(!newest.contains(".git/index"), "{newest}");
+}
+
+/// `make install PREFIX=…` installs stripped binaries and a unit that runs them from
+/// that prefix (it ran /usr/local/bin/gateway whatever the prefix).
+#[test]
+fn install_puts_stripped_binaries_and_a_unit_for_the_prefix() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let prefix = tempfile::tempdir().unwrap();
+    let bin = gateway_bin().parent().unwrap().to_path_buf();
+    let out = Command::new("make")
+        .current_dir(root)
+        .arg("-s")
+        .arg("install-files")
+        .arg(format!("BIN={}", bin.display()))
+        .arg(format!("PREFIX={}", prefix.path().display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let unit =
+        std::fs::read_to_string(prefix.path().join("lib/systemd/system/gateway.service")).unwrap();
+    let installed = prefix.path().join("bin/gateway");
+    assert!(
+        unit.contains(&format!("ExecStart={} -c", installed.display())),
+        "{unit}"
+    );
+    assert!(!unit.contains("/usr/local"), "{unit}");
+    for name in ["gateway", "gatewayctl"] {
+        let (built, installed) = (bin.join(name), prefix.path().join("bin").join(name));
+        let size = |p: &std::path::Path| std::fs::metadata(p).unwrap().len();
+        assert!(
+            size(&installed) < size(&built) / 2,
+            "{name} is not stripped"
+        );
+        let version = Command::new(&installed).arg("--version").output().unwrap();
+        assert!(version.status.success());
+    }
+}
+
+/// The README's first commands work from a fresh checkout: before `make install`, the
+/// programs are named by their path.
+#[test]
+fn the_readme_names_the_programs_by_path_before_install() {
+    let readme = include_str!("../../README.md");
+    let two_commands = readme
+        .split("## Two commands")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .unwrap();
+    assert!(two_commands.contains("./target/release/gatewayctl status"));
+    assert!(
+        !two_commands.contains("\n`gatewayctl") && !two_commands.contains(" `gatewayctl status`"),
+        "{two_commands}"
+    );
+    let running = readme.split("## Running it").nth(1).unwrap();
+    let before_commands = running.split("```sh").next().unwrap();
+    assert!(
+        before_commands.contains("./target/release/gateway"),
+        "{before_commands}"
+    );
+}
