@@ -231,7 +231,7 @@ pub struct UpstreamSection {
     /// `policy = "hash"`: "uri", "header:NAME" or "cookie:NAME".
     pub hash_key: Option<Spanned<String>>,
     /// Pins a client to its server with this cookie, whatever the policy.
-    pub sticky_cookie: Option<Spanned<String>>,
+    pub sticky_cookie: Option<Spanned<StickyCookieEntry>>,
     /// Failures besides "connect" that send an idempotent request to another server.
     pub retry_on: Option<Spanned<Vec<Spanned<String>>>>,
     /// Retries at most this share of the upstream's requests of the last 10 s.
@@ -264,4 +264,22 @@ pub struct HealthCheckSection {
     pub fall: Option<Spanned<i64>>,
     pub rise: Option<Spanned<i64>>,
     pub expect_status: Option<Spanned<String>>,
+}
+
+/// `sticky_cookie = "NAME"`, or a table with the cookie's attributes.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum StickyCookieEntry {
+    Name(String),
+    Table(StickyCookieTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StickyCookieTable {
+    pub name: String,
+    #[serde(default)]
+    pub secure: bool,
+    pub same_site: Option<String>,
+    pub max_age: Option<String>,
 }

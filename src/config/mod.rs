@@ -813,6 +813,40 @@ read_timeout = "5 parsecs"
     }
 
     #[test]
+    fn a_sticky_cookie_takes_its_attributes_and_refuses_what_browsers_drop() {
+        let c = check(&format!(
+            "{MINIMAL}sticky_cookie = {{ name = \"gw\", secure = true, same_site = \"None\", max_age = \"2m\" }}\n"
+        ))
+        .unwrap();
+        let cookie = c.upstreams[0].sticky_cookie.as_ref().unwrap();
+        assert_eq!(
+            cookie.set_cookie("t"),
+            "gw=t; Path=/; HttpOnly; Secure; SameSite=None; Max-Age=120"
+        );
+        for (bad, expected) in [
+            (
+                "{ name = \"gw\", same_site = \"None\" }",
+                "sticky_cookie.same_site: \"None\" needs secure = true",
+            ),
+            (
+                "{ name = \"gw\", same_site = \"sometimes\" }",
+                "sticky_cookie.same_site: must be",
+            ),
+            (
+                "{ name = \"gw\", max_age = \"forever\" }",
+                "sticky_cookie.max_age:",
+            ),
+            ("{ name = \"a b\" }", "sticky_cookie: must be a cookie name"),
+        ] {
+            let errs = check(&format!("{MINIMAL}sticky_cookie = {bad}\n")).unwrap_err();
+            assert!(
+                errs.iter().any(|e| e.contains(expected)),
+                "{bad}: {errs:#?}"
+            );
+        }
+    }
+
+    #[test]
     fn structural_and_semantic_errors_are_reported_together() {
         // An unknown key, a wrong type, an unknown policy and an undefined upstream: all
         // four at once, in file order.
@@ -844,7 +878,13 @@ read_timeout = "5 parsecs"
         let u = &c.upstreams[0];
         assert_eq!(u.policy, Policy::Hash);
         assert_eq!(u.hash_key, Some(HashKey::Cookie("session".into())));
-        assert_eq!(u.sticky_cookie.as_deref(), Some("gw_route"));
+        assert_eq!(
+            u.sticky_cookie
+                .as_ref()
+                .map(|c| c.set_cookie("t"))
+                .as_deref(),
+            Some("gw_route=t; Path=/; HttpOnly")
+        );
         assert!(u.retry_on.reset && u.retry_on.http_503 && !u.retry_on.timeout);
         assert_eq!(
             (u.retry_budget, u.idle_timeout),

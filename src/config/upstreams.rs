@@ -70,7 +70,7 @@ pub struct UpstreamConfig {
     /// What `policy = "hash"` hashes.
     pub hash_key: Option<HashKey>,
     /// The cookie that pins a client to its server (any policy).
-    pub sticky_cookie: Option<String>,
+    pub sticky_cookie: Option<StickyCookie>,
     pub retry_on: RetryOn,
     /// Share of the requests of the last 10 s that may be retried (beyond `connect`).
     pub retry_budget: f64,
@@ -78,6 +78,36 @@ pub struct UpstreamConfig {
     pub idle_timeout: Duration,
     /// A server that comes back ramps up to its weight over this (zero: at once).
     pub slow_start: Duration,
+}
+
+/// `sticky_cookie`: the cookie's name and the attributes it is handed out with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyCookie {
+    pub name: String,
+    /// Sent over HTTPS only (what browsers need for `SameSite=None`).
+    pub secure: bool,
+    /// `Strict`, `Lax` or `None`, as written in `Set-Cookie`.
+    pub same_site: Option<&'static str>,
+    /// Without it the cookie lasts as long as the browser session.
+    pub max_age: Option<Duration>,
+}
+
+impl StickyCookie {
+    /// The `Set-Cookie` value that hands out `token`.
+    pub fn set_cookie(&self, token: &str) -> String {
+        let mut set = format!("{}={token}; Path=/; HttpOnly", self.name);
+        if self.secure {
+            set.push_str("; Secure");
+        }
+        if let Some(same_site) = self.same_site {
+            set.push_str("; SameSite=");
+            set.push_str(same_site);
+        }
+        if let Some(max_age) = self.max_age {
+            set.push_str(&format!("; Max-Age={}", max_age.as_secs()));
+        }
+        set
+    }
 }
 
 /// The request property `policy = "hash"` hashes.
@@ -330,19 +360,10 @@ impl Validator<'_> {
                 parsed
             }
         };
-        let sticky_cookie = u.sticky_cookie.as_ref().and_then(|c| {
-            let name = c.get_ref();
-            if is_cookie_name(name) {
-                Some(name.clone())
-            } else {
-                self.error(
-                    c.span(),
-                    &key("sticky_cookie"),
-                    "must be a cookie name (letters, digits and !#$%&'*+-.^_`|~)",
-                );
-                None
-            }
-        });
+        let sticky_cookie = u
+            .sticky_cookie
+            .as_ref()
+            .and_then(|c| self.sticky_cookie(c, &key("sticky_cookie")));
         let mut retry_on = RetryOn::default();
         for (i, what) in u.retry_on.iter().flat_map(|l| l.get_ref()).enumerate() {
             match what.get_ref().as_str() {
@@ -411,6 +432,78 @@ impl Validator<'_> {
             ),
             slow_start: self.duration(&u.slow_start, &key("slow_start"), DEFAULT_SLOW_START),
         }
+    }
+
+    fn sticky_cookie(
+        &mut self,
+        entry: &Spanned<file::StickyCookieEntry>,
+        key: &str,
+    ) -> Option<StickyCookie> {
+        let span = entry.span();
+        let table = match entry.get_ref() {
+            file::StickyCookieEntry::Name(name) => file::StickyCookieTable {
+                name: name.clone(),
+                secure: false,
+                same_site: None,
+                max_age: None,
+            },
+            file::StickyCookieEntry::Table(t) => file::StickyCookieTable {
+                name: t.name.clone(),
+                secure: t.secure,
+                same_site: t.same_site.clone(),
+                max_age: t.max_age.clone(),
+            },
+        };
+        if !is_cookie_name(&table.name) {
+            self.error(
+                span,
+                key,
+                "must be a cookie name (letters, digits and !#$%&'*+-.^_`|~)",
+            );
+            return None;
+        }
+        let same_site = match table.same_site.as_deref().map(str::to_ascii_lowercase) {
+            None => None,
+            Some(s) if s == "strict" => Some("Strict"),
+            Some(s) if s == "lax" => Some("Lax"),
+            Some(s) if s == "none" => Some("None"),
+            Some(_) => {
+                self.error(
+                    span,
+                    &format!("{key}.same_site"),
+                    "must be \"Strict\", \"Lax\" or \"None\"",
+                );
+                return None;
+            }
+        };
+        if same_site == Some("None") && !table.secure {
+            self.error(
+                span,
+                &format!("{key}.same_site"),
+                "\"None\" needs secure = true (browsers drop the cookie otherwise)",
+            );
+            return None;
+        }
+        let max_age = match &table.max_age {
+            None => None,
+            Some(text) => match super::parse_duration(text) {
+                Ok(d) if d.as_secs() > 0 => Some(d),
+                Ok(_) => {
+                    self.error(span, &format!("{key}.max_age"), "must be at least 1s");
+                    return None;
+                }
+                Err(e) => {
+                    self.error(span, &format!("{key}.max_age"), e);
+                    return None;
+                }
+            },
+        };
+        Some(StickyCookie {
+            name: table.name,
+            secure: table.secure,
+            same_site,
+            max_age,
+        })
     }
 
     pub(super) fn health_check(

@@ -224,8 +224,8 @@ impl Upstream {
                 .iter()
                 .map(|s| {
                     let token = sticky_token(&config.name, &s.config.name);
-                    let set = format!("{cookie}={token}; Path=/; HttpOnly");
-                    let set = HeaderValue::from_str(&set).expect("a token and a cookie name");
+                    let set = HeaderValue::from_str(&cookie.set_cookie(&token))
+                        .expect("a token, a cookie name and fixed attributes");
                     (token, set)
                 })
                 .collect()
@@ -302,7 +302,7 @@ impl Upstream {
             _ => None,
         };
         let sticky = set.sticky.as_ref().and_then(|tokens| {
-            let name = self.config.sticky_cookie.as_deref()?;
+            let name = &self.config.sticky_cookie.as_ref()?.name;
             let token = affinity::cookie(headers, name)?;
             tokens.iter().position(|(t, _)| t == token)
         });

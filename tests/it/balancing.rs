@@ -518,3 +518,36 @@ async fn a_get_reset_twice_by_a_dying_server_goes_to_another() {
         "{log}"
     );
 }
+
+/// `sticky_cookie` as a table: the cookie goes out with `Secure`, `SameSite` and
+/// `Max-Age` (an HTTPS site needs `Secure`), and pins the client as the plain form does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sticky_cookie_table_sets_secure_same_site_and_max_age() {
+    let (a, b) = (Backend::named("a").await, Backend::named("b").await);
+    let gw = Gateway::start(&upstream_config(
+        "app",
+        &[a.addr, b.addr],
+        "sticky_cookie = { name = \"gw_route\", secure = true, same_site = \"lax\", max_age = \"1h\" }",
+    ));
+    let first = client().get(gw.url("/")).send().await.unwrap();
+    let set = first.headers()["set-cookie"].to_str().unwrap().to_string();
+    let token = set
+        .strip_prefix("gw_route=")
+        .and_then(|s| s.split(';').next())
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        set,
+        format!("gw_route={token}; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age=3600")
+    );
+    let home = first.text().await.unwrap();
+    for _ in 0..4 {
+        let res = client()
+            .get(gw.url("/"))
+            .header("cookie", format!("gw_route={token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.text().await.unwrap(), home);
+    }
+}
