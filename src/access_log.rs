@@ -25,6 +25,8 @@ pub struct Entry<'a> {
     pub upstream_time: Option<Duration>,
     pub upstream_status: Option<u16>,
     pub request_id: Option<&'a str>,
+    /// The W3C trace the request belongs to (32 hex digits).
+    pub trace_id: Option<&'a str>,
     pub request_time: Duration,
     /// Why the request failed or was cut short; `None` for a clean request.
     pub error: Option<&'a str>,
@@ -210,6 +212,8 @@ struct JsonLine<'a> {
     referer: Option<&'a str>,
     user_agent: Option<&'a str>,
     request_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<&'a str>,
     upstream: Option<&'a str>,
     upstream_addr: Option<std::borrow::Cow<'a, str>>,
     upstream_status: Option<u16>,
@@ -239,6 +243,7 @@ fn json(e: &Entry<'_>) -> String {
         referer: e.referer,
         user_agent: e.user_agent,
         request_id: e.request_id,
+        trace_id: e.trace_id,
         upstream: e.upstream,
         upstream_addr: e.upstream_addr(),
         upstream_status: e.upstream_status,
@@ -275,6 +280,7 @@ mod tests {
             upstream_time: Some(Duration::from_millis(3)),
             upstream_status: Some(502),
             request_id: Some("req-1"),
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
             request_time: Duration::from_millis(4),
             error: Some("upstream closed the connection"),
             tries: &[],
@@ -299,6 +305,7 @@ mod tests {
         assert_eq!(v["status"], 502);
         assert_eq!(v["uri"], "/a\"b");
         assert_eq!(v["request_id"], "req-1");
+        assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(v["upstream_status"], 502);
         assert_eq!(v["upstream_time_ms"], 3.0);
         assert_eq!(v["total_time_ms"], 4.0);

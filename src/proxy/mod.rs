@@ -45,6 +45,7 @@ pub mod request_log;
 pub mod request_rewrite;
 pub mod response_rewrite;
 pub mod route;
+pub mod trace;
 
 use crate::access_log::AccessLog;
 use crate::config::{
@@ -275,6 +276,9 @@ impl Proxy {
             &named
         };
         let (mut head, body) = req.into_parts();
+        // The trace stage: the request goes on as this hop of its trace (or a new one).
+        let hop = trace::hop(&head.headers, fastrand::u64(..));
+        trace::rewrite(&mut head.headers, &hop);
         // The compression stage reads the client's Accept-Encoding, before the rewrite.
         let accept = self
             .compression
@@ -282,6 +286,7 @@ impl Proxy {
             .and_then(|_| head.headers.get(header::ACCEPT_ENCODING).cloned());
         let mut log = RequestLog::new(self.access_log.clone(), conn.client, &head);
         log.request_id = Some(request_id.clone());
+        log.trace_id = Some(hop.trace_id);
         log.metrics = Some(self.unrouted);
         let mut trail = Trail::default();
         let walked = self

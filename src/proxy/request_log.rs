@@ -29,6 +29,8 @@ pub struct RequestLog {
     /// The status the (last) upstream answered with.
     pub upstream_status: Option<u16>,
     pub request_id: Option<http::HeaderValue>,
+    /// The W3C trace id, once the trace stage ran.
+    pub trace_id: Option<super::trace::TraceId>,
     /// Where the request is counted for /metrics: its upstream's, or the unrouted ones.
     pub metrics: Option<&'static RequestMetrics>,
     pub error: Option<String>,
@@ -66,6 +68,7 @@ impl RequestLog {
             upstream_time: None,
             upstream_status: None,
             request_id: None,
+            trace_id: None,
             metrics: None,
             error: None,
             tries: Vec::new(),
@@ -134,6 +137,7 @@ impl Drop for RequestLog {
             upstream_time: self.upstream_time,
             upstream_status: self.upstream_status,
             request_id: header_str(&self.request_id),
+            trace_id: self.trace_id.as_ref().map(|t| t.as_str()),
             request_time: self.started.elapsed(),
             error: self.error.as_deref(),
             tries: &self.tries,

@@ -398,3 +398,64 @@ async fn a_server_by_name_is_each_of_its_addresses() {
     assert_eq!(gw.ctl(&["drain", "app", &entry]).0, 0);
     assert_eq!(get_fresh(gw.url("/")).await.0, 503);
 }
+
+/// W3C Trace Context: a valid `traceparent` goes on with the same trace id and a new
+/// parent id, with its `tracestate`; a missing or invalid one starts a new trace (and its
+/// `tracestate` is dropped); the JSON access log has each request's `trace_id`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_context_is_kept_with_a_new_parent_or_started_and_logged() {
+    let backend = Backend::named("a").await;
+    let gw = Gateway::start(&format!(
+        "[gateway]\naccess_log_format = \"json\"\n{}",
+        upstream_config("app", &[backend.addr], "")
+    ));
+    let given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let client = client();
+    client
+        .get(gw.url("/kept"))
+        .header("traceparent", given)
+        .header("tracestate", "vendor=opaque")
+        .send()
+        .await
+        .unwrap();
+    client
+        .get(gw.url("/invalid"))
+        .header("traceparent", "00-4BF92F-nonsense-01")
+        .header("tracestate", "vendor=opaque")
+        .send()
+        .await
+        .unwrap();
+    client.get(gw.url("/missing")).send().await.unwrap();
+    let seen = backend.seen();
+    let traceparent = |i: usize| seen[i].header("traceparent").unwrap().to_string();
+    let kept = traceparent(0);
+    assert!(
+        kept.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{kept}"
+    );
+    assert!(kept.ends_with("-01") && kept.len() == 55, "{kept}");
+    assert_ne!(
+        &kept[36..52],
+        "00f067aa0ba902b7",
+        "a new parent id for the hop"
+    );
+    assert_eq!(seen[0].header("tracestate"), Some("vendor=opaque"));
+    for i in [1, 2] {
+        let started = traceparent(i);
+        assert_eq!(started.len(), 55, "{started}");
+        assert!(
+            started.starts_with("00-") && !started.contains("4bf92f"),
+            "{started}"
+        );
+        assert_eq!(seen[i].header("tracestate"), None);
+    }
+    let lines = gw.wait_log_lines(3).await;
+    let logged: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for (i, line) in logged.iter().enumerate() {
+        let sent = traceparent(i);
+        assert_eq!(line["trace_id"].as_str(), Some(&sent[3..35]), "{line}");
+    }
+}
