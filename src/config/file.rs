@@ -116,7 +116,11 @@ pub struct AdminSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerSection {
+    /// What routes' `listener` lists call it.
+    pub name: Option<Spanned<String>>,
     pub listen: Spanned<String>,
+    /// Every request gets 308 to `https://{host}{uri}` (ACME challenges excepted).
+    pub redirect_https: Option<Spanned<bool>>,
     #[serde(default)]
     pub tls: Vec<Spanned<TlsEntry>>,
     /// Connections start with a PROXY protocol header.
@@ -147,6 +151,8 @@ pub struct AcmeSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSection {
+    /// The listeners (by name) whose requests the route takes; all without it.
+    pub listener: Option<Spanned<Vec<String>>>,
     pub host: Option<Spanned<String>>,
     pub path_prefix: Option<Spanned<String>>,
     /// Where requests go; not with `redirect`.

@@ -16,6 +16,10 @@ pub struct ListenerConfig {
     pub at: String,
     /// Each connection starts with a PROXY protocol header (v1 or v2) naming the client.
     pub proxy_protocol: bool,
+    /// What routes' `listener` lists call it.
+    pub name: Option<String>,
+    /// Every request is redirected to HTTPS (308), ACME challenges excepted.
+    pub redirect_https: bool,
 }
 
 impl Validator<'_> {
@@ -76,11 +80,45 @@ impl Validator<'_> {
                     );
                 }
                 let at = self.place(l.listen.span(), &key);
+                let name = l.name.as_ref().and_then(|n| {
+                    let named = format!("listener[{i}].name");
+                    let valid = !n.get_ref().is_empty()
+                        && n.get_ref()
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                    if !valid {
+                        self.error(n.span(), &named, "letters, digits, - and _");
+                        return None;
+                    }
+                    if listeners
+                        .iter()
+                        .any(|o| o.name.as_ref() == Some(n.get_ref()))
+                    {
+                        self.error(
+                            n.span(),
+                            &named,
+                            format!("another listener is called {:?}", n.get_ref()),
+                        );
+                        return None;
+                    }
+                    Some(n.get_ref().clone())
+                });
+                let redirect_https = l.redirect_https.as_ref().is_some_and(|r| *r.get_ref());
+                if let (true, false, Some(r)) = (redirect_https, tls.is_empty(), &l.redirect_https)
+                {
+                    self.error(
+                        r.span(),
+                        &format!("listener[{i}].redirect_https"),
+                        "a TLS listener serves HTTPS already",
+                    );
+                }
                 listeners.push(ListenerConfig {
                     addr,
                     tls,
                     at,
                     proxy_protocol: l.proxy_protocol,
+                    name,
+                    redirect_https,
                 });
             }
         }

@@ -300,6 +300,7 @@ impl Validator<'_> {
             base,
             redis.is_some(),
             cache.is_some(),
+            &listeners,
         );
         let compression = raw.compression.as_ref().map(|c| self.compression(c));
         let plain_listener = listeners.iter().any(|l| l.tls.is_empty());

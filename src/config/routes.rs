@@ -36,6 +36,15 @@ pub struct RouteConfig {
     pub rate_limit: Option<RateLimit>,
     /// Its upstream's responses are cached.
     pub cache: Option<super::RouteCache>,
+    /// The listeners (indices into the config's) whose requests it takes; all: `None`.
+    pub listeners: Option<Vec<usize>>,
+}
+
+impl RouteConfig {
+    /// Whether the route takes requests that came in on listener `index`.
+    pub fn on_listener(&self, index: usize) -> bool {
+        self.listeners.as_ref().is_none_or(|l| l.contains(&index))
+    }
 }
 
 /// A file answered in place of an error, read when the config is loaded.
@@ -207,6 +216,7 @@ impl Validator<'_> {
         base: &Path,
         redis: bool,
         cache: bool,
+        listeners: &[super::ListenerConfig],
     ) -> Vec<RouteConfig> {
         let mut routes = Vec::new();
         if raw.is_empty() {
@@ -244,9 +254,28 @@ impl Validator<'_> {
             let span = raw[i].span();
             let key = |k: &str| format!("route[{i}].{k}");
             let matching = self.route_match(r, i);
+            let on = r.listener.as_ref().map(|names| {
+                let mut on = Vec::new();
+                for name in names.get_ref() {
+                    match listeners.iter().position(|l| l.name.as_ref() == Some(name)) {
+                        Some(index) => on.push(index),
+                        None => self.error(
+                            names.span(),
+                            &key("listener"),
+                            format!("no listener is called {name:?} (give a [[listener]] name = {name:?})"),
+                        ),
+                    }
+                }
+                on
+            });
+            let share_listeners = |o: &RouteConfig| match (&o.listeners, &on) {
+                (Some(a), Some(b)) => a.iter().any(|l| b.contains(l)),
+                _ => true,
+            };
             let pattern = |m: &RouteMatch| m.path_regex.as_ref().map(|re| re.as_str().to_string());
             if routes.iter().any(|o: &RouteConfig| {
-                o.host == host
+                share_listeners(o)
+                    && o.host == host
                     && o.path_prefix == path_prefix
                     && pattern(&o.matching) == pattern(&matching)
                     && o.matching.methods == matching.methods
@@ -260,7 +289,7 @@ impl Validator<'_> {
                     span.clone(),
                     &format!("route[{i}]"),
                     format!(
-                        "another route already has host {host:?}, {path} and the same methods and headers"
+                        "another route already has host {host:?}, {path} and the same methods and headers (on a listener they share)"
                     ),
                 );
             }
@@ -411,6 +440,7 @@ impl Validator<'_> {
                 access,
                 error_pages,
                 rate_limit,
+                listeners: on,
             };
             routes.push(route);
         }

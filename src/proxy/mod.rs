@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! handle ─► check::request          refuse what may not go on; normalize the path
-//!           └ an ACME HTTP-01 token ───────────────────────────► answer::challenge
+//!           ├ an ACME HTTP-01 token ───────────────────────────► answer::challenge
+//!           └ a listener with redirect_https ────────────────────► answer::redirect
 //!        ─► client::address         the client: the peer, or whom a trusted proxy names
 //!        ─► RouteTable::route       host, path, methods and headers to a route
 //!        ─► route.access            allow / deny: 403
@@ -69,6 +70,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 /// What the gateway knows of the client a request came from.
+#[derive(Debug, Clone, Copy)]
 pub struct ConnInfo {
     /// The client's address: the TCP peer's, or the one a trusted proxy named.
     pub client: SocketAddr,
@@ -76,6 +78,8 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The trusted proxy (the TCP peer) that named the client, if one did.
     pub via: Option<IpAddr>,
+    /// The listener (its index in the config) the connection came in on.
+    pub listener: usize,
 }
 
 impl ConnInfo {
@@ -84,6 +88,7 @@ impl ConnInfo {
             client,
             tls,
             via: None,
+            listener: 0,
         }
     }
 
@@ -146,6 +151,8 @@ pub struct Proxy {
     cache_counts: Vec<Option<&'static cache::Counts>>,
     /// The config has ACME entries: plain requests may be HTTP-01 validations.
     acme: bool,
+    /// Per listener: `redirect_https`, the redirect every request gets.
+    redirect_https: Vec<Option<Redirect>>,
     /// The proxy itself, for a stale entry's refresh, which outlives the request.
     me: std::sync::Weak<Proxy>,
 }
@@ -209,7 +216,17 @@ impl Proxy {
             .map(|(u, record, servers)| Upstream::new(u, share, record, servers))
             .collect();
         Proxy {
-            routes: RouteTable::new(&config.routes),
+            routes: RouteTable::new(&config.routes, config.listeners.len()),
+            redirect_https: config
+                .listeners
+                .iter()
+                .map(|l| {
+                    l.redirect_https.then(|| Redirect {
+                        location: "https://{host}{uri}".into(),
+                        status: http::StatusCode::PERMANENT_REDIRECT,
+                    })
+                })
+                .collect(),
             upstreams,
             connector: Connector::new(config.gateway.response_buffer),
             max_body_size: config.gateway.max_body_size,
@@ -270,8 +287,8 @@ impl Proxy {
         } else {
             named = ConnInfo {
                 client: SocketAddr::new(client, 0),
-                tls: conn.tls,
                 via: Some(peer),
+                ..*conn
             };
             &named
         };
@@ -379,7 +396,10 @@ impl Proxy {
                 return Ok(Outcome::Challenge(answer));
             }
         }
-        let routed = self.routes.route(head)?;
+        if let Some(Some(redirect)) = self.redirect_https.get(conn.listener) {
+            return Ok(Outcome::Redirect(redirect, route::request_host(head)));
+        }
+        let routed = self.routes.route(head, conn.listener)?;
         let route = routed.route;
         trail.route = Some(route);
         trail.route_index = Some(routed.index);
@@ -408,7 +428,7 @@ impl Proxy {
                 }
                 cache::Lookup::Stale(mut hit, refresh) => {
                     cache::conditional(&mut hit, &head.headers);
-                    self.refresh_in_background(head, conn.client, *refresh);
+                    self.refresh_in_background(head, *conn, *refresh);
                     trail.cache_status = Some(hit.cache_status.clone());
                     return Ok(Outcome::Cached(Box::new(hit), route));
                 }
@@ -544,7 +564,7 @@ impl Proxy {
     fn refresh_in_background(
         &self,
         head: &http::request::Parts,
-        client: SocketAddr,
+        conn: ConnInfo,
         refresh: cache::Pending,
     ) {
         let Some(proxy) = self.me.upgrade() else {
@@ -559,7 +579,7 @@ impl Proxy {
         };
         let (mut copy, ()) = request.into_parts();
         copy.headers = head.headers.clone();
-        tokio::spawn(async move { proxy.refresh(copy, client, refresh).await });
+        tokio::spawn(async move { proxy.refresh(copy, conn, refresh).await });
     }
 
     /// The route's upstream asked again (conditionally); a `304` refreshes the entry, a
@@ -567,21 +587,20 @@ impl Proxy {
     async fn refresh(
         &self,
         mut head: http::request::Parts,
-        client: SocketAddr,
+        conn: ConnInfo,
         mut pending: cache::Pending,
     ) {
         let request_id = request_rewrite::request_id(&head.headers);
-        let mut log = RequestLog::new(self.access_log.clone(), client, &head);
+        let mut log = RequestLog::new(self.access_log.clone(), conn.client, &head);
         log.request_id = Some(request_id.clone());
         log.metrics = Some(self.unrouted);
-        let Ok(routed) = self.routes.route(&head) else {
+        let Ok(routed) = self.routes.route(&head, conn.listener) else {
             return;
         };
         let RouteAction::Forward(index) = &routed.route.action else {
             return;
         };
         let upstream = &self.upstreams[*index];
-        let conn = ConnInfo::new(client, false);
         let to = Upstreamward {
             upstream,
             routed: &routed,

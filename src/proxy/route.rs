@@ -11,9 +11,10 @@ use crate::config::RouteConfig;
 use http::header::{self, HeaderValue};
 use std::collections::HashMap;
 
-/// The routes of a configuration, and the router that picks among them.
+/// The routes of a configuration, and for each listener the router that picks among
+/// the routes it takes.
 pub struct RouteTable {
-    router: Router,
+    routers: Vec<Router>,
     routes: Vec<RouteConfig>,
     /// Each route's `root`, opened once: files are opened beneath it.
     roots: Vec<Option<std::fs::File>>,
@@ -31,7 +32,7 @@ pub struct Routed<'a> {
 }
 
 impl RouteTable {
-    pub fn new(routes: &[RouteConfig]) -> Self {
+    pub fn new(routes: &[RouteConfig], listeners: usize) -> Self {
         let roots = routes
             .iter()
             .map(|r| match &r.action {
@@ -40,21 +41,29 @@ impl RouteTable {
             })
             .collect();
         RouteTable {
-            router: Router::new(routes),
+            routers: (0..listeners.max(1))
+                .map(|l| Router::new(routes, |r| r.on_listener(l)))
+                .collect(),
             routes: routes.to_vec(),
             roots,
         }
     }
 
-    /// The stage: the route for the request's host and (normalized) path; none is a 404.
-    pub fn route(&self, head: &http::request::Parts) -> Result<Routed<'_>, Failure> {
+    /// The stage: the route for the request's host and (normalized) path among those of
+    /// the listener it came in on; none is a 404.
+    pub fn route(
+        &self,
+        head: &http::request::Parts,
+        listener: usize,
+    ) -> Result<Routed<'_>, Failure> {
         let host = request_host(head);
         let name = host_without_port(
             host.as_ref()
                 .and_then(|h| h.to_str().ok())
                 .unwrap_or_default(),
         );
-        let index = match self.router.route(&self.routes, name, head) {
+        let router = self.routers.get(listener).unwrap_or(&self.routers[0]);
+        let index = match router.route(&self.routes, name, head) {
             Found::Route(index) => index,
             Found::MethodNotAllowed(methods) => {
                 return Err(Failure::MethodNotAllowed(allow_value(&methods)))
@@ -80,7 +89,7 @@ fn allow_value(methods: &[http::Method]) -> HeaderValue {
 }
 
 /// The host a request names: HTTP/2 says it in `:authority` (the URI), HTTP/1 in Host.
-fn request_host(head: &http::request::Parts) -> Option<HeaderValue> {
+pub fn request_host(head: &http::request::Parts) -> Option<HeaderValue> {
     head.headers.get(header::HOST).cloned().or_else(|| {
         let authority = head.uri.authority()?;
         HeaderValue::from_str(authority.as_str()).ok()
@@ -129,10 +138,11 @@ struct Router {
 }
 
 impl Router {
-    /// The router for `routes`; [`Router::route`] answers with an index into them.
-    pub fn new(routes: &[RouteConfig]) -> Self {
+    /// The router for the `routes` that `takes`; [`Router::route`] answers with an index
+    /// into them.
+    pub fn new(routes: &[RouteConfig], takes: impl Fn(&RouteConfig) -> bool) -> Self {
         let mut router = Router::default();
-        for (index, r) in routes.iter().enumerate() {
+        for (index, r) in routes.iter().enumerate().filter(|(_, r)| takes(r)) {
             if r.host == "*" {
                 router.any.add(index, routes);
             } else if let Some(suffix) = r.host.strip_prefix('*') {
@@ -245,6 +255,7 @@ mod tests {
             error_pages: Vec::new(),
             rate_limit: None,
             cache: None,
+            listeners: None,
         }
     }
 
@@ -253,7 +264,7 @@ mod tests {
 
     impl Routes {
         fn new(configs: Vec<RouteConfig>, upstreams: Vec<usize>) -> Self {
-            Routes(Router::new(&configs), configs, upstreams)
+            Routes(Router::new(&configs, |_| true), configs, upstreams)
         }
 
         fn found(&self, method: &str, host: &str, path: &str, headers: &[(&str, &str)]) -> Found {

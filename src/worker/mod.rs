@@ -73,9 +73,11 @@ pub async fn run(
     let fronts: Vec<server::Front> = tls
         .into_iter()
         .zip(&config.listeners)
-        .map(|(tls, l)| server::Front {
+        .enumerate()
+        .map(|(listener, (tls, l))| server::Front {
             tls,
             proxy_protocol: l.proxy_protocol,
+            listener,
         })
         .collect();
     let tasks = TaskTracker::new();

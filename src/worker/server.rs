@@ -55,6 +55,8 @@ impl Protocols {
 pub struct Front {
     pub tls: Option<TlsAcceptor>,
     pub proxy_protocol: bool,
+    /// Its index in the config's listeners: the routes it takes.
+    pub listener: usize,
 }
 
 /// Accepts on `listener` until `stop_accepting` is cancelled; connections are tracked in
@@ -77,7 +79,10 @@ pub async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                let conn = ConnInfo::new(peer, front.tls.is_some());
+                let conn = ConnInfo {
+                    listener: front.listener,
+                    ..ConnInfo::new(peer, front.tls.is_some())
+                };
                 let open = OpenConnection::count(proxy.counters);
                 let (proxy, shutdown) = (proxy.clone(), shutdown.clone());
                 if front.proxy_protocol {

@@ -301,10 +301,10 @@ async fn http_01_on_the_plain_listener_gets_a_certificate_ahead_of_every_route()
     pebble.dns.set("b.test", &[Ipv4Addr::LOCALHOST]);
     let backend = Backend::named("app").await;
     let storage = tempfile::tempdir().unwrap();
-    // A route that takes the challenge path elsewhere: the challenge is answered before
-    // any route.
+    // The plain listener redirects everything to HTTPS, and a route takes the challenge
+    // path elsewhere: the challenge is answered before both.
     let config = format!(
-        "[[listener]]\nlisten = \"127.0.0.1:{http_port}\"\n\n[[listener]]\n\
+        "[[listener]]\nlisten = \"127.0.0.1:{http_port}\"\nredirect_https = true\n\n[[listener]]\n\
          listen = \"127.0.0.1:{tls_port}\"\ntls = [{{ acme = [\"b.test\"] }}]\n\n{}\
          [[route]]\npath_prefix = \"/.well-known/acme-challenge/\"\n\
          redirect = \"https://elsewhere.example{{uri}}\"\n\n{}",
@@ -324,7 +324,7 @@ async fn http_01_on_the_plain_listener_gets_a_certificate_ahead_of_every_route()
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    // An unknown token is not answered by the gateway: it goes the way of the routes.
+    // An unknown token is not answered by the gateway: it is redirected like the rest.
     let plain = format!("http://127.0.0.1:{http_port}/.well-known/acme-challenge/nope");
     let answer = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -335,7 +335,11 @@ async fn http_01_on_the_plain_listener_gets_a_certificate_ahead_of_every_route()
         .send()
         .await
         .unwrap();
-    assert!(answer.status().is_redirection(), "{}", answer.status());
+    assert_eq!(answer.status(), 308);
+    assert_eq!(
+        answer.headers()["location"],
+        "https://b.test/.well-known/acme-challenge/nope"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

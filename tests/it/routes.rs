@@ -102,3 +102,81 @@ async fn bodies_over_max_body_size_get_413_declared_or_chunked() {
     let log = gw.wait_log_lines(5).await.join("\n");
     assert!(log.contains("larger than max_body_size"), "{log}");
 }
+
+/// Listeners with names, routes that belong to some of them: a plain listener that
+/// redirects everything to HTTPS next to the app on a TLS one (the common pair that
+/// needed two gateways), and one host and prefix routed differently per listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_belong_to_their_listeners_and_redirect_https_sends_plain_requests_over() {
+    let (app, admin) = (Backend::named("app").await, Backend::named("admin").await);
+    let dir = tempfile::tempdir().unwrap();
+    let generated = rcgen::generate_simple_self_signed(vec!["example.com".into()]).unwrap();
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+    let gw = Gateway::start(&format!(
+        "[[listener]]\nname = \"http\"\nlisten = \"127.0.0.1:0\"\nredirect_https = true\n\
+         [[listener]]\nname = \"https\"\nlisten = \"127.0.0.1:0\"\ntls = [{{ cert = \"{}\", key = \"{}\" }}]\n\
+         [[listener]]\nname = \"internal\"\nlisten = \"127.0.0.1:0\"\n\
+         [[route]]\nlistener = [\"https\"]\nupstream = \"app\"\n\
+         [[route]]\nlistener = [\"internal\"]\nupstream = \"admin\"\n\
+         [upstream.app]\nservers = [{{ address = \"{}\" }}]\n\
+         [upstream.admin]\nservers = [{{ address = \"{}\" }}]\n",
+        cert.display(),
+        key.display(),
+        app.addr,
+        admin.addr
+    ));
+    let (plain, http, https, internal) = (gw.addrs[0], gw.addrs[1], gw.addrs[2], gw.addrs[3]);
+    // Every request on "http": 308 to the same host and URI over HTTPS.
+    let reply = raw_exchange(
+        http,
+        b"GET /shop/cart?item=3 HTTP/1.1\r\nHost: example.com:80\r\n\r\n",
+        Duration::from_secs(2),
+    );
+    assert_eq!(status_of(&reply), 308, "{reply}");
+    assert!(
+        reply.contains("location: https://example.com/shop/cart?item=3\r\n"),
+        "{reply}"
+    );
+    let tls = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .resolve("example.com", https)
+        .build()
+        .unwrap();
+    let url = format!("https://example.com:{}/", https.port());
+    assert_eq!(
+        tls.get(&url).send().await.unwrap().text().await.unwrap(),
+        "app"
+    );
+    // The same host and prefix go elsewhere on "internal"; the unnamed listener has no
+    // route at all.
+    assert_eq!(get_text(format!("http://{internal}/")).await, "admin");
+    assert_eq!(get_fresh(format!("http://{plain}/")).await.0, 404);
+}
+
+#[test]
+fn listener_names_and_route_listeners_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\n\
+         [[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\n\
+         [[listener]]\nname = \"b\"\nlisten = \"127.0.0.1:0\"\n\
+         [[route]]\nlistener = [\"a\"]\nupstream = \"u\"\n\
+         [[route]]\nlistener = [\"a\", \"b\"]\nupstream = \"u\"\n\
+         [[route]]\nlistener = [\"nope\"]\nupstream = \"u\"\n\
+         [upstream.u]\nservers = [{ address = \"127.0.0.1:1\" }]\n",
+    )
+    .unwrap();
+    let (code, err) = gateway_with_config(&["check"], &path);
+    assert_eq!(code, Some(1), "{err}");
+    for expected in [
+        ":5:8: listener[1].name: another listener is called \"a\"",
+        "route[1]: another route already has host \"*\", path_prefix \"/\"",
+        "route[2].listener: no listener is called \"nope\"",
+    ] {
+        assert!(err.contains(expected), "{expected} in\n{err}");
+    }
+}
