@@ -1,6 +1,8 @@
 //! The admin listener (`[admin] listen`), served by the supervisor for curl and
-//! Prometheus: `/healthz`, `/readyz`, `/status` (JSON), `/metrics`, and `/`, a live page
-//! for people that reads `/status` every two seconds (one self-contained file).
+//! Prometheus: `/healthz`, `/readyz`, `/status` (JSON), `/status/history` (the
+//! upstreams' last minutes, JSON), `/metrics`, and `/`, a live page for people that reads
+//! `/status` and `/status/history` every two seconds and draws the history (one
+//! self-contained file).
 
 use super::status::StatusSource;
 use bytes::Bytes;
@@ -108,6 +110,7 @@ fn answer(req: &Request<Incoming>, source: &StatusSource) -> Response<Full<Bytes
             json.push('\n');
             with_type(StatusCode::OK, json, "application/json")
         }
+        "/status/history" => with_type(StatusCode::OK, source.history.json(), "application/json"),
         "/metrics" => with_type(
             StatusCode::OK,
             source.metrics(),
@@ -115,7 +118,7 @@ fn answer(req: &Request<Incoming>, source: &StatusSource) -> Response<Full<Bytes
         ),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try / /healthz /readyz /status /metrics\n".into(),
+            "not found; try / /healthz /readyz /status /status/history /metrics\n".into(),
         ),
     }
 }

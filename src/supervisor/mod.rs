@@ -15,6 +15,7 @@ mod cache;
 mod control;
 mod file_watch;
 mod health;
+mod history;
 mod listeners;
 mod notify;
 mod reload;
@@ -138,6 +139,8 @@ struct Supervisor {
     apps: crate::apps::Apps,
     app_servers: crate::config::AppServers,
     apps_board: crate::apps::Board,
+    /// The upstreams' last minutes, for the live page.
+    history: history::History,
     /// This program's path as it was at start: what `upgrade` runs (the binary there now).
     program: PathBuf,
     /// The control socket's accept loop and descriptor, while this supervisor serves it.
@@ -277,6 +280,7 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
         let acme_board = crate::acme::Board::default();
         let cache_bytes = cache::Stored::default();
         let apps_board = crate::apps::Board::default();
+        let history = history::History::default();
         let source = StatusSource {
             view: view_rx,
             table,
@@ -284,6 +288,7 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
             acme: acme_board.clone(),
             cache_bytes: cache_bytes.clone(),
             apps: apps_board.clone(),
+            history: history.clone(),
         };
         // The admin listener handed over serves on if the file still has its address
         // (else it is closed here, and the new address bound).
@@ -316,6 +321,7 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
         tokio::spawn(forward_signals(tx.clone()));
         tokio::spawn(file_watch::run(view.subscribe(), tx.clone()));
         tokio::spawn(resolve_again(view.subscribe(), tx.clone()));
+        tokio::spawn(history::keep(view.subscribe(), table, history.clone()));
         tokio::spawn(cache::keep_in_size(
             view.subscribe(),
             table.cache_written(),
@@ -371,6 +377,7 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
             apps,
             app_servers: Default::default(),
             apps_board,
+            history,
             program,
             control_task: Some(control_task),
             control_fd: Some(control_fd),
@@ -673,6 +680,7 @@ impl Supervisor {
             acme: self.acme_board.clone(),
             cache_bytes: self.cache_bytes.clone(),
             apps: self.apps_board.clone(),
+            history: self.history.clone(),
         }
     }
 

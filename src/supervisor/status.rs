@@ -52,6 +52,8 @@ pub struct StatusSource {
     pub cache_bytes: super::cache::Stored,
     /// The instances of the apps the gateway runs.
     pub apps: crate::apps::Board,
+    /// The upstreams' last minutes (`/status/history`).
+    pub history: super::history::History,
 }
 
 impl StatusSource {

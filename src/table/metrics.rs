@@ -42,14 +42,7 @@ impl Histogram {
 
     /// The upper bound (seconds) of the bucket that holds quantile `q`, `None` when empty.
     pub fn quantile_bound(&self, q: f64) -> Option<f64> {
-        let (cumulative, _) = self.read();
-        let total = cumulative[LATENCY_BUCKETS.len()];
-        if total == 0 {
-            return None;
-        }
-        let wanted = (q * total as f64).ceil() as u64;
-        let bucket = cumulative.iter().position(|&c| c >= wanted)?;
-        Some(LATENCY_BUCKETS[bucket.min(LATENCY_BUCKETS.len() - 1)])
+        quantile(&self.read().0, q)
     }
 
     pub(super) fn reset(&self) {
@@ -58,6 +51,19 @@ impl Histogram {
         }
         self.sum_us.store(0, Relaxed);
     }
+}
+
+/// The upper bound (seconds) of the bucket that holds quantile `q` of cumulative bucket
+/// counts (as [`Histogram::read`] gives them, or the difference of two readings); `None`
+/// when they count nothing.
+pub fn quantile(cumulative: &[u64; LATENCY_BUCKETS.len() + 1], q: f64) -> Option<f64> {
+    let total = cumulative[LATENCY_BUCKETS.len()];
+    if total == 0 {
+        return None;
+    }
+    let wanted = (q * total as f64).ceil() as u64;
+    let bucket = cumulative.iter().position(|&c| c >= wanted)?;
+    Some(LATENCY_BUCKETS[bucket.min(LATENCY_BUCKETS.len() - 1)])
 }
 
 /// Requests of an upstream: how many per status code, and how long they took in all.

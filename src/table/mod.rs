@@ -32,7 +32,7 @@ pub mod worker;
 
 pub use assignment::{Assignments, RecordKey};
 pub use layout::{CACHED_ROUTES, CACHE_OUTCOMES, SERVER_RECORDS, UPSTREAM_RECORDS, WORKER_RECORDS};
-pub use metrics::{Histogram, RequestMetrics, LATENCY_BUCKETS};
+pub use metrics::{quantile, Histogram, RequestMetrics, LATENCY_BUCKETS};
 pub use server::{ServerRecord, LATENCY_DECAY_MS};
 pub use upstream::{RetryBudget, UpstreamRecord, BUDGET_MIN_RETRIES};
 pub use worker::WorkerRecord;

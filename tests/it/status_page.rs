@@ -60,6 +60,26 @@ async fn the_status_page_shows_workers_and_servers_with_their_states_in_a_browse
             .display(),
         free_port_range(4),
     ));
+    // Traffic over a few seconds, so the history has points to draw.
+    let load = Load::start(gw.url("/"), 1, 100_000);
+    wait_until("three seconds of history", Duration::from_secs(15), || {
+        let history = std::process::Command::new("curl")
+            .args([
+                "-s",
+                &format!("http://{}/status/history", gw.admin.unwrap()),
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let doc: serde_json::Value = serde_json::from_str(&history).unwrap_or_default();
+        let points = doc["upstreams"]["app"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        points.len() >= 3 && points.iter().any(|p| p["rps"].as_f64() > Some(0.0))
+    })
+    .await;
+    load.stop().await;
     for _ in 0..6 {
         get_fresh(gw.url("/")).await;
     }
@@ -71,6 +91,8 @@ async fn the_status_page_shows_workers_and_servers_with_their_states_in_a_browse
     let admin = gw.admin.unwrap();
     let (code, page) = gw.admin_get("/").await;
     assert_eq!(code, 200);
+    // Nothing from another site (the SVG namespace is a name, not a resource).
+    let page = page.replace("\"http://www.w3.org/2000/svg\"", "");
     assert!(
         !page.contains("http://") && !page.contains("https://"),
         "self-contained"
@@ -91,6 +113,26 @@ async fn the_status_page_shows_workers_and_servers_with_their_states_in_a_browse
         "two serving workers:\n{dom}"
     );
     assert!(dom.contains("generation 1"), "{dom}");
+    // The charts: request rate, errors and p99 of each upstream, drawn with points.
+    for series in ["rate", "errors", "p99"] {
+        assert!(
+            dom.contains(&format!("data-series=\"{series}\"")),
+            "no {series} chart:\n{dom}"
+        );
+    }
+    let drawn = dom
+        .split("<polyline points=\"")
+        .skip(1)
+        .map(|rest| {
+            rest.split('"')
+                .next()
+                .unwrap_or_default()
+                .split(' ')
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(drawn >= 3, "a chart line has {drawn} points:\n{dom}");
     assert!(dom.contains("<h2>App demo</h2>"), "{dom}");
     assert_eq!(
         dom.matches("<span class=\"state state-up\">ready</span>")
