@@ -30,6 +30,7 @@ pub mod access_log;
 pub mod acme;
 pub mod apps;
 pub mod config;
+pub mod import_nginx;
 pub mod net;
 pub mod protocol;
 pub mod proxy;

@@ -31,6 +31,16 @@ enum Command {
     Run,
     /// Validate the config file and exit: 0 valid, 1 invalid.
     Check,
+    /// Translate an nginx configuration (with its includes) into this gateway's: written
+    /// to OUT (else stdout), what was not translated on stderr; exit 0 when the result
+    /// passes `gateway check`.
+    ImportNginx {
+        /// The nginx configuration file.
+        file: PathBuf,
+        /// Where to write the result.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+    },
     /// A worker process, started by the supervisor (not for direct use).
     #[command(hide = true)]
     Worker(gateway::protocol::WorkerArgs),
@@ -55,6 +65,38 @@ fn main() -> ExitCode {
         Command::Run
     };
     match cli.command.unwrap_or(default) {
+        Command::ImportNginx { file, output } => {
+            let place = output.clone().unwrap_or_else(|| {
+                std::env::current_dir()
+                    .unwrap_or_default()
+                    .join("gateway.toml")
+            });
+            match gateway::import_nginx::import(&file, &place) {
+                Ok(imported) => {
+                    let written = match &output {
+                        Some(path) => std::fs::write(path, &imported.toml)
+                            .map_err(|e| format!("cannot write {}: {e}", path.display())),
+                        None => {
+                            print!("{}", imported.toml);
+                            Ok(())
+                        }
+                    };
+                    eprint!("{}", imported.summary);
+                    match written {
+                        Err(e) => {
+                            eprintln!("gateway import-nginx: {e}");
+                            ExitCode::from(1)
+                        }
+                        Ok(()) if imported.valid => ExitCode::SUCCESS,
+                        Ok(()) => ExitCode::from(1),
+                    }
+                }
+                Err(e) => {
+                    eprintln!("gateway import-nginx: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Worker(args) => {
             init_logging();
             gateway::worker::process::main(&cli.config, &args)
