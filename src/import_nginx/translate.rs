@@ -525,6 +525,9 @@ fn server(
                 d,
                 "no equivalent (routes match by host, path, methods and headers)",
             )),
+            "gzip" | "gzip_types" | "gzip_min_length" | "gzip_comp_level" => {
+                gzip(out, d, &mut notes)
+            }
             _ => {
                 if !shared_directive(out, d, &mut inherited, &mut notes) {
                     notes.push_str(&skipped(out, d));
@@ -856,7 +859,16 @@ fn location(
                 }
             }
         }
-    } else if upstream.is_none() && !action.contains("redirect") {
+    } else if let (Some(e), Some(d)) = (
+        &expires,
+        l.block.iter().flatten().find(|d| d.name == "expires"),
+    ) {
+        let why =
+            format!("expires {e} on proxied responses (the upstream's Cache-Control goes through)");
+        notes.push_str(&out.skip(d, &why));
+        out.done -= 1;
+    }
+    if !serves_files && upstream.is_none() && !action.contains("redirect") {
         notes.push_str(&format!(
             "# nginx {}: location {}: neither proxy_pass, return nor root\n",
             l.at,

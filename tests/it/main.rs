@@ -14,6 +14,7 @@ mod failures;
 mod files;
 mod hardening;
 mod http1;
+mod import_nginx;
 mod lifecycle;
 mod proxy;
 mod redis_limits;
