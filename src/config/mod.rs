@@ -370,13 +370,20 @@ fn deserialize(text: &str) -> (Option<file::FileConfig>, Vec<(Range<usize>, Stri
         if !problems.is_empty() && message.starts_with("missing field") {
             break;
         }
-        problems.push((span.clone(), message));
         let start = text[..span.start].rfind('\n').map_or(0, |i| i + 1);
         let end = text[span.end..]
             .find('\n')
             .map_or(text.len(), |i| span.end + i);
         let mut blanked = text.clone();
-        blanked.replace_range(start..end, &" ".repeat(end - start));
+        // A value of the wrong type becomes a placeholder of the right one, so a
+        // required key is still there and the rest of the file can be read; else the
+        // line is blanked.
+        let line = &text[start..end];
+        match placeholder(line, &message) {
+            Some(kept) => blanked.replace_range(start..end, &kept),
+            None => blanked.replace_range(start..end, &" ".repeat(end - start)),
+        }
+        problems.push((span.clone(), message));
         // Blanking must leave a readable file and make progress.
         if blanked == text || blanked.parse::<toml::Table>().is_err() {
             break;
@@ -385,6 +392,29 @@ fn deserialize(text: &str) -> (Option<file::FileConfig>, Vec<(Range<usize>, Stri
     }
     problems.sort_by_key(|(span, _)| span.start);
     (read, problems)
+}
+
+/// `key = value` with the value replaced by one of the type `message` expects, padded
+/// to the line's length (offsets stay); `None` when the line is not a plain `key =
+/// value` or the placeholder does not fit.
+fn placeholder(line: &str, message: &str) -> Option<String> {
+    let expected = message.split("expected ").nth(1)?;
+    let value = if expected.starts_with("a string") {
+        "\"\""
+    } else if expected.starts_with('u') || expected.starts_with('i') {
+        "0"
+    } else if expected.starts_with("a boolean") {
+        "false"
+    } else {
+        return None;
+    };
+    let (key, _) = line.split_once('=')?;
+    if key.contains(['[', '{', '"', '\'']) || key.trim().is_empty() {
+        return None;
+    }
+    let kept = format!("{}={value}", key.trim_end());
+    let pad = line.len().checked_sub(kept.len())?;
+    Some(kept + &" ".repeat(pad))
 }
 
 /// The dotted key the text at `offset` belongs to, as the semantic errors name keys
@@ -866,6 +896,15 @@ read_timeout = "5 parsecs"
                 "upstream.app.policy",
                 "upstream.app.retries"
             ],
+            "{errs:#?}"
+        );
+        // A required key of the wrong type stands in with a placeholder: the rest of the
+        // file is still checked.
+        let text = text.replace("listen = \"127.0.0.1:8080\"", "listen = 5");
+        let errs = check(&text).unwrap_err();
+        assert_eq!(errs.len(), 5, "{errs:#?}");
+        assert!(
+            errs[1].contains("listener[0].listen: invalid type"),
             "{errs:#?}"
         );
     }
