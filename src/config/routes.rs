@@ -255,6 +255,13 @@ impl Validator<'_> {
             let key = |k: &str| format!("route[{i}].{k}");
             let matching = self.route_match(r, i);
             let on = r.listener.as_ref().map(|names| {
+                if names.get_ref().is_empty() {
+                    self.error(
+                        names.span(),
+                        &key("listener"),
+                        "name at least one listener (without the key: every listener)",
+                    );
+                }
                 let mut on = Vec::new();
                 for name in names.get_ref() {
                     match listeners.iter().position(|l| l.name.as_ref() == Some(name)) {

@@ -545,6 +545,25 @@ fn server(
                 continue;
             }
         }
+        // The certificate first: an ssl listen without one makes no listener.
+        let entry = match (tls, &cert, &key) {
+            (false, _, _) => None,
+            (true, Some(c), _) if c.contains("/letsencrypt/live/") && !names.is_empty() => {
+                out.acme = true;
+                let plain: Vec<&String> = names.iter().filter(|n| !n.contains('*')).collect();
+                Some(format!("{{ acme = {plain:?} }}"))
+            }
+            (true, Some(c), Some(k)) => Some(format!("{{ cert = {c:?}, key = {k:?} }}")),
+            (true, _, _) => {
+                let line = format!(
+                    "{}: listen {addr} ssl: no ssl_certificate and ssl_certificate_key",
+                    s.at
+                );
+                out.not.push(line.clone());
+                let _ = writeln!(notes, "# nginx {line}");
+                continue;
+            }
+        };
         let index = match out.listeners.iter().position(|l| l.addr == addr) {
             Some(i) => i,
             None => {
@@ -568,24 +587,20 @@ fn server(
                 out.listeners.len() - 1
             }
         };
-        if tls {
-            let entry = match (&cert, &key) {
-                (Some(c), _) if c.contains("/letsencrypt/live/") && !names.is_empty() => {
-                    out.acme = true;
-                    let plain: Vec<&String> = names.iter().filter(|n| !n.contains('*')).collect();
-                    format!("{{ acme = {plain:?} }}")
-                }
-                (Some(c), Some(k)) => format!("{{ cert = {c:?}, key = {k:?} }}"),
-                _ => {
-                    notes.push_str(&format!("# nginx {}: ssl listener without ssl_certificate and ssl_certificate_key\n", s.at));
-                    continue;
-                }
-            };
+        if let Some(entry) = entry {
             if !out.listeners[index].tls.contains(&entry) {
                 out.listeners[index].tls.push(entry);
             }
         }
         mine.push(index);
+    }
+    if mine.is_empty() {
+        let _ = writeln!(
+            notes,
+            "# nginx {}: server: left out, it has no listener left",
+            s.at
+        );
+        return notes;
     }
     let listener_list: Vec<&str> = mine
         .iter()
@@ -1105,4 +1120,70 @@ fn render(out: &Out, notes: &str) -> String {
         text.push_str(notes);
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn directives(text: &str) -> Vec<Directive> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.conf");
+        std::fs::write(&path, text).unwrap();
+        super::super::parse::file(&path).unwrap()
+    }
+
+    #[test]
+    fn locations_limits_and_lists_translate() {
+        let t = translate(&directives(
+            "limit_req_zone $binary_remote_addr zone=z:1m rate=5r/s;\n\
+             server { listen 8080;\n\
+               location = /a.b { return 307 https://x.test$request_uri; }\n\
+               location /p/ { limit_req zone=z burst=3; deny all; proxy_pass http://10.0.0.1:81; }\n\
+               location /q { if ($x) { return 403; } proxy_pass http://$backend; }\n\
+             }\n",
+        ));
+        assert!(t.toml.contains("path_regex = \"^/a\\\\.b$\""), "{}", t.toml);
+        assert!(
+            t.toml
+                .contains("redirect = \"https://x.test{uri}\"\nredirect_status = 307"),
+            "{}",
+            t.toml
+        );
+        assert!(
+            t.toml
+                .contains("rate_limit = { rate = \"5r/s\", burst = 3 }"),
+            "{}",
+            t.toml
+        );
+        assert!(
+            t.toml.contains("deny = [\"0.0.0.0/0\", \"::/0\"]"),
+            "{}",
+            t.toml
+        );
+        assert!(
+            t.toml.contains("servers = [{ address = \"10.0.0.1:81\" }]"),
+            "{}",
+            t.toml
+        );
+        let said = t.untranslated.join("\n");
+        assert!(said.contains(": if ($x): no equivalent"), "{said}");
+        assert!(
+            said.contains("proxy_pass http://$backend: a URL with variables"),
+            "{said}"
+        );
+    }
+
+    #[test]
+    fn an_ssl_listen_without_a_certificate_makes_no_listener() {
+        let t = translate(&directives(
+            "server { listen 443 ssl; location / { proxy_pass http://127.0.0.1:3000; } }\n",
+        ));
+        assert!(!t.toml.contains("[[listener]]"), "{}", t.toml);
+        assert!(
+            t.untranslated[0].contains("no ssl_certificate"),
+            "{:?}",
+            t.untranslated
+        );
+    }
 }

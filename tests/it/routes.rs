@@ -167,6 +167,7 @@ fn listener_names_and_route_listeners_are_checked() {
          [[route]]\nlistener = [\"a\"]\nupstream = \"u\"\n\
          [[route]]\nlistener = [\"a\", \"b\"]\nupstream = \"u\"\n\
          [[route]]\nlistener = [\"nope\"]\nupstream = \"u\"\n\
+         [[route]]\nlistener = []\npath_prefix = \"/empty\"\nupstream = \"u\"\n\
          [upstream.u]\nservers = [{ address = \"127.0.0.1:1\" }]\n",
     )
     .unwrap();
@@ -176,6 +177,7 @@ fn listener_names_and_route_listeners_are_checked() {
         ":5:8: listener[1].name: another listener is called \"a\"",
         "route[1]: another route already has host \"*\", path_prefix \"/\"",
         "route[2].listener: no listener is called \"nope\"",
+        "route[3].listener: name at least one listener",
     ] {
         assert!(err.contains(expected), "{expected} in\n{err}");
     }
