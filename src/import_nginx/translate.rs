@@ -118,10 +118,20 @@ struct Out {
 }
 
 impl Out {
+    /// `d` has no equivalent: listed, and its comment returned for the config.
     fn skip(&mut self, d: &Directive, why: &str) -> String {
-        let line = format!("{}: {} {}: {why}", d.at, d.name, d.args.join(" "));
-        self.not.push(line.clone());
-        format!("# nginx {line}\n")
+        self.untranslated(format!("{}: {} {}: {why}", d.at, d.name, d.args.join(" ")))
+    }
+
+    /// `FILE:LINE: what: why`, listed once; its comment returned for the config (empty
+    /// when it was listed already).
+    fn untranslated(&mut self, line: String) -> String {
+        if self.not.contains(&line) {
+            return String::new();
+        }
+        let comment = format!("# nginx {line}\n");
+        self.not.push(line);
+        comment
     }
 }
 
@@ -209,11 +219,8 @@ fn http_block(out: &mut Out, directives: &[Directive]) -> String {
                 }
                 None => notes.push_str(&out.skip(d, "not a size")),
             },
-            "set_real_ip_from" => {
-                out.gateway
-                    .push(format!("# trusted proxy {}", d.args.join(" ")));
-                out.done += 1;
-            }
+            // Gathered into trusted_proxies below.
+            "set_real_ip_from" => out.done += 1,
             "access_log" => match d.args.first().map(String::as_str) {
                 Some("off") => out.done += 1,
                 Some(path) => {
@@ -234,7 +241,6 @@ fn http_block(out: &mut Out, directives: &[Directive]) -> String {
         .filter(|d| d.name == "set_real_ip_from")
         .filter_map(|d| d.args.first().cloned())
         .collect();
-    out.gateway.retain(|l| !l.starts_with("# trusted proxy"));
     if !trusted.is_empty() {
         out.gateway.push(format!("trusted_proxies = {trusted:?}"));
     }
@@ -555,12 +561,10 @@ fn server(
             }
             (true, Some(c), Some(k)) => Some(format!("{{ cert = {c:?}, key = {k:?} }}")),
             (true, _, _) => {
-                let line = format!(
+                notes.push_str(&out.untranslated(format!(
                     "{}: listen {addr} ssl: no ssl_certificate and ssl_certificate_key",
                     s.at
-                );
-                out.not.push(line.clone());
-                let _ = writeln!(notes, "# nginx {line}");
+                )));
                 continue;
             }
         };
@@ -921,8 +925,7 @@ fn location(
         }
         if value.contains('$') {
             let line = format!("{at}: proxy_set_header {name} {value}: a value with variables");
-            out.not.push(line.clone());
-            let _ = writeln!(notes, "# nginx {line}");
+            notes.push_str(&out.untranslated(line));
             continue;
         }
         set.push((name.clone(), value.clone()));
@@ -983,10 +986,7 @@ fn location(
             (Some(file), Ok(502..=504)) => pages.push(format!("{code} = {file:?}")),
             _ => {
                 let line = format!("{}: error_page {code} {uri}: only 502, 503 and 504 to a file a location serves", l.at);
-                if !out.not.contains(&line) {
-                    out.not.push(line.clone());
-                    let _ = writeln!(notes, "# nginx {line}");
-                }
+                notes.push_str(&out.untranslated(line));
             }
         }
     }

@@ -44,8 +44,55 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 /// The table as one process holds it: mapped for the life of the process.
 pub struct Table {
-    memory: &'static TableMemory,
+    records: Records,
     file: File,
+}
+
+/// The records the supervisor and the workers read alike; [`Table`] and [`WorkerShare`]
+/// both hand them out (`Deref`), so each accessor is written once.
+#[derive(Clone, Copy)]
+pub struct Records(&'static TableMemory);
+
+impl Records {
+    pub fn upstream(&self, record: usize) -> &'static UpstreamRecord {
+        &self.0.upstreams[record]
+    }
+
+    pub fn unrouted_requests(&self) -> &'static RequestMetrics {
+        &self.0.unrouted_requests
+    }
+
+    /// The rate limit counts of limited route `region` (the how-manyth with a limit).
+    pub fn rate_region(&self, region: usize) -> &'static rate::RateRegion {
+        &self.0.rates[region]
+    }
+
+    /// Bytes of cache entries completed so far (by every worker).
+    pub fn cache_written(&self) -> &'static AtomicU64 {
+        &self.0.cache_written
+    }
+
+    /// The answer counts of cached route `slot` (the how-manyth with `cache`).
+    pub fn cache_outcomes(
+        &self,
+        slot: usize,
+    ) -> &'static [AtomicU64; layout::CACHE_OUTCOMES.len()] {
+        &self.0.cache_outcomes[slot]
+    }
+}
+
+impl std::ops::Deref for Table {
+    type Target = Records;
+    fn deref(&self) -> &Records {
+        &self.records
+    }
+}
+
+impl std::ops::Deref for WorkerShare {
+    type Target = Records;
+    fn deref(&self) -> &Records {
+        &self.records
+    }
 }
 
 impl Table {
@@ -55,7 +102,10 @@ impl Table {
         let memory = crate::sys::map_table(&file)?;
         memory.magic.store(MAGIC, Relaxed);
         set_rate_clock_and_key(memory)?;
-        Ok(Table { memory, file })
+        Ok(Table {
+            records: Records(memory),
+            file,
+        })
     }
 
     /// The supervisor's table, inherited under `fd` (a worker's, or a new supervisor's
@@ -81,7 +131,10 @@ impl Table {
         if memory.rate_hash_key.iter().all(|k| k.load(Relaxed) == 0) {
             set_rate_clock_and_key(memory)?;
         }
-        Ok(Table { memory, file })
+        Ok(Table {
+            records: Records(memory),
+            file,
+        })
     }
 
     /// The descriptor the workers inherit.
@@ -90,23 +143,19 @@ impl Table {
     }
 
     pub fn server(&self, record: usize) -> &'static ServerRecord {
-        &self.memory.servers[record]
+        &self.records.0.servers[record]
     }
 
     pub fn worker(&self, record: usize) -> &'static WorkerRecord {
-        &self.memory.workers[record]
+        &self.records.0.workers[record]
     }
 
     /// Worker `record`'s handle on the table.
     pub fn share(&self, record: usize) -> WorkerShare {
         WorkerShare {
-            memory: self.memory,
+            records: self.records,
             worker: record,
         }
-    }
-
-    pub fn upstream(&self, record: usize) -> &'static UpstreamRecord {
-        &self.memory.upstreams[record]
     }
 
     /// Fresh records for the upstreams and servers new to the table.
@@ -119,40 +168,20 @@ impl Table {
         }
     }
 
-    pub fn unrouted_requests(&self) -> &'static RequestMetrics {
-        &self.memory.unrouted_requests
-    }
-
-    pub fn rate_region(&self, region: usize) -> &'static rate::RateRegion {
-        &self.memory.rates[region]
-    }
-
-    /// Bytes of cache entries completed so far (by every worker).
-    pub fn cache_written(&self) -> &'static AtomicU64 {
-        &self.memory.cache_written
-    }
-
-    /// The answer counts of cached route `slot` (the how-manyth with `cache`).
-    pub fn cache_outcomes(
-        &self,
-        slot: usize,
-    ) -> &'static [AtomicU64; layout::CACHE_OUTCOMES.len()] {
-        &self.memory.cache_outcomes[slot]
-    }
-
     /// Whether the workers find Redis unreachable.
     pub fn redis_down(&self) -> bool {
-        self.memory.redis_down.load(Relaxed)
+        self.records.0.redis_down.load(Relaxed)
     }
 
     /// Worker `record` is gone: takes whatever it still had in flight out of the servers'
     /// totals (a crash leaves some) and clears the record for the next worker.
     pub fn release_worker(&self, record: usize) {
         for (server, mine) in self
-            .memory
+            .records
+            .0
             .servers
             .iter()
-            .zip(&self.memory.in_flight_by_worker[record])
+            .zip(&self.records.0.in_flight_by_worker[record])
         {
             let left = mine.swap(0, Relaxed);
             if left != 0 {
@@ -184,61 +213,35 @@ fn set_rate_clock_and_key(memory: &TableMemory) -> std::io::Result<()> {
 /// One worker's handle on the table.
 #[derive(Clone, Copy)]
 pub struct WorkerShare {
-    memory: &'static TableMemory,
+    records: Records,
     worker: usize,
 }
 
 impl WorkerShare {
     pub fn counters(&self) -> &'static WorkerRecord {
-        &self.memory.workers[self.worker]
-    }
-
-    pub fn upstream(&self, record: usize) -> &'static UpstreamRecord {
-        &self.memory.upstreams[record]
-    }
-
-    pub fn unrouted_requests(&self) -> &'static RequestMetrics {
-        &self.memory.unrouted_requests
-    }
-
-    /// The rate limit counts of limited route `region` (the how-manyth with a limit).
-    pub fn rate_region(&self, region: usize) -> &'static rate::RateRegion {
-        &self.memory.rates[region]
-    }
-
-    /// Bytes of cache entries completed so far (by every worker).
-    pub fn cache_written(&self) -> &'static AtomicU64 {
-        &self.memory.cache_written
-    }
-
-    /// The answer counts of cached route `slot` (the how-manyth with `cache`).
-    pub fn cache_outcomes(
-        &self,
-        slot: usize,
-    ) -> &'static [AtomicU64; layout::CACHE_OUTCOMES.len()] {
-        &self.memory.cache_outcomes[slot]
+        &self.records.0.workers[self.worker]
     }
 
     /// Microseconds since the table's rate epoch, and the key to hash client keys with.
     pub fn rate_clock(&self) -> u64 {
-        crate::sys::monotonic_us().saturating_sub(self.memory.rate_epoch_us.load(Relaxed))
+        crate::sys::monotonic_us().saturating_sub(self.records.0.rate_epoch_us.load(Relaxed))
     }
 
     pub fn redis_down(&self) -> &'static std::sync::atomic::AtomicBool {
-        &self.memory.redis_down
+        &self.records.0.redis_down
     }
 
     pub fn rate_hash_key(&self) -> (u64, u64) {
         (
-            self.memory.rate_hash_key[0].load(Relaxed),
-            self.memory.rate_hash_key[1].load(Relaxed),
+            self.records.0.rate_hash_key[0].load(Relaxed),
+            self.records.0.rate_hash_key[1].load(Relaxed),
         )
     }
 
     pub fn server(&self, record: usize) -> SharedServer {
         SharedServer {
-            record: &self.memory.servers[record],
-            mine: &self.memory.in_flight_by_worker[self.worker][record],
+            record: &self.records.0.servers[record],
+            mine: &self.records.0.in_flight_by_worker[self.worker][record],
         }
     }
 }
