@@ -1,5 +1,5 @@
-//! The deploy files, checked without a container engine (none runs on the machines this
-//! is built on): the Dockerfile with hadolint, the Kubernetes manifests against the
+//! The deploy files, checked without a container engine (tests/containers runs them for
+//! real where one can be started): the Dockerfile with hadolint, the Kubernetes manifests against the
 //! Kubernetes schemas (`kubernetes-validate`), both from PyPI (`.ci/run` installs them),
 //! the compose file's YAML and shape, and the gateway configs they carry with
 //! `gateway check`.
@@ -89,7 +89,7 @@ fn the_compose_file_runs_the_gateway_before_three_app_replicas_found_by_name() {
     let words: Vec<&str> = shape.split_whitespace().collect();
     assert_eq!(
         &words[..3],
-        ["3", "docker/Dockerfile", "8080:8080"],
+        ["3", "docker/Dockerfile", "${GATEWAY_PUBLISH:-8080}:8080"],
         "{shape}"
     );
     let mounted = words[3].split(':').next().unwrap();

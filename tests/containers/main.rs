@@ -1,0 +1,386 @@
+//! `docker/Dockerfile` and `docker/compose.yaml` run for real: the image is built as
+//! written, the compose file runs the gateway in front of the app scaled to three and then
+//! five replicas, and a reload inside the container and a `docker stop` lose no request.
+//!
+//! Its own test binary, so that cargo runs it after the other tests, never beside them: the
+//! release build inside the container takes both cores for minutes. It needs a Docker
+//! engine (started here when `dockerd` is installed and none runs), `docker-compose` and,
+//! where the base images cannot be pulled, `debootstrap` (`standins.sh`); without them it
+//! prints why and passes. Containers talk only on the network compose makes for the
+//! project, and the gateway is published on a free loopback port.
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn stdout(out: Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn found(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn engine_answers() -> bool {
+    Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Why the test cannot run here, or None once a Docker engine answers.
+fn engine() -> Option<String> {
+    for program in ["docker", "docker-compose"] {
+        if !found(program) {
+            return Some(format!("`{program}` is not installed"));
+        }
+    }
+    if engine_answers() {
+        return None;
+    }
+    if !found("dockerd") {
+        return Some("no Docker engine answers and `dockerd` is not installed".into());
+    }
+    let log = std::env::temp_dir().join("gateway-test-dockerd.log");
+    let spawned = Command::new("dockerd")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap().try_clone().unwrap())
+        .spawn();
+    if let Err(e) = spawned {
+        return Some(format!("`dockerd` did not start: {e}"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if engine_answers() {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Some(format!(
+        "`dockerd` started but did not answer within 60 s (its log: {})",
+        log.display()
+    ))
+}
+
+/// The compose project of this test; `down` removes its containers, network and image.
+struct Project {
+    name: String,
+    publish: String,
+}
+
+impl Project {
+    fn compose(&self) -> Command {
+        let mut cmd = Command::new("docker-compose");
+        cmd.current_dir(root().join("docker"))
+            .args(["-p", &self.name, "-f", "compose.yaml"])
+            .env("GATEWAY_PUBLISH", &self.publish)
+            .env("COMPOSE_INTERACTIVE_NO_CLI", "1");
+        cmd
+    }
+
+    fn containers(&self, service: &str) -> Vec<String> {
+        let out = run(self.compose().args(["ps", "-q", service]));
+        stdout(out).lines().map(str::to_string).collect()
+    }
+
+    fn scale(&self, replicas: usize) {
+        run(self.compose().args([
+            "up",
+            "-d",
+            "--no-build",
+            "--no-recreate",
+            "--scale",
+            &format!("app={replicas}"),
+        ]));
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let _ = self
+            .compose()
+            .args(["down", "-v", "--rmi", "local", "-t", "2"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        // The build stage's image (2 GB) is left untagged by the multi-stage build.
+        let _ = Command::new("docker")
+            .args([
+                "image",
+                "prune",
+                "-f",
+                "--filter",
+                "label=gateway.stage=build",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Host names of the app's replicas: a container's host name is its short id.
+fn replica_names(project: &Project) -> BTreeSet<String> {
+    project
+        .containers("app")
+        .iter()
+        .map(|id| id[..12].to_string())
+        .collect()
+}
+
+/// Which replica answered `body` ("hello from NAME").
+fn replica_of(body: &str) -> String {
+    body.trim()
+        .strip_prefix("hello from ")
+        .unwrap_or_else(|| panic!("not the app's answer: {body:?}"))
+        .to_string()
+}
+
+/// The replicas that answered `count` requests in a row; panics on any failure.
+async fn answered_by(client: &reqwest::Client, base: &str, count: usize) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for _ in 0..count {
+        let resp = client.get(base).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        names.insert(replica_of(&resp.text().await.unwrap()));
+    }
+    names
+}
+
+/// `clients` clients, each sending `each` requests one after another: (ok, failures).
+async fn load(base: &str, clients: usize, each: usize) -> (usize, Vec<String>) {
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let url = format!("{base}?delay=5");
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let mut ok = 0;
+                let mut failed = Vec::new();
+                for _ in 0..each {
+                    match client.get(&url).send().await {
+                        Ok(r) if r.status() == 200 => match r.text().await {
+                            Ok(body) if body.starts_with("hello from ") => ok += 1,
+                            other => failed.push(format!("{other:?}")),
+                        },
+                        other => failed.push(format!("{other:?}")),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut failed = Vec::new();
+    for task in tasks {
+        let (o, f) = task.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    (ok, failed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_builds_and_compose_follows_replicas_reloads_and_stops_losing_nothing() {
+    if let Some(why) = engine() {
+        eprintln!("SKIPPED: the container test needs a Docker engine: {why}");
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    if !found("debootstrap") {
+        eprintln!("note: `debootstrap` is not installed; base images must be pullable");
+    }
+    run(Command::new("bash")
+        .arg(root().join("tests/containers/standins.sh"))
+        .arg(scratch.path())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit()));
+    eprintln!(
+        "containers: base images ready after {:?}",
+        started.elapsed()
+    );
+
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let project = Project {
+        name: format!("gatewaytest{}", std::process::id()),
+        publish: format!("127.0.0.1:{port}"),
+    };
+    // The Dockerfile as written, through the compose file's `build`, with the quick
+    // image-test profile unless GATEWAY_IMAGE_PROFILE says otherwise (release takes 8.5
+    // minutes on two cores).
+    let profile =
+        std::env::var("GATEWAY_IMAGE_PROFILE").unwrap_or_else(|_| "image-test".to_string());
+    let build = Instant::now();
+    run(project
+        .compose()
+        .args(["build", "--build-arg"])
+        .arg(format!("CARGO_PROFILE={profile}"))
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit()));
+    eprintln!(
+        "containers: image built with profile {profile} in {:?}",
+        build.elapsed()
+    );
+
+    project.scale(3);
+    let base = format!("http://127.0.0.1:{port}/");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match client.get(&base).send().await {
+            Ok(r) if r.status() == 200 => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "the gateway did not answer within 60 s: {other:?}\n{}",
+                logs(&project)
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // Every replica gets traffic: least_conn over three servers found by the name `app`.
+    let three = replica_names(&project);
+    assert_eq!(three.len(), 3, "{three:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = answered_by(&client, &base, 60).await;
+        if seen == three {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "traffic reached {seen:?}, not every replica of {three:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Scaled to five, the gateway finds the two new replicas by DNS without a reload.
+    project.scale(5);
+    let five = replica_names(&project);
+    assert_eq!(five.len(), 5, "{five:?}");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let seen = answered_by(&client, &base, 100).await;
+        if seen == five {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after scaling to 5, traffic reached {seen:?}, not {five:?}\n{}",
+            logs(&project)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // `gatewayctl reload` inside the container, twice, under load: nothing fails.
+    let gateway = project.containers("gateway").remove(0);
+    let traffic = tokio::spawn({
+        let base = base.clone();
+        async move { load(&base, 8, 150).await }
+    });
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let out = tokio::task::spawn_blocking({
+            let gateway = gateway.clone();
+            move || run(Command::new("docker").args(["exec", &gateway, "gatewayctl", "reload"]))
+        })
+        .await
+        .unwrap();
+        eprintln!("containers: gatewayctl reload: {}", stdout(out));
+    }
+    let (ok, failed) = traffic.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of 1200 failed: {failed:?}",
+        failed.len()
+    );
+    assert_eq!(ok, 1200);
+
+    // `docker stop` while slow requests are at the app: each one is answered, the gateway
+    // exits 0 well within Docker's 10 s.
+    let in_flight: Vec<_> = (0..6)
+        .map(|_| {
+            let url = format!("{base}?delay=1500");
+            tokio::spawn(async move {
+                let resp = reqwest::Client::new().get(&url).send().await?;
+                let status = resp.status();
+                resp.text().await.map(|body| (status, body))
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stop = Instant::now();
+    tokio::task::spawn_blocking({
+        let gateway = gateway.clone();
+        move || run(Command::new("docker").args(["stop", &gateway]))
+    })
+    .await
+    .unwrap();
+    let stopped_in = stop.elapsed();
+    for task in in_flight {
+        let (status, body) = task.await.unwrap().unwrap_or_else(|e| {
+            panic!(
+                "a request in flight at `docker stop` failed: {e}\n{}",
+                logs(&project)
+            )
+        });
+        assert_eq!(status, 200);
+        replica_of(&body);
+    }
+    let exit = stdout(run(Command::new("docker").args([
+        "inspect",
+        "--format",
+        "{{.State.ExitCode}}",
+        &gateway,
+    ])));
+    assert_eq!(exit, "0", "{}", logs(&project));
+    assert!(
+        stopped_in < Duration::from_secs(8),
+        "docker stop took {stopped_in:?}"
+    );
+    eprintln!(
+        "containers: docker stop took {stopped_in:?}; whole test {:?}",
+        started.elapsed()
+    );
+}
+
+/// The gateway's log, for a failure's message.
+fn logs(project: &Project) -> String {
+    let out = project
+        .compose()
+        .args(["logs", "--no-color", "--tail", "60", "gateway"])
+        .output();
+    match out {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Err(e) => format!("(no logs: {e})"),
+    }
+}
