@@ -26,7 +26,13 @@ run: build
 	wait $$g
 
 # The CLI tests run the demo backend, which `cargo test` builds only as a test binary.
+# The container test's engine and base images are readied in the background meanwhile
+# (downloads overlapping the build; the test waits for them): see tests/containers.
 test: toolchain
+	@mkdir -p target/tmp/containers; \
+	if command -v docker >/dev/null 2>&1; then \
+	  (bash tests/containers/prepare.sh target/tmp/containers >target/tmp/containers/prepare.log 2>&1 &); \
+	fi
 	$(CARGO) build --examples
 	$(CARGO) test --all-targets
 

@@ -12,7 +12,8 @@
 # KEEPALIVE (idle upstream connections, at least CONNECTIONS), OPEN_RATE (5000
 # requests/s of the open-loop row) and OPEN_SECONDS (10),
 # IDLE (8000 idle HTTP/1.1 clients), TLS_IDLE (3000), SLOW (300 slow readers),
-# MEMORY_ONLY=1 (skip the throughput rounds).
+# MEMORY_ONLY=1 (skip the throughput rounds), HS_SECONDS (8) and HS_CONCURRENCY (32) of
+# the handshake rows, H2_SECONDS (10) of the h2load rows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +26,9 @@ OPEN_SECONDS=${OPEN_SECONDS:-10}
 IDLE=${IDLE:-8000}
 TLS_IDLE=${TLS_IDLE:-3000}
 SLOW=${SLOW:-300}
+HS_SECONDS=${HS_SECONDS:-8}
+HS_CONCURRENCY=${HS_CONCURRENCY:-32}
+H2_SECONDS=${H2_SECONDS:-10}
 # Idle upstream connections nginx and the gateway keep (HAProxy's pool has no cap): at
 # least CONNECTIONS, so that no proxy opens and closes upstream connections in every round
 # (with 32 under 50 clients, about 4 % of the gateway's requests did, 8 syscalls and a TCP
@@ -37,6 +41,8 @@ HAPROXY_PORT=18083
 GATEWAY_TLS_PORT=18084
 NGINX_TLS_PORT=18085
 HAPROXY_TLS_PORT=18086
+GATEWAY_RSA_PORT=18087
+NGINX_RSA_PORT=18088
 
 install_if_missing() { # command package
   command -v "$1" >/dev/null 2>&1 && return 0
@@ -53,9 +59,12 @@ install_if_missing nginx nginx-light || { echo "nginx is needed for the backend 
 HAVE_HAPROXY=1
 install_if_missing haproxy haproxy || { HAVE_HAPROXY=0; echo "haproxy not installable: its rows are skipped" >&2; }
 
+HAVE_H2LOAD=1
+install_if_missing h2load nghttp2-client || { HAVE_H2LOAD=0; echo "h2load not installable: the HTTP/2 rows are skipped" >&2; }
+
 [ -x target/release/gateway ] && [ -x target/release/examples/memprobe ] &&
-  [ -x target/release/examples/loadgen ] ||
-  cargo build --release --bin gateway --example memprobe --example loadgen
+  [ -x target/release/examples/loadgen ] && [ -x target/release/examples/handshakes ] ||
+  cargo build --release --bin gateway --example memprobe --example loadgen --example handshakes
 WORK=$(mktemp -d)
 # nginx's workers run as an unprivileged user: the backend's files must be readable to it
 # (mktemp makes the directory 0700, and /big was then a 403).
@@ -72,6 +81,11 @@ if command -v openssl >/dev/null 2>&1 &&
     -addext subjectAltName=DNS:localhost -addext basicConstraints=critical,CA:FALSE >/dev/null 2>&1; then
   HAVE_TLS=1
   cat "$WORK/site.crt" "$WORK/site.key" > "$WORK/site.pem"
+  # RSA 2048 beside ECDSA P-256 for the handshake rows (the server's signature is most of
+  # an RSA handshake's cost).
+  openssl req -x509 -newkey rsa:2048 -nodes -days 1 \
+    -keyout "$WORK/rsa.key" -out "$WORK/rsa.crt" -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost -addext basicConstraints=critical,CA:FALSE >/dev/null 2>&1
 else
   echo "openssl not available: TLS rows skipped" >&2
 fi
@@ -90,10 +104,26 @@ if [ $HAVE_TLS = 1 ]; then
       proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
       proxy_set_header X-Real-IP \$remote_addr;
     }
+  }
+  server {
+    listen 127.0.0.1:$NGINX_RSA_PORT ssl;
+    ssl_certificate $WORK/rsa.crt;
+    ssl_certificate_key $WORK/rsa.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Real-IP \$remote_addr;
+    }
   }"
   GATEWAY_TLS_LISTENER="[[listener]]
 listen = \"127.0.0.1:$GATEWAY_TLS_PORT\"
-tls = [ { cert = \"$WORK/site.crt\", key = \"$WORK/site.key\" } ]"
+tls = [ { cert = \"$WORK/site.crt\", key = \"$WORK/site.key\" } ]
+[[listener]]
+listen = \"127.0.0.1:$GATEWAY_RSA_PORT\"
+tls = [ { cert = \"$WORK/rsa.crt\", key = \"$WORK/rsa.key\" } ]"
 fi
 # 16 MiB: more than the kernel buffers on the proxy's side of a slow client's connection
 # (tcp_wmem's 4 MiB), so what the proxy itself holds for a slow reader shows in its RSS.
@@ -219,6 +249,7 @@ NAMES=(gateway nginx)
 [ $HAVE_HAPROXY = 1 ] && NAMES+=(haproxy)
 declare -A OPEN_PORT=([gateway]=$GATEWAY_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT)
 declare -A PROXY_TLS_PORT=([gateway]=$GATEWAY_TLS_PORT [nginx]=$NGINX_TLS_PORT [haproxy]=$HAPROXY_TLS_PORT)
+declare -A PROXY_RSA_PORT=([gateway]=$GATEWAY_RSA_PORT [nginx]=$NGINX_RSA_PORT)
 sleep 0.5
 for n in "${NAMES[@]}"; do start_proxy "$n"; done
 GATEWAY_WORKER_PID=${PROXY_PID[gateway]}; NGINX_PID=${PROXY_PID[nginx]}; HAPROXY_PID=${PROXY_PID[haproxy]:-}
@@ -249,6 +280,40 @@ run_one() { # name url pid [wrk options]
   echo "  round $round $1: $rps req/s, p99 ${p99} ms" >&2
 }
 
+# A handshake row: examples/handshakes on CPU 1 opening new TLS connections (one request
+# each) for HS_SECONDS; the proxy worker's CPU per handshake is the figure, with the share
+# of a core it used (under 100 %: the client was what limited the rate).
+declare -A HS_RATE HS_P99 HS_CPU HS_BUSY HS_RESUMED
+run_hs() { # key port pid full|resumed
+  local before after t0 t1 out rate p99 resumed errors total
+  before=$(cpu_ticks "$3"); t0=$(date +%s.%N)
+  out=$("${CPU1[@]}" target/release/examples/handshakes "$2" "$HS_SECONDS" "$HS_CONCURRENCY" "$4")
+  t1=$(date +%s.%N); after=$(cpu_ticks "$3")
+  read -r rate _ p99 resumed errors total <<<"$out"
+  [ "$errors" != 0 ] && echo "  $1: $errors errors" >&2
+  HS_RATE[$1]="${HS_RATE[$1]:-} $rate"; HS_P99[$1]="${HS_P99[$1]:-} $p99"
+  HS_CPU[$1]="${HS_CPU[$1]:-} $(awk -v t=$((after - before)) -v hz="$TICK" -v n="$total" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')"
+  HS_BUSY[$1]="${HS_BUSY[$1]:-} $(awk -v t=$((after - before)) -v hz="$TICK" -v a="$t0" -v b="$t1" 'BEGIN {printf "%.0f", t / hz / (b - a) * 100}')"
+  HS_RESUMED[$1]=$resumed
+  echo "  round $round $1: $rate handshakes/s, resumed share $resumed" >&2
+}
+
+# An HTTP/2 row: h2load on CPU 1 over TLS (ECDSA), CLIENTS connections with STREAMS
+# concurrent streams each, for H2_SECONDS; req/s and the worker's CPU per request.
+declare -A H2_RPS H2_CPU
+run_h2() { # key port pid clients streams
+  local before after out rps done
+  before=$(cpu_ticks "$3")
+  out=$("${CPU1[@]}" h2load -t1 -c"$4" -m"$5" -D "$H2_SECONDS" "https://localhost:$2/" 2>&1)
+  after=$(cpu_ticks "$3")
+  rps=$(awk '/^finished in/ {gsub(",", "", $4); print $4}' <<<"$out")
+  done=$(awk '/^requests:/ {print $8}' <<<"$out")
+  grep -q ' 0 failed, 0 errored' <<<"$out" || echo "  $1: $(grep '^requests:' <<<"$out")" >&2
+  H2_RPS[$1]="${H2_RPS[$1]:-} $rps"
+  H2_CPU[$1]="${H2_CPU[$1]:-} $(awk -v t=$((after - before)) -v hz="$TICK" -v n="$done" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}')"
+  echo "  round $round $1: $rps req/s" >&2
+}
+
 echo "warming up ..." >&2
 for port in $GATEWAY_PORT $NGINX_PORT; do wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$port/" >/dev/null; done
 [ "${MEMORY_ONLY:-0}" = 1 ] && ROUNDS=0
@@ -268,8 +333,17 @@ for round in $(seq 1 "$ROUNDS"); do
       run_one "$n-tls" "https://localhost:${PROXY_TLS_PORT[$n]}/" "${PLAIN_PID[$n]}"
     done
     for n in "${tls_pair[@]}"; do
-      run_one "$n-handshake" "https://localhost:${PROXY_TLS_PORT[$n]}/" "${PLAIN_PID[$n]}" -H "Connection: close"
+      for mode in full resumed; do
+        run_hs "$n-$mode-ecdsa" "${PROXY_TLS_PORT[$n]}" "${PLAIN_PID[$n]}" "$mode"
+        run_hs "$n-$mode-rsa" "${PROXY_RSA_PORT[$n]}" "${PLAIN_PID[$n]}" "$mode"
+      done
     done
+    if [ $HAVE_H2LOAD = 1 ]; then
+      for n in "${tls_pair[@]}"; do
+        run_h2 "$n-c16m10" "${PROXY_TLS_PORT[$n]}" "${PLAIN_PID[$n]}" 16 10
+        run_h2 "$n-c100m1" "${PROXY_TLS_PORT[$n]}" "${PLAIN_PID[$n]}" 100 1
+      done
+    fi
   fi
 done
 
@@ -297,8 +371,33 @@ for other in "${NAMES[@]:1}"; do ratio gateway "$other"; done
 if [ $HAVE_TLS = 1 ]; then
   table "HTTPS keep-alive (TLS 1.3, HTTP/1.1)" gateway-tls nginx-tls
   ratio gateway-tls nginx-tls
-  table "HTTPS, a new connection and full handshake per request" gateway-handshake nginx-handshake
-  ratio gateway-handshake nginx-handshake
+  echo
+  echo "TLS 1.3 handshakes: a new connection per request, $HS_CONCURRENCY clients (examples/handshakes"
+  echo "on CPU 1, checking no signature); full: no resumption offered; resumed: tickets (medians)"
+  printf '%-26s %14s %12s %10s %10s %9s\n' proxy "CPU us/hs" "hs/s" "p99 ms" "worker %" resumed
+  hs_row() { # key
+    printf '%-26s %14s %12s %10s %10s %9s\n' "$1" "$(median <<<"${HS_CPU[$1]}")" "$(median <<<"${HS_RATE[$1]}")" \
+      "$(median <<<"${HS_P99[$1]}")" "$(median <<<"${HS_BUSY[$1]}")" "${HS_RESUMED[$1]}"
+  }
+  for kind in full-ecdsa full-rsa resumed-ecdsa resumed-rsa; do hs_row "gateway-$kind"; hs_row "nginx-$kind"; done
+  for kind in full-ecdsa full-rsa resumed-ecdsa resumed-rsa; do
+    awk -v k="$kind" -v c1="$(median <<<"${HS_CPU[gateway-$kind]}")" -v c2="$(median <<<"${HS_CPU[nginx-$kind]}")" \
+      -v r1="$(median <<<"${HS_RATE[gateway-$kind]}")" -v r2="$(median <<<"${HS_RATE[nginx-$kind]}")" \
+      'BEGIN { printf "gateway/nginx %-14s CPU per handshake %.2fx   handshakes/s %.2fx\n", k ":", c1 / c2, r1 / r2 }'
+  done
+  if [ $HAVE_H2LOAD = 1 ]; then
+    echo
+    echo "HTTP/2 over TLS (h2load -t1 on CPU 1, ECDSA), $H2_SECONDS s rounds (medians)"
+    printf '%-22s %12s %14s\n' proxy "req/s" "CPU us/req"
+    for key in gateway-c16m10 nginx-c16m10 gateway-c100m1 nginx-c100m1; do
+      printf '%-22s %12s %14s\n' "$key" "$(median <<<"${H2_RPS[$key]}")" "$(median <<<"${H2_CPU[$key]}")"
+    done
+    for load in c16m10 c100m1; do
+      awk -v l="$load" -v r1="$(median <<<"${H2_RPS[gateway-$load]}")" -v r2="$(median <<<"${H2_RPS[nginx-$load]}")" \
+        -v c1="$(median <<<"${H2_CPU[gateway-$load]}")" -v c2="$(median <<<"${H2_CPU[nginx-$load]}")" \
+        'BEGIN { printf "gateway/nginx h2 %-7s req/s %.2fx   CPU per request %.2fx\n", l ":", r1 / r2, c1 / c2 }'
+    done
+  fi
 fi
 
 # The same fixed offered load for each (open loop, examples/loadgen.rs on CPU 1): latency

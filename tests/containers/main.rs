@@ -3,10 +3,10 @@
 //! five replicas, and a reload inside the container and a `docker stop` lose no request.
 //!
 //! Its own test binary, so that cargo runs it after the other tests, never beside them: the
-//! release build inside the container takes both cores for minutes. It needs a Docker
-//! engine (started here when `dockerd` is installed and none runs), `docker-compose` and,
-//! where the base images cannot be pulled, `debootstrap` (`standins.sh`); without them it
-//! prints why and passes. Containers talk only on the network compose makes for the
+//! build inside the container takes both cores for minutes. It needs a Docker engine
+//! (started when `dockerd` is installed and none runs), `docker-compose` and, where the
+//! base images cannot be pulled, `debootstrap` (see `prepare.sh`); without them it prints
+//! why and passes. Containers talk only on the network compose makes for the
 //! project, and the gateway is published on a free loopback port.
 
 use std::collections::BTreeSet;
@@ -14,6 +14,15 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+/// Progress and the reason for a skip, written past the test harness's capture (which
+/// takes only `print!` and `eprint!`), so that `make test` shows them.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -24,69 +33,17 @@ fn run(cmd: &mut Command) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if !out.status.success() {
+        let said = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        let tail = &said[said.floor_char_boundary(said.len().saturating_sub(6000))..];
+        panic!("{cmd:?} failed, ending with: {tail}");
+    }
     out
 }
 
 fn stdout(out: Output) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn found(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn engine_answers() -> bool {
-    Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Why the test cannot run here, or None once a Docker engine answers.
-fn engine() -> Option<String> {
-    for program in ["docker", "docker-compose"] {
-        if !found(program) {
-            return Some(format!("`{program}` is not installed"));
-        }
-    }
-    if engine_answers() {
-        return None;
-    }
-    if !found("dockerd") {
-        return Some("no Docker engine answers and `dockerd` is not installed".into());
-    }
-    let log = std::env::temp_dir().join("gateway-test-dockerd.log");
-    let spawned = Command::new("dockerd")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(&log).unwrap().try_clone().unwrap())
-        .spawn();
-    if let Err(e) = spawned {
-        return Some(format!("`dockerd` did not start: {e}"));
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if engine_answers() {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    Some(format!(
-        "`dockerd` started but did not answer within 60 s (its log: {})",
-        log.display()
-    ))
 }
 
 /// The compose project of this test; `down` removes its containers, network and image.
@@ -207,22 +164,30 @@ async fn load(base: &str, clients: usize, each: usize) -> (usize, Vec<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_image_builds_and_compose_follows_replicas_reloads_and_stops_losing_nothing() {
-    if let Some(why) = engine() {
-        eprintln!("SKIPPED: the container test needs a Docker engine: {why}");
-        return;
-    }
-    let scratch = tempfile::tempdir().unwrap();
+    // The same folder as `make test`'s early run of prepare.sh, whose lock this waits for.
+    let scratch = Path::new(env!("CARGO_TARGET_TMPDIR")).join("containers");
     let started = Instant::now();
-    if !found("debootstrap") {
-        eprintln!("note: `debootstrap` is not installed; base images must be pullable");
-    }
-    run(Command::new("bash")
-        .arg(root().join("tests/containers/standins.sh"))
-        .arg(scratch.path())
+    let prepared = Command::new("bash")
+        .arg(root().join("tests/containers/prepare.sh"))
+        .arg(&scratch)
+        .stdin(Stdio::null())
         .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit()));
-    eprintln!(
-        "containers: base images ready after {:?}",
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&prepared.stderr);
+    say!("{}", said.trim_end());
+    match prepared.status.code() {
+        Some(0) => {}
+        Some(3) => {
+            let why = said.lines().last().unwrap_or("no reason given");
+            say!("SKIPPED: the container test cannot run here: {why}");
+            return;
+        }
+        _ => panic!("tests/containers/prepare.sh failed: {said}"),
+    }
+    say!(
+        "containers: engine and base images ready after {:?}",
         started.elapsed()
     );
 
@@ -243,10 +208,8 @@ async fn the_image_builds_and_compose_follows_replicas_reloads_and_stops_losing_
     run(project
         .compose()
         .args(["build", "--build-arg"])
-        .arg(format!("CARGO_PROFILE={profile}"))
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit()));
-    eprintln!(
+        .arg(format!("CARGO_PROFILE={profile}")));
+    say!(
         "containers: image built with profile {profile} in {:?}",
         build.elapsed()
     );
@@ -315,7 +278,7 @@ async fn the_image_builds_and_compose_follows_replicas_reloads_and_stops_losing_
         })
         .await
         .unwrap();
-        eprintln!("containers: gatewayctl reload: {}", stdout(out));
+        say!("containers: gatewayctl reload: {}", stdout(out));
     }
     let (ok, failed) = traffic.await.unwrap();
     assert!(
@@ -367,7 +330,7 @@ async fn the_image_builds_and_compose_follows_replicas_reloads_and_stops_losing_
         stopped_in < Duration::from_secs(8),
         "docker stop took {stopped_in:?}"
     );
-    eprintln!(
+    say!(
         "containers: docker stop took {stopped_in:?}; whole test {:?}",
         started.elapsed()
     );
