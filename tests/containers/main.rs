@@ -34,9 +34,8 @@ fn run(cmd: &mut Command) -> Output {
         .output()
         .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     if !out.status.success() {
-        let said = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        let tail = &said[said.floor_char_boundary(said.len().saturating_sub(6000))..];
+        let said: Vec<u8> = [out.stdout, out.stderr].concat();
+        let tail = String::from_utf8_lossy(&said[said.len().saturating_sub(6000)..]);
         panic!("{cmd:?} failed, ending with: {tail}");
     }
     out
