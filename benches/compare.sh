@@ -332,18 +332,6 @@ for round in $(seq 1 "$ROUNDS"); do
     for n in "${tls_pair[@]}"; do
       run_one "$n-tls" "https://localhost:${PROXY_TLS_PORT[$n]}/" "${PLAIN_PID[$n]}"
     done
-    for n in "${tls_pair[@]}"; do
-      for mode in full resumed; do
-        run_hs "$n-$mode-ecdsa" "${PROXY_TLS_PORT[$n]}" "${PLAIN_PID[$n]}" "$mode"
-        run_hs "$n-$mode-rsa" "${PROXY_RSA_PORT[$n]}" "${PLAIN_PID[$n]}" "$mode"
-      done
-    done
-    if [ $HAVE_H2LOAD = 1 ]; then
-      for n in "${tls_pair[@]}"; do
-        run_h2 "$n-c16m10" "${PROXY_TLS_PORT[$n]}" "${PLAIN_PID[$n]}" 16 10
-        run_h2 "$n-c100m1" "${PROXY_TLS_PORT[$n]}" "${PLAIN_PID[$n]}" 100 1
-      done
-    fi
   fi
 done
 
@@ -371,6 +359,52 @@ for other in "${NAMES[@]:1}"; do ratio gateway "$other"; done
 if [ $HAVE_TLS = 1 ]; then
   table "HTTPS keep-alive (TLS 1.3, HTTP/1.1)" gateway-tls nginx-tls
   ratio gateway-tls nginx-tls
+fi
+
+# The same fixed offered load for each (open loop, examples/loadgen.rs on CPU 1): latency
+# at equal load, which a closed-loop wrk run cannot show. ROUNDS alternating rounds after
+# a pause (the handshake rounds leave thousands of closing connections behind), medians:
+# one round catches a passing stall of the machine as readily as one of the proxy.
+sleep 5
+declare -A OPEN_P50 OPEN_P99 OPEN_P999 OPEN_ERR
+for round in $(seq 1 "$ROUNDS"); do
+  for n in $(rotated "$round"); do
+    read -r p50 p99 p999 errors _ <<<"$("${CPU1[@]}" target/release/examples/loadgen "http://127.0.0.1:${OPEN_PORT[$n]}/" "$OPEN_RATE" "$OPEN_SECONDS")"
+    OPEN_P50[$n]="${OPEN_P50[$n]:-} $p50"; OPEN_P99[$n]="${OPEN_P99[$n]:-} $p99"
+    OPEN_P999[$n]="${OPEN_P999[$n]:-} $p999"; OPEN_ERR[$n]=$(( ${OPEN_ERR[$n]:-0} + errors ))
+    echo "  open loop round $round $n: p99 $p99 ms" >&2
+  done
+done
+echo
+echo "Open loop: $OPEN_RATE requests/s, $ROUNDS rounds of $OPEN_SECONDS s each (medians; latency from the scheduled start)"
+printf '%-12s %9s %9s %10s %8s\n' proxy "p50 ms" "p99 ms" "p99.9 ms" errors
+for n in "${NAMES[@]}"; do
+  OPEN_P50[$n]=$(median <<<"${OPEN_P50[$n]}"); OPEN_P99[$n]=$(median <<<"${OPEN_P99[$n]}")
+  OPEN_P999[$n]=$(median <<<"${OPEN_P999[$n]}")
+  printf '%-12s %9s %9s %10s %8s\n' "$n" "${OPEN_P50[$n]}" "${OPEN_P99[$n]}" "${OPEN_P999[$n]}" "${OPEN_ERR[$n]}"
+done
+for other in "${NAMES[@]:1}"; do
+  awk -v a="${OPEN_P99[gateway]}" -v b="${OPEN_P99[$other]}" -v o="$other" 'BEGIN { printf "gateway/%s: open-loop p99 %.2fx\n", o, a / b }'
+done
+
+# HTTP/2 and new-connection rows last: the handshake rows leave tens of thousands of
+# connections in TIME_WAIT, which the rows above should not run beside.
+if [ $HAVE_TLS = 1 ]; then
+  for round in $(seq 1 "$ROUNDS"); do
+    tls_pair=(gateway nginx); (( round % 2 )) || tls_pair=(nginx gateway)
+    if [ $HAVE_H2LOAD = 1 ]; then
+      for n in "${tls_pair[@]}"; do
+        run_h2 "$n-c16m10" "${PROXY_TLS_PORT[$n]}" "${PLAIN_PID[$n]}" 16 10
+        run_h2 "$n-c100m1" "${PROXY_TLS_PORT[$n]}" "${PLAIN_PID[$n]}" 100 1
+      done
+    fi
+    for n in "${tls_pair[@]}"; do
+      for mode in full resumed; do
+        run_hs "$n-$mode-ecdsa" "${PROXY_TLS_PORT[$n]}" "${PLAIN_PID[$n]}" "$mode"
+        run_hs "$n-$mode-rsa" "${PROXY_RSA_PORT[$n]}" "${PLAIN_PID[$n]}" "$mode"
+      done
+    done
+  done
   echo
   echo "TLS 1.3 handshakes: a new connection per request, $HS_CONCURRENCY clients (examples/handshakes"
   echo "on CPU 1, checking no signature); full: no resumption offered; resumed: tickets (medians)"
@@ -399,32 +433,6 @@ if [ $HAVE_TLS = 1 ]; then
     done
   fi
 fi
-
-# The same fixed offered load for each (open loop, examples/loadgen.rs on CPU 1): latency
-# at equal load, which a closed-loop wrk run cannot show. ROUNDS alternating rounds after
-# a pause (the handshake rounds leave thousands of closing connections behind), medians:
-# one round catches a passing stall of the machine as readily as one of the proxy.
-sleep 5
-declare -A OPEN_P50 OPEN_P99 OPEN_P999 OPEN_ERR
-for round in $(seq 1 "$ROUNDS"); do
-  for n in $(rotated "$round"); do
-    read -r p50 p99 p999 errors _ <<<"$("${CPU1[@]}" target/release/examples/loadgen "http://127.0.0.1:${OPEN_PORT[$n]}/" "$OPEN_RATE" "$OPEN_SECONDS")"
-    OPEN_P50[$n]="${OPEN_P50[$n]:-} $p50"; OPEN_P99[$n]="${OPEN_P99[$n]:-} $p99"
-    OPEN_P999[$n]="${OPEN_P999[$n]:-} $p999"; OPEN_ERR[$n]=$(( ${OPEN_ERR[$n]:-0} + errors ))
-    echo "  open loop round $round $n: p99 $p99 ms" >&2
-  done
-done
-echo
-echo "Open loop: $OPEN_RATE requests/s, $ROUNDS rounds of $OPEN_SECONDS s each (medians; latency from the scheduled start)"
-printf '%-12s %9s %9s %10s %8s\n' proxy "p50 ms" "p99 ms" "p99.9 ms" errors
-for n in "${NAMES[@]}"; do
-  OPEN_P50[$n]=$(median <<<"${OPEN_P50[$n]}"); OPEN_P99[$n]=$(median <<<"${OPEN_P99[$n]}")
-  OPEN_P999[$n]=$(median <<<"${OPEN_P999[$n]}")
-  printf '%-12s %9s %9s %10s %8s\n' "$n" "${OPEN_P50[$n]}" "${OPEN_P99[$n]}" "${OPEN_P999[$n]}" "${OPEN_ERR[$n]}"
-done
-for other in "${NAMES[@]:1}"; do
-  awk -v a="${OPEN_P99[gateway]}" -v b="${OPEN_P99[$other]}" -v o="$other" 'BEGIN { printf "gateway/%s: open-loop p99 %.2fx\n", o, a / b }'
-done
 fi
 
 # --- Memory --------------------------------------------------------------------------
