@@ -92,23 +92,11 @@ fi
 NGINX_TLS_SERVER=""
 GATEWAY_TLS_LISTENER=""
 if [ $HAVE_TLS = 1 ]; then
-  NGINX_TLS_SERVER="server {
-    listen 127.0.0.1:$NGINX_TLS_PORT ssl http2;
-    ssl_certificate $WORK/site.crt;
-    ssl_certificate_key $WORK/site.key;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    location / {
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection \"\";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Real-IP \$remote_addr;
-    }
-  }
-  server {
-    listen 127.0.0.1:$NGINX_RSA_PORT ssl;
-    ssl_certificate $WORK/rsa.crt;
-    ssl_certificate_key $WORK/rsa.key;
+  nginx_tls_server() { # port cert key [http2]: a server block proxying to the app
+    echo "server {
+    listen 127.0.0.1:$1 ssl ${4:-};
+    ssl_certificate $2;
+    ssl_certificate_key $3;
     ssl_protocols TLSv1.2 TLSv1.3;
     location / {
       proxy_pass http://app;
@@ -118,6 +106,9 @@ if [ $HAVE_TLS = 1 ]; then
       proxy_set_header X-Real-IP \$remote_addr;
     }
   }"
+  }
+  NGINX_TLS_SERVER="$(nginx_tls_server "$NGINX_TLS_PORT" "$WORK/site.crt" "$WORK/site.key" http2)
+  $(nginx_tls_server "$NGINX_RSA_PORT" "$WORK/rsa.crt" "$WORK/rsa.key")"
   GATEWAY_TLS_LISTENER="[[listener]]
 listen = \"127.0.0.1:$GATEWAY_TLS_PORT\"
 tls = [ { cert = \"$WORK/site.crt\", key = \"$WORK/site.key\" } ]

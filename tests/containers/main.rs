@@ -129,6 +129,31 @@ async fn answered_by(client: &reqwest::Client, base: &str, count: usize) -> BTre
     names
 }
 
+/// Waits (40 s at most) until rounds of requests reach each of the app's `replicas`
+/// containers; panics on any failed request.
+async fn every_replica_answers(
+    project: &Project,
+    client: &reqwest::Client,
+    base: &str,
+    replicas: usize,
+) {
+    let names = replica_names(project);
+    assert_eq!(names.len(), replicas, "{names:?}");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let seen = answered_by(client, base, 20 * replicas).await;
+        if seen == names {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "with {replicas} replicas, traffic reached {seen:?}, not {names:?}\n{}",
+            logs(project)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// `clients` clients, each sending `each` requests one after another: (ok, failures).
 async fn load(base: &str, clients: usize, each: usize) -> (usize, Vec<String>) {
     let tasks: Vec<_> = (0..clients)
@@ -230,38 +255,10 @@ async fn the_image_builds_and_compose_follows_replicas_reloads_and_stops_losing_
     }
 
     // Every replica gets traffic: least_conn over three servers found by the name `app`.
-    let three = replica_names(&project);
-    assert_eq!(three.len(), 3, "{three:?}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let seen = answered_by(&client, &base, 60).await;
-        if seen == three {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "traffic reached {seen:?}, not every replica of {three:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-
+    every_replica_answers(&project, &client, &base, 3).await;
     // Scaled to five, the gateway finds the two new replicas by DNS without a reload.
     project.scale(5);
-    let five = replica_names(&project);
-    assert_eq!(five.len(), 5, "{five:?}");
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        let seen = answered_by(&client, &base, 100).await;
-        if seen == five {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "after scaling to 5, traffic reached {seen:?}, not {five:?}\n{}",
-            logs(&project)
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    every_replica_answers(&project, &client, &base, 5).await;
 
     // `gatewayctl reload` inside the container, twice, under load: nothing fails.
     let gateway = project.containers("gateway").remove(0);
