@@ -1,5 +1,6 @@
 //! `docker/Dockerfile` and `docker/compose.yaml` run for real: the image is built as
-//! written, the compose file runs the gateway in front of the app scaled to three and then
+//! written (with the quick `image-test` Cargo profile unless `GATEWAY_IMAGE_PROFILE` names
+//! another, such as `release`), the compose file runs the gateway in front of the app scaled to three and then
 //! five replicas, and a reload inside the container and a `docker stop` lose no request.
 //!
 //! Its own test binary, so that cargo runs it after the other tests, never beside them: the
