@@ -62,6 +62,14 @@ install_if_missing haproxy haproxy || { HAVE_HAPROXY=0; echo "haproxy not instal
 HAVE_H2LOAD=1
 install_if_missing h2load nghttp2-client || { HAVE_H2LOAD=0; echo "h2load not installable: the HTTP/2 rows are skipped" >&2; }
 
+# Connection tracking (loaded by Docker's or a firewall's NAT rules) adds kernel work to
+# every loopback connection of every proxy, which moves the CPU figures: said, not changed.
+if [ -r /proc/sys/net/netfilter/nf_conntrack_count ] &&
+  ! iptables -t raw -S OUTPUT 2>/dev/null | grep -q -- '-o lo -j NOTRACK'; then
+  echo "note: the kernel tracks loopback connections (nf_conntrack); compare runs made without it" \
+    "only after: iptables -t raw -A OUTPUT -o lo -j NOTRACK; iptables -t raw -A PREROUTING -i lo -j NOTRACK" >&2
+fi
+
 [ -x target/release/gateway ] && [ -x target/release/examples/memprobe ] &&
   [ -x target/release/examples/loadgen ] && [ -x target/release/examples/handshakes ] ||
   cargo build --release --bin gateway --example memprobe --example loadgen --example handshakes
