@@ -10,7 +10,7 @@
 //! `gatewayctl` sends one [`Request`] line on the control socket and gets one JSON
 //! [`Reply`] back.
 
-use crate::tls::tickets::{TicketKey, TicketKeys};
+use crate::tls::tickets::TicketKeys;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
@@ -114,13 +114,7 @@ pub enum ToWorker {
 impl ToWorker {
     pub fn encode(&self) -> Vec<u8> {
         match self {
-            ToWorker::Tickets(keys) => match &keys.previous {
-                Some(previous) => {
-                    format!("tickets {} {}\n", keys.current.to_hex(), previous.to_hex())
-                }
-                None => format!("tickets {}\n", keys.current.to_hex()),
-            }
-            .into_bytes(),
+            ToWorker::Tickets(keys) => format!("tickets {}\n", keys.to_words()).into_bytes(),
             ToWorker::Dns(answers) => {
                 let mut out = format!("dns {}\n", answers.len());
                 for (name, addrs) in answers {
@@ -183,14 +177,7 @@ impl ToWorker {
         let mut words = line.split_whitespace();
         let message = match (words.next(), words.next(), words.next()) {
             (Some("tickets"), Some(current), previous) => {
-                let previous = match previous {
-                    Some(hex) => Some(TicketKey::from_hex(hex).ok_or_else(bad)?),
-                    None => None,
-                };
-                ToWorker::Tickets(TicketKeys {
-                    current: TicketKey::from_hex(current).ok_or_else(bad)?,
-                    previous,
-                })
+                ToWorker::Tickets(TicketKeys::from_words(current, previous).ok_or_else(bad)?)
             }
             (Some("config"), Some(len), None) => {
                 let len: usize = len.parse().map_err(|_| bad())?;

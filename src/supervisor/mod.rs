@@ -215,7 +215,7 @@ pub fn run(config_path: PathBuf, config: Config, config_text: String) -> ExitCod
             return ExitCode::from(1);
         }
     };
-    let tickets = match TicketKeys::new() {
+    let tickets = match upgrade::inherited_tickets(handover.as_ref().and_then(|h| h.tickets_fd)) {
         Ok(keys) => keys,
         Err(e) => {
             tracing::error!("{e}");

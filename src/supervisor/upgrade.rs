@@ -17,7 +17,9 @@
 use super::{Event, Supervisor};
 use crate::protocol::Reply;
 use crate::table::RecordKey;
+use crate::tls::tickets::TicketKeys;
 use serde::{Deserialize, Serialize};
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -54,6 +56,11 @@ pub struct Handover {
     /// Servers added and removed at run time.
     #[serde(default)]
     pub runtime: crate::config::RuntimeServers,
+    /// A socket carrying the TLS ticket keys (`TicketKeys::to_words`), so that clients
+    /// resume across the upgrade; not in this JSON, which the environment (and /proc)
+    /// would show.
+    #[serde(default)]
+    pub tickets_fd: Option<RawFd>,
     /// Worker records in use by the old supervisor's workers.
     pub workers: Vec<usize>,
     /// The old supervisor's generation: the new one's first is the next.
@@ -70,6 +77,30 @@ pub fn inherited() -> Option<Result<Handover, String>> {
     // Before any other thread runs (the runtime starts later).
     std::env::remove_var(ENV);
     Some(serde_json::from_str(&text).map_err(|e| format!("{ENV} cannot be read: {e}")))
+}
+
+/// The ticket keys the replaced supervisor handed over on `fd`; new ones when it sent
+/// none or they cannot be read (clients then make full handshakes once).
+pub fn inherited_tickets(fd: Option<RawFd>) -> Result<TicketKeys, String> {
+    let handed = fd.map(|fd| -> Result<TicketKeys, String> {
+        let mut words = String::new();
+        crate::sys::adopt_stream(fd)
+            .and_then(|mut s| s.read_to_string(&mut words))
+            .map_err(|e| e.to_string())?;
+        let mut words = words.split_whitespace();
+        let current = words.next().unwrap_or_default();
+        TicketKeys::from_words(current, words.next()).ok_or_else(|| "not ticket keys".into())
+    });
+    match handed {
+        Some(Ok(keys)) => Ok(keys),
+        Some(Err(e)) => {
+            tracing::warn!(
+                "upgrade: the TLS ticket keys did not come over ({e}); new ones are made"
+            );
+            TicketKeys::new()
+        }
+        None => TicketKeys::new(),
+    }
 }
 
 /// An upgrade under way: who waits for its outcome, and the channel to the new one.
@@ -125,12 +156,18 @@ impl Supervisor {
         raw.push(control);
         raw.extend(admin.map(|(_, fd)| fd));
         raw.push(theirs.as_raw_fd());
+        // Written now, read by the new supervisor as it starts (a socket buffer holds it).
+        let (keys_ours, keys_theirs) = UnixStream::pair()?;
+        (&keys_ours).write_all(self.tickets.to_words().as_bytes())?;
+        drop(keys_ours);
+        raw.push(keys_theirs.as_raw_fd());
         let handover = Handover {
             listeners,
             table_fd: self.table.fd(),
             control_fd: control,
             admin,
             channel_fd: theirs.as_raw_fd(),
+            tickets_fd: Some(keys_theirs.as_raw_fd()),
             records: self.assignments.in_use(),
             runtime: self.runtime.clone(),
             workers: self.workers.iter().map(|w| w.record).collect(),
@@ -155,6 +192,7 @@ impl Supervisor {
             crate::sys::set_cloexec(fd, true)?;
         }
         drop(theirs);
+        drop(keys_theirs);
         let mut child = spawned?;
         let pid = child.id().unwrap_or(0);
         tracing::info!(pid, program = %self.program.display(), "upgrade: new supervisor started");

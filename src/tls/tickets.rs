@@ -72,6 +72,26 @@ impl TicketKeys {
         })
     }
 
+    /// The keys as hex words, the current one first: how they go to the workers and to
+    /// the successor of an upgrade.
+    pub fn to_words(&self) -> String {
+        match &self.previous {
+            Some(previous) => format!("{} {}", self.current.to_hex(), previous.to_hex()),
+            None => self.current.to_hex(),
+        }
+    }
+
+    /// The keys [`TicketKeys::to_words`] wrote, or None if a word is not a key.
+    pub fn from_words(current: &str, previous: Option<&str>) -> Option<TicketKeys> {
+        Some(TicketKeys {
+            current: TicketKey::from_hex(current)?,
+            previous: match previous {
+                Some(hex) => Some(TicketKey::from_hex(hex)?),
+                None => None,
+            },
+        })
+    }
+
     /// A new current key; the oldest is forgotten.
     pub fn rotate(&mut self) -> Result<(), String> {
         let next = TicketKey::random()?;

@@ -285,7 +285,8 @@ fn a_missing_certificate_is_a_config_error_naming_the_file() {
 }
 
 /// Sessions resumed by a Python ssl client: `count` connections with the session of the
-/// first; prints how many resumed, then waits for a line on stdin and does it again.
+/// first; prints how many resumed, then waits for a line on stdin and does it again, three
+/// times in all.
 const RESUME_SCRIPT: &str = r#"
 import socket, ssl, sys
 ip, port, count, version = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
@@ -301,24 +302,25 @@ def connect(session):
                 pass
             return t.session, t.session_reused
 session, _ = connect(None)
-for round in range(2):
+for round in range(3):
     reused = sum(connect(session)[1] for _ in range(count))
     print(f"{reused} of {count} resumed", flush=True)
-    if round == 0:
+    if round < 2:
         sys.stdin.readline()
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sessions_resume_on_every_worker_and_after_a_reload() {
+async fn sessions_resume_on_every_worker_after_a_reload_and_after_an_upgrade() {
     use std::io::{BufRead, BufReader, Write};
     let dir = tempfile::tempdir().unwrap();
     let a = make_cert(dir.path(), "a", &["a.test"]);
     let backend = Backend::named("app").await;
-    let gw = Gateway::start(&format!(
+    let gw = Gateway::start_copy(&format!(
         "[gateway]\nworkers = 4\n{}{}",
         tls_listener(&[&a]),
         upstream_config("app", &[backend.addr], "")
     ));
+    let _stop = crate::lifecycle::StopOnDrop(gw.socket());
     let tls = gw.addrs[1];
     for version in ["TLSv1_2", "TLSv1_3"] {
         let mut client = Command::new("python3")
@@ -334,6 +336,7 @@ async fn sessions_resume_on_every_worker_and_after_a_reload() {
             .spawn()
             .unwrap();
         let mut said = BufReader::new(client.stdout.take().unwrap()).lines();
+        let mut go_on = client.stdin.take().unwrap();
         // 12 new connections over 4 workers: with per-worker keys about 3 would resume.
         assert_eq!(
             said.next().unwrap().unwrap(),
@@ -342,11 +345,20 @@ async fn sessions_resume_on_every_worker_and_after_a_reload() {
         );
         let (code, _, err) = gw.ctl(&["reload"]);
         assert_eq!(code, 0, "{err}");
-        client.stdin.take().unwrap().write_all(b"go on\n").unwrap();
+        go_on.write_all(b"go on\n").unwrap();
         assert_eq!(
             said.next().unwrap().unwrap(),
             "12 of 12 resumed",
             "{version} after a reload"
+        );
+        // The new supervisor of an upgrade gets the keys from the old one.
+        let (code, out, err) = gw.ctl(&["upgrade"]);
+        assert_eq!(code, 0, "{out}{err}");
+        go_on.write_all(b"go on\n").unwrap();
+        assert_eq!(
+            said.next().unwrap().unwrap(),
+            "12 of 12 resumed",
+            "{version} after an upgrade"
         );
         assert!(client.wait().unwrap().success());
     }
