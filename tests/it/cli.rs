@@ -205,7 +205,13 @@ async fn gatewayctl_reads_the_socket_from_a_config_file_and_names_its_errors() {
         err.contains("upstream.x.policy: unknown policy \"fastest\""),
         "{err}"
     );
-    assert!(gw.stderr().contains("reload failed"), "{}", gw.stderr());
+    // The log reaches the test through a reader thread: a moment after the reply.
+    wait_until(
+        "the failed reload in the log",
+        Duration::from_secs(5),
+        || gw.stderr().contains("reload failed"),
+    )
+    .await;
     assert_eq!(get_text(gw.url("/")).await, "a");
 }
 
