@@ -114,26 +114,23 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config_file = match (&cli.socket, &cli.config) {
-        (None, config) => Some(
-            config
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("conf/gateway.toml")),
-        ),
-        (Some(_), _) => None,
-    };
-    let socket = match (cli.socket, cli.config) {
-        (Some(s), None) => s,
+    // Without -s, the socket comes from a config file, which a failure then names too.
+    let config_file = match (&cli.socket, cli.config) {
         (Some(_), Some(_)) => {
             eprintln!("gatewayctl: give -s SOCKET or -c FILE, not both");
             return ExitCode::from(1);
         }
-        (None, config) => {
-            let file = config.unwrap_or_else(|| PathBuf::from("conf/gateway.toml"));
+        (Some(_), None) => None,
+        (None, config) => Some(config.unwrap_or_else(|| PathBuf::from("conf/gateway.toml"))),
+    };
+    let socket = match (cli.socket, &config_file) {
+        (Some(s), _) => s,
+        (None, None) => unreachable!("a config file is named whenever no socket is"),
+        (None, Some(file)) => {
             // Only the socket is read: a file broken elsewhere still reaches the gateway,
             // and `reload` prints what the gateway says is wrong with it.
-            match gateway::config::control_socket_of(&file).ok_or_else(|| {
-                gateway::config::load(&file)
+            match gateway::config::control_socket_of(file).ok_or_else(|| {
+                gateway::config::load(file)
                     .err()
                     .map_or_else(|| "unreadable".to_string(), |e| e.to_string())
             }) {
@@ -236,11 +233,10 @@ fn main() -> ExitCode {
                 socket.display()
             );
             // The file that named the socket may be why: say what is wrong with it.
-            if let Some(Err(problems)) = config_file.as_deref().map(gateway::config::load) {
-                eprintln!(
-                    "and {} is not a valid config:\n{problems}",
-                    config_file.unwrap_or_default().display()
-                );
+            if let Some(file) = &config_file {
+                if let Err(problems) = gateway::config::load(file) {
+                    eprintln!("and {} is not a valid config:\n{problems}", file.display());
+                }
             }
             return ExitCode::from(2);
         }

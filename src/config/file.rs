@@ -280,7 +280,7 @@ pub enum StickyCookieEntry {
     Table(StickyCookieTable),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StickyCookieTable {
     pub name: String,

@@ -159,7 +159,14 @@ pub fn control_socket_of(path: &Path) -> Option<PathBuf> {
         .and_then(|g| g.get("control_socket"))
         .and_then(|s| s.as_str())
         .unwrap_or(DEFAULT_CONTROL_SOCKET);
-    Some(path.parent().unwrap_or(Path::new("")).join(socket))
+    Some(config_dir(path).join(socket))
+}
+
+/// The folder relative paths in the config file `path` start from: its own.
+fn config_dir(path: &Path) -> PathBuf {
+    path.parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// Like [`load`], and also returns the text that was validated, so the very same text can
@@ -236,10 +243,7 @@ pub fn parse_with(path: &Path, text: &str, lookup: Lookup<'_>) -> Result<Config,
     let Some(raw) = raw else {
         return Err(ConfigErrors(v.errors));
     };
-    let base = path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
+    let base = config_dir(path);
     let structural = v.errors.len();
     let config = v.build(raw, &base);
     // The semantic errors come too, so one check names every error; but not one about a

@@ -447,12 +447,7 @@ impl Validator<'_> {
                 same_site: None,
                 max_age: None,
             },
-            file::StickyCookieEntry::Table(t) => file::StickyCookieTable {
-                name: t.name.clone(),
-                secure: t.secure,
-                same_site: t.same_site.clone(),
-                max_age: t.max_age.clone(),
-            },
+            file::StickyCookieEntry::Table(t) => t.clone(),
         };
         if !is_cookie_name(&table.name) {
             self.error(
