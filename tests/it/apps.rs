@@ -425,6 +425,8 @@ async fn an_upgrade_replaces_the_instances_without_a_failed_request() {
         return;
     }
     let gw = Gateway::start_copy(&node_app(2, ""));
+    // The supervisor the upgrade starts is not the test's child: stopped through its socket.
+    let _stop = crate::lifecycle::StopOnDrop(gw.socket());
     let before = ready_pids(&gw);
     let load = Load::start(gw.url("/"), 4, 100_000);
     tokio::time::sleep(Duration::from_millis(200)).await;
