@@ -61,9 +61,10 @@ pub fn parse(buf: &[u8], limits: &ClientLimits) -> Result<Option<(RequestHead, u
         }
         _ => {}
     }
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut slots);
-    let len = match request.parse(buf) {
+    // Left uninitialised: filling 128 empty fields cost about 600 instructions a request.
+    let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    let len = match request.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() > max_head_len(limits) => {
             return Err(reject(
