@@ -169,7 +169,8 @@ fn answer(
     meta: Metadata,
     codings: &[Coding],
 ) -> Option<FileAnswer> {
-    let mut headers = HeaderMap::with_capacity(8);
+    // A kept map (the HTTP/1 writer gives it back): a new one cost two allocations.
+    let mut headers = crate::wire::response_map(8);
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(content_type(relative)),
